@@ -1,0 +1,148 @@
+"""Settings, all from the environment (12-factor), in this one place.
+
+`TF_PROFILE=production` (the default) is safe to expose: no debug, secure cookies, HSTS, a
+SECRET_KEY that must be given. `TF_PROFILE=local` is for a laptop and the test suite.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+PROFILE = env.str("TF_PROFILE", default="production")
+LOCAL = PROFILE == "local"
+if PROFILE not in ("local", "production"):
+    raise environ.ImproperlyConfigured(f"TF_PROFILE must be local or production, not {PROFILE!r}")
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="local-insecure-key-do-not-use" if LOCAL else environ.Env.NOTSET)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if LOCAL else [])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/postgres")
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "rest_framework",
+    "gateway",
+    "metering",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "static")
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Production hardening; `manage.py check --deploy` passes with TF_PROFILE=production.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not LOCAL)
+SESSION_COOKIE_SECURE = not LOCAL
+CSRF_COOKIE_SECURE = not LOCAL
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if LOCAL else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not LOCAL
+SECURE_HSTS_PRELOAD = not LOCAL
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+
+# Gateway (read once at process start by gateway.app, never at import time).
+GATEWAY = {
+    # Largest request body accepted; larger ones get 413 before being read in full.
+    "MAX_BODY_BYTES": env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024),
+    # How long a key lookup is trusted; a revoked key stops working within this many seconds.
+    "KEY_CACHE_SECONDS": env.float("GATEWAY_KEY_CACHE_SECONDS", default=5.0),
+    # How often the backend list is re-read from PostgreSQL.
+    "BACKENDS_REFRESH_SECONDS": env.float("GATEWAY_BACKENDS_REFRESH_SECONDS", default=2.0),
+    # A backend that fails a connection is skipped for this long by this process.
+    "BACKEND_EJECT_SECONDS": env.float("GATEWAY_BACKEND_EJECT_SECONDS", default=5.0),
+    "BACKEND_CONNECT_TIMEOUT": env.float("GATEWAY_BACKEND_CONNECT_TIMEOUT", default=2.0),
+    # No byte from the backend for this long fails the request (504, or an error event).
+    "BACKEND_READ_TIMEOUT": env.float("GATEWAY_BACKEND_READ_TIMEOUT", default=120.0),
+    "MAX_ATTEMPTS": env.int("GATEWAY_MAX_ATTEMPTS", default=3),
+    # In-flight lease: a request whose gateway stops renewing it for this long is reaped.
+    "LEASE_SECONDS": env.float("GATEWAY_LEASE_SECONDS", default=60.0),
+    "REAPER_INTERVAL_SECONDS": env.float("GATEWAY_REAPER_INTERVAL_SECONDS", default=5.0),
+}
+
+METERING = {
+    "BATCH_SIZE": env.int("METERING_BATCH_SIZE", default=2000),
+    # Entries unacknowledged this long (a meter consumer died) are claimed by another consumer.
+    "CLAIM_IDLE_SECONDS": env.float("METERING_CLAIM_IDLE_SECONDS", default=30.0),
+}
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE = {
+    "metering.ensure_usage_partitions": {
+        "task": "metering.ensure_usage_partitions",
+        "schedule": 3600.0,
+    },
+    "gateway.probe_backends": {
+        "task": "gateway.probe_backends",
+        "schedule": env.float("BACKEND_PROBE_SECONDS", default=5.0),
+    },
+}
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "config.logs.json_formatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}

@@ -1,0 +1,280 @@
+"""The gateway's ASGI application: one request from arrival to usage hand-off.
+
+    authenticate → read and check the body → pick backends → open the in-flight entry
+    → forward (retrying while nothing was sent) → settle: the usage record goes to the meter
+
+Plain ASGI on purpose: this path runs for every inference call, and a framework's request
+objects and middleware stack cost more than the whole budget (see docs/benchmarks.md).
+Shared clients (PostgreSQL pool, Redis, HTTP) are built once per process at lifespan start.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from django.conf import settings
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from gateway import errors
+from gateway.auth import Authenticator, Principal
+from gateway.errors import ApiError
+from gateway.inflight import InflightJournal, Progress
+from gateway.proxy import Forwarded, Proxy
+from gateway.responses import Receive, Send, send_error, send_json
+from gateway.routing import Backend, Router
+from gateway.validation import CHAT, COMPLETIONS, EMBEDDINGS, InferenceRequest, request_parse
+
+log = logging.getLogger(__name__)
+
+_ENDPOINTS = {
+    "/v1/chat/completions": CHAT,
+    "/v1/completions": COMPLETIONS,
+    "/v1/embeddings": EMBEDDINGS,
+}
+PATH_PREFIXES = ("/v1/", "/healthz", "/readyz")
+
+
+@dataclass(slots=True)
+class _Clients:
+    pool: AsyncConnectionPool
+    redis: aioredis.Redis
+    session: aiohttp.ClientSession
+    auth: Authenticator
+    router: Router
+    journal: InflightJournal
+    proxy: Proxy
+    tasks: list[asyncio.Task[None]]
+
+
+class GatewayApp:
+    def __init__(self) -> None:
+        self.c: _Clients | None = None
+        self.max_body = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        conf = settings.GATEWAY
+        db = settings.DATABASES["default"]
+        conninfo = make_conninfo(
+            dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None,
+            host=db["HOST"] or None, port=db["PORT"] or None,
+        )
+        pool = AsyncConnectionPool(conninfo, min_size=1, max_size=4, open=False)
+        await pool.open(wait=False)
+        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=conf["BACKEND_CONNECT_TIMEOUT"],
+            sock_read=conf["BACKEND_READ_TIMEOUT"],
+        )
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",),
+        )
+        router = Router(pool, eject_seconds=conf["BACKEND_EJECT_SECONDS"])
+        journal = InflightJournal(client, lease_seconds=conf["LEASE_SECONDS"])
+        try:
+            await router.refresh()
+            # Requests of gateways that died while none was running are recorded now.
+            await journal.reap()
+        except Exception:
+            log.exception("startup refresh failed; retrying in the background")
+        interval = min(conf["LEASE_SECONDS"] / 3, conf["REAPER_INTERVAL_SECONDS"])
+        tasks = [
+            asyncio.create_task(router.refresh_forever(conf["BACKENDS_REFRESH_SECONDS"])),
+            asyncio.create_task(journal.maintain(interval)),
+        ]
+        self.max_body = conf["MAX_BODY_BYTES"]
+        self.c = _Clients(
+            pool=pool, redis=client, session=session,
+            auth=Authenticator(pool, cache_seconds=conf["KEY_CACHE_SECONDS"]),
+            router=router, journal=journal,
+            proxy=Proxy(session, router, max_attempts=conf["MAX_ATTEMPTS"]), tasks=tasks,
+        )
+
+    async def shutdown(self) -> None:
+        if self.c is None:
+            return
+        for task in self.c.tasks:
+            task.cancel()
+        await self.c.session.close()
+        await self.c.redis.aclose()
+        await self.c.pool.close()
+        self.c = None
+
+    async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        arrived = time.monotonic()
+        request_id = uuid.uuid4()
+        rid = f"req_{request_id.hex}"
+        try:
+            await self._route(scope, receive, send, arrived, request_id, rid)
+        except ApiError as error:
+            await send_error(send, error, rid)
+
+    async def _route(
+        self, scope: dict[str, Any], receive: Receive, send: Send,
+        arrived: float, request_id: uuid.UUID, rid: str,
+    ) -> None:
+        assert self.c is not None, "the ASGI server must run the lifespan protocol"
+        path, method = scope["path"], scope["method"]
+        if path == "/healthz":
+            return await send_json(send, 200, {"status": "ok"}, rid)
+        if path == "/readyz":
+            return await self._ready(send, rid)
+        endpoint = _ENDPOINTS.get(path)
+        if endpoint is None and path != "/v1/models":
+            raise errors.not_found(path)
+        expected = "POST" if endpoint else "GET"
+        if method != expected:
+            raise errors.method_not_allowed(method)
+        principal = await self.c.auth.authenticate(_header(scope, b"authorization"))
+        if endpoint is None:
+            return await self._models(principal, send, rid)
+        request = request_parse(endpoint, await self._body(scope, receive))
+        if not principal.may_use(request.model) or not self.c.router.serves(request.model):
+            raise errors.model_not_found(request.model)
+        backends = self.c.router.candidates(request.model)
+        if not backends:
+            raise errors.no_backend(request.model)
+        await self._serve(request, principal, backends, arrived, request_id, rid, send, receive)
+
+    async def _serve(
+        self, request: InferenceRequest, principal: Principal, backends: list[Backend],
+        arrived: float, request_id: uuid.UUID, rid: str, send: Send, receive: Receive,
+    ) -> None:
+        assert self.c is not None
+        entry = {
+            "request_id": str(request_id),
+            "account_id": principal.account_id,
+            "api_key_id": principal.api_key_id,
+            "tier": principal.tier,
+            "model": request.model,
+            "backend": backends[0].name,
+            "endpoint": request.endpoint,
+            "streamed": request.stream,
+            "started_at": time.time() - (time.monotonic() - arrived),
+            "prompt_tokens": request.prompt_tokens_estimate,
+            "queue_wait_ms": 0.0,
+        }
+        try:
+            progress = await self.c.journal.open(entry["request_id"], entry)
+        except aioredis.RedisError as exc:
+            raise ApiError(503, "Usage metering is unavailable; retry shortly.",
+                           type="server_error", code="metering_unavailable",
+                           headers=((b"retry-after", b"1"),)) from exc
+        forwarded = Forwarded(backends[0], 500, "backend_error")
+        try:
+            forwarded = await self.c.proxy.forward(
+                request, backends, request_id=rid, send=send, receive=receive, progress=progress
+            )
+        finally:
+            record = usage_record(entry, forwarded, progress, arrived, request.endpoint)
+            await self.c.journal.settle(entry["request_id"], record)
+
+    async def _models(self, principal: Principal, send: Send, rid: str) -> None:
+        assert self.c is not None
+        data = [
+            {"id": model, "object": "model", "created": 0, "owned_by": "token-factory"}
+            for model in self.c.router.models()
+            if principal.may_use(model)
+        ]
+        await send_json(send, 200, {"object": "list", "data": data}, rid)
+
+    async def _body(self, scope: dict[str, Any], receive: Receive) -> bytes:
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise errors.body_too_large(self.max_body)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise errors.body_too_large(self.max_body)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _ready(self, send: Send, rid: str) -> None:
+        assert self.c is not None
+        checks: dict[str, str] = {}
+        try:
+            await self.c.redis.ping()
+            checks["redis"] = "ok"
+        except aioredis.RedisError as exc:
+            checks["redis"] = f"error: {exc}"
+        try:
+            async with self.c.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            checks["postgres"] = "ok"
+        except Exception as exc:
+            checks["postgres"] = f"error: {exc}"
+        checks["backends"] = str(len(self.c.router.models()))
+        ready = checks["redis"] == "ok" and checks["postgres"] == "ok"
+        await send_json(send, 200 if ready else 503, {"ready": ready, "checks": checks}, rid)
+
+
+def usage_record(
+    entry: dict[str, Any], forwarded: Forwarded, progress: Progress, arrived: float,
+    endpoint: str,
+) -> dict[str, Any]:
+    """The usage record of a finished request: the backend's counts, or the gateway's estimate."""
+    usage = forwarded.usage or {}
+    delivered = progress.completion_tokens
+    if usage:
+        prompt = int(usage.get("prompt_tokens") or 0)
+        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+        estimated = False
+    elif delivered or forwarded.outcome in ("ok", "client_disconnected"):
+        # The backend worked but its counts never arrived: bill what we saw, marked as such.
+        prompt, cached, completion, reasoning = entry["prompt_tokens"], 0, delivered, 0
+        estimated = True
+    else:
+        prompt = cached = completion = reasoning = 0
+        estimated = False
+    now = time.monotonic()
+    first = forwarded.first_token_at
+    return {
+        **entry,
+        "backend": forwarded.backend.name,
+        "prompt_tokens": prompt,
+        "cached_prompt_tokens": cached,
+        "completion_tokens": completion,
+        "reasoning_tokens": reasoning,
+        "tokens_estimated": estimated,
+        "ttft_ms": None if first is None else (first - arrived) * 1000,
+        "latency_ms": (now - arrived) * 1000,
+        "status_code": forwarded.status_code,
+        "outcome": forwarded.outcome,
+        "ended_at": entry["started_at"] + (now - arrived),
+    }
+
+
+def _header(scope: dict[str, Any], name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None

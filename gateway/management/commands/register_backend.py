@@ -1,0 +1,30 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from gateway.services import backend_register
+
+
+class Command(BaseCommand):
+    help = "Register (or update) an OpenAI-compatible backend."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name")
+        parser.add_argument("base_url", help="e.g. http://127.0.0.1:8000 (without /v1)")
+        parser.add_argument("--upstream-model", required=True)
+        parser.add_argument(
+            "--model", action="append", dest="models", help="public model name (repeatable)"
+        )
+        parser.add_argument("--max-seqs", type=int, default=256)
+        parser.add_argument("--telemetry-url", default="")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        backend = backend_register(
+            name=options["name"],
+            base_url=options["base_url"],
+            upstream_model=options["upstream_model"],
+            public_models=options["models"] or [options["upstream_model"]],
+            max_concurrent_sequences=options["max_seqs"],
+            telemetry_url=options["telemetry_url"],
+        )
+        self.stdout.write(f"backend {backend.name} -> {backend.base_url} {backend.public_models}")

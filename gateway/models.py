@@ -1,0 +1,98 @@
+"""Who may call the gateway (tiers, accounts, keys) and where calls go (backends).
+
+These tables are read by the gateway's hot path through small cached SQL queries
+(gateway/auth.py, gateway/routing.py), never through the ORM per request.
+"""
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+
+
+class Tier(models.Model):
+    """A kind of token the factory sells. Rows, not code: staff edit them.
+
+    Every limit is null for "unlimited". The limits are enforced by the admission layer.
+    """
+
+    slug = models.SlugField(max_length=32, unique=True)
+    name = models.CharField(max_length=64)
+    # Lower runs first: premium 0, interactive 1, free 2. Also sent to vLLM as `priority`.
+    priority = models.PositiveSmallIntegerField()
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
+    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    tokens_per_month = models.PositiveBigIntegerField(null=True, blank=True)
+    max_concurrent_requests = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens_per_request = models.PositiveIntegerField(null=True, blank=True)
+    max_context_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Public model names this tier may use; empty means every model the fleet serves.
+    allowed_models = ArrayField(models.CharField(max_length=128), default=list, blank=True)
+    queue_timeout_seconds = models.FloatField(default=30.0)
+    queue_depth = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["priority"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Account(models.Model):
+    """A tenant: everything it owns (keys, usage, invoices) hangs off its id."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+
+    name = models.CharField(max_length=200, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="accounts")
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    """An API key. Only its public id and a SHA-256 of the whole key are stored.
+
+    A key reads `tf_<key_id>_<secret>`: the gateway finds the row by `key_id` (not secret) and
+    compares hashes in constant time, so lookups leak nothing about the secret.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=200, blank=True)
+    key_id = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    # Coarse (about a minute): written in the background by the gateway, off the request path.
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"tf_{self.key_id}_…"
+
+
+class Backend(models.Model):
+    """An OpenAI-compatible inference engine (vLLM, SGLang, TGI, NIM, Dynamo, the simulator)."""
+
+    class Health(models.TextChoices):
+        UNKNOWN = "unknown"
+        HEALTHY = "healthy"
+        UNHEALTHY = "unhealthy"
+
+    name = models.SlugField(max_length=64, unique=True)
+    base_url = models.URLField(help_text="Root URL, without /v1, e.g. http://10.0.0.5:8000")
+    # The model name the engine knows; clients use the public names.
+    upstream_model = models.CharField(max_length=200)
+    public_models = ArrayField(models.CharField(max_length=128))
+    max_concurrent_sequences = models.PositiveIntegerField(default=256)
+    telemetry_url = models.URLField(blank=True, help_text="DCGM exporter /metrics URL")
+    enabled = models.BooleanField(default=True)
+    health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name

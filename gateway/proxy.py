@@ -1,0 +1,254 @@
+"""Forwarding one admitted request to a backend and its answer back to the client.
+
+A request is retried on the next candidate backend while nothing has been sent to the client:
+connection failures, 429 and 5xx answers, and streams that fail before their first byte.
+Streams are passed through event by event as they arrive; the gateway always asks the backend
+for the usage chunk and forwards it only if the client asked for it.
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import ApiError, backend_failed, invalid_request
+from gateway.inflight import Progress
+from gateway.responses import Receive, Send, send_body, send_error
+from gateway.routing import Backend, Router
+from gateway.validation import CHAT, COMPLETIONS, InferenceRequest
+
+
+_PATHS = {
+    CHAT: "/v1/chat/completions",
+    COMPLETIONS: "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+# Chunks that carry no generated token: role announcements and finish markers.
+_EMPTY_MARKS = (
+    b'"content":""',
+    b'"content": ""',
+    b'"text":""',
+    b'"text": ""',
+    b'"delta":{}',
+    b'"delta": {}',
+)
+_USAGE_NULL = (b'"usage":null', b'"usage": null')
+_DONE = b"data: [DONE]"
+
+
+class _Retry(Exception):
+    """This backend failed before anything reached the client; try the next one."""
+
+    def __init__(self, error: ApiError, *, eject: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.eject = eject
+
+
+@dataclass(slots=True)
+class Forwarded:
+    """What forwarding learned, for the usage record."""
+
+    backend: Backend
+    status_code: int
+    outcome: str = "ok"
+    usage: dict[str, Any] | None = None
+    first_token_at: float | None = None
+
+
+class Proxy:
+    def __init__(self, session: aiohttp.ClientSession, router: Router, *, max_attempts: int):
+        self.session = session
+        self.router = router
+        self.max_attempts = max_attempts
+
+    async def forward(
+        self,
+        request: InferenceRequest,
+        backends: list[Backend],
+        *,
+        request_id: str,
+        send: Send,
+        receive: Receive,
+        progress: Progress,
+    ) -> Forwarded:
+        """Send the answer (or an error) to the client; returns what happened for metering."""
+        error = backend_failed(502, "No backend could serve the request.")
+        for backend in backends[: self.max_attempts]:
+            backend.outstanding += 1
+            try:
+                return await self._attempt(request, backend, request_id, send, receive, progress)
+            except _Retry as retry:
+                error = retry.error
+                if retry.eject:
+                    self.router.eject(backend)
+            finally:
+                backend.outstanding -= 1
+        await send_error(send, error, request_id)
+        outcome = "rejected" if error.status == 429 else "backend_error"
+        return Forwarded(backends[0], error.status, outcome)
+
+    async def _attempt(
+        self,
+        request: InferenceRequest,
+        backend: Backend,
+        request_id: str,
+        send: Send,
+        receive: Receive,
+        progress: Progress,
+    ) -> Forwarded:
+        body = dict(request.body, model=backend.upstream_model)
+        if request.stream:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        try:
+            response = await self.session.post(
+                backend.base_url + _PATHS[request.endpoint],
+                data=orjson.dumps(body),
+                headers={"content-type": "application/json", "x-request-id": request_id},
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Retry(_unreachable(backend, exc), eject=True) from exc
+        try:
+            if response.status == 429 or response.status >= 500:
+                raise _Retry(await _backend_refusal(response, backend), eject=response.status >= 500)
+            rename = backend.model_renames.get(request.model)
+            if response.status != 200:
+                return await _forward_client_error(response, backend, request_id, send)
+            if request.stream:
+                return await _stream(response, backend, request, request_id, send, receive,
+                                     progress, rename)
+            return await _whole(response, backend, request_id, send, rename)
+        finally:
+            response.release()
+
+
+async def _whole(
+    response: aiohttp.ClientResponse,
+    backend: Backend,
+    request_id: str,
+    send: Send,
+    rename: tuple[bytes, bytes] | None,
+) -> Forwarded:
+    try:
+        data = await response.read()
+        usage = orjson.loads(data).get("usage")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _Retry(_unreachable(backend, exc), eject=True) from exc
+    except (orjson.JSONDecodeError, AttributeError) as exc:
+        raise _Retry(backend_failed(502, "The backend sent an unreadable answer."), eject=True) from exc
+    if rename:
+        data = data.replace(*rename, 1)
+    await send_body(send, 200, data, request_id)
+    return Forwarded(backend, 200, usage=usage)
+
+
+async def _stream(
+    response: aiohttp.ClientResponse,
+    backend: Backend,
+    request: InferenceRequest,
+    request_id: str,
+    send: Send,
+    receive: Receive,
+    progress: Progress,
+    rename: tuple[bytes, bytes] | None,
+) -> Forwarded:
+    result = Forwarded(backend, 200)
+    chunks = response.content.iter_any()
+    try:
+        pending = await anext(chunks)
+    except (aiohttp.ClientError, TimeoutError, StopAsyncIteration) as exc:
+        # Nothing has reached the client yet, so another backend may still serve it.
+        raise _Retry(_unreachable(backend, exc), eject=True) from exc
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [*_SSE_HEADERS, (b"x-request-id", request_id.encode())]})
+    disconnected = asyncio.Event()
+    watcher = asyncio.create_task(_watch_disconnect(receive, response, disconnected))
+    done = False
+    try:
+        buffer = b""
+        while True:
+            events = (buffer + pending).split(b"\n\n")
+            buffer = events.pop()
+            out = []
+            for event in events:
+                if event.startswith(_DONE):
+                    done = True
+                elif b'"usage"' in event and not any(m in event for m in _USAGE_NULL):
+                    result.usage = orjson.loads(event[5:]).get("usage")
+                    if not request.include_usage:
+                        continue
+                elif not any(mark in event for mark in _EMPTY_MARKS):
+                    progress.completion_tokens += 1
+                    if result.first_token_at is None:
+                        result.first_token_at = time.monotonic()
+                if rename:
+                    event = event.replace(*rename, 1)
+                out.append(event)
+            if out:
+                out.append(b"")
+                await send({"type": "http.response.body", "body": b"\n\n".join(out),
+                            "more_body": True})
+            pending = await anext(chunks)
+    except StopAsyncIteration:
+        pass
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+        done = False
+    finally:
+        watcher.cancel()
+    if disconnected.is_set():
+        result.outcome, result.status_code = "client_disconnected", 499
+        return result
+    if not done:
+        result.outcome, result.status_code = "backend_error", 502
+        error = backend_failed(502, f"The backend {backend.name} failed in the middle of the answer.")
+        await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n",
+                    "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return result
+
+
+async def _watch_disconnect(
+    receive: Receive, response: aiohttp.ClientResponse, disconnected: asyncio.Event
+) -> None:
+    """Cancel the upstream request as soon as the client goes away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    disconnected.set()
+    response.close()
+
+
+async def _forward_client_error(
+    response: aiohttp.ClientResponse, backend: Backend, request_id: str, send: Send
+) -> Forwarded:
+    """The backend refused the request itself (too long a context, say): the client's to fix."""
+    data = await response.read()
+    try:
+        message = orjson.loads(data)["error"]["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        message = data.decode(errors="replace")[:500] or "The backend rejected the request."
+    await send_error(send, invalid_request(str(message)), request_id)
+    return Forwarded(backend, 400, "rejected")
+
+
+async def _backend_refusal(response: aiohttp.ClientResponse, backend: Backend) -> ApiError:
+    await response.read()
+    if response.status == 429:
+        retry_after = response.headers.get("retry-after", "1").encode()
+        return ApiError(503, f"The backend {backend.name} is overloaded; retry shortly.",
+                        type="server_error", code="backend_overloaded",
+                        headers=((b"retry-after", retry_after),))
+    return backend_failed(502, f"The backend {backend.name} failed ({response.status}).")
+
+
+def _unreachable(backend: Backend, exc: BaseException) -> ApiError:
+    if isinstance(exc, TimeoutError):
+        return backend_failed(504, f"The backend {backend.name} did not answer in time.")
+    return backend_failed(502, f"The backend {backend.name} could not be reached.")

@@ -1,0 +1,106 @@
+"""Which backend serves a request: enabled, healthy, serving the model, least outstanding.
+
+The backend list is re-read from PostgreSQL every BACKENDS_REFRESH_SECONDS by a background
+task. Health comes from two places: the prober's verdict in the table (`unhealthy` is skipped)
+and this process's own experience (a backend that refuses a connection or answers 5xx is
+ejected here for BACKEND_EJECT_SECONDS).
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from psycopg_pool import AsyncConnectionPool
+
+log = logging.getLogger(__name__)
+
+_BACKENDS_SQL = """
+SELECT id, name, base_url, upstream_model, public_models, max_concurrent_sequences
+FROM gateway_backend
+WHERE enabled AND health <> 'unhealthy'
+ORDER BY name
+"""
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    id: int
+    name: str
+    base_url: str
+    upstream_model: str
+    public_models: tuple[str, ...]
+    max_concurrent_sequences: int
+    outstanding: int = 0
+    ejected_until: float = 0.0
+    # Bytes to swap in responses when the engine's model name differs from the public one.
+    model_renames: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for public in self.public_models:
+            if public != self.upstream_model:
+                self.model_renames[public] = (
+                    f'"model":"{self.upstream_model}"'.encode(),
+                    f'"model":"{public}"'.encode(),
+                )
+
+
+class Router:
+    def __init__(self, pool: AsyncConnectionPool, *, eject_seconds: float) -> None:
+        self.pool = pool
+        self.eject_seconds = eject_seconds
+        self._by_model: dict[str, list[Backend]] = {}
+        self._by_name: dict[str, Backend] = {}
+
+    def models(self) -> list[str]:
+        return sorted(self._by_model)
+
+    def serves(self, model: str) -> bool:
+        return model in self._by_model
+
+    def candidates(self, model: str) -> list[Backend]:
+        """Backends to try, best first: not ejected, then fewest requests outstanding."""
+        now = time.monotonic()
+        backends = self._by_model.get(model, ())
+        return sorted(
+            (b for b in backends if b.ejected_until <= now), key=lambda b: b.outstanding
+        )
+
+    def eject(self, backend: Backend) -> None:
+        backend.ejected_until = time.monotonic() + self.eject_seconds
+        log.warning("backend ejected", extra={"backend": backend.name})
+
+    async def refresh(self) -> None:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(_BACKENDS_SQL)
+            rows = await cursor.fetchall()
+        by_name: dict[str, Backend] = {}
+        by_model: dict[str, list[Backend]] = {}
+        for row in rows:
+            backend = Backend(row[0], row[1], row[2], row[3], tuple(row[4]), row[5])
+            # Keep the object (and the live counters requests in flight decrement) if unchanged.
+            known = self._by_name.get(backend.name)
+            if known is not None and _same(known, backend):
+                backend = known
+            by_name[backend.name] = backend
+            for model in backend.public_models:
+                by_model.setdefault(model, []).append(backend)
+        self._by_name, self._by_model = by_name, by_model
+
+    async def refresh_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("backend refresh failed; keeping the last known list")
+
+
+def _same(a: Backend, b: Backend) -> bool:
+    return (a.id, a.base_url, a.upstream_model, a.public_models, a.max_concurrent_sequences) == (
+        b.id,
+        b.base_url,
+        b.upstream_model,
+        b.public_models,
+        b.max_concurrent_sequences,
+    )

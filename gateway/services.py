@@ -1,0 +1,119 @@
+"""Writes to the gateway's tables: tiers, accounts, keys, backends. Used by commands and admin."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from gateway.keys import key_generate
+from gateway.models import Account, ApiKey, Backend, Tier
+
+# The three tiers the product sells, as created on a fresh install. Staff edit the rows after.
+DEFAULT_TIERS = (
+    {
+        "slug": "premium",
+        "name": "Premium",
+        "priority": 0,
+        "requests_per_minute": 6000,
+        "tokens_per_minute": 2_000_000,
+        "max_concurrent_requests": 256,
+        "max_tokens_per_request": 32768,
+        "queue_timeout_seconds": 60.0,
+    },
+    {
+        "slug": "interactive",
+        "name": "Interactive",
+        "priority": 1,
+        "requests_per_minute": 600,
+        "tokens_per_minute": 400_000,
+        "max_concurrent_requests": 64,
+        "max_tokens_per_request": 8192,
+        "queue_timeout_seconds": 10.0,
+    },
+    {
+        "slug": "free",
+        "name": "Free",
+        "priority": 2,
+        "requests_per_minute": 20,
+        "tokens_per_minute": 20_000,
+        "tokens_per_day": 200_000,
+        "max_concurrent_requests": 4,
+        "max_tokens_per_request": 1024,
+        "queue_timeout_seconds": 2.0,
+        "queue_depth": 100,
+    },
+)
+
+
+def tiers_ensure_defaults() -> list[Tier]:
+    """Create the default tiers that do not exist yet; never overwrites staff edits."""
+    return [
+        Tier.objects.get_or_create(slug=spec["slug"], defaults=spec)[0] for spec in DEFAULT_TIERS
+    ]
+
+
+def account_create(*, name: str, tier_slug: str) -> Account:
+    tier = Tier.objects.get(slug=tier_slug)
+    return Account.objects.create(name=name, tier=tier)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    # Shown once to the caller; not stored anywhere.
+    plaintext: str
+
+
+def api_key_issue(
+    *, account: Account, name: str = "", expires_at: datetime | None = None
+) -> IssuedKey:
+    new = key_generate()
+    api_key = ApiKey.objects.create(
+        account=account,
+        name=name,
+        key_id=new.key_id,
+        secret_hash=new.secret_hash,
+        expires_at=expires_at,
+    )
+    return IssuedKey(api_key=api_key, plaintext=new.plaintext)
+
+
+def api_key_revoke(*, key_id: str) -> ApiKey:
+    """Revoke a key. Gateways stop accepting it within GATEWAY_KEY_CACHE_SECONDS."""
+    with transaction.atomic():
+        api_key = ApiKey.objects.select_for_update().get(key_id=key_id)
+        if api_key.revoked_at is None:
+            api_key.revoked_at = timezone.now()
+            api_key.save(update_fields=["revoked_at"])
+    return api_key
+
+
+def backend_register(
+    *,
+    name: str,
+    base_url: str,
+    upstream_model: str,
+    public_models: list[str],
+    max_concurrent_sequences: int = 256,
+    telemetry_url: str = "",
+) -> Backend:
+    """Create or update a backend by name (registering twice is harmless)."""
+    backend, _ = Backend.objects.update_or_create(
+        name=name,
+        defaults={
+            "base_url": base_url.rstrip("/"),
+            "upstream_model": upstream_model,
+            "public_models": public_models,
+            "max_concurrent_sequences": max_concurrent_sequences,
+            "telemetry_url": telemetry_url,
+            "enabled": True,
+        },
+    )
+    return backend
+
+
+def backend_health_set(*, backend: Backend, healthy: bool) -> None:
+    backend.health = Backend.Health.HEALTHY if healthy else Backend.Health.UNHEALTHY
+    backend.health_checked_at = timezone.now()
+    backend.save(update_fields=["health", "health_checked_at"])

@@ -1,0 +1,82 @@
+"""The hand-off contract between gateways and the meter: usage events on a Redis stream.
+
+Gateways append one event per finished request (atomically with closing its in-flight entry,
+see gateway/lua/inflight_settle.lua); the reaper appends a `lost` event for a request whose
+gateway died. The meter consumer turns both into UsageRecord rows. Field values are JSON with
+timestamps as Unix seconds (UTC).
+
+Every key shares the `{meter}` hash tag so the Lua scripts stay on one Redis Cluster slot.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+USAGE_STREAM = "{meter}:usage"
+USAGE_GROUP = "meter"
+
+FINAL = b"final"
+LOST = b"lost"
+
+# Columns of metering_usagerecord, in COPY order.
+COLUMNS = (
+    "request_id",
+    "account_id",
+    "api_key_id",
+    "tier",
+    "model",
+    "backend",
+    "endpoint",
+    "prompt_tokens",
+    "cached_prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "tokens_estimated",
+    "queue_wait_ms",
+    "ttft_ms",
+    "latency_ms",
+    "status_code",
+    "outcome",
+    "streamed",
+    "started_at",
+    "ended_at",
+    "energy_joules",
+)
+# A lost request never got a response; 0 says "no HTTP status" without inventing one.
+NO_STATUS = 0
+
+
+def record_from_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """One usage record (column -> value) from a stream entry's fields."""
+    record: dict[str, Any] = orjson.loads(fields[b"record"])
+    if fields[b"kind"] == LOST:
+        record = _record_lost(record, fields.get(b"progress"))
+    record["started_at"] = _utc(record["started_at"])
+    record["ended_at"] = _utc(record["ended_at"])
+    record.setdefault("energy_joules", None)
+    return record
+
+
+def _record_lost(entry: dict[str, Any], progress: bytes | None) -> dict[str, Any]:
+    """What the in-flight entry and its last lease renewal knew, marked as estimated."""
+    completion_tokens, last_seen = 0, entry["started_at"]
+    if progress:
+        tokens, seen = progress.split(b" ")
+        completion_tokens, last_seen = int(tokens), float(seen)
+    return {
+        **entry,
+        "cached_prompt_tokens": 0,
+        "completion_tokens": completion_tokens,
+        "reasoning_tokens": 0,
+        "tokens_estimated": True,
+        "ttft_ms": None,
+        "latency_ms": (last_seen - entry["started_at"]) * 1000,
+        "status_code": NO_STATUS,
+        "outcome": "gateway_lost",
+        "ended_at": last_seen,
+    }
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=UTC)
