@@ -5,17 +5,16 @@ from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 django_app = get_asgi_application()
 
 from gateway.app import PATH_PREFIXES, GatewayApp  # noqa: E402 (needs Django set up)
-from gateway.responses import Receive, Send  # noqa: E402
 
 gateway_app = GatewayApp()
 
 
-async def application(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan" or scope["path"].startswith(PATH_PREFIXES):
         await gateway_app(scope, receive, send)
     else:

@@ -17,8 +17,12 @@ if PROFILE not in ("local", "production"):
     raise environ.ImproperlyConfigured(f"TF_PROFILE must be local or production, not {PROFILE!r}")
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="local-insecure-key-do-not-use" if LOCAL else environ.Env.NOTSET)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if LOCAL else [])
+SECRET_KEY = env.str(
+    "SECRET_KEY", default="local-insecure-key-do-not-use" if LOCAL else environ.Env.NOTSET
+)
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if LOCAL else []
+)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 DATABASES = {

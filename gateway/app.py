@@ -78,19 +78,26 @@ class GatewayApp:
         conf = settings.GATEWAY
         db = settings.DATABASES["default"]
         conninfo = make_conninfo(
-            dbname=db["NAME"], user=db["USER"], password=db["PASSWORD"] or None,
-            host=db["HOST"] or None, port=db["PORT"] or None,
+            dbname=db["NAME"],
+            user=db["USER"],
+            password=db["PASSWORD"] or None,
+            host=db["HOST"] or None,
+            port=db["PORT"] or None,
+            connect_timeout=2,
         )
         pool = AsyncConnectionPool(conninfo, min_size=1, max_size=4, open=False)
         await pool.open(wait=False)
         client = aioredis.Redis.from_url(settings.REDIS_URL)
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=conf["BACKEND_CONNECT_TIMEOUT"],
+            total=None,
+            sock_connect=conf["BACKEND_CONNECT_TIMEOUT"],
             sock_read=conf["BACKEND_READ_TIMEOUT"],
         )
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",),
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
         )
         router = Router(pool, eject_seconds=conf["BACKEND_EJECT_SECONDS"])
         journal = InflightJournal(client, lease_seconds=conf["LEASE_SECONDS"])
@@ -107,10 +114,14 @@ class GatewayApp:
         ]
         self.max_body = conf["MAX_BODY_BYTES"]
         self.c = _Clients(
-            pool=pool, redis=client, session=session,
+            pool=pool,
+            redis=client,
+            session=session,
             auth=Authenticator(pool, cache_seconds=conf["KEY_CACHE_SECONDS"]),
-            router=router, journal=journal,
-            proxy=Proxy(session, router, max_attempts=conf["MAX_ATTEMPTS"]), tasks=tasks,
+            router=router,
+            journal=journal,
+            proxy=Proxy(session, router, max_attempts=conf["MAX_ATTEMPTS"]),
+            tasks=tasks,
         )
 
     async def shutdown(self) -> None:
@@ -133,8 +144,13 @@ class GatewayApp:
             await send_error(send, error, rid)
 
     async def _route(
-        self, scope: dict[str, Any], receive: Receive, send: Send,
-        arrived: float, request_id: uuid.UUID, rid: str,
+        self,
+        scope: dict[str, Any],
+        receive: Receive,
+        send: Send,
+        arrived: float,
+        request_id: uuid.UUID,
+        rid: str,
     ) -> None:
         assert self.c is not None, "the ASGI server must run the lifespan protocol"
         path, method = scope["path"], scope["method"]
@@ -160,12 +176,20 @@ class GatewayApp:
         await self._serve(request, principal, backends, arrived, request_id, rid, send, receive)
 
     async def _serve(
-        self, request: InferenceRequest, principal: Principal, backends: list[Backend],
-        arrived: float, request_id: uuid.UUID, rid: str, send: Send, receive: Receive,
+        self,
+        request: InferenceRequest,
+        principal: Principal,
+        backends: list[Backend],
+        arrived: float,
+        request_id: uuid.UUID,
+        rid: str,
+        send: Send,
+        receive: Receive,
     ) -> None:
         assert self.c is not None
+        key = str(request_id)
         entry = {
-            "request_id": str(request_id),
+            "request_id": key,
             "account_id": principal.account_id,
             "api_key_id": principal.api_key_id,
             "tier": principal.tier,
@@ -178,11 +202,15 @@ class GatewayApp:
             "queue_wait_ms": 0.0,
         }
         try:
-            progress = await self.c.journal.open(entry["request_id"], entry)
+            progress = await self.c.journal.open(key, entry)
         except aioredis.RedisError as exc:
-            raise ApiError(503, "Usage metering is unavailable; retry shortly.",
-                           type="server_error", code="metering_unavailable",
-                           headers=((b"retry-after", b"1"),)) from exc
+            raise ApiError(
+                503,
+                "Usage metering is unavailable; retry shortly.",
+                type="server_error",
+                code="metering_unavailable",
+                headers=((b"retry-after", b"1"),),
+            ) from exc
         forwarded = Forwarded(backends[0], 500, "backend_error")
         try:
             forwarded = await self.c.proxy.forward(
@@ -190,7 +218,7 @@ class GatewayApp:
             )
         finally:
             record = usage_record(entry, forwarded, progress, arrived, request.endpoint)
-            await self.c.journal.settle(entry["request_id"], record)
+            await self.c.journal.settle(key, record)
 
     async def _models(self, principal: Principal, send: Send, rid: str) -> None:
         assert self.c is not None
@@ -236,7 +264,10 @@ class GatewayApp:
 
 
 def usage_record(
-    entry: dict[str, Any], forwarded: Forwarded, progress: Progress, arrived: float,
+    entry: dict[str, Any],
+    forwarded: Forwarded,
+    progress: Progress,
+    arrived: float,
     endpoint: str,
 ) -> dict[str, Any]:
     """The usage record of a finished request: the backend's counts, or the gateway's estimate."""

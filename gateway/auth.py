@@ -12,14 +12,17 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from psycopg_pool import AsyncConnectionPool
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.errors import account_inactive, invalid_api_key
+from gateway.errors import ApiError, account_inactive, invalid_api_key
 from gateway.keys import key_id_parse, key_matches
 
 log = logging.getLogger(__name__)
 
 _LAST_USED_EVERY = 60.0
+_CACHE_MAX = 100_000
+_DB_TIMEOUT = 2.0
 _KEY_SQL = """
 SELECT k.id, k.secret_hash, k.expires_at, k.revoked_at, a.id, a.status, t.slug, t.priority,
        t.allowed_models
@@ -94,9 +97,7 @@ class Authenticator:
         future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
         self._loading[key_id] = future
         try:
-            loaded = _Entry(await self._load(key_id), time.monotonic() + self.cache_seconds)
-            if entry is not None:
-                loaded.last_used_written = entry.last_used_written
+            loaded = await self._refreshed(key_id, entry)
             self._cache[key_id] = loaded
             future.set_result(loaded)
             return loaded
@@ -107,8 +108,38 @@ class Authenticator:
         finally:
             del self._loading[key_id]
 
+    async def _refreshed(self, key_id: str, stale: _Entry | None) -> _Entry:
+        try:
+            principal = await self._load(key_id)
+        except (psycopg.Error, PoolTimeout) as exc:
+            # PostgreSQL is away: keys seen recently keep working (revocations made during
+            # the outage apply once it is back); keys never seen cannot be checked.
+            if stale is None:
+                raise ApiError(
+                    503,
+                    "Authentication is temporarily unavailable; retry shortly.",
+                    type="server_error",
+                    code="auth_unavailable",
+                    headers=((b"retry-after", b"2"),),
+                ) from exc
+            log.warning("key lookup failed; using the cached entry", exc_info=True)
+            stale.fresh_until = time.monotonic() + 1.0
+            return stale
+        self._evict_expired()
+        fresh = _Entry(principal, time.monotonic() + self.cache_seconds)
+        if stale is not None:
+            fresh.last_used_written = stale.last_used_written
+        return fresh
+
+    def _evict_expired(self) -> None:
+        """Bound the cache: well-formed but unknown keys would otherwise pile up."""
+        if len(self._cache) < _CACHE_MAX:
+            return
+        now = time.monotonic()
+        self._cache = {k: e for k, e in self._cache.items() if e.fresh_until > now}
+
     async def _load(self, key_id: str) -> Principal | None:
-        async with self.pool.connection() as conn:
+        async with self.pool.connection(timeout=_DB_TIMEOUT) as conn:
             cursor = await conn.execute(_KEY_SQL, (key_id,))
             row = await cursor.fetchone()
         if row is None:
@@ -136,7 +167,7 @@ class Authenticator:
 
     async def _write_last_used(self, api_key_id: int) -> None:
         try:
-            async with self.pool.connection() as conn:
+            async with self.pool.connection(timeout=_DB_TIMEOUT) as conn:
                 await conn.execute(
                     "UPDATE gateway_apikey SET last_used_at = now() WHERE id = %s", (api_key_id,)
                 )

@@ -20,7 +20,6 @@ from gateway.responses import Receive, Send, send_body, send_error
 from gateway.routing import Backend, Router
 from gateway.validation import CHAT, COMPLETIONS, InferenceRequest
 
-
 _PATHS = {
     CHAT: "/v1/chat/completions",
     COMPLETIONS: "/v1/completions",
@@ -118,13 +117,16 @@ class Proxy:
             raise _Retry(_unreachable(backend, exc), eject=True) from exc
         try:
             if response.status == 429 or response.status >= 500:
-                raise _Retry(await _backend_refusal(response, backend), eject=response.status >= 500)
+                raise _Retry(
+                    await _backend_refusal(response, backend), eject=response.status >= 500
+                )
             rename = backend.model_renames.get(request.model)
             if response.status != 200:
                 return await _forward_client_error(response, backend, request_id, send)
             if request.stream:
-                return await _stream(response, backend, request, request_id, send, receive,
-                                     progress, rename)
+                return await _stream(
+                    response, backend, request, request_id, send, receive, progress, rename
+                )
             return await _whole(response, backend, request_id, send, rename)
         finally:
             response.release()
@@ -143,7 +145,9 @@ async def _whole(
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _Retry(_unreachable(backend, exc), eject=True) from exc
     except (orjson.JSONDecodeError, AttributeError) as exc:
-        raise _Retry(backend_failed(502, "The backend sent an unreadable answer."), eject=True) from exc
+        raise _Retry(
+            backend_failed(502, "The backend sent an unreadable answer."), eject=True
+        ) from exc
     if rename:
         data = data.replace(*rename, 1)
     await send_body(send, 200, data, request_id)
@@ -167,8 +171,13 @@ async def _stream(
     except (aiohttp.ClientError, TimeoutError, StopAsyncIteration) as exc:
         # Nothing has reached the client yet, so another backend may still serve it.
         raise _Retry(_unreachable(backend, exc), eject=True) from exc
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [*_SSE_HEADERS, (b"x-request-id", request_id.encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*_SSE_HEADERS, (b"x-request-id", request_id.encode())],
+        }
+    )
     disconnected = asyncio.Event()
     watcher = asyncio.create_task(_watch_disconnect(receive, response, disconnected))
     done = False
@@ -194,8 +203,9 @@ async def _stream(
                 out.append(event)
             if out:
                 out.append(b"")
-                await send({"type": "http.response.body", "body": b"\n\n".join(out),
-                            "more_body": True})
+                await send(
+                    {"type": "http.response.body", "body": b"\n\n".join(out), "more_body": True}
+                )
             pending = await anext(chunks)
     except StopAsyncIteration:
         pass
@@ -208,9 +218,16 @@ async def _stream(
         return result
     if not done:
         result.outcome, result.status_code = "backend_error", 502
-        error = backend_failed(502, f"The backend {backend.name} failed in the middle of the answer.")
-        await send({"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n",
-                    "more_body": True})
+        error = backend_failed(
+            502, f"The backend {backend.name} failed in the middle of the answer."
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + error.body() + b"\n\n",
+                "more_body": True,
+            }
+        )
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return result
 
@@ -242,9 +259,13 @@ async def _backend_refusal(response: aiohttp.ClientResponse, backend: Backend) -
     await response.read()
     if response.status == 429:
         retry_after = response.headers.get("retry-after", "1").encode()
-        return ApiError(503, f"The backend {backend.name} is overloaded; retry shortly.",
-                        type="server_error", code="backend_overloaded",
-                        headers=((b"retry-after", retry_after),))
+        return ApiError(
+            503,
+            f"The backend {backend.name} is overloaded; retry shortly.",
+            type="server_error",
+            code="backend_overloaded",
+            headers=((b"retry-after", retry_after),),
+        )
     return backend_failed(502, f"The backend {backend.name} failed ({response.status}).")
 
 

@@ -62,16 +62,14 @@ class Router:
         """Backends to try, best first: not ejected, then fewest requests outstanding."""
         now = time.monotonic()
         backends = self._by_model.get(model, ())
-        return sorted(
-            (b for b in backends if b.ejected_until <= now), key=lambda b: b.outstanding
-        )
+        return sorted((b for b in backends if b.ejected_until <= now), key=lambda b: b.outstanding)
 
     def eject(self, backend: Backend) -> None:
         backend.ejected_until = time.monotonic() + self.eject_seconds
         log.warning("backend ejected", extra={"backend": backend.name})
 
     async def refresh(self) -> None:
-        async with self.pool.connection() as conn:
+        async with self.pool.connection(timeout=2.0) as conn:
             cursor = await conn.execute(_BACKENDS_SQL)
             rows = await cursor.fetchall()
         by_name: dict[str, Backend] = {}

@@ -1,5 +1,7 @@
 """Writes to the gateway's tables: tiers, accounts, keys, backends. Used by commands and admin."""
 
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -117,3 +119,21 @@ def backend_health_set(*, backend: Backend, healthy: bool) -> None:
     backend.health = Backend.Health.HEALTHY if healthy else Backend.Health.UNHEALTHY
     backend.health_checked_at = timezone.now()
     backend.save(update_fields=["health", "health_checked_at"])
+
+
+def backends_probe(*, timeout: float = 2.0) -> dict[str, bool]:
+    """Ask every enabled backend's /health and store the verdict the gateways route by."""
+    verdicts = {}
+    for backend in Backend.objects.filter(enabled=True):
+        healthy = _answers_health(backend.base_url + "/health", timeout)
+        backend_health_set(backend=backend, healthy=healthy)
+        verdicts[backend.name] = healthy
+    return verdicts
+
+
+def _answers_health(url: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (admin URL)
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

@@ -143,7 +143,9 @@ def _check_sampling(body: dict[str, Any]) -> None:
     for name, (low, high) in _RANGES.items():
         value = body.get(name)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
         ):
             raise invalid_request(f"`{name}` must be a number from {low} to {high}.", param=name)
     n = body.get("n")

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -66,7 +67,7 @@ class Meter:
         return stored
 
     def _read(self, backlog: bool, block: int | None = 1000) -> _Entries:
-        reply = self.client.xreadgroup(
+        reply: Any = self.client.xreadgroup(
             USAGE_GROUP,
             self.name,
             {USAGE_STREAM: "0" if backlog else ">"},
@@ -76,10 +77,10 @@ class Meter:
         return list(reply[0][1]) if reply else []
 
     def _claim(self) -> _Entries:
-        _, entries, _ = self.client.xautoclaim(
+        reply: Any = self.client.xautoclaim(
             USAGE_STREAM, USAGE_GROUP, self.name, self.claim_idle_ms, count=self.batch_size
         )
-        return [entry for entry in entries if entry[1]]
+        return [entry for entry in reply[1] if entry[1]]
 
     def _store(self, entries: _Entries, stop: threading.Event) -> None:
         records = [record_from_event(fields) for _, fields in entries]

@@ -24,7 +24,7 @@ def usage_records_write(*, records: Sequence[dict[str, Any]]) -> int:
             "CREATE TEMP TABLE IF NOT EXISTS usage_incoming "
             "(LIKE metering_usagerecord INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        with cursor.copy(f"COPY usage_incoming ({_COLUMN_LIST}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+        with cursor.copy(f"COPY usage_incoming ({_COLUMN_LIST}) FROM STDIN") as copy:
             for record in records:
                 copy.write_row([record[column] for column in COLUMNS])
         cursor.execute(

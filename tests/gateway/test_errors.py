@@ -1,0 +1,129 @@
+"""Bad input gets a clear OpenAI-format error, the right status, and changes nothing (P6)."""
+
+import json
+import time
+from datetime import timedelta
+
+import openai
+import pytest
+from django.utils import timezone
+
+from gateway.services import api_key_issue, api_key_revoke
+from metering.models import UsageRecord
+from tests.conftest import MODEL, Tenant, tenant_create, usage_for
+from tests.http import Reply, call
+from tests.servers import Server
+
+pytestmark = pytest.mark.usefixtures("gateway")
+
+
+def chat_body(**fields: object) -> bytes:
+    return json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **fields}
+    ).encode()
+
+
+def post_chat(gateway: Server, body: bytes, key: str | None) -> Reply:
+    return call("POST", gateway.url + "/v1/chat/completions", body, key)
+
+
+def assert_openai_error(reply: Reply, status: int, code: str | None = None) -> dict[str, object]:
+    assert reply.status == status
+    assert reply.headers["x-request-id"].startswith("req_")
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error  # type: ignore[no-any-return]
+
+
+def test_it_rejects_a_missing_key(gateway: Server) -> None:
+    assert_openai_error(post_chat(gateway, chat_body(), None), 401, "invalid_api_key")
+
+
+@pytest.mark.parametrize("key", ["sk-nope", "tf_000000000000_" + "x" * 43, "", "Bearer"])
+def test_it_rejects_a_bad_key(gateway: Server, key: str, live_db: None) -> None:
+    reply = post_chat(gateway, chat_body(), key)
+    assert_openai_error(reply, 401, "invalid_api_key")
+    assert reply.headers["x-should-retry"] == "false"
+
+
+def test_it_rejects_a_key_with_a_wrong_secret(gateway: Server, tenant: Tenant) -> None:
+    forged = tenant.key[:-4] + ("AAAA" if not tenant.key.endswith("AAAA") else "BBBB")
+    assert_openai_error(post_chat(gateway, chat_body(), forged), 401, "invalid_api_key")
+
+
+def test_it_refuses_a_revoked_key_within_seconds(gateway: Server, tenant: Tenant) -> None:
+    assert post_chat(gateway, chat_body(max_tokens=1), tenant.key).status == 200
+    api_key_revoke(key_id=tenant.account.api_keys.get().key_id)
+    deadline = time.monotonic() + 5
+    while post_chat(gateway, chat_body(max_tokens=1), tenant.key).status == 200:
+        assert time.monotonic() < deadline, "revoked key still accepted after 5 s"
+        time.sleep(0.2)
+    error = assert_openai_error(post_chat(gateway, chat_body(), tenant.key), 401)
+    assert "revoked" in str(error["message"])
+
+
+def test_it_rejects_an_expired_key(gateway: Server, tenant: Tenant) -> None:
+    expired = api_key_issue(account=tenant.account, expires_at=timezone.now() - timedelta(1))
+    error = assert_openai_error(post_chat(gateway, chat_body(), expired.plaintext), 401)
+    assert "expired" in str(error["message"])
+
+
+def test_it_refuses_a_suspended_account(gateway: Server, tenant: Tenant) -> None:
+    tenant.account.status = "suspended"
+    tenant.account.save()
+    assert_openai_error(post_chat(gateway, chat_body(), tenant.key), 403, "account_inactive")
+
+
+def test_it_answers_404_for_an_unknown_model(gateway: Server, tenant: Tenant) -> None:
+    api = openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as caught:
+        api.chat.completions.create(model="gpt-17", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1, 2]",
+        chat_body(max_tokens=-5),
+        chat_body(max_tokens=10**12),
+        chat_body(messages=[]),
+        chat_body(temperature=9),
+        chat_body(stream="yes"),
+    ],
+)
+def test_it_rejects_bad_bodies_with_400_and_records_nothing(
+    gateway: Server, tenant: Tenant, body: bytes
+) -> None:
+    before = UsageRecord.objects.count()
+    assert_openai_error(post_chat(gateway, body, tenant.key), 400)
+    usage_for("req_" + "0" * 32)  # drain anything queued
+    assert UsageRecord.objects.count() == before
+
+
+def test_it_rejects_an_oversized_body_with_413(gateway: Server, tenant: Tenant) -> None:
+    huge = chat_body(messages=[{"role": "user", "content": "x" * 100_000}])
+    assert_openai_error(post_chat(gateway, huge, tenant.key), 413, "request_too_large")
+
+
+def test_unknown_paths_and_methods_get_openai_errors(gateway: Server, tenant: Tenant) -> None:
+    assert_openai_error(call("GET", gateway.url + "/v1/nothing", key=tenant.key), 404)
+    assert_openai_error(call("GET", gateway.url + "/v1/chat/completions", key=tenant.key), 405)
+
+
+def test_a_key_sees_only_its_tiers_models(gateway: Server, live_db: None) -> None:
+    restricted = tenant_create("free")
+    tier = restricted.account.tier
+    tier.allowed_models = ["some-other-model"]
+    tier.save()
+    try:
+        models = call("GET", gateway.url + "/v1/models", key=restricted.key).json()["data"]
+        assert models == []
+        assert_openai_error(post_chat(gateway, chat_body(), restricted.key), 404)
+    finally:
+        tier.allowed_models = []
+        tier.save()
