@@ -97,7 +97,12 @@ def tenant(live_db: None) -> Tenant:
     return tenant_create()
 
 
+def drain() -> int:
+    """Let the meter store every queued usage event now."""
+    return Meter.from_settings().drain()
+
+
 def usage_for(request_id: str) -> list[UsageRecord]:
     """The stored usage records of a request, after the meter has stored what is queued."""
-    Meter.from_settings().drain()
+    drain()
     return list(UsageRecord.objects.filter(request_id=uuid.UUID(request_id.removeprefix("req_"))))

@@ -24,6 +24,10 @@ def call(method: str, url: str, body: bytes | None = None, key: str | None = Non
     request = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-            return Reply(response.status, dict(response.headers.lower_items()), response.read())
+            return Reply(
+                response.status,
+                {k.lower(): v for k, v in response.headers.items()},
+                response.read(),
+            )
     except urllib.error.HTTPError as error:
         return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())

@@ -1,0 +1,190 @@
+"""Promise P1: exactly one usage record per request that reached a backend, whatever happens."""
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from gateway.services import backend_register
+from metering.models import UsageRecord
+from tests.conftest import UPSTREAM_MODEL, Tenant, drain, gateway_env, usage_for
+from tests.http import call
+from tests.servers import Server, start_gateway
+
+FAULT_MODEL = "llama-faulty"
+CHAT = [{"role": "user", "content": "Tell me a long story."}]
+
+pytestmark = pytest.mark.usefixtures("gateway")
+
+
+@pytest.fixture(scope="module")
+def two_backends(simulator: Server, gateway: Server) -> None:
+    """Two backend rows on one simulator, so a fault armed there hits whichever goes first."""
+    for name in ("fault-a", "fault-b"):
+        backend_register(
+            name=name,
+            base_url=simulator.url,
+            upstream_model=UPSTREAM_MODEL,
+            public_models=[FAULT_MODEL],
+        )
+    time.sleep(1.0)  # the gateway re-reads its backend list every 0.5 s in tests
+
+
+@pytest.fixture
+def sim(simulator: Server, two_backends: None) -> Iterator[Server]:
+    call("DELETE", simulator.url + "/_sim/faults")
+    time.sleep(1.1)  # let any ejection from the previous test lapse
+    yield simulator
+    call("DELETE", simulator.url + "/_sim/faults")
+
+
+def arm(sim: Server, **fault: object) -> None:
+    assert call("POST", sim.url + "/_sim/faults", json.dumps(fault).encode()).status == 200
+
+
+def sdk(gateway: Server, tenant: Tenant) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
+
+
+def stream_request(gateway: Server, tenant: Tenant, max_tokens: int = 200) -> socket.socket:
+    """Start a streamed chat over a raw socket; returns it once the first chunk arrived."""
+    body = json.dumps(
+        {"model": FAULT_MODEL, "messages": CHAT, "max_tokens": max_tokens, "stream": True}
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + f"authorization: Bearer {tenant.key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+def request_id_of(head_and_body: bytes) -> str:
+    for line in head_and_body.split(b"\r\n"):
+        if line.lower().startswith(b"x-request-id:"):
+            return line.split(b":", 1)[1].strip().decode()
+    raise AssertionError("no x-request-id")
+
+
+def wait_for_record(request_id: str, timeout: float = 15.0) -> UsageRecord:
+    deadline = time.monotonic() + timeout
+    while not (records := usage_for(request_id)):
+        assert time.monotonic() < deadline, f"no usage record for {request_id}"
+        time.sleep(0.25)
+    assert len(records) == 1
+    return records[0]
+
+
+def test_a_failed_backend_is_retried_on_another_before_anything_is_sent(
+    sim: Server, gateway: Server, tenant: Tenant
+) -> None:
+    arm(sim, kind="status", status=503, count=1)
+    completion = sdk(gateway, tenant).chat.completions.create(
+        model=FAULT_MODEL, messages=CHAT, max_tokens=3
+    )
+    [record] = usage_for(completion._request_id or "")
+    assert (record.outcome, record.backend, record.completion_tokens) == ("ok", "fault-b", 3)
+
+
+def test_a_stream_that_dies_before_its_first_byte_is_retried(
+    sim: Server, gateway: Server, tenant: Tenant
+) -> None:
+    arm(sim, kind="disconnect", after_tokens=0, count=1)
+    stream = sdk(gateway, tenant).chat.completions.create(
+        model=FAULT_MODEL, messages=CHAT, max_tokens=4, stream=True
+    )
+    assert len([c for c in stream if c.choices and c.choices[0].delta.content]) == 4
+    [record] = usage_for(stream.response.headers["x-request-id"])
+    assert (record.outcome, record.completion_tokens) == ("ok", 4)
+
+
+def test_when_every_backend_fails_the_client_gets_502_and_one_record(
+    sim: Server, gateway: Server, tenant: Tenant
+) -> None:
+    arm(sim, kind="status", status=500, count=10)
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk(gateway, tenant).chat.completions.create(model=FAULT_MODEL, messages=CHAT)
+    assert caught.value.status_code == 502
+    [record] = usage_for(caught.value.response.headers["x-request-id"])
+    assert (record.outcome, record.status_code, record.completion_tokens) == (
+        "backend_error",
+        502,
+        0,
+    )
+
+
+def test_a_backend_dying_mid_stream_ends_in_an_error_event_and_bills_what_was_sent(
+    sim: Server, gateway: Server, tenant: Tenant
+) -> None:
+    arm(sim, kind="disconnect", after_tokens=6, count=1)
+    stream = sdk(gateway, tenant).chat.completions.create(
+        model=FAULT_MODEL,
+        messages=CHAT,
+        max_tokens=50,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    received = []
+    with pytest.raises(openai.APIError, match="failed in the middle"):
+        received.extend(stream)
+    [record] = usage_for(stream.response.headers["x-request-id"])
+    delivered = sum(1 for c in received if c.choices and c.choices[0].delta.content)
+    assert (record.outcome, record.tokens_estimated) == ("backend_error", True)
+    assert record.completion_tokens == delivered > 0
+    assert record.prompt_tokens > 0
+
+
+def test_a_client_disconnect_cancels_the_backend_and_bills_what_was_sent(
+    sim: Server, gateway: Server, tenant: Tenant
+) -> None:
+    arm(sim, kind="stall", seconds=30, after_tokens=5, count=1)
+    before = json.loads(call("GET", sim.url + "/_sim/stats").body)["aborted"]
+    sock = stream_request(gateway, tenant)
+    head = sock.recv(65536)
+    time.sleep(0.3)
+    request_id = request_id_of(head) if b"x-request-id" in head.lower() else None
+    sock.close()
+    drain()
+    record = (
+        wait_for_record(request_id)
+        if request_id
+        else UsageRecord.objects.filter(outcome="client_disconnected").latest("started_at")
+    )
+    assert (record.outcome, record.tokens_estimated) == ("client_disconnected", True)
+    assert record.completion_tokens == 5
+    deadline = time.monotonic() + 5
+    while json.loads(call("GET", sim.url + "/_sim/stats").body)["aborted"] == before:
+        assert time.monotonic() < deadline, "the backend request was not cancelled"
+        time.sleep(0.1)
+
+
+def test_a_gateway_killed_mid_stream_has_its_request_recorded_by_the_reaper(
+    sim: Server, gateway: Server, tenant: Tenant
+) -> None:
+    doomed = start_gateway(gateway_env())
+    try:
+        arm(sim, kind="stall", seconds=30, after_tokens=5, count=1)
+        sock = stream_request(doomed, tenant)
+        time.sleep(1.5)  # a lease renewal reports the 5 tokens streamed so far
+        doomed.kill()
+        sock.close()
+    finally:
+        doomed.stop()
+    # The surviving gateway's reaper records it once the 3 s lease has lapsed.
+    deadline = time.monotonic() + 15
+    while True:
+        drain()
+        lost = UsageRecord.objects.filter(account_id=tenant.account.pk, outcome="gateway_lost")
+        if lost.exists() or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    [record] = lost
+    assert record.tokens_estimated and record.completion_tokens == 5
+    assert record.status_code == 0 and record.latency_ms >= 1000
+    assert UsageRecord.objects.filter(account_id=tenant.account.pk).count() == 1
