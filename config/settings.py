@@ -113,6 +113,8 @@ GATEWAY = {
     # No byte from the backend for this long fails the request (504, or an error event).
     "BACKEND_READ_TIMEOUT": env.float("GATEWAY_BACKEND_READ_TIMEOUT", default=120.0),
     "MAX_ATTEMPTS": env.int("GATEWAY_MAX_ATTEMPTS", default=3),
+    # Redis connections per gateway process; every request makes two short calls.
+    "REDIS_MAX_CONNECTIONS": env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=64),
     # In-flight lease: a request whose gateway stops renewing it for this long is reaped.
     "LEASE_SECONDS": env.float("GATEWAY_LEASE_SECONDS", default=60.0),
     "REAPER_INTERVAL_SECONDS": env.float("GATEWAY_REAPER_INTERVAL_SECONDS", default=5.0),

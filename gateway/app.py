@@ -87,7 +87,12 @@ class GatewayApp:
         )
         pool = AsyncConnectionPool(conninfo, min_size=1, max_size=4, open=False)
         await pool.open(wait=False)
-        client = aioredis.Redis.from_url(settings.REDIS_URL)
+        # Blocking pool: under a burst, requests wait briefly for a connection instead of failing.
+        client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, max_connections=conf["REDIS_MAX_CONNECTIONS"], timeout=5
+            )
+        )
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=conf["BACKEND_CONNECT_TIMEOUT"],
@@ -129,6 +134,7 @@ class GatewayApp:
             return
         for task in self.c.tasks:
             task.cancel()
+        await self.c.journal.flush()
         await self.c.session.close()
         await self.c.redis.aclose()
         await self.c.pool.close()
@@ -217,8 +223,7 @@ class GatewayApp:
                 request, backends, request_id=rid, send=send, receive=receive, progress=progress
             )
         finally:
-            record = usage_record(entry, forwarded, progress, arrived, request.endpoint)
-            await self.c.journal.settle(key, record)
+            self.c.journal.settle(key, usage_record(entry, forwarded, progress, arrived))
 
     async def _models(self, principal: Principal, send: Send, rid: str) -> None:
         assert self.c is not None
@@ -268,7 +273,6 @@ def usage_record(
     forwarded: Forwarded,
     progress: Progress,
     arrived: float,
-    endpoint: str,
 ) -> dict[str, Any]:
     """The usage record of a finished request: the backend's counts, or the gateway's estimate."""
     usage = forwarded.usage or {}

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from gateway.batching import Batcher
 from metering.events import USAGE_STREAM
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,38 @@ class InflightJournal:
         self._renew = client.register_script((_LUA / "inflight_renew.lua").read_text())
         self._settle = client.register_script((_LUA / "inflight_settle.lua").read_text())
         self._reap = client.register_script((_LUA / "inflight_reap.lua").read_text())
+        self._opens = Batcher[tuple[str, bytes]](self._open_batch)
+        self._settles = Batcher[tuple[str, bytes]](self._settle_batch)
 
     async def open(self, request_id: str, entry: dict[str, Any]) -> Progress:
-        expiry = time.time() + self.lease_seconds
-        await self._open(keys=[LEASES, ENTRIES], args=[request_id, expiry, orjson.dumps(entry)])
+        """Record that the request is in flight; returns once Redis has it."""
+        await self._opens.submit((request_id, orjson.dumps(entry)))
         progress = self.live[request_id] = Progress()
         return progress
 
-    async def settle(self, request_id: str, record: dict[str, Any]) -> None:
+    def settle(self, request_id: str, record: dict[str, Any]) -> None:
+        """Hand the finished request's record to the meter, in the background.
+
+        Not awaited by the request: if this process dies before the batch is sent, the entry's
+        lease lapses and the reaper records the request from what the lease last knew.
+        """
         self.live.pop(request_id, None)
-        keys = [LEASES, ENTRIES, PROGRESS, USAGE_STREAM]
-        if not await self._settle(keys=keys, args=[request_id, orjson.dumps(record)]):
+        self._settles.submit((request_id, orjson.dumps(record))).add_done_callback(_log_failure)
+
+    async def flush(self) -> None:
+        """Wait until every settled record has reached Redis (at shutdown)."""
+        await self._settles.idle()
+
+    async def _open_batch(self, items: list[tuple[str, bytes]]) -> None:
+        args: list[Any] = [time.time() + self.lease_seconds]
+        for request_id, entry in items:
+            args += [request_id, entry]
+        await self._open(keys=[LEASES, ENTRIES], args=args)
+
+    async def _settle_batch(self, items: list[tuple[str, bytes]]) -> None:
+        args = [value for item in items for value in item]
+        reaped = await self._settle(keys=[LEASES, ENTRIES, PROGRESS, USAGE_STREAM], args=args)
+        for request_id in reaped:
             log.warning("request was reaped before it settled", extra={"request_id": request_id})
 
     async def renew(self) -> int:
@@ -78,3 +100,9 @@ class InflightJournal:
                     log.warning("reaped requests of a lost gateway", extra={"count": reaped})
             except aioredis.RedisError:
                 log.exception("in-flight maintenance failed")
+
+
+def _log_failure(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        # The entry stays in flight; the reaper records it when its lease lapses.
+        log.error("could not settle a request; the reaper will record it", exc_info=exc)

@@ -9,6 +9,7 @@ from django.db import connection, transaction
 from metering.events import COLUMNS
 
 _COLUMN_LIST = ", ".join(COLUMNS)
+_DEFAULT = "metering_usagerecord_default"
 
 
 def usage_records_write(*, records: Sequence[dict[str, Any]]) -> int:
@@ -35,22 +36,40 @@ def usage_records_write(*, records: Sequence[dict[str, Any]]) -> int:
 
 
 def usage_partitions_ensure(*, today: date, months_ahead: int = 3) -> list[str]:
-    """Create the monthly partitions from this month to `months_ahead` ahead; returns names.
+    """Make sure the monthly partitions from this month to `months_ahead` ahead exist.
 
-    Run ahead of time (Celery beat, hourly): rows for a month without its partition land in
-    the DEFAULT partition, and PostgreSQL refuses to create a partition whose rows are there.
+    Run ahead of time (Celery beat, hourly). Rows of a month that had no partition yet sit in
+    the DEFAULT partition, and PostgreSQL refuses to create a partition while they are there,
+    so they are moved into the new partition in the same transaction.
     """
-    created = []
+    names = []
     year, month = today.year, today.month
-    with connection.cursor() as cursor:
-        for _ in range(months_ahead + 1):
-            next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
-            name = f"metering_usagerecord_y{year:04d}m{month:02d}"
+    for _ in range(months_ahead + 1):
+        next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
+        lower, upper = date(year, month, 1), date(next_year, next_month, 1)
+        names.append(
+            _partition_ensure(f"metering_usagerecord_y{year:04d}m{month:02d}", lower, upper)
+        )
+        year, month = next_year, next_month
+    return names
+
+
+def _partition_ensure(name: str, lower: date, upper: date) -> str:
+    bounds = f"FOR VALUES FROM ('{lower.isoformat()}') TO ('{upper.isoformat()}')"
+    in_range = f"started_at >= '{lower.isoformat()}' AND started_at < '{upper.isoformat()}'"
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+        if cursor.fetchone()[0]:
+            return name
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {_DEFAULT} WHERE {in_range})")  # noqa: S608
+        strays = cursor.fetchone()[0]
+        if strays:
+            cursor.execute(f"ALTER TABLE metering_usagerecord DETACH PARTITION {_DEFAULT}")
+        cursor.execute(f"CREATE TABLE {name} PARTITION OF metering_usagerecord {bounds}")
+        if strays:
             cursor.execute(
-                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF metering_usagerecord "
-                f"FOR VALUES FROM ('{year:04d}-{month:02d}-01') "
-                f"TO ('{next_year:04d}-{next_month:02d}-01')"
+                f"WITH moved AS (DELETE FROM {_DEFAULT} WHERE {in_range} RETURNING *) "  # noqa: S608
+                f"INSERT INTO {name} SELECT * FROM moved"
             )
-            created.append(name)
-            year, month = next_year, next_month
-    return created
+            cursor.execute(f"ALTER TABLE metering_usagerecord ATTACH PARTITION {_DEFAULT} DEFAULT")
+    return name

@@ -1,12 +1,16 @@
 """Shared fixtures: the real PostgreSQL and Redis of this machine, real server processes."""
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
+from django.test.utils import setup_databases, teardown_databases
 
 from gateway.models import Account
 from gateway.services import (
@@ -37,11 +41,21 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def live_db(django_db_setup: None, django_db_blocker: pytest.FixtureRequest) -> Iterator[None]:
-    """Committed data in the test database, visible to gateway processes; kept for the session."""
-    with django_db_blocker.unblock():  # type: ignore[attr-defined]
+def live_db(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Committed data in the test database, visible to gateway processes; kept for the session.
+
+    pytest-django only creates the test database when a collected test is marked django_db,
+    so a run of integration tests alone creates it here.
+    """
+    with django_db_blocker.unblock():
+        created = None
+        if not connection.settings_dict["NAME"].startswith("test_"):
+            created = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+        assert connection.settings_dict["NAME"].startswith("test_")
         tiers_ensure_defaults()
         yield
+        if created is not None:
+            teardown_databases(created, verbosity=0)
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +116,15 @@ def drain() -> int:
     return Meter.from_settings().drain()
 
 
-def usage_for(request_id: str) -> list[UsageRecord]:
-    """The stored usage records of a request, after the meter has stored what is queued."""
+def usage_for(request_id: str, timeout: float = 5.0) -> list[UsageRecord]:
+    """The stored usage records of a request, once the meter has stored any.
+
+    Gateways hand records over just after the response, so give them a moment.
+    """
+    records = UsageRecord.objects.filter(request_id=uuid.UUID(request_id.removeprefix("req_")))
+    deadline = time.monotonic() + timeout
     drain()
-    return list(UsageRecord.objects.filter(request_id=uuid.UUID(request_id.removeprefix("req_"))))
+    while not records.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+        drain()
+    return list(records)

@@ -93,3 +93,14 @@ def test_records_land_in_their_month_partition() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM metering_usagerecord_y2031m01")
         assert cursor.fetchone() == (1,)
+
+
+@pytest.mark.django_db
+def test_a_months_stray_rows_move_into_its_partition_when_it_is_created() -> None:
+    stray = record(started_at=1990000000.0, ended_at=1990000001.0)  # 2033-01, no partition yet
+    usage_records_write(records=[stray])
+    usage_partitions_ensure(today=date(2033, 1, 1), months_ahead=0)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM metering_usagerecord_y2033m01")
+        assert cursor.fetchone() == (1,)
+    assert UsageRecord.objects.filter(request_id=stray["request_id"]).exists()
