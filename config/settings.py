@@ -6,7 +6,11 @@ SECRET_KEY that must be given. `TF_PROFILE=local` is for a laptop and the test s
 
 from pathlib import Path
 
+import django_stubs_ext
 import environ
+
+# Lets admin classes say ModelAdmin[Model] at run time, as the type checker wants.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
