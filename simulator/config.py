@@ -1,0 +1,78 @@
+"""Configuration of one simulated backend process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_MODEL = "llama-3.1-8b-instruct"
+
+
+@dataclass(frozen=True, slots=True)
+class TimingModel:
+    """Step costs of one GPU, in modelled seconds.
+
+    Defaults are published figures for Llama-3.1-8B on one H100 under vLLM: a first token after
+    ~10 ms plus prefill at ~20k tokens/s, and an inter-token latency that grows slowly with the
+    number of sequences sharing the batch.
+    """
+
+    prefill_base_s: float = 0.010
+    prefill_tokens_per_s: float = 20_000.0
+    decode_base_s: float = 0.0067
+    decode_per_seq_s: float = 0.00008
+    embed_base_s: float = 0.002
+    embed_tokens_per_s: float = 100_000.0
+
+    def step_seconds(self, *, decode_seqs: int, prefill_seqs: int, prefill_tokens: int) -> float:
+        """Duration of one engine step: decode for the batch plus prefill of new arrivals."""
+        seconds = 0.0
+        if decode_seqs:
+            seconds += self.decode_base_s + self.decode_per_seq_s * decode_seqs
+        if prefill_seqs:
+            seconds += self.prefill_base_s + prefill_tokens / self.prefill_tokens_per_s
+        return seconds
+
+    def embed_seconds(self, tokens: int) -> float:
+        return self.embed_base_s + tokens / self.embed_tokens_per_s
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything that shapes a simulator's behaviour; one instance per server."""
+
+    name: str = "sim"
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    host: str = "127.0.0.1"
+    # 0 asks the OS for a free port; the bound address is printed and exposed by the server.
+    port: int = 9101
+    max_num_seqs: int = 256
+    # Prompt tokens prefilled per step; keeps a burst of long prompts from stalling the batch.
+    max_num_batched_tokens: int = 8192
+    seed: int = 0
+    # Every modelled duration is divided by this; 0 means no sleeping at all (benchmarks).
+    speedup: float = 1.0
+    embedding_dim: int = 384
+    max_model_len: int = 131_072
+    # Bounded like a real KV cache: about 262k tokens of prefix in 16-token blocks.
+    prefix_cache_blocks: int = 16_384
+    timing: TimingModel = field(default_factory=TimingModel)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("at least one model is required")
+        if self.speedup < 0:
+            raise ValueError("speedup must be >= 0")
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be >= 1")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be >= 1")
+        if self.embedding_dim < 1:
+            raise ValueError("embedding_dim must be >= 1")
+
+    @property
+    def instant(self) -> bool:
+        return self.speedup == 0
+
+    def wall_seconds(self, modelled: float) -> float:
+        """Real seconds to sleep for a modelled duration."""
+        return 0.0 if self.instant else modelled / self.speedup

@@ -1,0 +1,94 @@
+"""The timing model at real speed (speedup 1) and the scheduler's priority order.
+
+Tolerances are wide on purpose: these run on shared, noisy machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import aiohttp
+import pytest
+
+from simulator import SimServer, TimingModel
+from simulator.config import DEFAULT_MODEL as MODEL
+
+
+async def _stream_arrivals(url: str, content: str, max_tokens: int) -> tuple[float, list[float]]:
+    """Seconds from sending to each token chunk's arrival."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    arrivals: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+            async for line in response.content:
+                if line.startswith(b"data: {"):
+                    arrivals.append(time.perf_counter() - started)
+    return arrivals[0], arrivals
+
+
+@pytest.mark.asyncio
+async def test_time_to_first_token_follows_the_prefill_model(realtime: SimServer) -> None:
+    content = uuid.uuid4().hex + " word" * 1993  # 1994 tokens + 6 of chat template = 2000
+    timing = TimingModel()
+    expected = timing.prefill_base_s + 2000 / timing.prefill_tokens_per_s  # 110 ms
+
+    ttft, _ = await _stream_arrivals(realtime.url, content, max_tokens=1)
+
+    assert 0.5 * expected <= ttft <= 3 * expected
+
+
+@pytest.mark.asyncio
+async def test_tokens_arrive_one_by_one_at_the_decode_rate(realtime: SimServer) -> None:
+    timing = TimingModel()
+    expected = timing.decode_base_s + timing.decode_per_seq_s  # a batch of one
+
+    _, arrivals = await _stream_arrivals(realtime.url, uuid.uuid4().hex, max_tokens=30)
+
+    inter_token = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1)
+    assert len(arrivals) == 30
+    assert 0.5 * expected <= inter_token <= 3 * expected
+
+
+@pytest.mark.asyncio
+async def test_a_full_batch_admits_by_priority_then_arrival(single_seq: SimServer) -> None:
+    finished: list[str] = []
+    url = f"{single_seq.url}/v1/chat/completions"
+
+    async with aiohttp.ClientSession() as session:
+
+        async def ask(name: str, priority: int, max_tokens: int) -> None:
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": name}],
+                "max_tokens": max_tokens,
+                "priority": priority,
+            }
+            async with session.post(url, json=body) as response:
+                assert response.status == 200
+                await response.read()
+            finished.append(name)
+
+        async def waiting() -> int:
+            async with session.get(f"{single_seq.url}/_sim/stats") as response:
+                return int((await response.json())["engines"][MODEL]["waiting"])
+
+        # The only batch slot is taken for ~100 ms while the others queue behind it.
+        tasks = [asyncio.create_task(ask("blocker", 0, 30))]
+        for name, priority in [("low", 5), ("zero-a", 0), ("zero-b", 0), ("urgent", -1)]:
+            await asyncio.sleep(0.005)
+            tasks.append(asyncio.create_task(ask(name, priority, 2)))
+        for _ in range(500):
+            if await waiting() == 4:
+                break
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+
+    assert finished == ["blocker", "urgent", "zero-a", "zero-b", "low"]
