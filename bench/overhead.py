@@ -205,7 +205,7 @@ def _percentile(values: list[float], pct: float) -> float:
 
 def _print_row(mode: str, concurrency: int, direct: list[Run], through: list[Run]) -> None:
     def med(runs: list[Run], field: str) -> float:
-        return statistics.median(getattr(run, field) for run in runs)
+        return float(statistics.median(getattr(run, field) for run in runs))
 
     added50 = statistics.median(t.p50_ms - d.p50_ms for d, t in zip(direct, through, strict=True))
     added99 = statistics.median(t.p99_ms - d.p99_ms for d, t in zip(direct, through, strict=True))
