@@ -87,11 +87,9 @@ class GatewayApp:
         )
         pool = AsyncConnectionPool(conninfo, min_size=1, max_size=4, open=False)
         await pool.open(wait=False)
-        # Blocking pool: under a burst, requests wait briefly for a connection instead of failing.
-        client = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                settings.REDIS_URL, max_connections=conf["REDIS_MAX_CONNECTIONS"], timeout=5
-            )
+        # Batching keeps the connections in use to a handful; the cap is only a guard.
+        client = aioredis.Redis.from_url(
+            settings.REDIS_URL, max_connections=conf["REDIS_MAX_CONNECTIONS"]
         )
         timeout = aiohttp.ClientTimeout(
             total=None,

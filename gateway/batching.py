@@ -1,7 +1,8 @@
 """Group commit for Redis scripts: the calls made while one is in flight go out together.
 
 Under load this turns N requests' Redis calls into one round trip carrying N items, which is
-what keeps metering cheap on the hot path; alone, a call goes out at the next loop turn.
+what keeps metering cheap on the hot path. An urgent item goes out at the next loop turn; a
+lingering one waits up to `linger` seconds for an urgent one to ride along with.
 """
 
 import asyncio
@@ -12,24 +13,43 @@ Item = TypeVar("Item")
 
 
 class Batcher(Generic[Item]):
-    def __init__(self, send: Callable[[list[Item]], Awaitable[Any]], *, max_items: int = 512):
+    def __init__(
+        self,
+        send: Callable[[list[Item]], Awaitable[Any]],
+        *,
+        linger: float,
+        max_items: int = 512,
+    ) -> None:
         self._send = send
+        self._linger = linger
         self._max_items = max_items
         self._pending: list[tuple[Item, asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
-    def submit(self, item: Item) -> "asyncio.Future[Any]":
+    def submit(self, item: Item, *, linger: bool = False) -> "asyncio.Future[Any]":
         """Queue an item; the future resolves with the script's reply for its whole batch."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((item, future))
-        if self._flushing is None:
-            self._flushing = asyncio.create_task(self._flush())
+        if not linger:
+            self._start()
+        elif self._flushing is None and self._timer is None:
+            self._timer = loop.call_later(self._linger, self._start)
         return future
 
     async def idle(self) -> None:
-        """Wait until everything submitted so far has been sent."""
+        """Send everything submitted so far and wait until it is sent."""
+        self._start()
         while self._flushing is not None:
             await asyncio.shield(self._flushing)
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is None and self._pending:
+            self._flushing = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
         try:

@@ -26,6 +26,8 @@ LEASES = "{meter}:inflight:leases"
 ENTRIES = "{meter}:inflight:entries"
 PROGRESS = "{meter}:inflight:progress"
 _LUA = Path(__file__).parent / "lua"
+# A settle waits this long for an open to share a Redis call with.
+_SETTLE_LINGER = 0.005
 
 
 @dataclass(slots=True)
@@ -39,41 +41,39 @@ class InflightJournal:
     def __init__(self, client: aioredis.Redis, *, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
         self.live: dict[str, Progress] = {}
-        self._open = client.register_script((_LUA / "inflight_open.lua").read_text())
+        self._write = client.register_script((_LUA / "inflight_write.lua").read_text())
         self._renew = client.register_script((_LUA / "inflight_renew.lua").read_text())
-        self._settle = client.register_script((_LUA / "inflight_settle.lua").read_text())
         self._reap = client.register_script((_LUA / "inflight_reap.lua").read_text())
-        self._opens = Batcher[tuple[str, bytes]](self._open_batch)
-        self._settles = Batcher[tuple[str, bytes]](self._settle_batch)
+        self._writes = Batcher[tuple[bool, str, bytes]](self._write_batch, linger=_SETTLE_LINGER)
 
     async def open(self, request_id: str, entry: dict[str, Any]) -> Progress:
         """Record that the request is in flight; returns once Redis has it."""
-        await self._opens.submit((request_id, orjson.dumps(entry)))
+        await self._writes.submit((True, request_id, orjson.dumps(entry)))
         progress = self.live[request_id] = Progress()
         return progress
 
     def settle(self, request_id: str, record: dict[str, Any]) -> None:
         """Hand the finished request's record to the meter, in the background.
 
-        Not awaited by the request: if this process dies before the batch is sent, the entry's
-        lease lapses and the reaper records the request from what the lease last knew.
+        Not awaited by the request, and sent with the next open (or within _SETTLE_LINGER):
+        if this process dies first, the entry's lease lapses and the reaper records the
+        request from what the lease last knew.
         """
         self.live.pop(request_id, None)
-        self._settles.submit((request_id, orjson.dumps(record))).add_done_callback(_log_failure)
+        item = (False, request_id, orjson.dumps(record))
+        self._writes.submit(item, linger=True).add_done_callback(_log_failure)
 
     async def flush(self) -> None:
-        """Wait until every settled record has reached Redis (at shutdown)."""
-        await self._settles.idle()
+        """Send every settled record to Redis now (at shutdown)."""
+        await self._writes.idle()
 
-    async def _open_batch(self, items: list[tuple[str, bytes]]) -> None:
-        args: list[Any] = [time.time() + self.lease_seconds]
-        for request_id, entry in items:
-            args += [request_id, entry]
-        await self._open(keys=[LEASES, ENTRIES], args=args)
-
-    async def _settle_batch(self, items: list[tuple[str, bytes]]) -> None:
-        args = [value for item in items for value in item]
-        reaped = await self._settle(keys=[LEASES, ENTRIES, PROGRESS, USAGE_STREAM], args=args)
+    async def _write_batch(self, items: list[tuple[bool, str, bytes]]) -> None:
+        opens: list[str | bytes] = []
+        settles: list[str | bytes] = []
+        for is_open, request_id, payload in items:
+            (opens if is_open else settles).extend((request_id, payload))
+        args = [time.time() + self.lease_seconds, len(opens) // 2, *opens, *settles]
+        reaped = await self._write(keys=[LEASES, ENTRIES, PROGRESS, USAGE_STREAM], args=args)
         for request_id in reaped:
             log.warning("request was reaped before it settled", extra={"request_id": request_id})
 
