@@ -16,9 +16,10 @@ from psycopg_pool import AsyncConnectionPool
 log = logging.getLogger(__name__)
 
 _BACKENDS_SQL = """
-SELECT id, name, base_url, upstream_model, public_models, max_concurrent_sequences
+SELECT id, name, base_url, upstream_model, public_models, max_concurrent_sequences,
+       health <> 'unhealthy'
 FROM gateway_backend
-WHERE enabled AND health <> 'unhealthy'
+WHERE enabled
 ORDER BY name
 """
 
@@ -31,6 +32,8 @@ class Backend:
     upstream_model: str
     public_models: tuple[str, ...]
     max_concurrent_sequences: int
+    # The prober's verdict; `unknown` (never probed) counts as healthy.
+    healthy: bool = True
     outstanding: int = 0
     ejected_until: float = 0.0
     # Bytes to swap in responses when the engine's model name differs from the public one.
@@ -59,10 +62,11 @@ class Router:
         return model in self._by_model
 
     def candidates(self, model: str) -> list[Backend]:
-        """Backends to try, best first: not ejected, then fewest requests outstanding."""
+        """Backends to try: healthy and not ejected here, fewest requests outstanding first."""
         now = time.monotonic()
         backends = self._by_model.get(model, ())
-        return sorted((b for b in backends if b.ejected_until <= now), key=lambda b: b.outstanding)
+        usable = (b for b in backends if b.healthy and b.ejected_until <= now)
+        return sorted(usable, key=lambda b: b.outstanding)
 
     def eject(self, backend: Backend) -> None:
         backend.ejected_until = time.monotonic() + self.eject_seconds
@@ -75,10 +79,11 @@ class Router:
         by_name: dict[str, Backend] = {}
         by_model: dict[str, list[Backend]] = {}
         for row in rows:
-            backend = Backend(row[0], row[1], row[2], row[3], tuple(row[4]), row[5])
+            backend = Backend(row[0], row[1], row[2], row[3], tuple(row[4]), row[5], row[6])
             # Keep the object (and the live counters requests in flight decrement) if unchanged.
             known = self._by_name.get(backend.name)
             if known is not None and _same(known, backend):
+                known.healthy = backend.healthy
                 backend = known
             by_name[backend.name] = backend
             for model in backend.public_models:

@@ -100,7 +100,11 @@ def backend_register(
     max_concurrent_sequences: int = 256,
     telemetry_url: str = "",
 ) -> Backend:
-    """Create or update a backend by name (registering twice is harmless)."""
+    """Create or update a backend by name (registering twice is harmless).
+
+    Its health goes back to `unknown` (routable) until the next probe: a backend registered
+    again has usually just been (re)started.
+    """
     backend, _ = Backend.objects.update_or_create(
         name=name,
         defaults={
@@ -110,6 +114,7 @@ def backend_register(
             "max_concurrent_sequences": max_concurrent_sequences,
             "telemetry_url": telemetry_url,
             "enabled": True,
+            "health": Backend.Health.UNKNOWN,
         },
     )
     return backend
@@ -170,8 +175,6 @@ def demo_seed(*, backend_urls: dict[str, str]) -> list[DemoKey]:
                 public_models=[DEMO_MODEL],
                 telemetry_url=f"{url.rstrip('/')}/metrics",
             )
-        # The backends are about to be (re)started: an earlier probe's verdict no longer holds.
-        Backend.objects.filter(name__in=backend_urls).update(health=Backend.Health.UNKNOWN)
         return [_demo_key_reissue(name=name, tier_slug=tier) for name, tier in DEMO_ACCOUNTS]
 
 
