@@ -208,12 +208,8 @@ class GatewayApp:
         try:
             progress = await self.c.journal.open(key, entry)
         except aioredis.RedisError as exc:
-            raise ApiError(
-                503,
-                "Usage metering is unavailable; retry shortly.",
-                type="server_error",
-                code="metering_unavailable",
-                headers=((b"retry-after", b"1"),),
+            raise errors.unavailable(
+                "Usage metering is unavailable; retry shortly.", code="metering_unavailable"
             ) from exc
         forwarded = Forwarded(backends[0], 500, "backend_error")
         try:

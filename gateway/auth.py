@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.errors import ApiError, account_inactive, invalid_api_key
+from gateway.errors import account_inactive, invalid_api_key, unavailable
 from gateway.keys import key_id_parse, key_matches
 
 log = logging.getLogger(__name__)
@@ -115,12 +115,10 @@ class Authenticator:
             # PostgreSQL is away: keys seen recently keep working (revocations made during
             # the outage apply once it is back); keys never seen cannot be checked.
             if stale is None:
-                raise ApiError(
-                    503,
+                raise unavailable(
                     "Authentication is temporarily unavailable; retry shortly.",
-                    type="server_error",
                     code="auth_unavailable",
-                    headers=((b"retry-after", b"2"),),
+                    retry_after="2",
                 ) from exc
             log.warning("key lookup failed; using the cached entry", exc_info=True)
             stale.fresh_until = time.monotonic() + 1.0

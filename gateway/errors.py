@@ -84,13 +84,21 @@ def body_too_large(limit: int) -> ApiError:
     )
 
 
-def no_backend(model: str) -> ApiError:
+def unavailable(message: str, *, code: str, retry_after: str = "1") -> ApiError:
+    """503: something the gateway needs is away for now; the SDK retries after `retry_after`."""
     return ApiError(
         503,
-        f"No healthy backend is serving `{model}` right now. Please retry shortly.",
+        message,
         type="server_error",
+        code=code,
+        headers=((b"retry-after", retry_after.encode()),),
+    )
+
+
+def no_backend(model: str) -> ApiError:
+    return unavailable(
+        f"No healthy backend is serving `{model}` right now. Please retry shortly.",
         code="backend_unavailable",
-        headers=((b"retry-after", b"1"),),
     )
 
 

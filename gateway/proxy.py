@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.errors import ApiError, backend_failed, invalid_request
+from gateway.errors import ApiError, backend_failed, invalid_request, unavailable
 from gateway.inflight import Progress
 from gateway.responses import Receive, Send, send_body, send_error
 from gateway.routing import Backend, Router
@@ -258,13 +258,10 @@ async def _forward_client_error(
 async def _backend_refusal(response: aiohttp.ClientResponse, backend: Backend) -> ApiError:
     await response.read()
     if response.status == 429:
-        retry_after = response.headers.get("retry-after", "1").encode()
-        return ApiError(
-            503,
+        return unavailable(
             f"The backend {backend.name} is overloaded; retry shortly.",
-            type="server_error",
             code="backend_overloaded",
-            headers=((b"retry-after", retry_after),),
+            retry_after=response.headers.get("retry-after", "1"),
         )
     return backend_failed(502, f"The backend {backend.name} failed ({response.status}).")
 
