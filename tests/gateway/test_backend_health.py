@@ -11,32 +11,40 @@ from gateway.models import Backend
 from gateway.services import backend_register, backends_probe
 from tests.conftest import UPSTREAM_MODEL, Tenant, gateway_env, usage_for
 from tests.http import call
-from tests.servers import Server, start_gateway
+from tests.servers import Server, start_gateway, start_simulator
 
 LONELY_MODEL = "llama-lonely"
 CHAT = [{"role": "user", "content": "hi"}]
 
 
+@pytest.fixture(scope="module")
+def own_simulator() -> Iterator[Server]:
+    """A simulator of this module's own: its faults must not reach other tests' backends."""
+    server = start_simulator("--model", UPSTREAM_MODEL, "--speedup", "20")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def lonely(simulator: Server, fleet: None) -> Iterator[Backend]:
+def lonely(own_simulator: Server, fleet: None) -> Iterator[Backend]:
     """A model served by one backend only, so its health decides everything."""
     backend = backend_register(
         name="lonely",
-        base_url=simulator.url,
+        base_url=own_simulator.url,
         upstream_model=UPSTREAM_MODEL,
         public_models=[LONELY_MODEL],
     )
     yield backend
-    call("DELETE", simulator.url + "/_sim/faults")
+    call("DELETE", own_simulator.url + "/_sim/faults")
     Backend.objects.filter(pk=backend.pk).update(enabled=False)
 
 
 def test_the_prober_marks_a_backend_that_fails_its_health_check(
-    simulator: Server, lonely: Backend
+    own_simulator: Server, lonely: Backend
 ) -> None:
     assert backends_probe()["lonely"] is True
     fault = json.dumps({"kind": "health", "status": 503}).encode()
-    call("POST", simulator.url + "/_sim/faults", fault)
+    call("POST", own_simulator.url + "/_sim/faults", fault)
     assert backends_probe()["lonely"] is False
     lonely.refresh_from_db()
     assert lonely.health == "unhealthy" and lonely.health_checked_at is not None
@@ -56,12 +64,12 @@ def test_a_model_whose_backends_are_all_unhealthy_gets_503_with_retry_after(
 
 
 def test_a_backend_that_stays_silent_is_a_504_and_still_metered(
-    simulator: Server, tenant: Tenant, lonely: Backend
+    own_simulator: Server, tenant: Tenant, lonely: Backend
 ) -> None:
     impatient = start_gateway({**gateway_env(), "GATEWAY_BACKEND_READ_TIMEOUT": "0.5"})
     try:
         fault = {"kind": "stall", "seconds": 5, "after_tokens": 0, "count": 3}
-        call("POST", simulator.url + "/_sim/faults", json.dumps(fault).encode())
+        call("POST", own_simulator.url + "/_sim/faults", json.dumps(fault).encode())
         api = openai.OpenAI(base_url=impatient.url + "/v1", api_key=tenant.key, max_retries=0)
         with pytest.raises(openai.InternalServerError) as caught:
             api.chat.completions.create(model=LONELY_MODEL, messages=CHAT)
