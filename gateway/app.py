@@ -28,15 +28,11 @@ from gateway.inflight import InflightJournal, Progress
 from gateway.proxy import Forwarded, Proxy
 from gateway.responses import Receive, Send, send_error, send_json
 from gateway.routing import Backend, Router
-from gateway.validation import CHAT, COMPLETIONS, EMBEDDINGS, InferenceRequest, request_parse
+from gateway.validation import ENDPOINT_PATHS, InferenceRequest, request_parse
 
 log = logging.getLogger(__name__)
 
-_ENDPOINTS = {
-    "/v1/chat/completions": CHAT,
-    "/v1/completions": COMPLETIONS,
-    "/v1/embeddings": EMBEDDINGS,
-}
+_ENDPOINTS = {path: endpoint for endpoint, path in ENDPOINT_PATHS.items()}
 PATH_PREFIXES = ("/v1/", "/healthz", "/readyz")
 
 

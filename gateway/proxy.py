@@ -18,13 +18,8 @@ from gateway.errors import ApiError, backend_failed, invalid_request, unavailabl
 from gateway.inflight import Progress
 from gateway.responses import Receive, Send, send_body, send_error
 from gateway.routing import Backend, Router
-from gateway.validation import CHAT, COMPLETIONS, InferenceRequest
+from gateway.validation import InferenceRequest
 
-_PATHS = {
-    CHAT: "/v1/chat/completions",
-    COMPLETIONS: "/v1/completions",
-    "embeddings": "/v1/embeddings",
-}
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -109,7 +104,7 @@ class Proxy:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         try:
             response = await self.session.post(
-                backend.base_url + _PATHS[request.endpoint],
+                backend.urls[request.endpoint],
                 data=orjson.dumps(body),
                 headers={"content-type": "application/json", "x-request-id": request_id},
             )

@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass, field
 
 from psycopg_pool import AsyncConnectionPool
+from yarl import URL
+
+from gateway.validation import ENDPOINT_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,11 @@ class Backend:
     ejected_until: float = 0.0
     # Bytes to swap in responses when the engine's model name differs from the public one.
     model_renames: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    # Parsed once: building a URL per request is measurable on the hot path.
+    urls: dict[str, URL] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.urls = {name: URL(self.base_url + path) for name, path in ENDPOINT_PATHS.items()}
         for public in self.public_models:
             if public != self.upstream_model:
                 self.model_renames[public] = (

@@ -14,6 +14,12 @@ from gateway.errors import ApiError, invalid_request
 CHAT = "chat.completions"
 COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
+# The same paths on the gateway and on OpenAI-compatible backends.
+ENDPOINT_PATHS = {
+    CHAT: "/v1/chat/completions",
+    COMPLETIONS: "/v1/completions",
+    EMBEDDINGS: "/v1/embeddings",
+}
 
 # Larger than any context window shipped today; above it a value is a mistake, not a wish.
 MAX_TOKENS_CEILING = 1_048_576
