@@ -12,7 +12,9 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -22,13 +24,15 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from gateway import errors
+from gateway.admission import completion_cap, rate_limit_headers, refusal, tokens_to_reserve
 from gateway.auth import Authenticator, Principal
 from gateway.errors import ApiError
 from gateway.inflight import InflightJournal, Progress
+from gateway.limits import Admission, Limiter
 from gateway.proxy import Forwarded, Proxy
 from gateway.responses import Receive, Send, send_error, send_json
 from gateway.routing import Backend, Router
-from gateway.validation import ENDPOINT_PATHS, InferenceRequest, request_parse
+from gateway.validation import EMBEDDINGS, ENDPOINT_PATHS, InferenceRequest, request_parse
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ class _Clients:
     session: aiohttp.ClientSession
     auth: Authenticator
     router: Router
+    limiter: Limiter
     journal: InflightJournal
     proxy: Proxy
     tasks: list[asyncio.Task[None]]
@@ -106,10 +111,12 @@ class GatewayApp:
             await journal.reap()
         except Exception:
             log.exception("startup refresh failed; retrying in the background")
+        limiter = Limiter(client, lease_seconds=conf["LEASE_SECONDS"])
         interval = min(conf["LEASE_SECONDS"] / 3, conf["REAPER_INTERVAL_SECONDS"])
         tasks = [
-            asyncio.create_task(router.refresh_forever(conf["BACKENDS_REFRESH_SECONDS"])),
-            asyncio.create_task(journal.maintain(interval)),
+            asyncio.create_task(_every(conf["BACKENDS_REFRESH_SECONDS"], router.refresh)),
+            asyncio.create_task(_every(interval, journal.maintain)),
+            asyncio.create_task(_every(interval, limiter.renew)),
         ]
         self.max_body = conf["MAX_BODY_BYTES"]
         self.c = _Clients(
@@ -118,6 +125,7 @@ class GatewayApp:
             session=session,
             auth=Authenticator(pool, cache_seconds=conf["KEY_CACHE_SECONDS"]),
             router=router,
+            limiter=limiter,
             journal=journal,
             proxy=Proxy(session, router, max_attempts=conf["MAX_ATTEMPTS"]),
             tasks=tasks,
@@ -173,12 +181,32 @@ class GatewayApp:
         backends = self.c.router.candidates(request.model)
         if not backends:
             raise errors.no_backend(request.model)
-        await self._serve(request, principal, backends, arrived, request_id, rid, send, receive)
+        cap = completion_cap(request, principal.limits)
+        if cap is not None and request.max_tokens is None and request.endpoint != EMBEDDINGS:
+            request.body["max_tokens"] = cap  # the plan's cap holds even when none was asked
+        try:
+            admission = await self.c.limiter.admit(
+                account_id=principal.account_id,
+                request_id=str(request_id),
+                reserve=tokens_to_reserve(request, cap),
+                limits=principal.limits,
+                now=datetime.now(UTC),
+            )
+        except aioredis.RedisError as exc:
+            raise errors.unavailable(
+                "Limits cannot be checked right now; retry shortly.", code="limits_unavailable"
+            ) from exc
+        if not admission.admitted:
+            raise refusal(principal.limits, admission)
+        await self._serve(
+            request, principal, admission, backends, arrived, request_id, rid, send, receive
+        )
 
     async def _serve(
         self,
         request: InferenceRequest,
         principal: Principal,
+        admission: Admission,
         backends: list[Backend],
         arrived: float,
         request_id: uuid.UUID,
@@ -201,19 +229,30 @@ class GatewayApp:
             "prompt_tokens": request.prompt_tokens_estimate,
             "queue_wait_ms": 0.0,
         }
+        headers = rate_limit_headers(principal.limits, admission)
         try:
             progress = await self.c.journal.open(key, entry)
         except aioredis.RedisError as exc:
+            self.c.limiter.settle_soon(admission, request_id=key, used=0)
             raise errors.unavailable(
                 "Usage metering is unavailable; retry shortly.", code="metering_unavailable"
             ) from exc
         forwarded = Forwarded(backends[0], 500, "backend_error")
         try:
             forwarded = await self.c.proxy.forward(
-                request, backends, request_id=rid, send=send, receive=receive, progress=progress
+                request,
+                backends,
+                request_id=rid,
+                headers=headers,
+                send=send,
+                receive=receive,
+                progress=progress,
             )
         finally:
-            self.c.journal.settle(key, usage_record(entry, forwarded, progress, arrived))
+            record = usage_record(entry, forwarded, progress, arrived)
+            self.c.journal.settle(key, record)
+            used = record["prompt_tokens"] + record["completion_tokens"]
+            self.c.limiter.settle_soon(admission, request_id=key, used=used)
 
     async def _models(self, principal: Principal, send: Send, rid: str) -> None:
         assert self.c is not None
@@ -296,6 +335,16 @@ def usage_record(
         "outcome": forwarded.outcome,
         "ended_at": entry["started_at"] + (now - arrived),
     }
+
+
+async def _every(interval: float, job: Callable[[], Awaitable[Any]]) -> None:
+    """Run a background job every `interval` seconds until cancelled; a failure is logged."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await job()
+        except Exception:
+            log.exception("background job failed", extra={"job": job.__qualname__})
 
 
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:

@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.errors import account_inactive, invalid_api_key, unavailable
 from gateway.keys import key_id_parse, key_matches
+from gateway.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,18 @@ _CACHE_MAX = 100_000
 _DB_TIMEOUT = 2.0
 _KEY_SQL = """
 SELECT k.id, k.secret_hash, k.expires_at, k.revoked_at, a.id, a.status, t.slug, t.priority,
-       t.allowed_models
+       t.allowed_models,
+       coalesce(o.requests_per_minute, t.requests_per_minute),
+       coalesce(o.tokens_per_minute, t.tokens_per_minute),
+       coalesce(o.tokens_per_day, t.tokens_per_day),
+       coalesce(o.tokens_per_month, t.tokens_per_month),
+       coalesce(o.max_concurrent_requests, t.max_concurrent_requests),
+       coalesce(o.max_tokens_per_request, t.max_tokens_per_request),
+       coalesce(o.max_context_tokens, t.max_context_tokens)
 FROM gateway_apikey k
 JOIN gateway_account a ON a.id = k.account_id
 JOIN gateway_tier t ON t.id = a.tier_id
+LEFT JOIN gateway_limitoverride o ON o.account_id = a.id
 WHERE k.key_id = %s
 """
 
@@ -42,6 +51,7 @@ class Principal:
     tier: str
     priority: int
     allowed_models: frozenset[str]
+    limits: Limits
     secret_hash: str
     expires_at: datetime | None
     revoked: bool
@@ -152,6 +162,7 @@ class Authenticator:
             tier=row[6],
             priority=row[7],
             allowed_models=frozenset(row[8]),
+            limits=Limits(*row[9:16]),
         )
 
     def _note_use(self, entry: _Entry, api_key_id: int) -> None:

@@ -90,16 +90,11 @@ class InflightJournal:
         keys = [LEASES, ENTRIES, PROGRESS, USAGE_STREAM]
         return int(await self._reap(keys=keys, args=[time.time(), limit]))
 
-    async def maintain(self, interval: float) -> None:
-        """Renew this process's leases and reap dead peers' requests, until cancelled."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.renew()
-                if reaped := await self.reap():
-                    log.warning("reaped requests of a lost gateway", extra={"count": reaped})
-            except aioredis.RedisError:
-                log.exception("in-flight maintenance failed")
+    async def maintain(self) -> None:
+        """Renew this process's leases and reap dead peers' requests."""
+        await self.renew()
+        if reaped := await self.reap():
+            log.warning("reaped requests of a lost gateway", extra={"count": reaped})
 
 
 def _log_failure(future: "asyncio.Future[Any]") -> None:

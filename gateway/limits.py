@@ -6,14 +6,20 @@ its prompt estimate plus its completion cap; another settles it with the tokens 
 scripts stay on one Redis Cluster slot.
 """
 
+import asyncio
+import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
+log = logging.getLogger(__name__)
+
 _LUA = Path(__file__).parent / "lua"
 UNLIMITED = -1
+_SLOTS = 6  # index of the concurrency key in account_keys()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +75,11 @@ def period_ends(now: datetime) -> tuple[int, int]:
 
 class Limiter:
     def __init__(self, client: aioredis.Redis, *, lease_seconds: float) -> None:
+        self.client = client
         self.lease_ms = int(lease_seconds * 1000)
+        # request_id -> its concurrency slot key, for lease renewal.
+        self.live: dict[str, str] = {}
+        self._settling: set[asyncio.Task[None]] = set()
         self._admit = client.register_script((_LUA / "limits_admit.lua").read_text())
         self._settle = client.register_script((_LUA / "limits_settle.lua").read_text())
 
@@ -95,6 +105,8 @@ class Limiter:
             ],
         )
         admitted, reason, retry_after, requests, requests_reset, tokens, tokens_reset = reply
+        if admitted:
+            self.live[request_id] = keys[_SLOTS]
         return Admission(
             admitted=bool(admitted),
             reason=reason.decode() if isinstance(reason, bytes) else str(reason),
@@ -108,7 +120,30 @@ class Limiter:
         )
 
     async def settle(self, admission: Admission, *, request_id: str, used: int) -> None:
+        self.live.pop(request_id, None)
         await self._settle(keys=admission.keys, args=[request_id, admission.reserved, used])
+
+    def settle_soon(self, admission: Admission, *, request_id: str, used: int) -> None:
+        """Settle in the background: the request's answer is already on its way."""
+        task = asyncio.create_task(self.settle(admission, request_id=request_id, used=used))
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: "asyncio.Task[None]") -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # The reservation stays counted until its window passes; the slot's lease lapses.
+            log.error("could not settle a request's limits", exc_info=exc)
+
+    async def renew(self) -> None:
+        """Extend the concurrency leases of this process's live requests (long streams)."""
+        if not self.live:
+            return
+        expiry = int(time.time() * 1000) + self.lease_ms
+        pipe = self.client.pipeline(transaction=False)
+        for request_id, slot_key in self.live.items():
+            pipe.zadd(slot_key, {request_id: expiry}, xx=True)
+        await pipe.execute()
 
 
 def _limit(value: int | None) -> int:

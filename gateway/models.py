@@ -54,6 +54,22 @@ class Account(models.Model):
         return self.name
 
 
+class LimitOverride(models.Model):
+    """One account's exceptions to its tier's limits; a null field means "as the tier"."""
+
+    account = models.OneToOneField(Account, on_delete=models.CASCADE, related_name="limits")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
+    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    tokens_per_month = models.PositiveBigIntegerField(null=True, blank=True)
+    max_concurrent_requests = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens_per_request = models.PositiveIntegerField(null=True, blank=True)
+    max_context_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"limits of {self.account}"
+
+
 class ApiKey(models.Model):
     """An API key. Only its public id and a SHA-256 of the whole key are stored.
 

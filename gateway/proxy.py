@@ -16,7 +16,7 @@ import orjson
 
 from gateway.errors import ApiError, backend_failed, invalid_request, unavailable
 from gateway.inflight import Progress
-from gateway.responses import Receive, Send, send_body, send_error
+from gateway.responses import Headers, Receive, Send, send_body, send_error
 from gateway.routing import Backend, Router
 from gateway.validation import InferenceRequest
 
@@ -70,23 +70,29 @@ class Proxy:
         backends: list[Backend],
         *,
         request_id: str,
+        headers: Headers,
         send: Send,
         receive: Receive,
         progress: Progress,
     ) -> Forwarded:
-        """Send the answer (or an error) to the client; returns what happened for metering."""
+        """Send the answer (or an error) to the client; returns what happened for metering.
+
+        `headers` go on the response whatever it is (the rate-limit state).
+        """
         error = backend_failed(502, "No backend could serve the request.")
         for backend in backends[: self.max_attempts]:
             backend.outstanding += 1
             try:
-                return await self._attempt(request, backend, request_id, send, receive, progress)
+                return await self._attempt(
+                    request, backend, request_id, headers, send, receive, progress
+                )
             except _Retry as retry:
                 error = retry.error
                 if retry.eject:
                     self.router.eject(backend)
             finally:
                 backend.outstanding -= 1
-        await send_error(send, error, request_id)
+        await send_error(send, error, request_id, headers)
         outcome = "rejected" if error.status == 429 else "backend_error"
         return Forwarded(backends[0], error.status, outcome)
 
@@ -95,6 +101,7 @@ class Proxy:
         request: InferenceRequest,
         backend: Backend,
         request_id: str,
+        headers: Headers,
         send: Send,
         receive: Receive,
         progress: Progress,
@@ -117,12 +124,20 @@ class Proxy:
                 )
             rename = backend.model_renames.get(request.model)
             if response.status != 200:
-                return await _forward_client_error(response, backend, request_id, send)
+                return await _forward_client_error(response, backend, request_id, headers, send)
             if request.stream:
                 return await _stream(
-                    response, backend, request, request_id, send, receive, progress, rename
+                    response,
+                    backend,
+                    request,
+                    request_id,
+                    headers,
+                    send,
+                    receive,
+                    progress,
+                    rename,
                 )
-            return await _whole(response, backend, request_id, send, rename)
+            return await _whole(response, backend, request_id, headers, send, rename)
         finally:
             response.release()
 
@@ -131,6 +146,7 @@ async def _whole(
     response: aiohttp.ClientResponse,
     backend: Backend,
     request_id: str,
+    headers: Headers,
     send: Send,
     rename: tuple[bytes, bytes] | None,
 ) -> Forwarded:
@@ -145,7 +161,7 @@ async def _whole(
         ) from exc
     if rename:
         data = data.replace(*rename, 1)
-    await send_body(send, 200, data, request_id)
+    await send_body(send, 200, data, request_id, headers)
     return Forwarded(backend, 200, usage=usage)
 
 
@@ -154,6 +170,7 @@ async def _stream(
     backend: Backend,
     request: InferenceRequest,
     request_id: str,
+    headers: Headers,
     send: Send,
     receive: Receive,
     progress: Progress,
@@ -170,7 +187,7 @@ async def _stream(
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [*_SSE_HEADERS, (b"x-request-id", request_id.encode())],
+            "headers": [*_SSE_HEADERS, (b"x-request-id", request_id.encode()), *headers],
         }
     )
     disconnected = asyncio.Event()
@@ -238,7 +255,11 @@ async def _watch_disconnect(
 
 
 async def _forward_client_error(
-    response: aiohttp.ClientResponse, backend: Backend, request_id: str, send: Send
+    response: aiohttp.ClientResponse,
+    backend: Backend,
+    request_id: str,
+    headers: Headers,
+    send: Send,
 ) -> Forwarded:
     """The backend refused the request itself (too long a context, say): the client's to fix."""
     data = await response.read()
@@ -246,7 +267,8 @@ async def _forward_client_error(
         message = orjson.loads(data)["error"]["message"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         message = data.decode(errors="replace")[:500] or "The backend rejected the request."
-    await send_error(send, invalid_request(str(message)), request_id)
+    error = invalid_request(str(message))
+    await send_error(send, error, request_id, headers)
     return Forwarded(backend, 400, "rejected")
 
 

@@ -31,5 +31,5 @@ async def send_json(send: Send, status: int, payload: object, request_id: str) -
     await send_body(send, status, orjson.dumps(payload), request_id)
 
 
-async def send_error(send: Send, error: ApiError, request_id: str) -> None:
-    await send_body(send, error.status, error.body(), request_id, error.headers)
+async def send_error(send: Send, error: ApiError, request_id: str, extra: Headers = ()) -> None:
+    await send_body(send, error.status, error.body(), request_id, extra + error.headers)

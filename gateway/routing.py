@@ -6,7 +6,6 @@ and this process's own experience (a backend that refuses a connection or answer
 ejected here for BACKEND_EJECT_SECONDS).
 """
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -95,14 +94,6 @@ class Router:
             for model in backend.public_models:
                 by_model.setdefault(model, []).append(backend)
         self._by_name, self._by_model = by_name, by_model
-
-    async def refresh_forever(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("backend refresh failed; keeping the last known list")
 
 
 def _same(a: Backend, b: Backend) -> bool:
