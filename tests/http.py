@@ -1,6 +1,7 @@
 """Raw HTTP for tests that send what no SDK would (malformed bodies, missing keys)."""
 
 import json
+import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -31,3 +32,33 @@ def call(method: str, url: str, body: bytes | None = None, key: str | None = Non
             )
     except urllib.error.HTTPError as error:
         return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
+
+
+def stream_request(
+    base_url: str, key: str, model: str, max_tokens: int = 200
+) -> tuple[socket.socket, str]:
+    """Start a streamed chat over a raw socket, so a test can hold it open or drop it at will.
+
+    Returns the socket and the request id once the response has started.
+    """
+    body = json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": max_tokens,
+            "stream": True,
+        }
+    ).encode()
+    port = int(base_url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + f"authorization: Bearer {key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"x-request-id:"):
+            return sock, line.split(b":", 1)[1].strip().decode()
+    raise AssertionError("no x-request-id")

@@ -1,7 +1,6 @@
 """Promise P1: exactly one usage record per request that reached a backend, whatever happens."""
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 
@@ -11,7 +10,7 @@ import pytest
 from gateway.services import backend_register
 from metering.models import UsageRecord
 from tests.conftest import UPSTREAM_MODEL, Tenant, drain, gateway_env, usage_for
-from tests.http import call
+from tests.http import call, stream_request
 from tests.servers import Server, start_gateway
 
 FAULT_MODEL = "llama-faulty"
@@ -47,31 +46,6 @@ def arm(sim: Server, **fault: object) -> None:
 
 def sdk(gateway: Server, tenant: Tenant) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
-
-
-def stream_request(
-    gateway: Server, tenant: Tenant, max_tokens: int = 200
-) -> tuple[socket.socket, str]:
-    """Start a streamed chat over a raw socket; returns it and the request id once answered."""
-    body = json.dumps(
-        {"model": FAULT_MODEL, "messages": CHAT, "max_tokens": max_tokens, "stream": True}
-    ).encode()
-    sock = socket.create_connection(("127.0.0.1", gateway.port))
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        + f"authorization: Bearer {tenant.key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    head = sock.recv(65536)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock, request_id_of(head)
-
-
-def request_id_of(head_and_body: bytes) -> str:
-    for line in head_and_body.split(b"\r\n"):
-        if line.lower().startswith(b"x-request-id:"):
-            return line.split(b":", 1)[1].strip().decode()
-    raise AssertionError("no x-request-id")
 
 
 def wait_for_record(request_id: str, timeout: float = 15.0) -> UsageRecord:
@@ -147,7 +121,7 @@ def test_a_client_disconnect_cancels_the_backend_and_bills_what_was_sent(
 ) -> None:
     arm(sim, kind="stall", seconds=30, after_tokens=5, count=1)
     before = json.loads(call("GET", sim.url + "/_sim/stats").body)["aborted"]
-    sock, request_id = stream_request(gateway, tenant)
+    sock, request_id = stream_request(gateway.url, tenant.key, FAULT_MODEL)
     time.sleep(0.3)
     sock.close()
     record = wait_for_record(request_id)
@@ -165,7 +139,7 @@ def test_a_gateway_killed_mid_stream_has_its_request_recorded_by_the_reaper(
     doomed = start_gateway(gateway_env())
     try:
         arm(sim, kind="stall", seconds=30, after_tokens=5, count=1)
-        sock, _ = stream_request(doomed, tenant)
+        sock, _ = stream_request(doomed.url, tenant.key, FAULT_MODEL)
         time.sleep(1.5)  # a lease renewal reports the 5 tokens streamed so far
         doomed.kill()
         sock.close()

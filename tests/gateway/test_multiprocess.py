@@ -1,0 +1,121 @@
+"""Promise P2 across processes: four gateways share one set of limits in Redis."""
+
+import asyncio
+import itertools
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import aiohttp
+import pytest
+import redis
+
+from gateway.limits import account_keys
+from gateway.models import LimitOverride
+from metering.models import UsageRecord
+from tests.conftest import MODEL, Tenant, drain, gateway_env, tenant_create
+from tests.http import call, stream_request
+from tests.servers import Server, start_gateway
+
+GATEWAYS = 4
+REQUESTS = 240
+
+
+@pytest.fixture(scope="module")
+def gateways(fleet: None) -> Iterator[list[Server]]:
+    servers = [start_gateway(gateway_env()) for _ in range(GATEWAYS)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def limited(**limits: int) -> Tenant:
+    tenant = tenant_create("premium")
+    LimitOverride.objects.create(account=tenant.account, **limits)
+    return tenant
+
+
+async def flood(
+    gateways: list[Server], tenant: Tenant, count: int, max_tokens: int
+) -> Counter[int]:
+    """`count` chats at once, spread over every gateway; returns how many got each status."""
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+    )
+    headers = {"authorization": f"Bearer {tenant.key}", "content-type": "application/json"}
+    targets = itertools.cycle(gateways)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(gateway: Server) -> int:
+            url = gateway.url + "/v1/chat/completions"
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(one(next(targets)) for _ in range(count)))
+    return Counter(statuses)
+
+
+def wait_until_quiet(client: redis.Redis, tenant: Tenant) -> None:
+    slots = account_keys(tenant.account.pk, datetime.now(UTC))[6]
+    deadline = time.monotonic() + 5
+    while client.zcard(slots) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.zcard(slots) == 0, "concurrency slots left behind"
+
+
+def test_the_request_rate_limit_holds_across_gateways(
+    gateways: list[Server], redis_client: redis.Redis
+) -> None:
+    tenant = limited(requests_per_minute=50)
+    statuses = asyncio.run(flood(gateways, tenant, REQUESTS, max_tokens=4))
+    assert statuses == {200: 50, 429: REQUESTS - 50}
+    wait_until_quiet(redis_client, tenant)
+
+
+def test_a_token_quota_is_exceeded_by_at_most_one_reservation(
+    gateways: list[Server], redis_client: redis.Redis
+) -> None:
+    quota, max_tokens = 2_000, 40
+    tenant = limited(tokens_per_day=quota)
+    statuses = asyncio.run(flood(gateways, tenant, REQUESTS, max_tokens=max_tokens))
+    assert statuses[200] > 0 and statuses[429] > 0 and set(statuses) == {200, 429}
+    # Refusals start once reservations reach the quota; settling then refunds what was not
+    # used, so the tokens used end below the quota or above it by at most one reservation.
+    drain()
+    deadline = time.monotonic() + 5
+    records = UsageRecord.objects.filter(account_id=tenant.account.pk)
+    while records.count() < statuses[200] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        drain()
+    assert records.count() == statuses[200]
+    used = sum(r.prompt_tokens + r.completion_tokens for r in records)
+    one_reservation = max_tokens + 30  # completion cap + the prompt estimate of this body
+    assert used <= quota + one_reservation
+    wait_until_quiet(redis_client, tenant)
+
+
+def test_a_killed_gateways_concurrency_slot_comes_back_within_its_lease(
+    gateways: list[Server], simulator: Server
+) -> None:
+    tenant = limited(max_concurrent_requests=1)
+    doomed = start_gateway(gateway_env())
+    call(
+        "POST",
+        simulator.url + "/_sim/faults",
+        b'{"kind": "stall", "seconds": 30, "after_tokens": 2}',
+    )
+    try:
+        sock, _ = stream_request(doomed.url, tenant.key, MODEL)
+        doomed.kill()
+        killed_at = time.monotonic()
+        assert asyncio.run(flood(gateways[:1], tenant, 1, max_tokens=1)) == {429: 1}
+        while asyncio.run(flood(gateways[:1], tenant, 1, max_tokens=1)) != {200: 1}:
+            assert time.monotonic() - killed_at < 3 + 2, "slot not freed within the 3 s lease"
+            time.sleep(0.2)
+        sock.close()
+    finally:
+        doomed.stop()
+        call("DELETE", simulator.url + "/_sim/faults")
