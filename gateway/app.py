@@ -18,10 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import psycopg
 import redis.asyncio as aioredis
 from django.conf import settings
 from psycopg.conninfo import make_conninfo
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway import errors
 from gateway.admission import completion_cap, rate_limit_headers, refusal, tokens_to_reserve
@@ -33,6 +34,7 @@ from gateway.proxy import Forwarded, Proxy
 from gateway.responses import Receive, Send, send_error, send_json
 from gateway.routing import Backend, Router
 from gateway.validation import EMBEDDINGS, ENDPOINT_PATHS, InferenceRequest, request_parse
+from metering.selectors import usage_recent, usage_totals
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +169,16 @@ class GatewayApp:
         if path == "/readyz":
             return await self._ready(send, rid)
         endpoint = _ENDPOINTS.get(path)
-        if endpoint is None and path != "/v1/models":
+        if endpoint is None and path not in ("/v1/models", "/v1/usage"):
             raise errors.not_found(path)
         expected = "POST" if endpoint else "GET"
         if method != expected:
             raise errors.method_not_allowed(method)
         principal = await self.c.auth.authenticate(_header(scope, b"authorization"))
-        if endpoint is None:
+        if path == "/v1/models":
             return await self._models(principal, send, rid)
+        if endpoint is None:
+            return await send_json(send, 200, await self._usage(principal), rid)
         request = request_parse(endpoint, await self._body(scope, receive))
         if not principal.may_use(request.model) or not self.c.router.serves(request.model):
             raise errors.model_not_found(request.model)
@@ -263,6 +267,49 @@ class GatewayApp:
         ]
         await send_json(send, 200, {"object": "list", "data": data}, rid)
 
+    async def _usage(self, principal: Principal) -> dict[str, Any]:
+        """The caller's own limits, where it stands against them, and its recent usage."""
+        assert self.c is not None
+        now = datetime.now(UTC)
+        today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        month = today.replace(day=1)
+        account = principal.account_id
+        try:
+            standing = await self.c.limiter.peek(account_id=account, now=now)
+            async with self.c.pool.connection(timeout=2.0) as conn:
+                usage_today = await usage_totals(conn, account_id=account, since=today)
+                usage_month = await usage_totals(conn, account_id=account, since=month)
+                recent = await usage_recent(conn, account_id=account, since=month, limit=20)
+        except (aioredis.RedisError, psycopg.Error, PoolTimeout) as exc:
+            raise errors.unavailable(
+                "Usage cannot be read right now; retry shortly.", code="usage_unavailable"
+            ) from exc
+        limits = principal.limits
+        return {
+            "object": "usage",
+            "tier": principal.tier,
+            "limits": {
+                "requests_per_minute": limits.requests_per_minute,
+                "tokens_per_minute": limits.tokens_per_minute,
+                "tokens_per_day": limits.tokens_per_day,
+                "tokens_per_month": limits.tokens_per_month,
+                "max_concurrent_requests": limits.max_concurrent_requests,
+                "max_tokens_per_request": limits.max_tokens_per_request,
+                "max_context_tokens": limits.max_context_tokens,
+            },
+            "remaining": {
+                "requests_per_minute": _left(
+                    limits.requests_per_minute, standing.requests_last_minute
+                ),
+                "tokens_per_minute": _left(limits.tokens_per_minute, standing.tokens_last_minute),
+                "tokens_today": _left(limits.tokens_per_day, standing.tokens_today),
+                "tokens_this_month": _left(limits.tokens_per_month, standing.tokens_this_month),
+                "concurrent_requests": _left(limits.max_concurrent_requests, standing.running),
+            },
+            "usage": {"today": usage_today, "this_month": usage_month},
+            "recent": recent,
+        }
+
     async def _body(self, scope: dict[str, Any], receive: Receive) -> bytes:
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
@@ -335,6 +382,10 @@ def usage_record(
         "outcome": forwarded.outcome,
         "ended_at": entry["started_at"] + (now - arrived),
     }
+
+
+def _left(limit: int | None, used: int) -> int | None:
+    return None if limit is None else max(0, limit - used)
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[Any]]) -> None:

@@ -50,6 +50,17 @@ class Admission:
     reserved: int
 
 
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """An account's use of its limits at one instant."""
+
+    requests_last_minute: int
+    tokens_last_minute: int
+    tokens_today: int
+    tokens_this_month: int
+    running: int
+
+
 def account_keys(account_id: int, now: datetime) -> tuple[str, ...]:
     tag = f"{{a:{account_id}}}"
     return (
@@ -82,6 +93,7 @@ class Limiter:
         self._settling: set[asyncio.Task[None]] = set()
         self._admit = client.register_script((_LUA / "limits_admit.lua").read_text())
         self._settle = client.register_script((_LUA / "limits_settle.lua").read_text())
+        self._peek = client.register_script((_LUA / "limits_peek.lua").read_text())
 
     async def admit(
         self, *, account_id: int, request_id: str, reserve: int, limits: Limits, now: datetime
@@ -118,6 +130,12 @@ class Limiter:
             keys=keys,
             reserved=reserve,
         )
+
+    async def peek(self, *, account_id: int, now: datetime) -> Standing:
+        """Where the account stands now, without counting anything."""
+        keys = account_keys(account_id, now)
+        reply = await self._peek(keys=keys, args=[int(now.timestamp() * 1000)])
+        return Standing(*(int(value) for value in reply))
 
     async def settle(self, admission: Admission, *, request_id: str, used: int) -> None:
         self.live.pop(request_id, None)

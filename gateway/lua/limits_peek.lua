@@ -1,0 +1,19 @@
+-- Read where an account stands against its limits, changing nothing.
+-- KEYS: the seven keys of limits_admit.lua.
+-- ARGV: [1] now (ms)
+-- Returns {requests in the last 60 s, tokens in the last 60 s, tokens today, tokens this
+--          month, requests running}.
+local now = tonumber(ARGV[1])
+local window_start = '(' .. (now - 60000)
+local requests = redis.call('ZCOUNT', KEYS[1], window_start, '+inf')
+local tokens = 0
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], window_start, '+inf')
+if #live > 0 then
+  for _, amount in ipairs(redis.call('HMGET', KEYS[3], unpack(live))) do
+    tokens = tokens + (tonumber(amount) or 0)
+  end
+end
+local today = tonumber(redis.call('GET', KEYS[5]) or '0')
+local month = tonumber(redis.call('GET', KEYS[6]) or '0')
+local running = redis.call('ZCOUNT', KEYS[7], '(' .. now, '+inf')
+return {requests, tokens, today, month, running}
