@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ class Run:
     p50_ms: float
     p99_ms: float
     errors: int
+    # Non-200 answers by status, to tell what went wrong.
+    statuses: Counter[str]
 
 
 def main() -> None:
@@ -125,6 +128,7 @@ def main() -> None:
 def _prepare_fleet(sim_port: int) -> str:
     from django.core.management import call_command
 
+    from gateway.models import LimitOverride
     from gateway.services import (
         account_create,
         api_key_issue,
@@ -142,6 +146,16 @@ def _prepare_fleet(sim_port: int) -> str:
         max_concurrent_sequences=1024,
     )
     account = account_create(name=f"bench-{uuid.uuid4().hex[:8]}", tier_slug="premium")
+    # Every limit is checked on every request, and none is ever reached.
+    huge = 10**12
+    LimitOverride.objects.create(
+        account=account,
+        requests_per_minute=2**31 - 1,
+        tokens_per_minute=huge,
+        tokens_per_day=huge,
+        tokens_per_month=huge,
+        max_concurrent_requests=100_000,
+    )
     return api_key_issue(account=account, name="bench").plaintext
 
 
@@ -196,6 +210,7 @@ def _hey(url: str, key: str | None, body: str, concurrency: int, amount: list[st
         p50_ms=_percentile(times, 50),
         p99_ms=_percentile(times, 99),
         errors=sum(row["status-code"] != "200" for row in rows),
+        statuses=Counter(row["status-code"] for row in rows if row["status-code"] != "200"),
     )
 
 
@@ -210,11 +225,12 @@ def _print_row(mode: str, concurrency: int, direct: list[Run], through: list[Run
     added50 = statistics.median(t.p50_ms - d.p50_ms for d, t in zip(direct, through, strict=True))
     added99 = statistics.median(t.p99_ms - d.p99_ms for d, t in zip(direct, through, strict=True))
     errors = sum(run.errors for run in direct + through)
+    statuses = sum((run.statuses for run in direct + through), Counter[str]())
     print(
         f"{mode:<7}{concurrency:>5} | {med(direct, 'rps'):>10.0f} {med(direct, 'p50_ms'):>7.2f}"
         f" {med(direct, 'p99_ms'):>7.2f} | {med(through, 'rps'):>11.0f}"
         f" {med(through, 'p50_ms'):>7.2f} {med(through, 'p99_ms'):>7.2f} |"
-        f" {added50:>9.2f} {added99:>9.2f} {errors:>6}",
+        f" {added50:>9.2f} {added99:>9.2f} {errors:>6} {dict(statuses) if statuses else ''}",
         flush=True,
     )
 

@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from gateway import errors
 from gateway.admission import completion_cap, rate_limit_headers, refusal, tokens_to_reserve
 from gateway.auth import Authenticator, Principal
+from gateway.batching import ScriptBatcher
 from gateway.errors import ApiError
 from gateway.inflight import InflightJournal, Progress
 from gateway.limits import Admission, Limiter
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 _ENDPOINTS = {path: endpoint for endpoint, path in ENDPOINT_PATHS.items()}
 PATH_PREFIXES = ("/v1/", "/healthz", "/readyz")
+# A settle waits up to this long for an urgent Redis call to share a pipeline with.
+_SETTLE_LINGER = 0.005
 
 
 @dataclass(slots=True)
@@ -49,6 +52,7 @@ class _Clients:
     session: aiohttp.ClientSession
     auth: Authenticator
     router: Router
+    batcher: ScriptBatcher
     limiter: Limiter
     journal: InflightJournal
     proxy: Proxy
@@ -106,14 +110,15 @@ class GatewayApp:
             skip_auto_headers=("User-Agent",),
         )
         router = Router(pool, eject_seconds=conf["BACKEND_EJECT_SECONDS"])
-        journal = InflightJournal(client, lease_seconds=conf["LEASE_SECONDS"])
+        batcher = ScriptBatcher(client, linger=_SETTLE_LINGER)
+        journal = InflightJournal(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
         try:
             await router.refresh()
             # Requests of gateways that died while none was running are recorded now.
             await journal.reap()
         except Exception:
             log.exception("startup refresh failed; retrying in the background")
-        limiter = Limiter(client, lease_seconds=conf["LEASE_SECONDS"])
+        limiter = Limiter(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
         interval = min(conf["LEASE_SECONDS"] / 3, conf["REAPER_INTERVAL_SECONDS"])
         tasks = [
             asyncio.create_task(_every(conf["BACKENDS_REFRESH_SECONDS"], router.refresh)),
@@ -127,6 +132,7 @@ class GatewayApp:
             session=session,
             auth=Authenticator(pool, cache_seconds=conf["KEY_CACHE_SECONDS"]),
             router=router,
+            batcher=batcher,
             limiter=limiter,
             journal=journal,
             proxy=Proxy(session, router, max_attempts=conf["MAX_ATTEMPTS"]),
@@ -138,7 +144,7 @@ class GatewayApp:
             return
         for task in self.c.tasks:
             task.cancel()
-        await self.c.journal.flush()
+        await self.c.batcher.idle()
         await self.c.session.close()
         await self.c.redis.aclose()
         await self.c.pool.close()
@@ -237,7 +243,7 @@ class GatewayApp:
         try:
             progress = await self.c.journal.open(key, entry)
         except aioredis.RedisError as exc:
-            self.c.limiter.settle_soon(admission, request_id=key, used=0)
+            self.c.limiter.settle(admission, request_id=key, used=0)
             raise errors.unavailable(
                 "Usage metering is unavailable; retry shortly.", code="metering_unavailable"
             ) from exc
@@ -256,7 +262,7 @@ class GatewayApp:
             record = usage_record(entry, forwarded, progress, arrived)
             self.c.journal.settle(key, record)
             used = record["prompt_tokens"] + record["completion_tokens"]
-            self.c.limiter.settle_soon(admission, request_id=key, used=used)
+            self.c.limiter.settle(admission, request_id=key, used=used)
 
     async def _models(self, principal: Principal, send: Send, rid: str) -> None:
         assert self.c is not None

@@ -1,37 +1,61 @@
-"""Group commit for Redis scripts: the calls made while one is in flight go out together.
+"""Group commit for the hot path's Redis scripts: one pipeline per event-loop turn.
 
-Under load this turns N requests' Redis calls into one round trip carrying N items, which is
-what keeps metering cheap on the hot path. An urgent item goes out at the next loop turn; a
-lingering one waits up to `linger` seconds for an urgent one to ride along with.
+Every Lua call a request makes (admission, in-flight open, and the settles after it) goes
+through one ScriptBatcher per process. Calls made while a pipeline is in flight queue up and go
+out together in the next one, so under load N requests share a round trip and a connection;
+alone, a call goes out at the next loop turn. A settle may linger a few milliseconds to ride
+along with the next urgent call. Pipelines of EVALSHA stay Redis Cluster-friendly: each call
+keeps its keys on one slot and a cluster client routes them.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-Item = TypeVar("Item")
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, ResponseError
+
+_LUA = Path(__file__).parent / "lua"
 
 
-class Batcher(Generic[Item]):
-    def __init__(
-        self,
-        send: Callable[[list[Item]], Awaitable[Any]],
-        *,
-        linger: float,
-        max_items: int = 512,
-    ) -> None:
-        self._send = send
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    text: str
+    sha: str
+
+    @classmethod
+    def named(cls, name: str) -> "Script":
+        text = (_LUA / f"{name}.lua").read_text()
+        return cls(name, text, hashlib.sha1(text.encode()).hexdigest())  # noqa: S324 (Redis' id)
+
+
+@dataclass(slots=True)
+class _Call:
+    script: Script
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+    future: "asyncio.Future[Any]"
+
+
+class ScriptBatcher:
+    def __init__(self, client: aioredis.Redis, *, linger: float, max_calls: int = 1024) -> None:
+        self._client = client
         self._linger = linger
-        self._max_items = max_items
-        self._pending: list[tuple[Item, asyncio.Future[Any]]] = []
+        self._max_calls = max_calls
+        self._pending: list[_Call] = []
         self._flushing: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    def submit(self, item: Item, *, linger: bool = False) -> "asyncio.Future[Any]":
-        """Queue an item; the future resolves with the script's reply for its whole batch."""
+    def call(
+        self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...], *, linger: bool = False
+    ) -> "asyncio.Future[Any]":
+        """Queue a script call; the future resolves with its reply (or its error)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((item, future))
+        self._pending.append(_Call(script, keys, args, future))
         if not linger:
             self._start()
         elif self._flushing is None and self._timer is None:
@@ -39,7 +63,7 @@ class Batcher(Generic[Item]):
         return future
 
     async def idle(self) -> None:
-        """Send everything submitted so far and wait until it is sent."""
+        """Send everything queued so far and wait until it is sent."""
         self._start()
         while self._flushing is not None:
             await asyncio.shield(self._flushing)
@@ -54,17 +78,47 @@ class Batcher(Generic[Item]):
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch = self._pending[: self._max_items]
-                del self._pending[: self._max_items]
+                batch = self._pending[: self._max_calls]
+                del self._pending[: self._max_calls]
                 try:
-                    reply = await self._send([item for item, _ in batch])
+                    replies = await self._run(batch)
                 except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(reply)
+                    replies = [exc] * len(batch)
+                for call, reply in zip(batch, replies, strict=True):
+                    if call.future.done():
+                        continue
+                    if isinstance(reply, Exception):
+                        call.future.set_exception(reply)
+                    else:
+                        call.future.set_result(reply)
         finally:
             self._flushing = None
+
+    async def _run(self, batch: list[_Call]) -> list[Any]:
+        replies = await self._pipeline(batch)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # Redis restarted or was flushed since the scripts were loaded: load, then redo.
+            for script in {batch[i].script for i in missing}:
+                await self._client.script_load(script.text)
+            redone = await self._pipeline([batch[i] for i in missing])
+            for i, reply in zip(missing, redone, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        if len(calls) == 1:
+            # A pipeline of one costs more client CPU than the plain command.
+            call = calls[0]
+            try:
+                return [
+                    await self._client.evalsha(
+                        call.script.sha, len(call.keys), *call.keys, *call.args
+                    )
+                ]
+            except (NoScriptError, ResponseError) as exc:
+                return [exc]
+        pipe = self._client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        return list(await pipe.execute(raise_on_error=False))

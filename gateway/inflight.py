@@ -8,6 +8,7 @@ that reached a backend yields exactly one usage event, and the meter stores each
 """
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.batching import Batcher
+from gateway.batching import Script, ScriptBatcher
 from metering.events import USAGE_STREAM
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,8 @@ LEASES = "{meter}:inflight:leases"
 ENTRIES = "{meter}:inflight:entries"
 PROGRESS = "{meter}:inflight:progress"
 _LUA = Path(__file__).parent / "lua"
-# A settle waits this long for an open to share a Redis call with.
-_SETTLE_LINGER = 0.005
+_OPEN = Script.named("inflight_open")
+_SETTLE = Script.named("inflight_settle")
 
 
 @dataclass(slots=True)
@@ -38,44 +39,34 @@ class Progress:
 
 
 class InflightJournal:
-    def __init__(self, client: aioredis.Redis, *, lease_seconds: float) -> None:
+    def __init__(
+        self, client: aioredis.Redis, batcher: ScriptBatcher, *, lease_seconds: float
+    ) -> None:
         self.lease_seconds = lease_seconds
         self.live: dict[str, Progress] = {}
-        self._write = client.register_script((_LUA / "inflight_write.lua").read_text())
+        self._batcher = batcher
         self._renew = client.register_script((_LUA / "inflight_renew.lua").read_text())
         self._reap = client.register_script((_LUA / "inflight_reap.lua").read_text())
-        self._writes = Batcher[tuple[bool, str, bytes]](self._write_batch, linger=_SETTLE_LINGER)
 
     async def open(self, request_id: str, entry: dict[str, Any]) -> Progress:
         """Record that the request is in flight; returns once Redis has it."""
-        await self._writes.submit((True, request_id, orjson.dumps(entry)))
+        expiry = time.time() + self.lease_seconds
+        args = (request_id, expiry, orjson.dumps(entry))
+        await self._batcher.call(_OPEN, (LEASES, ENTRIES), args)
         progress = self.live[request_id] = Progress()
         return progress
 
     def settle(self, request_id: str, record: dict[str, Any]) -> None:
         """Hand the finished request's record to the meter, in the background.
 
-        Not awaited by the request, and sent with the next open (or within _SETTLE_LINGER):
-        if this process dies first, the entry's lease lapses and the reaper records the
-        request from what the lease last knew.
+        Not awaited by the request, and sent with the next urgent Redis call (or within the
+        batcher's linger): if this process dies first, the entry's lease lapses and the reaper
+        records the request from what the lease last knew.
         """
         self.live.pop(request_id, None)
-        item = (False, request_id, orjson.dumps(record))
-        self._writes.submit(item, linger=True).add_done_callback(_log_failure)
-
-    async def flush(self) -> None:
-        """Send every settled record to Redis now (at shutdown)."""
-        await self._writes.idle()
-
-    async def _write_batch(self, items: list[tuple[bool, str, bytes]]) -> None:
-        opens: list[str | bytes] = []
-        settles: list[str | bytes] = []
-        for is_open, request_id, payload in items:
-            (opens if is_open else settles).extend((request_id, payload))
-        args = [time.time() + self.lease_seconds, len(opens) // 2, *opens, *settles]
-        reaped = await self._write(keys=[LEASES, ENTRIES, PROGRESS, USAGE_STREAM], args=args)
-        for request_id in reaped:
-            log.warning("request was reaped before it settled", extra={"request_id": request_id})
+        keys = (LEASES, ENTRIES, PROGRESS, USAGE_STREAM)
+        settled = self._batcher.call(_SETTLE, keys, (request_id, orjson.dumps(record)), linger=True)
+        settled.add_done_callback(functools.partial(_check_settled, request_id))
 
     async def renew(self) -> int:
         if not self.live:
@@ -97,7 +88,11 @@ class InflightJournal:
             log.warning("reaped requests of a lost gateway", extra={"count": reaped})
 
 
-def _log_failure(future: "asyncio.Future[Any]") -> None:
-    if not future.cancelled() and (exc := future.exception()) is not None:
+def _check_settled(request_id: str, future: "asyncio.Future[Any]") -> None:
+    if future.cancelled():
+        return
+    if (exc := future.exception()) is not None:
         # The entry stays in flight; the reaper records it when its lease lapses.
         log.error("could not settle a request; the reaper will record it", exc_info=exc)
+    elif future.result() == 0:
+        log.warning("request was reaped before it settled", extra={"request_id": request_id})

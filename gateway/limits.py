@@ -12,12 +12,17 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
+
+from gateway.batching import Script, ScriptBatcher
 
 log = logging.getLogger(__name__)
 
 _LUA = Path(__file__).parent / "lua"
+_ADMIT = Script.named("limits_admit")
+_SETTLE = Script.named("limits_settle")
 UNLIMITED = -1
 _SLOTS = 6  # index of the concurrency key in account_keys()
 
@@ -85,14 +90,14 @@ def period_ends(now: datetime) -> tuple[int, int]:
 
 
 class Limiter:
-    def __init__(self, client: aioredis.Redis, *, lease_seconds: float) -> None:
+    def __init__(
+        self, client: aioredis.Redis, batcher: ScriptBatcher, *, lease_seconds: float
+    ) -> None:
         self.client = client
         self.lease_ms = int(lease_seconds * 1000)
         # request_id -> its concurrency slot key, for lease renewal.
         self.live: dict[str, str] = {}
-        self._settling: set[asyncio.Task[None]] = set()
-        self._admit = client.register_script((_LUA / "limits_admit.lua").read_text())
-        self._settle = client.register_script((_LUA / "limits_settle.lua").read_text())
+        self._batcher = batcher
         self._peek = client.register_script((_LUA / "limits_peek.lua").read_text())
 
     async def admit(
@@ -100,9 +105,10 @@ class Limiter:
     ) -> Admission:
         keys = account_keys(account_id, now)
         day_left, month_left = period_ends(now)
-        reply = await self._admit(
-            keys=keys,
-            args=[
+        reply = await self._batcher.call(
+            _ADMIT,
+            keys,
+            (
                 int(now.timestamp() * 1000),
                 request_id,
                 reserve,
@@ -114,7 +120,7 @@ class Limiter:
                 self.lease_ms,
                 day_left,
                 month_left,
-            ],
+            ),
         )
         admitted, reason, retry_after, requests, requests_reset, tokens, tokens_reset = reply
         if admitted:
@@ -137,21 +143,13 @@ class Limiter:
         reply = await self._peek(keys=keys, args=[int(now.timestamp() * 1000)])
         return Standing(*(int(value) for value in reply))
 
-    async def settle(self, admission: Admission, *, request_id: str, used: int) -> None:
+    def settle(self, admission: Admission, *, request_id: str, used: int) -> None:
+        """Swap the reservation for the tokens used and free the slot, in the background."""
         self.live.pop(request_id, None)
-        await self._settle(keys=admission.keys, args=[request_id, admission.reserved, used])
-
-    def settle_soon(self, admission: Admission, *, request_id: str, used: int) -> None:
-        """Settle in the background: the request's answer is already on its way."""
-        task = asyncio.create_task(self.settle(admission, request_id=request_id, used=used))
-        self._settling.add(task)
-        task.add_done_callback(self._settled)
-
-    def _settled(self, task: "asyncio.Task[None]") -> None:
-        self._settling.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            # The reservation stays counted until its window passes; the slot's lease lapses.
-            log.error("could not settle a request's limits", exc_info=exc)
+        args = (request_id, admission.reserved, used)
+        self._batcher.call(_SETTLE, admission.keys, args, linger=True).add_done_callback(
+            _check_settled
+        )
 
     async def renew(self) -> None:
         """Extend the concurrency leases of this process's live requests (long streams)."""
@@ -162,6 +160,12 @@ class Limiter:
         for request_id, slot_key in self.live.items():
             pipe.zadd(slot_key, {request_id: expiry}, xx=True)
         await pipe.execute()
+
+
+def _check_settled(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        # The reservation stays counted until its window passes; the slot's lease lapses.
+        log.error("could not settle a request's limits", exc_info=exc)
 
 
 def _limit(value: int | None) -> int:

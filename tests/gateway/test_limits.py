@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from gateway.batching import ScriptBatcher
 from gateway.limits import Admission, Limiter, Limits, period_ends
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -68,8 +69,14 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 @pytest.fixture(scope="module")
 def limiter(loop: asyncio.AbstractEventLoop) -> Iterator[Limiter]:
     client = aioredis.Redis.from_url(settings.REDIS_URL)
-    yield Limiter(client, lease_seconds=LEASE_MS / 1000)
+    batcher = ScriptBatcher(client, linger=0.001)
+    yield Limiter(client, batcher, lease_seconds=LEASE_MS / 1000)
     loop.run_until_complete(client.aclose())
+
+
+async def settle(limiter: Limiter, admission: Admission, request_id: str, used: int) -> None:
+    limiter.settle(admission, request_id=request_id, used=used)
+    await limiter._batcher.idle()
 
 
 limits_strategy = st.builds(
@@ -107,9 +114,7 @@ def test_the_limiter_agrees_with_the_reference_model(
         now += timedelta(milliseconds=advance)
         if settle_with is not None and open_requests:
             request_id, admission = open_requests.pop(0)
-            loop.run_until_complete(
-                limiter.settle(admission, request_id=request_id, used=settle_with)
-            )
+            loop.run_until_complete(settle(limiter, admission, request_id, settle_with))
             reference.settle(request_id, admission.reserved, settle_with)
         request_id = f"r{step}"
         got = loop.run_until_complete(
