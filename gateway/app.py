@@ -203,6 +203,7 @@ class GatewayApp:
                 now=datetime.now(UTC),
             )
         except aioredis.RedisError as exc:
+            log.warning("admission failed: Redis unavailable", exc_info=True)
             raise errors.unavailable(
                 "Limits cannot be checked right now; retry shortly.", code="limits_unavailable"
             ) from exc
@@ -243,6 +244,7 @@ class GatewayApp:
         try:
             progress = await self.c.journal.open(key, entry)
         except aioredis.RedisError as exc:
+            log.warning("in-flight open failed: Redis unavailable", exc_info=True)
             self.c.limiter.settle(admission, request_id=key, used=0)
             raise errors.unavailable(
                 "Usage metering is unavailable; retry shortly.", code="metering_unavailable"
@@ -287,6 +289,7 @@ class GatewayApp:
                 usage_month = await usage_totals(conn, account_id=account, since=month)
                 recent = await usage_recent(conn, account_id=account, since=month, limit=20)
         except (aioredis.RedisError, psycopg.Error, PoolTimeout) as exc:
+            log.warning("usage read failed", exc_info=True)
             raise errors.unavailable(
                 "Usage cannot be read right now; retry shortly.", code="usage_unavailable"
             ) from exc

@@ -125,6 +125,7 @@ class Authenticator:
             # PostgreSQL is away: keys seen recently keep working (revocations made during
             # the outage apply once it is back); keys never seen cannot be checked.
             if stale is None:
+                log.warning("key lookup failed and the key is not cached", exc_info=True)
                 raise unavailable(
                     "Authentication is temporarily unavailable; retry shortly.",
                     code="auth_unavailable",

@@ -17,7 +17,8 @@
 --   [9] lease (ms)          [10] seconds to the end of the day (UTC)
 --   [11] seconds to the end of the month (UTC)
 -- Returns {admitted (1|0), reason ('' or which limit refused), retry after (ms),
---          requests used, requests reset (ms), tokens used, tokens reset (ms)}.
+--          requests in the window, ms until that window is empty, tokens in the window,
+--          ms until that window is empty}.
 local now = tonumber(ARGV[1])
 local window_start = now - 60000
 local reserve = tonumber(ARGV[3])
@@ -28,14 +29,18 @@ local limits = {
 
 -- Forget what slid out of the windows and leases that lapsed (their gateway died).
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', window_start)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', window_start)
-if #expired > 0 then
-  local amounts = redis.call('HMGET', KEYS[3], unpack(expired))
+-- In chunks: Lua's unpack() fails beyond a few thousand values, and a busy account can have
+-- many more entries slide out at once.
+while true do
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', window_start, 'LIMIT', 0, 1000)
+  if #expired == 0 then break end
   local total = 0
-  for _, amount in ipairs(amounts) do total = total + (tonumber(amount) or 0) end
+  for _, amount in ipairs(redis.call('HMGET', KEYS[3], unpack(expired))) do
+    total = total + (tonumber(amount) or 0)
+  end
   redis.call('DECRBY', KEYS[4], total)
   redis.call('HDEL', KEYS[3], unpack(expired))
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', window_start)
+  redis.call('ZREM', KEYS[2], unpack(expired))
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now)
 
@@ -45,38 +50,46 @@ local today = tonumber(redis.call('GET', KEYS[5]) or '0')
 local month = tonumber(redis.call('GET', KEYS[6]) or '0')
 local running = redis.call('ZCARD', KEYS[7])
 
--- When the oldest entry leaves the window (ms from now).
-local function requests_reset()
+-- When a window is empty again, its limit back to its initial state (ms from now).
+local function window_reset(key)
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if #newest == 0 then return 0 end
+  return tonumber(newest[2]) + 60000 - now
+end
+
+-- When the oldest request leaves the window, making room for one more (ms from now).
+local function requests_retry()
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  if #oldest == 0 then return 0 end
   return tonumber(oldest[2]) + 60000 - now
 end
 
--- When enough tokens leave the window for the amount used to fall under `limit` (ms).
-local function tokens_reset(limit)
-  if tokens < limit or tokens == 0 then return 0 end
-  local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-  local left = tokens
-  for i = 1, #entries, 2 do
-    left = left - (tonumber(redis.call('HGET', KEYS[3], entries[i])) or 0)
-    if left < limit then return tonumber(entries[i + 1]) + 60000 - now end
+-- When enough tokens leave the window for the amount used to fall under the limit (ms).
+local function tokens_retry(limit)
+  local left, start = tokens, 0
+  while true do
+    local entries = redis.call('ZRANGE', KEYS[2], start, start + 499, 'WITHSCORES')
+    if #entries == 0 then return 60000 end
+    for i = 1, #entries, 2 do
+      left = left - (tonumber(redis.call('HGET', KEYS[3], entries[i])) or 0)
+      if left < limit then return tonumber(entries[i + 1]) + 60000 - now end
+    end
+    start = start + 500
   end
-  return 60000
 end
 
 local function refuse(reason, retry_after)
-  return {0, reason, math.max(retry_after, 1), requests, requests_reset(), tokens,
-          tokens_reset(math.max(limits.tpm, 1))}
+  return {0, reason, math.max(retry_after, 1), requests, window_reset(KEYS[1]), tokens,
+          window_reset(KEYS[2])}
 end
 
 if limits.concurrent >= 0 and running >= limits.concurrent then
   return refuse('concurrent', 1000)
 end
 if limits.rpm >= 0 and requests >= limits.rpm then
-  return refuse('requests', requests_reset())
+  return refuse('requests', requests_retry())
 end
 if limits.tpm >= 0 and tokens >= limits.tpm then
-  return refuse('tokens', tokens_reset(limits.tpm))
+  return refuse('tokens', tokens_retry(limits.tpm))
 end
 if limits.tpd >= 0 and today >= limits.tpd then
   return refuse('tokens_per_day', tonumber(ARGV[10]) * 1000)
@@ -100,4 +113,4 @@ tokens = tokens + reserve
 -- The window keys expire a minute after their newest entry.
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], 61000) end
 redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[9]) + 1000)
-return {1, '', 0, requests, requests_reset(), tokens, tokens_reset(math.max(limits.tpm, 1))}
+return {1, '', 0, requests, window_reset(KEYS[1]), tokens, window_reset(KEYS[2])}

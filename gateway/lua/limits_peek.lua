@@ -7,11 +7,15 @@ local now = tonumber(ARGV[1])
 local window_start = '(' .. (now - 60000)
 local requests = redis.call('ZCOUNT', KEYS[1], window_start, '+inf')
 local tokens = 0
-local live = redis.call('ZRANGEBYSCORE', KEYS[2], window_start, '+inf')
-if #live > 0 then
+local offset = 0
+while true do
+  -- In chunks: Lua's unpack() fails beyond a few thousand values.
+  local live = redis.call('ZRANGEBYSCORE', KEYS[2], window_start, '+inf', 'LIMIT', offset, 1000)
+  if #live == 0 then break end
   for _, amount in ipairs(redis.call('HMGET', KEYS[3], unpack(live))) do
     tokens = tokens + (tonumber(amount) or 0)
   end
+  offset = offset + #live
 end
 local today = tonumber(redis.call('GET', KEYS[5]) or '0')
 local month = tonumber(redis.call('GET', KEYS[6]) or '0')

@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,8 @@ from gateway.limits import Admission, Limiter, Limits, period_ends
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 LEASE_MS = 30_000
-accounts = itertools.count(1_000_000)
+# Fresh account ids each run: limit keys outlive a test run (day counters last a day).
+accounts = itertools.count(uuid.uuid4().int % 10**9 * 1000)
 
 
 @dataclass
@@ -186,3 +188,33 @@ def test_a_spent_daily_quota_waits_for_the_next_day(
 def test_period_ends_are_utc_calendar_boundaries() -> None:
     assert period_ends(datetime(2026, 12, 31, 23, 0, tzinfo=UTC)) == (3600, 3600)
     assert period_ends(datetime(2026, 2, 28, 0, 0, tzinfo=UTC)) == (86400, 86400)
+
+
+def test_a_busy_accounts_window_slides_in_one_call(
+    loop: asyncio.AbstractEventLoop, limiter: Limiter
+) -> None:
+    """Thousands of entries leaving the window at once (a busy account) must not break it."""
+    account_id, limits = next(accounts), Limits(requests_per_minute=100_000)
+
+    async def admit_many() -> None:
+        await asyncio.gather(
+            *(
+                limiter.admit(
+                    account_id=account_id, request_id=f"r{i}", reserve=1, limits=limits, now=START
+                )
+                for i in range(12_000)
+            )
+        )
+
+    loop.run_until_complete(admit_many())
+    later = loop.run_until_complete(
+        limiter.admit(
+            account_id=account_id,
+            request_id="after",
+            reserve=1,
+            limits=limits,
+            now=START + timedelta(seconds=61),
+        )
+    )
+    assert later.admitted
+    assert (later.requests_used, later.tokens_used) == (1, 1)
