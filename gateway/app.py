@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -112,18 +113,20 @@ class GatewayApp:
         router = Router(pool, eject_seconds=conf["BACKEND_EJECT_SECONDS"])
         batcher = ScriptBatcher(client, linger=_SETTLE_LINGER)
         journal = InflightJournal(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
+        limiter = Limiter(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
         try:
             await router.refresh()
             # Requests of gateways that died while none was running are recorded now.
             await journal.reap()
+            await limiter.rebuild_if_empty(pool)
         except Exception:
             log.exception("startup refresh failed; retrying in the background")
-        limiter = Limiter(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
         interval = min(conf["LEASE_SECONDS"] / 3, conf["REAPER_INTERVAL_SECONDS"])
         tasks = [
             asyncio.create_task(_every(conf["BACKENDS_REFRESH_SECONDS"], router.refresh)),
             asyncio.create_task(_every(interval, journal.maintain)),
             asyncio.create_task(_every(interval, limiter.renew)),
+            asyncio.create_task(_every(interval, partial(limiter.rebuild_if_empty, pool))),
         ]
         self.max_body = conf["MAX_BODY_BYTES"]
         self.c = _Clients(
@@ -399,12 +402,13 @@ def _left(limit: int | None, used: int) -> int | None:
 
 async def _every(interval: float, job: Callable[[], Awaitable[Any]]) -> None:
     """Run a background job every `interval` seconds until cancelled; a failure is logged."""
+    name = getattr(job, "__qualname__", None) or repr(job)
     while True:
         await asyncio.sleep(interval)
         try:
             await job()
         except Exception:
-            log.exception("background job failed", extra={"job": job.__qualname__})
+            log.exception("background job failed", extra={"job": name})
 
 
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
 
 from gateway.batching import Script, ScriptBatcher
+from metering.selectors import period_totals
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,11 @@ _LUA = Path(__file__).parent / "lua"
 _ADMIT = Script.named("limits_admit")
 _SETTLE = Script.named("limits_settle")
 UNLIMITED = -1
-_SLOTS = 6  # index of the concurrency key in account_keys()
+# Indexes into account_keys().
+_DAY, _MONTH, _SLOTS = 4, 5, 6
+# Present while Redis holds the quota counters; gone after Redis lost its data.
+_EPOCH = "{limits}:epoch"
+_REBUILDING = "{limits}:rebuilding"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +156,39 @@ class Limiter:
         self._batcher.call(_SETTLE, admission.keys, args, linger=True).add_done_callback(
             _check_settled
         )
+
+    async def rebuild_if_empty(self, pool: AsyncConnectionPool) -> bool:
+        """Restore the day and month quota counters from the ledger if Redis came back empty.
+
+        Redis is the only home of the counters; after a restart without persistence or a
+        failover to an empty replica they would start from zero and let spent quotas be spent
+        again. The epoch key marks a Redis that has its counters; one gateway rebuilds at a
+        time. A request admitted just after the restart and stored before the rebuild reads
+        the ledger is counted twice: the error is on the safe side and lasts one period.
+        """
+        if await self.client.exists(_EPOCH):
+            return False
+        if not await self.client.set(_REBUILDING, "1", nx=True, ex=60):
+            return False
+        try:
+            now = datetime.now(UTC)
+            today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            async with pool.connection(timeout=5.0) as conn:
+                totals = await period_totals(conn, today=today, month=today.replace(day=1))
+            day_left, month_left = period_ends(now)
+            pipe = self.client.pipeline(transaction=False)
+            for account_id, day_tokens, month_tokens in totals:
+                keys = account_keys(account_id, now)
+                pipe.incrby(keys[_DAY], day_tokens)
+                pipe.expire(keys[_DAY], day_left + 3600)
+                pipe.incrby(keys[_MONTH], month_tokens)
+                pipe.expire(keys[_MONTH], month_left + 3600)
+            pipe.set(_EPOCH, now.isoformat())
+            await pipe.execute()
+        finally:
+            await self.client.delete(_REBUILDING)
+        log.warning("quota counters rebuilt from the ledger", extra={"accounts": len(totals)})
+        return True
 
     async def renew(self) -> None:
         """Extend the concurrency leases of this process's live requests (long streams)."""

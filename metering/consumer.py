@@ -48,6 +48,15 @@ class Meter:
                 raise
 
     def run(self, stop: threading.Event) -> None:
+        """Store events until `stop` is set; rides out Redis being away or coming back empty."""
+        while not stop.is_set():
+            try:
+                self._consume(stop)
+            except redis.RedisError:
+                log.warning("Redis unavailable; the meter retries in 1 s", exc_info=True)
+                stop.wait(1.0)
+
+    def _consume(self, stop: threading.Event) -> None:
         self.ensure_group()
         # Our own unacknowledged events first (we may have died mid-batch), then new ones.
         backlog = True

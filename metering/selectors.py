@@ -9,6 +9,7 @@ from psycopg import AsyncConnection
 _SQL = Path(__file__).parent / "sql"
 _TOTALS = (_SQL / "account_usage.sql").read_text()
 _RECENT = (_SQL / "account_recent.sql").read_text()
+_PERIOD_TOTALS = (_SQL / "period_totals.sql").read_text()
 _TOTAL_FIELDS = (
     "requests",
     "prompt_tokens",
@@ -48,3 +49,11 @@ async def usage_recent(
         }
         for row in await cursor.fetchall()
     ]
+
+
+async def period_totals(
+    conn: AsyncConnection[Any], *, today: datetime, month: datetime
+) -> list[tuple[int, int, int]]:
+    """(account_id, tokens today, tokens this month) for every account with usage this month."""
+    cursor = await conn.execute(_PERIOD_TOTALS, {"today": today, "month": month})
+    return [(int(a), int(d), int(m)) for a, d, m in await cursor.fetchall()]
