@@ -1,0 +1,129 @@
+"""Priority admission on the real Redis: classes in order, fairness within a class, shedding."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from gateway.batching import ScriptBatcher
+from gateway.errors import ApiError
+from gateway.queueing import AdmissionQueue, Slot
+
+PREMIUM, FREE = 0, 2
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[AdmissionQueue]:
+    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    admission = AdmissionQueue(client, ScriptBatcher(client, linger=0.001), lease_seconds=2.0)
+    listener = asyncio.create_task(admission.listen())
+    await asyncio.sleep(0.05)  # subscribed
+    yield admission
+    listener.cancel()
+    await client.aclose()
+
+
+def model() -> str:
+    return f"m-{uuid.uuid4().hex[:8]}"
+
+
+async def acquire(
+    queue: AdmissionQueue,
+    pool: str,
+    klass: int,
+    account: int,
+    *,
+    capacity: int = 1,
+    depth: int | None = None,
+    patience: float = 5.0,
+) -> Slot:
+    return await queue.acquire(
+        model=pool,
+        request_id=uuid.uuid4().hex,
+        klass=klass,
+        account_id=account,
+        cost=100,
+        capacity=capacity,
+        depth=depth,
+        patience=patience,
+    )
+
+
+async def test_a_free_slot_is_granted_at_once(queue: AdmissionQueue) -> None:
+    slot = await acquire(queue, model(), FREE, 1)
+    assert slot.waited_ms < 100
+
+
+async def test_premium_is_served_before_free_waiting_longer(queue: AdmissionQueue) -> None:
+    pool = model()
+    holder = await acquire(queue, pool, FREE, 1)
+    free = asyncio.create_task(acquire(queue, pool, FREE, 2))
+    await asyncio.sleep(0.05)
+    premium = asyncio.create_task(acquire(queue, pool, PREMIUM, 3))
+    await asyncio.sleep(0.05)
+    queue.release(holder)
+    first = await asyncio.wait_for(premium, 2)
+    assert not free.done()
+    queue.release(first)
+    queue.release(await asyncio.wait_for(free, 2))
+
+
+async def test_a_flooding_account_cannot_starve_another(queue: AdmissionQueue) -> None:
+    pool = model()
+    holder = await acquire(queue, pool, FREE, 1)
+    order: list[int] = []
+
+    async def ask(account: int) -> None:
+        slot = await acquire(queue, pool, FREE, account, patience=20)
+        order.append(account)
+        await asyncio.sleep(0.01)
+        queue.release(slot)
+
+    flood = [asyncio.create_task(ask(7)) for _ in range(10)]
+    await asyncio.sleep(0.1)
+    quiet = asyncio.create_task(ask(8))
+    await asyncio.sleep(0.05)
+    queue.release(holder)
+    await asyncio.wait_for(asyncio.gather(quiet, *flood), 10)
+    # Fair queuing: the quiet account waits for at most one of the flood's requests.
+    assert order.index(8) <= 1
+
+
+async def test_a_full_queue_sheds_with_429(queue: AdmissionQueue) -> None:
+    pool = model()
+    holder = await acquire(queue, pool, FREE, 1)
+    waiting = asyncio.create_task(acquire(queue, pool, FREE, 2, depth=1))
+    await asyncio.sleep(0.05)
+    with pytest.raises(ApiError) as shed:
+        await acquire(queue, pool, FREE, 3, depth=1)
+    assert shed.value.status == 429 and dict(shed.value.headers)[b"retry-after"] == b"1"
+    queue.release(holder)
+    queue.release(await asyncio.wait_for(waiting, 2))
+
+
+async def test_a_request_that_waits_too_long_is_shed_and_leaves_the_queue(
+    queue: AdmissionQueue,
+) -> None:
+    pool = model()
+    holder = await acquire(queue, pool, FREE, 1)
+    with pytest.raises(ApiError) as shed:
+        await acquire(queue, pool, FREE, 2, patience=0.2)
+    assert shed.value.status == 429
+    queue.release(holder)
+    # The one who gave up does not get the freed slot: the next asker does, at once.
+    slot = await asyncio.wait_for(acquire(queue, pool, FREE, 3), 2)
+    assert slot.waited_ms < 200
+
+
+async def test_a_dead_holders_slot_comes_back_after_its_lease(queue: AdmissionQueue) -> None:
+    pool = model()
+    await acquire(queue, pool, FREE, 1)
+    queue.held.clear()  # as if its gateway died: nobody renews or releases it
+    waiter = asyncio.create_task(acquire(queue, pool, PREMIUM, 2, patience=10))
+    await asyncio.sleep(2.2)  # the 2 s lease lapses
+    await queue.maintain()
+    slot = await asyncio.wait_for(waiter, 2)
+    assert slot.waited_ms >= 2000
