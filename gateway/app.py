@@ -33,6 +33,7 @@ from gateway.errors import ApiError
 from gateway.inflight import InflightJournal, Progress
 from gateway.limits import Admission, Limiter
 from gateway.proxy import Forwarded, Proxy
+from gateway.queueing import AdmissionQueue, Slot
 from gateway.responses import Receive, Send, send_error, send_json
 from gateway.routing import Backend, Router
 from gateway.validation import EMBEDDINGS, ENDPOINT_PATHS, InferenceRequest, request_parse
@@ -55,6 +56,7 @@ class _Clients:
     router: Router
     batcher: ScriptBatcher
     limiter: Limiter
+    queue: AdmissionQueue
     journal: InflightJournal
     proxy: Proxy
     tasks: list[asyncio.Task[None]]
@@ -114,6 +116,7 @@ class GatewayApp:
         batcher = ScriptBatcher(client, linger=_SETTLE_LINGER)
         journal = InflightJournal(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
         limiter = Limiter(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
+        queue = AdmissionQueue(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
         try:
             await router.refresh()
             # Requests of gateways that died while none was running are recorded now.
@@ -126,6 +129,8 @@ class GatewayApp:
             asyncio.create_task(_every(conf["BACKENDS_REFRESH_SECONDS"], router.refresh)),
             asyncio.create_task(_every(interval, journal.maintain)),
             asyncio.create_task(_every(interval, limiter.renew)),
+            asyncio.create_task(_every(min(interval, 1.0), queue.maintain)),
+            asyncio.create_task(_forever(queue.listen)),
             asyncio.create_task(_every(interval, partial(limiter.rebuild_if_empty, pool))),
         ]
         self.max_body = conf["MAX_BODY_BYTES"]
@@ -137,6 +142,7 @@ class GatewayApp:
             router=router,
             batcher=batcher,
             limiter=limiter,
+            queue=queue,
             journal=journal,
             proxy=Proxy(session, router, max_attempts=conf["MAX_ATTEMPTS"]),
             tasks=tasks,
@@ -212,15 +218,56 @@ class GatewayApp:
             ) from exc
         if not admission.admitted:
             raise refusal(principal.limits, admission)
-        await self._serve(
-            request, principal, admission, backends, arrived, request_id, rid, send, receive
-        )
+        slot = await self._wait_for_slot(request, principal, admission, str(request_id))
+        try:
+            await self._serve(
+                request,
+                principal,
+                admission,
+                slot,
+                backends,
+                arrived,
+                request_id,
+                rid,
+                send,
+                receive,
+            )
+        finally:
+            self.c.queue.release(slot)
+
+    async def _wait_for_slot(
+        self, request: InferenceRequest, principal: Principal, admission: Admission, key: str
+    ) -> Slot:
+        """Queue for a backend slot; a shed request gets its reservation back (not billed)."""
+        assert self.c is not None
+        try:
+            return await self.c.queue.acquire(
+                model=request.model,
+                request_id=key,
+                klass=principal.priority,
+                account_id=principal.account_id,
+                cost=admission.reserved,
+                capacity=self.c.router.capacity(request.model),
+                depth=principal.queue_depth,
+                patience=principal.queue_timeout,
+            )
+        except ApiError as shed:
+            self.c.limiter.settle(admission, request_id=key, used=0)
+            shed.headers = rate_limit_headers(principal.limits, admission) + shed.headers
+            raise
+        except aioredis.RedisError as exc:
+            log.warning("queueing failed: Redis unavailable", exc_info=True)
+            self.c.limiter.settle(admission, request_id=key, used=0)
+            raise errors.unavailable(
+                "Admission is unavailable right now; retry shortly.", code="queue_unavailable"
+            ) from exc
 
     async def _serve(
         self,
         request: InferenceRequest,
         principal: Principal,
         admission: Admission,
+        slot: Slot,
         backends: list[Backend],
         arrived: float,
         request_id: uuid.UUID,
@@ -241,7 +288,7 @@ class GatewayApp:
             "streamed": request.stream,
             "started_at": time.time() - (time.monotonic() - arrived),
             "prompt_tokens": request.prompt_tokens_estimate,
-            "queue_wait_ms": 0.0,
+            "queue_wait_ms": slot.waited_ms,
         }
         headers = rate_limit_headers(principal.limits, admission)
         try:
@@ -409,6 +456,16 @@ async def _every(interval: float, job: Callable[[], Awaitable[Any]]) -> None:
             await job()
         except Exception:
             log.exception("background job failed", extra={"job": name})
+
+
+async def _forever(job: Callable[[], Awaitable[Any]]) -> None:
+    """Keep a long-running job (a subscription) running, restarting it after a failure."""
+    while True:
+        try:
+            await job()
+        except Exception:
+            log.exception("background job failed; restarting it in 1 s")
+        await asyncio.sleep(1.0)
 
 
 def _header(scope: dict[str, Any], name: bytes) -> bytes | None:

@@ -33,7 +33,8 @@ SELECT k.id, k.secret_hash, k.expires_at, k.revoked_at, a.id, a.status, t.slug, 
        coalesce(o.tokens_per_month, t.tokens_per_month),
        coalesce(o.max_concurrent_requests, t.max_concurrent_requests),
        coalesce(o.max_tokens_per_request, t.max_tokens_per_request),
-       coalesce(o.max_context_tokens, t.max_context_tokens)
+       coalesce(o.max_context_tokens, t.max_context_tokens),
+       t.queue_timeout_seconds, t.queue_depth
 FROM gateway_apikey k
 JOIN gateway_account a ON a.id = k.account_id
 JOIN gateway_tier t ON t.id = a.tier_id
@@ -52,6 +53,9 @@ class Principal:
     priority: int
     allowed_models: frozenset[str]
     limits: Limits
+    # How long a request may wait for a backend slot, and how many may wait in its class.
+    queue_timeout: float
+    queue_depth: int | None
     secret_hash: str
     expires_at: datetime | None
     revoked: bool
@@ -164,6 +168,8 @@ class Authenticator:
             priority=row[7],
             allowed_models=frozenset(row[8]),
             limits=Limits(*row[9:16]),
+            queue_timeout=row[16],
+            queue_depth=row[17],
         )
 
     def _note_use(self, entry: _Entry, api_key_id: int) -> None:

@@ -73,6 +73,10 @@ class Router:
         usable = (b for b in backends if b.healthy and b.ejected_until <= now)
         return sorted(usable, key=lambda b: b.outstanding)
 
+    def capacity(self, model: str) -> int:
+        """Sequences the model's usable backends can run at once: what the queue hands out."""
+        return sum(b.max_concurrent_sequences for b in self.candidates(model))
+
     def eject(self, backend: Backend) -> None:
         backend.ejected_until = time.monotonic() + self.eject_seconds
         log.warning("backend ejected", extra={"backend": backend.name})

@@ -1,0 +1,97 @@
+"""Priority admission through the gateway (P4): premium first, free shed, queue wait metered."""
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from gateway.models import Backend
+from gateway.services import backend_register
+from tests.conftest import UPSTREAM_MODEL, Tenant, tenant_create, usage_for
+from tests.http import call, stream_request
+from tests.servers import Server
+
+NARROW = "llama-narrow"  # served by one backend that runs one sequence at a time
+CHAT = [{"role": "user", "content": "hi"}]
+pytestmark = pytest.mark.usefixtures("gateway")
+
+
+@pytest.fixture(scope="module")
+def narrow(simulator: Server, gateway: Server) -> Iterator[None]:
+    backend = backend_register(
+        name="narrow",
+        base_url=simulator.url,
+        upstream_model=UPSTREAM_MODEL,
+        public_models=[NARROW],
+        max_concurrent_sequences=1,
+    )
+    time.sleep(1.0)  # the gateway re-reads its backend list every 0.5 s in tests
+    yield
+    Backend.objects.filter(pk=backend.pk).update(enabled=False)
+
+
+def sdk(gateway: Server, tenant: Tenant) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
+
+
+@pytest.mark.usefixtures("narrow")
+def test_premium_waiting_behind_a_full_backend_goes_before_free(
+    gateway: Server, simulator: Server
+) -> None:
+    free, premium = tenant_create("free"), tenant_create("premium")
+    call(
+        "POST",
+        simulator.url + "/_sim/faults",
+        json.dumps({"kind": "stall", "seconds": 30, "after_tokens": 1}).encode(),
+    )
+    holder, _ = stream_request(gateway.url, tenant_create("premium").key, NARROW)
+    finished: list[tuple[str, str]] = []
+
+    def ask(name: str, tenant: Tenant) -> None:
+        completion = sdk(gateway, tenant).chat.completions.create(
+            model=NARROW, messages=CHAT, max_tokens=2
+        )
+        finished.append((name, completion._request_id or ""))
+
+    threads = [threading.Thread(target=ask, args=("free", free))]
+    threads[0].start()
+    time.sleep(0.3)
+    threads.append(threading.Thread(target=ask, args=("premium", premium)))
+    threads[1].start()
+    time.sleep(0.3)
+    holder.close()  # the stalled stream ends; its slot goes to the queue
+    for thread in threads:
+        thread.join(10)
+    call("DELETE", simulator.url + "/_sim/faults")
+    assert [name for name, _ in finished] == ["premium", "free"]
+    for _, request_id in finished:
+        [record] = usage_for(request_id)
+        assert record.queue_wait_ms > 250  # both waited for the stalled stream's slot
+
+
+@pytest.mark.usefixtures("narrow")
+def test_free_traffic_waiting_past_its_queue_timeout_is_shed_unbilled(
+    gateway: Server, simulator: Server
+) -> None:
+    free = tenant_create("free")  # the free tier waits at most 2 s
+    call(
+        "POST",
+        simulator.url + "/_sim/faults",
+        json.dumps({"kind": "stall", "seconds": 30, "after_tokens": 1}).encode(),
+    )
+    holder, _ = stream_request(gateway.url, tenant_create("premium").key, NARROW)
+    try:
+        started = time.monotonic()
+        with pytest.raises(openai.RateLimitError) as shed:
+            sdk(gateway, free).chat.completions.create(model=NARROW, messages=CHAT)
+        assert 1.5 < time.monotonic() - started < 5
+        assert shed.value.code == "server_overloaded"
+        assert int(shed.value.response.headers["retry-after"]) >= 1
+        usage = call("GET", gateway.url + "/v1/usage", key=free.key).json()
+        assert usage["remaining"]["tokens_today"] == free.account.tier.tokens_per_day
+    finally:
+        holder.close()
+        call("DELETE", simulator.url + "/_sim/faults")
