@@ -122,6 +122,9 @@ GATEWAY = {
     # In-flight lease: a request whose gateway stops renewing it for this long is reaped.
     "LEASE_SECONDS": env.float("GATEWAY_LEASE_SECONDS", default=60.0),
     "REAPER_INTERVAL_SECONDS": env.float("GATEWAY_REAPER_INTERVAL_SECONDS", default=5.0),
+    # "priority" (tiers in order, fair within a tier) or "fifo" (one line, first come first
+    # served), the baseline the overload benchmark compares against.
+    "ADMISSION": env.str("GATEWAY_ADMISSION", default="priority"),
 }
 
 METERING = {

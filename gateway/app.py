@@ -66,6 +66,7 @@ class GatewayApp:
     def __init__(self) -> None:
         self.c: _Clients | None = None
         self.max_body = 0
+        self.fifo = False
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -134,6 +135,7 @@ class GatewayApp:
             asyncio.create_task(_every(interval, partial(limiter.rebuild_if_empty, pool))),
         ]
         self.max_body = conf["MAX_BODY_BYTES"]
+        self.fifo = conf["ADMISSION"] == "fifo"
         self.c = _Clients(
             pool=pool,
             redis=client,
@@ -240,13 +242,15 @@ class GatewayApp:
     ) -> Slot:
         """Queue for a backend slot; a shed request gets its reservation back (not billed)."""
         assert self.c is not None
+        # First in, first out: one class, one "account", each request one step behind the last.
+        fifo = self.fifo
         try:
             return await self.c.queue.acquire(
                 model=request.model,
                 request_id=key,
-                klass=principal.priority,
-                account_id=principal.account_id,
-                cost=admission.reserved,
+                klass=1 if fifo else principal.priority,
+                account_id=0 if fifo else principal.account_id,
+                cost=1 if fifo else admission.reserved,
                 capacity=self.c.router.capacity(request.model),
                 depth=principal.queue_depth,
                 patience=principal.queue_timeout,
