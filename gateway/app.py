@@ -36,7 +36,13 @@ from gateway.proxy import Forwarded, Proxy
 from gateway.queueing import AdmissionQueue, Slot
 from gateway.responses import Receive, Send, send_error, send_json
 from gateway.routing import Backend, Router
-from gateway.validation import EMBEDDINGS, ENDPOINT_PATHS, InferenceRequest, request_parse
+from gateway.validation import (
+    CLASS_NAMES,
+    EMBEDDINGS,
+    ENDPOINT_PATHS,
+    InferenceRequest,
+    request_parse,
+)
 from metering.selectors import usage_recent, usage_totals
 
 log = logging.getLogger(__name__)
@@ -202,6 +208,9 @@ class GatewayApp:
         backends = self.c.router.candidates(request.model)
         if not backends:
             raise errors.no_backend(request.model)
+        # `service_tier` may lower the class a request is served in, never raise it.
+        own_class = min(principal.priority, len(CLASS_NAMES) - 1)
+        request.served_class = max(own_class, request.requested_class or own_class)
         cap = completion_cap(request, principal.limits)
         if cap is not None and request.max_tokens is None and request.endpoint != EMBEDDINGS:
             request.body["max_tokens"] = cap  # the plan's cap holds even when none was asked
@@ -248,7 +257,7 @@ class GatewayApp:
             return await self.c.queue.acquire(
                 model=request.model,
                 request_id=key,
-                klass=1 if fifo else principal.priority,
+                klass=1 if fifo else request.served_class,
                 account_id=0 if fifo else principal.account_id,
                 cost=1 if fifo else admission.reserved,
                 capacity=self.c.router.capacity(request.model),

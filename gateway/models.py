@@ -105,6 +105,8 @@ class Backend(models.Model):
     upstream_model = models.CharField(max_length=200)
     public_models = ArrayField(models.CharField(max_length=128))
     max_concurrent_sequences = models.PositiveIntegerField(default=256)
+    # vLLM with --scheduling-policy priority (and the simulator) take a request `priority`.
+    supports_priority = models.BooleanField(default=False)
     telemetry_url = models.URLField(blank=True, help_text="DCGM exporter /metrics URL")
     enabled = models.BooleanField(default=True)
     health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)

@@ -8,6 +8,7 @@ for the usage chunk and forwards it only if the client asked for it.
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from gateway.errors import ApiError, backend_failed, invalid_request, unavailabl
 from gateway.inflight import Progress
 from gateway.responses import Headers, Receive, Send, send_body, send_error
 from gateway.routing import Backend, Router
-from gateway.validation import InferenceRequest
+from gateway.validation import CLASS_NAMES, EMBEDDINGS, InferenceRequest
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -107,6 +108,8 @@ class Proxy:
         progress: Progress,
     ) -> Forwarded:
         body = dict(request.body, model=backend.upstream_model)
+        if backend.supports_priority:
+            body["priority"] = request.served_class
         if request.stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         try:
@@ -122,7 +125,10 @@ class Proxy:
                 raise _Retry(
                     await _backend_refusal(response, backend), eject=response.status >= 500
                 )
-            rename = backend.model_renames.get(request.model)
+            rewrite = _rewriter(
+                backend.model_renames.get(request.model),
+                None if request.endpoint == EMBEDDINGS else CLASS_NAMES[request.served_class],
+            )
             if response.status != 200:
                 return await _forward_client_error(response, backend, request_id, headers, send)
             if request.stream:
@@ -135,9 +141,9 @@ class Proxy:
                     send,
                     receive,
                     progress,
-                    rename,
+                    rewrite,
                 )
-            return await _whole(response, backend, request_id, headers, send, rename)
+            return await _whole(response, backend, request_id, headers, send, rewrite)
         finally:
             response.release()
 
@@ -148,7 +154,7 @@ async def _whole(
     request_id: str,
     headers: Headers,
     send: Send,
-    rename: tuple[bytes, bytes] | None,
+    rewrite: Callable[[bytes], bytes] | None,
 ) -> Forwarded:
     try:
         data = await response.read()
@@ -159,8 +165,8 @@ async def _whole(
         raise _Retry(
             backend_failed(502, "The backend sent an unreadable answer."), eject=True
         ) from exc
-    if rename:
-        data = data.replace(*rename, 1)
+    if rewrite:
+        data = rewrite(data)
     await send_body(send, 200, data, request_id, headers)
     return Forwarded(backend, 200, usage=usage)
 
@@ -174,7 +180,7 @@ async def _stream(
     send: Send,
     receive: Receive,
     progress: Progress,
-    rename: tuple[bytes, bytes] | None,
+    rewrite: Callable[[bytes], bytes] | None,
 ) -> Forwarded:
     result = Forwarded(backend, 200)
     chunks = response.content.iter_any()
@@ -210,8 +216,8 @@ async def _stream(
                     progress.completion_tokens += 1
                     if result.first_token_at is None:
                         result.first_token_at = time.monotonic()
-                if rename:
-                    event = event.replace(*rename, 1)
+                if rewrite and not event.startswith(_DONE):
+                    event = rewrite(event)
                 out.append(event)
             if out:
                 out.append(b"")
@@ -281,6 +287,24 @@ async def _backend_refusal(response: aiohttp.ClientResponse, backend: Backend) -
             retry_after=response.headers.get("retry-after", "1"),
         )
     return backend_failed(502, f"The backend {backend.name} failed ({response.status}).")
+
+
+def _rewriter(
+    rename: tuple[bytes, bytes] | None, service_tier: str | None
+) -> Callable[[bytes], bytes] | None:
+    """Edits to the backend's JSON on its way out: the public model name, the tier served."""
+    tag = f'{{"service_tier":"{service_tier}",'.encode() if service_tier else None
+    if rename is None and tag is None:
+        return None
+
+    def rewrite(payload: bytes) -> bytes:
+        if rename is not None:
+            payload = payload.replace(*rename, 1)
+        if tag is not None and b'"service_tier"' not in payload:
+            payload = payload.replace(b'{"', tag + b'"', 1)
+        return payload
+
+    return rewrite
 
 
 def _unreachable(backend: Backend, exc: BaseException) -> ApiError:

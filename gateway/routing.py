@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 _BACKENDS_SQL = """
 SELECT id, name, base_url, upstream_model, public_models, max_concurrent_sequences,
-       health <> 'unhealthy'
+       supports_priority, health <> 'unhealthy'
 FROM gateway_backend
 WHERE enabled
 ORDER BY name
@@ -34,6 +34,7 @@ class Backend:
     upstream_model: str
     public_models: tuple[str, ...]
     max_concurrent_sequences: int
+    supports_priority: bool = False
     # The prober's verdict; `unknown` (never probed) counts as healthy.
     healthy: bool = True
     outstanding: int = 0
@@ -88,7 +89,7 @@ class Router:
         by_name: dict[str, Backend] = {}
         by_model: dict[str, list[Backend]] = {}
         for row in rows:
-            backend = Backend(row[0], row[1], row[2], row[3], tuple(row[4]), row[5], row[6])
+            backend = Backend(row[0], row[1], row[2], row[3], tuple(row[4]), row[5], row[6], row[7])
             # Keep the object (and the live counters requests in flight decrement) if unchanged.
             known = self._by_name.get(backend.name)
             if known is not None and _same(known, backend):
@@ -101,10 +102,12 @@ class Router:
 
 
 def _same(a: Backend, b: Backend) -> bool:
-    return (a.id, a.base_url, a.upstream_model, a.public_models, a.max_concurrent_sequences) == (
-        b.id,
-        b.base_url,
-        b.upstream_model,
-        b.public_models,
-        b.max_concurrent_sequences,
+    fields = (
+        "id",
+        "base_url",
+        "upstream_model",
+        "public_models",
+        "max_concurrent_sequences",
+        "supports_priority",
     )
+    return all(getattr(a, name) == getattr(b, name) for name in fields)

@@ -99,6 +99,7 @@ def backend_register(
     public_models: list[str],
     max_concurrent_sequences: int = 256,
     telemetry_url: str = "",
+    supports_priority: bool = False,
 ) -> Backend:
     """Create or update a backend by name (registering twice is harmless).
 
@@ -113,6 +114,7 @@ def backend_register(
             "public_models": public_models,
             "max_concurrent_sequences": max_concurrent_sequences,
             "telemetry_url": telemetry_url,
+            "supports_priority": supports_priority,
             "enabled": True,
             "health": Backend.Health.UNKNOWN,
         },
@@ -174,6 +176,7 @@ def demo_seed(*, backend_urls: dict[str, str]) -> list[DemoKey]:
                 upstream_model=DEMO_MODEL,
                 public_models=[DEMO_MODEL],
                 telemetry_url=f"{url.rstrip('/')}/metrics",
+                supports_priority=True,
             )
         return [_demo_key_reissue(name=name, tier_slug=tier) for name, tier in DEMO_ACCOUNTS]
 

@@ -43,6 +43,10 @@ class InferenceRequest:
     max_tokens: int | None
     # About four bytes a token; only used when a backend does not report usage.
     prompt_tokens_estimate: int
+    # The priority class asked for with OpenAI's `service_tier` (None: the key's own).
+    requested_class: int | None = None
+    # The class it is served in: set at admission, never above what the key's tier allows.
+    served_class: int = 0
 
 
 def request_parse(endpoint: str, raw: bytes) -> InferenceRequest:
@@ -60,7 +64,9 @@ def request_parse(endpoint: str, raw: bytes) -> InferenceRequest:
     stream = _flag(body, "stream")
     if endpoint == EMBEDDINGS and stream:
         raise invalid_request("Embeddings cannot be streamed.", param="stream")
+    requested_class = _service_tier(body)
     return InferenceRequest(
+        requested_class=requested_class,
         endpoint=endpoint,
         model=model,
         body=body,
@@ -69,6 +75,24 @@ def request_parse(endpoint: str, raw: bytes) -> InferenceRequest:
         max_tokens=_max_tokens(body),
         prompt_tokens_estimate=max(1, len(raw) // 4),
     )
+
+
+# OpenAI's service tiers and the priority classes they name (lower runs first).
+SERVICE_TIERS = {"priority": 0, "scale": 0, "default": 1, "flex": 2, "auto": None}
+CLASS_NAMES = ("priority", "default", "flex")
+
+
+def _service_tier(body: dict[str, Any]) -> int | None:
+    if "service_tier" not in body:
+        return None
+    tier = body.pop("service_tier")  # decided here; backends need not understand it
+    if tier is None:
+        return None
+    if tier not in SERVICE_TIERS:
+        raise invalid_request(
+            f"`service_tier` must be one of {', '.join(SERVICE_TIERS)}.", param="service_tier"
+        )
+    return SERVICE_TIERS[tier]
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

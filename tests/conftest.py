@@ -84,7 +84,11 @@ def gateway_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def fleet(live_db: None, simulator: Server, redis_client: redis.Redis) -> None:
     backend_register(
-        name="sim-a", base_url=simulator.url, upstream_model=UPSTREAM_MODEL, public_models=[MODEL]
+        name="sim-a",
+        base_url=simulator.url,
+        upstream_model=UPSTREAM_MODEL,
+        public_models=[MODEL],
+        supports_priority=True,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.models import Backend
 from gateway.services import backend_register
-from tests.conftest import UPSTREAM_MODEL, Tenant, tenant_create, usage_for
+from tests.conftest import MODEL, UPSTREAM_MODEL, Tenant, tenant_create, usage_for
 from tests.http import call, stream_request
 from tests.servers import Server
 
@@ -95,3 +95,33 @@ def test_free_traffic_waiting_past_its_queue_timeout_is_shed_unbilled(
     finally:
         holder.close()
         call("DELETE", simulator.url + "/_sim/faults")
+
+
+def test_service_tier_is_echoed_and_can_only_lower_the_class(
+    gateway: Server, simulator: Server
+) -> None:
+    premium = sdk(gateway, tenant_create("premium"))
+    own = premium.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=1)
+    assert own.service_tier == "priority"
+    lowered = premium.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=1, service_tier="flex"
+    )
+    assert lowered.service_tier == "flex"
+    free = sdk(gateway, tenant_create("free"))
+    raised = free.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=1, service_tier="priority"
+    )
+    assert raised.service_tier == "flex"
+    stream = free.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, stream=True)
+    assert {chunk.service_tier for chunk in stream} == {"flex"}
+    # The backend was asked to schedule by class (vLLM `priority`, lower first).
+    recent = call("GET", simulator.url + "/_sim/stats?recent=1").json()["recent"]
+    assert recent[-1]["body"]["priority"] == 2
+
+
+def test_an_unknown_service_tier_is_a_400(gateway: Server) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(gateway, tenant_create("premium")).chat.completions.create(
+            model=MODEL, messages=CHAT, service_tier="platinum"
+        )
+    assert caught.value.param == "service_tier"

@@ -17,6 +17,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--max-seqs", type=int, default=256)
         parser.add_argument("--telemetry-url", default="")
+        parser.add_argument(
+            "--priority",
+            action="store_true",
+            help="the engine takes a request `priority` (vLLM --scheduling-policy priority)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         backend = backend_register(
@@ -26,5 +31,6 @@ class Command(BaseCommand):
             public_models=options["models"] or [options["upstream_model"]],
             max_concurrent_sequences=options["max_seqs"],
             telemetry_url=options["telemetry_url"],
+            supports_priority=options["priority"],
         )
         self.stdout.write(f"backend {backend.name} -> {backend.base_url} {backend.public_models}")
