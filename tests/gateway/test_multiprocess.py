@@ -12,8 +12,10 @@ import aiohttp
 import pytest
 import redis
 
+from gateway.inflight import LEASES
 from gateway.limits import account_keys
 from gateway.models import LimitOverride
+from gateway.queueing import pool_keys
 from metering.models import UsageRecord
 from tests.conftest import MODEL, Tenant, drain, gateway_env, tenant_create
 from tests.http import call, stream_request
@@ -59,11 +61,17 @@ async def flood(
 
 
 def wait_until_quiet(client: redis.Redis, tenant: Tenant) -> None:
-    slots = account_keys(tenant.account.pk, datetime.now(UTC))[6]
+    """Once quiet, nobody holds a concurrency slot, a backend slot or an in-flight entry."""
+    holdings = {
+        "concurrency slots": account_keys(tenant.account.pk, datetime.now(UTC))[6],
+        "backend slots": pool_keys(MODEL)[0],
+        "in-flight entries": LEASES,
+    }
     deadline = time.monotonic() + 5
-    while client.zcard(slots) and time.monotonic() < deadline:
+    while any(client.zcard(key) for key in holdings.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert client.zcard(slots) == 0, "concurrency slots left behind"
+    for what, key in holdings.items():
+        assert client.zcard(key) == 0, f"{what} left behind"
 
 
 def test_the_request_rate_limit_holds_across_gateways(
