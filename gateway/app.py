@@ -214,22 +214,40 @@ class GatewayApp:
         cap = completion_cap(request, principal.limits)
         if cap is not None and request.max_tokens is None and request.endpoint != EMBEDDINGS:
             request.body["max_tokens"] = cap  # the plan's cap holds even when none was asked
+        key = str(request_id)
+        reserve = tokens_to_reserve(request, cap)
+        # Queue for a backend slot while the limits are checked: both calls share one Redis
+        # round trip; a refused request then gives its place (or slot) back.
+        acquiring = asyncio.ensure_future(self._wait_for_slot(request, principal, key, reserve))
         try:
             admission = await self.c.limiter.admit(
                 account_id=principal.account_id,
-                request_id=str(request_id),
-                reserve=tokens_to_reserve(request, cap),
+                request_id=key,
+                reserve=reserve,
                 limits=principal.limits,
                 now=datetime.now(UTC),
             )
         except aioredis.RedisError as exc:
+            self._abandon(acquiring)
             log.warning("admission failed: Redis unavailable", exc_info=True)
             raise errors.unavailable(
                 "Limits cannot be checked right now; retry shortly.", code="limits_unavailable"
             ) from exc
         if not admission.admitted:
+            self._abandon(acquiring)
             raise refusal(principal.limits, admission)
-        slot = await self._wait_for_slot(request, principal, admission, str(request_id))
+        try:
+            slot = await acquiring
+        except (ApiError, aioredis.RedisError) as exc:
+            # Shed, or Redis went away: the request is not served and not billed.
+            self.c.limiter.settle(admission, request_id=key, used=0)
+            if isinstance(exc, ApiError):
+                exc.headers = rate_limit_headers(principal.limits, admission) + exc.headers
+                raise
+            log.warning("queueing failed: Redis unavailable", exc_info=True)
+            raise errors.unavailable(
+                "Admission is unavailable right now; retry shortly.", code="queue_unavailable"
+            ) from exc
         try:
             await self._serve(
                 request,
@@ -247,33 +265,29 @@ class GatewayApp:
             self.c.queue.release(slot)
 
     async def _wait_for_slot(
-        self, request: InferenceRequest, principal: Principal, admission: Admission, key: str
+        self, request: InferenceRequest, principal: Principal, key: str, reserve: int
     ) -> Slot:
-        """Queue for a backend slot; a shed request gets its reservation back (not billed)."""
         assert self.c is not None
         # First in, first out: one class, one "account", each request one step behind the last.
         fifo = self.fifo
-        try:
-            return await self.c.queue.acquire(
-                model=request.model,
-                request_id=key,
-                klass=1 if fifo else request.served_class,
-                account_id=0 if fifo else principal.account_id,
-                cost=1 if fifo else admission.reserved,
-                capacity=self.c.router.capacity(request.model),
-                depth=principal.queue_depth,
-                patience=principal.queue_timeout,
-            )
-        except ApiError as shed:
-            self.c.limiter.settle(admission, request_id=key, used=0)
-            shed.headers = rate_limit_headers(principal.limits, admission) + shed.headers
-            raise
-        except aioredis.RedisError as exc:
-            log.warning("queueing failed: Redis unavailable", exc_info=True)
-            self.c.limiter.settle(admission, request_id=key, used=0)
-            raise errors.unavailable(
-                "Admission is unavailable right now; retry shortly.", code="queue_unavailable"
-            ) from exc
+        return await self.c.queue.acquire(
+            model=request.model,
+            request_id=key,
+            klass=1 if fifo else request.served_class,
+            account_id=0 if fifo else principal.account_id,
+            cost=1 if fifo else reserve,
+            capacity=self.c.router.capacity(request.model),
+            depth=principal.queue_depth,
+            patience=principal.queue_timeout,
+        )
+
+    def _abandon(self, acquiring: "asyncio.Future[Slot]") -> None:
+        """Give up a slot request whose limits refused it, wherever it has got to."""
+        assert self.c is not None
+        if not acquiring.done():
+            acquiring.cancel()
+        elif not acquiring.cancelled() and acquiring.exception() is None:
+            self.c.queue.release(acquiring.result())
 
     async def _serve(
         self,

@@ -73,7 +73,10 @@ class AdmissionQueue:
         depth: int | None,
         patience: float,
     ) -> Slot:
-        """Wait for a slot; raises a 429 ApiError if shed (queue full or waited too long)."""
+        """Wait for a slot; raises a 429 ApiError if shed (queue full or waited too long).
+
+        Cancelling the wait gives up the request's place, or its slot if it got one.
+        """
         started = time.monotonic()
         now = _now_ms()
         keys = pool_keys(model)
@@ -96,6 +99,11 @@ class AdmissionQueue:
                 raise _shed("The queue for this model is full.", retry_after=1)
             if answer == QUEUED:
                 await self._wait(model, request_id, capacity, granted, patience)
+        except asyncio.CancelledError:
+            # Queued after the entry (calls go out in order): frees the place or the slot.
+            leave = (_now_ms(), request_id, capacity, self.lease_ms, "release")
+            self._batcher.call(_LEAVE, keys, leave).add_done_callback(_check_released)
+            raise
         finally:
             self._waiters.pop(request_id, None)
         self.held[request_id] = model
