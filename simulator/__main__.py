@@ -36,6 +36,9 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
     )
     parser.add_argument("--embedding-dim", type=int, default=384)
     parser.add_argument("--max-model-len", type=int, default=131_072)
+    parser.add_argument(
+        "--gpus", type=int, default=1, help="GPUs per model (a tensor-parallel group), 1-64"
+    )
     args = parser.parse_args(argv)
     try:
         return SimConfig(
@@ -49,6 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
             speedup=args.speedup,
             embedding_dim=args.embedding_dim,
             max_model_len=args.max_model_len,
+            gpus=args.gpus,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -84,8 +84,10 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
             return _cut_connection(request)
         await asyncio.sleep(fault.seconds)
     tokens = sum(prompt.num_tokens for prompt in job.inputs)
+    seconds = sim.config.timing.embed_seconds(tokens)
     if not sim.config.instant:
-        await asyncio.sleep(sim.config.wall_seconds(sim.config.timing.embed_seconds(tokens)))
+        await asyncio.sleep(sim.config.wall_seconds(seconds))
+    embedding_id = sim.new_id("embd")
     data = []
     for index, prompt in enumerate(job.inputs):
         vector = embed(prompt, job.dimensions)
@@ -93,8 +95,9 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     sim.stats.on_embedding(tokens)
     sim.metrics.on_embedding(job.model, tokens)
+    sim.power.on_embedding(job.model, request.headers.get("x-request-id") or embedding_id, seconds)
     payload = {
-        "id": sim.new_id("embd"),
+        "id": embedding_id,
         "object": "list",
         "created": int(time.time()),
         "model": job.model,

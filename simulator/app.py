@@ -42,9 +42,11 @@ def build_app(config: SimConfig) -> web.Application:
     router.add_get("/v1/models", control.models)
     router.add_get("/health", control.health)
     router.add_get("/metrics", control.metrics)
+    router.add_get("/dcgm/metrics", control.dcgm_metrics)
     router.add_post("/_sim/faults", control.arm_fault)
     router.add_get("/_sim/faults", control.list_faults)
     router.add_delete("/_sim/faults", control.clear_faults)
     router.add_get("/_sim/stats", control.stats)
     router.add_delete("/_sim/stats", control.reset_stats)
+    router.add_get("/_sim/energy", control.energy)
     return app

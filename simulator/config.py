@@ -25,12 +25,15 @@ class TimingModel:
 
     def step_seconds(self, *, decode_seqs: int, prefill_seqs: int, prefill_tokens: int) -> float:
         """Duration of one engine step: decode for the batch plus prefill of new arrivals."""
-        seconds = 0.0
-        if decode_seqs:
-            seconds += self.decode_base_s + self.decode_per_seq_s * decode_seqs
-        if prefill_seqs:
-            seconds += self.prefill_base_s + prefill_tokens / self.prefill_tokens_per_s
-        return seconds
+        return self.decode_seconds(decode_seqs) + self.prefill_seconds(prefill_seqs, prefill_tokens)
+
+    def decode_seconds(self, seqs: int) -> float:
+        """One decode pass over `seqs` sequences (0 when none decode)."""
+        return self.decode_base_s + self.decode_per_seq_s * seqs if seqs else 0.0
+
+    def prefill_seconds(self, seqs: int, tokens: int) -> float:
+        """One prefill pass over `seqs` new sequences with `tokens` uncached prompt tokens."""
+        return self.prefill_base_s + tokens / self.prefill_tokens_per_s if seqs else 0.0
 
     def embed_seconds(self, tokens: int) -> float:
         return self.embed_base_s + tokens / self.embed_tokens_per_s
@@ -55,6 +58,8 @@ class SimConfig:
     max_model_len: int = 131_072
     # Bounded like a real KV cache: about 262k tokens of prefix in 16-token blocks.
     prefix_cache_blocks: int = 16_384
+    # GPUs per engine: a tensor-parallel group sharing each step's work (see simulator/power.py).
+    gpus: int = 1
     timing: TimingModel = field(default_factory=TimingModel)
 
     def __post_init__(self) -> None:
@@ -68,6 +73,8 @@ class SimConfig:
             raise ValueError("max_num_batched_tokens must be >= 1")
         if self.embedding_dim < 1:
             raise ValueError("embedding_dim must be >= 1")
+        if not 1 <= self.gpus <= 64:
+            raise ValueError("gpus must be in [1, 64]")
 
     @property
     def instant(self) -> bool:

@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from simulator import dcgm
 from simulator.errors import ApiError
 from simulator.parsing import read_json
 from simulator.state import SIM
@@ -45,15 +46,36 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def dcgm_metrics(request: web.Request) -> web.Response:
+    """The GPUs as NVIDIA's dcgm-exporter shows them (power gauge, energy counter)."""
+    power = request.app[SIM].power
+    body = dcgm.render(power.readings(), power.hostname)
+    return web.Response(body=body, headers={"Content-Type": dcgm.CONTENT_TYPE})
+
+
+async def energy(request: web.Request) -> web.Response:
+    """Ground truth: total, idle and per-GPU joules, and each request's; ?ids=a,b to filter."""
+    ids = request.query.get("ids")
+    selected = None if ids is None else [key for key in ids.split(",") if key]
+    return _json(request.app[SIM].power.snapshot(selected))
+
+
 async def arm_fault(request: web.Request) -> web.Response:
-    faults = request.app[SIM].faults
+    sim = request.app[SIM]
     try:
-        faults.arm(await read_json(request))
+        spec = await read_json(request)
+        if isinstance(spec, dict) and "energy_counter_reset" in spec:
+            # Not a per-request fault: it happens now, to the exported counters only.
+            if spec["energy_counter_reset"] is not True or len(spec) != 1:
+                raise ValueError("'energy_counter_reset' must be true and alone")
+            sim.power.reset_counters()
+        else:
+            sim.faults.arm(spec)
     except ApiError as exc:
         return exc.response()
     except ValueError as exc:
         return ApiError(400, str(exc)).response()
-    return _json(faults.describe())
+    return _json({**sim.faults.describe(), "energy_counter_resets": sim.power.counter_resets})
 
 
 async def list_faults(request: web.Request) -> web.Response:

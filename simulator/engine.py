@@ -4,8 +4,9 @@ Each step admits waiting sequences in (priority, arrival) order while the batch 
 "runs" for the modelled duration of decoding the batch plus prefilling the new arrivals. At the
 end of the step every running sequence has one more token; new arrivals have their first one.
 
-Observers see every step and every finished sequence. Metrics and stats are observers today;
-a power model (energy per step, per-request ground truth) plugs in the same way.
+Observers see every step and every finished sequence: metrics, stats and the power meter
+(simulator/power.py) are observers. The engine also keeps the wall time it spent with nothing to
+run, which the power meter turns into idle energy.
 """
 
 from __future__ import annotations
@@ -126,6 +127,11 @@ class Step:
     prefill_tokens: int
     decode_tokens: int
     work: tuple[SeqWork, ...]
+    # duration_s = prefill_s + decode_s: one prefill pass, then decode passes over decode_batch
+    # sequences each (one pass in the engine loop; an instant sequence's whole decode at batch 1).
+    prefill_s: float
+    decode_s: float
+    decode_batch: int
 
 
 class EngineObserver(Protocol):
@@ -147,6 +153,11 @@ class Engine:
         self._wakeup = asyncio.Event()
         self._observers: list[EngineObserver] = []
         self._task: asyncio.Task[None] | None = None
+        # Idle = waiting for work (instant mode: always). Wall seconds, not modelled ones.
+        self._idle_since: float | None = time.monotonic()
+        self._idle_total = 0.0
+        # The step being "run" right now (slept through), for a power reading mid-step.
+        self.running_step: Step | None = None
 
     @property
     def num_running(self) -> int:
@@ -155,6 +166,16 @@ class Engine:
     @property
     def num_waiting(self) -> int:
         return self._num_waiting
+
+    @property
+    def idle(self) -> bool:
+        return self._idle_since is not None
+
+    def idle_seconds(self, now: float) -> float:
+        """Wall seconds spent waiting for work from creation up to `now` (a time.monotonic())."""
+        if self._idle_since is None:
+            return self._idle_total
+        return self._idle_total + max(now - self._idle_since, 0.0)
 
     def add_observer(self, observer: EngineObserver) -> None:
         self._observers.append(observer)
@@ -169,6 +190,7 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self.running_step = None
 
     def submit(self, seq: Sequence) -> None:
         heapq.heappush(self._waiting, (seq.priority, next(self._arrivals), seq))
@@ -209,18 +231,20 @@ class Engine:
         seq.num_generated = delivered
         decode_tokens = max(delivered - 1, 0)
         timing = self._config.timing
-        duration = timing.step_seconds(
-            decode_seqs=0, prefill_seqs=1, prefill_tokens=seq.uncached_tokens
-        ) + decode_tokens * timing.step_seconds(decode_seqs=1, prefill_seqs=0, prefill_tokens=0)
+        prefill_s = timing.prefill_seconds(1, seq.uncached_tokens)
+        decode_s = decode_tokens * timing.decode_seconds(1)
         self._emit_step(
             Step(
                 model=self.model,
                 started_at=seq.arrived_at,
-                duration_s=duration,
+                duration_s=prefill_s + decode_s,
                 batch_size=1,
                 prefill_tokens=seq.uncached_tokens,
                 decode_tokens=decode_tokens,
                 work=((seq, seq.uncached_tokens, decode_tokens),),
+                prefill_s=prefill_s,
+                decode_s=decode_s,
+                decode_batch=1,
             )
         )
         if delivered < seq.max_tokens:
@@ -237,32 +261,38 @@ class Engine:
             admitted = self._admit()
             if not decoding and not admitted:
                 self._wakeup.clear()
+                if self._idle_since is None:
+                    self._idle_since = time.monotonic()
                 await self._wakeup.wait()
+                self._idle_total += time.monotonic() - self._idle_since
+                self._idle_since = None
                 deadline = loop.time()
                 continue
             prefill_tokens = sum(seq.uncached_tokens for seq in admitted)
-            duration = timing.step_seconds(
-                decode_seqs=len(decoding), prefill_seqs=len(admitted), prefill_tokens=prefill_tokens
+            prefill_s = timing.prefill_seconds(len(admitted), prefill_tokens)
+            decode_s = timing.decode_seconds(len(decoding))
+            step = Step(
+                model=self.model,
+                started_at=time.monotonic(),
+                duration_s=decode_s + prefill_s,
+                batch_size=len(decoding) + len(admitted),
+                prefill_tokens=prefill_tokens,
+                decode_tokens=len(decoding),
+                work=tuple((seq, 0, 1) for seq in decoding)
+                + tuple((seq, seq.uncached_tokens, 0) for seq in admitted),
+                prefill_s=prefill_s,
+                decode_s=decode_s,
+                decode_batch=len(decoding),
             )
-            started_at = time.monotonic()
             # Steps are laid end to end on a deadline rather than slept one by one, so timer
             # overshoot (a millisecond per sleep under uvloop) does not add up; a long stall of
             # the event loop is not repaid in a burst beyond _MAX_CATCH_UP_S.
             deadline = max(deadline, loop.time() - _MAX_CATCH_UP_S)
-            deadline += self._config.wall_seconds(duration)
+            deadline += self._config.wall_seconds(step.duration_s)
+            self.running_step = step
             await asyncio.sleep(deadline - loop.time())
-            self._emit_step(
-                Step(
-                    model=self.model,
-                    started_at=started_at,
-                    duration_s=duration,
-                    batch_size=len(decoding) + len(admitted),
-                    prefill_tokens=prefill_tokens,
-                    decode_tokens=len(decoding),
-                    work=tuple((seq, 0, 1) for seq in decoding)
-                    + tuple((seq, seq.uncached_tokens, 0) for seq in admitted),
-                )
-            )
+            self.running_step = None
+            self._emit_step(step)
             now = time.monotonic()
             for seq in admitted:
                 seq.first_token_at = now

@@ -79,6 +79,16 @@ class SimServer:
         result: dict[str, Any] = self._call("GET", f"/_sim/stats?recent={recent}")
         return result
 
+    def energy(self, ids: list[str] | None = None) -> dict[str, Any]:
+        """GET /_sim/energy: ground truth (total, idle, per GPU, per request id)."""
+        query = "" if ids is None else "?ids=" + ",".join(ids)
+        result: dict[str, Any] = self._call("GET", f"/_sim/energy{query}")
+        return result
+
+    def reset_energy_counters(self) -> None:
+        """Zero the exported DCGM counters, as a driver restart would; ground truth is kept."""
+        self._call("POST", "/_sim/faults", {"energy_counter_reset": True})
+
     def reset(self) -> None:
         """Clear armed faults and zero the stats, e.g. between tests."""
         self._call("DELETE", "/_sim/faults")

@@ -12,6 +12,7 @@ from simulator.config import SimConfig
 from simulator.engine import Engine
 from simulator.faults import Faults
 from simulator.metrics import Metrics
+from simulator.power import Power
 from simulator.stats import Stats
 from simulator.textgen import TextGen
 
@@ -28,6 +29,7 @@ class Simulator:
         for engine in self.engines.values():
             engine.add_observer(self.stats)
             engine.add_observer(self.metrics)
+        self.power = Power(config, self.engines)
         # A random process prefix plus a counter: unique ids without a uuid4 per request.
         self._id_prefix = secrets.token_hex(6)
         self._ids = itertools.count()
