@@ -14,6 +14,9 @@ from typing import Any
 import orjson
 
 USAGE_STREAM = "{meter}:usage"
+# The gateway's in-flight journal (gateway/inflight.py): request id -> JSON entry with at least
+# "backend" and "started_at". Energy attribution reads it to know which records are still due.
+INFLIGHT_ENTRIES = "{meter}:inflight:entries"
 USAGE_GROUP = "meter"
 
 FINAL = b"final"

@@ -50,3 +50,111 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.outcome}"
+
+
+class GpuSample(models.Model):
+    """One scrape of one GPU's DCGM exporter counters (raw, as reported)."""
+
+    backend = models.CharField(max_length=64)
+    gpu_uuid = models.CharField(max_length=64)
+    gpu_index = models.PositiveSmallIntegerField()
+    scraped_at = models.DateTimeField()
+    # DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION: millijoules since the driver or exporter started.
+    energy_mj = models.BigIntegerField()
+    # DCGM_FI_DEV_POWER_USAGE at the scrape, watts.
+    power_w = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["backend", "gpu_uuid", "scraped_at"], name="gpusample_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["backend", "scraped_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.backend}/{self.gpu_index} {self.scraped_at:%H:%M:%S}"
+
+
+class EnergyInterval(models.Model):
+    """The energy one backend used between two consecutive scrapes: what attribution splits.
+
+    Written by the telemetry collector; the attribution job fills the last four fields once,
+    in the same transaction that adds the interval's shares to the usage records.
+    """
+
+    backend = models.CharField(max_length=64)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField()
+    # Sum over the backend's GPUs of their counter deltas, counter resets accounted for.
+    energy_j = models.FloatField()
+    gpus = models.PositiveSmallIntegerField()
+    # vLLM counter deltas over the interval; null when the engine's /metrics was not readable.
+    prompt_tokens = models.BigIntegerField(null=True)
+    generation_tokens = models.BigIntegerField(null=True)
+    # A counter went backwards inside the interval: energy_j is a lower bound (see docs/energy.md).
+    counter_reset = models.BooleanField(default=False)
+    idle_j = models.FloatField(null=True)
+    attributed_j = models.FloatField(null=True)
+    requests = models.PositiveIntegerField(null=True)
+    attributed_at = models.DateTimeField(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["backend", "started_at"], name="energyinterval_unique")
+        ]
+        indexes = [
+            models.Index(fields=["backend", "ended_at"]),
+            models.Index(
+                fields=["ended_at"],
+                name="energyinterval_pending",
+                condition=models.Q(attributed_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.backend} {self.started_at:%H:%M:%S}+{self.energy_j:.0f} J"
+
+
+class EnergyCalibration(models.Model):
+    """Coefficients of one backend's energy model, fitted from telemetry or set by staff.
+
+    interval energy ≈ idle_watts * seconds with no request active
+                      + prefill_j_per_token * uncached prompt tokens
+                      + prefill_j_per_request * requests prefilled
+                      + decode_watts * seconds with a sequence decoding
+                      + decode_j_per_token * output tokens
+    Watts are joules per wall-clock second for the whole backend (all its GPUs); see
+    docs/energy.md for the model, how it is fitted and how attribution uses it.
+    """
+
+    class Source(models.TextChoices):
+        FITTED = "fitted"
+        CONFIGURED = "configured"
+
+    backend = models.CharField(max_length=64)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    fitted_at = models.DateTimeField()
+    idle_watts = models.FloatField()
+    prefill_j_per_token = models.FloatField()
+    # A prefill pass's fixed cost, whatever the prompt's length.
+    prefill_j_per_request = models.FloatField(default=0.0)
+    # Drawn while sequences decode, shared equally by those decoding at each moment.
+    decode_watts = models.FloatField(default=0.0)
+    decode_j_per_token = models.FloatField()
+    # Time to first token after the gateway's queue ≈ ttft_seconds + ttft_seconds_per_token *
+    # uncached prompt tokens: where decode starts for answers that were not streamed.
+    ttft_seconds = models.FloatField(default=0.0)
+    ttft_seconds_per_token = models.FloatField(default=0.0)
+    # GPU time of a prefill pass besides its tokens' (ttft_seconds_per_token each).
+    prefill_seconds = models.FloatField(default=0.0)
+    # Intervals the fit used and its coefficient of determination; null when configured.
+    intervals = models.PositiveIntegerField(null=True)
+    r_squared = models.FloatField(null=True)
+
+    class Meta:
+        get_latest_by = "fitted_at"
+        indexes = [models.Index(fields=["backend", "-fitted_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.backend} {self.source} {self.fitted_at:%Y-%m-%d %H:%M}"

@@ -1,0 +1,493 @@
+"""Energy attribution: accuracy against the simulator's ground truth, and what the jobs cost.
+
+    python -m bench.energy [--seconds 60] [--rate 25] [--records 200000] [--skip-accuracy]
+
+Needs this machine's PostgreSQL and Redis (DATABASE_URL / REDIS_URL; the database is migrated).
+
+Accuracy: a simulated backend (a tensor-parallel group of `--gpus` GPUs at `--speedup`) behind
+the gateway; twelve accounts on all tiers send chats, essays, long prompts, long reasoning
+outputs and agent requests with a shared system prompt, Poisson arrivals at `--rate` req/s for
+`--seconds`. Meanwhile, as in production, the meter stores usage, the collector scrapes every
+`--scrape` s, the attribution job runs every 5 s and the calibration job every 15 s. After the
+load it prints each account's energy against the simulator's ground truth, the per-request error
+percentiles, the idle share and the fitted model.
+
+Cost: `--records` synthetic usage records on four backends (64 requests in flight each, 5 s
+intervals) are written to PostgreSQL, then the calibration and attribution jobs are timed over
+them and the figures are scaled to a million requests. The synthetic rows are deleted after.
+"""
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import django
+import orjson
+
+from bench.overhead import _free_port, _machine, _spawn, _wait_ready
+
+WORDS = (  # noqa: SIM905 -- reads better as prose
+    "energy token watt batch prefill decode gateway backend tensor kernel memory cluster "
+    "the of and to in is that for it as was with be by on not this are or from at which"
+).split()
+JOB_SECONDS = {"attribute": 5.0, "calibrate": 15.0}
+
+
+@dataclass
+class Kind:
+    """A kind of request: prompt words and output tokens (ranges), share streamed."""
+
+    prompt: tuple[int, int]
+    output: tuple[int, int]
+    stream: float
+    system_words: int = 0
+
+
+KINDS = {
+    "chat": Kind((20, 150), (20, 200), 0.5),
+    "essay": Kind((500, 900), (200, 600), 0.3),
+    "long prompt": Kind((2000, 6000), (16, 128), 0.3),
+    "reasoning": Kind((30, 120), (1000, 4000), 0.5),
+    "agent": Kind((100, 1500), (50, 1000), 0.5, system_words=1500),
+}
+# (tier, kind, share of the arrivals) per account.
+ACCOUNTS = [
+    ("free", "chat", 0.14),
+    ("free", "chat", 0.10),
+    ("free", "essay", 0.05),
+    ("free", "essay", 0.04),
+    ("interactive", "chat", 0.16),
+    ("interactive", "chat", 0.12),
+    ("interactive", "long prompt", 0.08),
+    ("interactive", "long prompt", 0.06),
+    ("premium", "reasoning", 0.05),
+    ("premium", "reasoning", 0.04),
+    ("premium", "agent", 0.09),
+    ("premium", "agent", 0.07),
+]
+
+
+@dataclass
+class Account:
+    tier: str
+    kind: str
+    share: float
+    key: str = ""
+    system: str = ""
+    sent: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.tier}/{self.kind}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--rate", type=float, default=25.0, help="requests per second")
+    parser.add_argument("--speedup", type=float, default=20.0)
+    parser.add_argument("--gpus", type=int, default=2)
+    parser.add_argument("--scrape", type=float, default=0.5, help="seconds between scrapes")
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-cost", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_PROFILE", "local")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    print(_machine())
+    if not args.skip_accuracy:
+        _accuracy(args)
+    if not args.skip_cost:
+        _cost(args.records)
+
+
+# Accuracy ----------------------------------------------------------------------------------
+
+
+def _accuracy(args: argparse.Namespace) -> None:
+    from gateway.models import Backend
+    from metering.models import EnergyCalibration, EnergyInterval, GpuSample, UsageRecord
+
+    name = f"bench-energy-{uuid.uuid4().hex[:6]}"
+    started = datetime.now(UTC)
+    sim_port, gateway_port = _free_port(), _free_port()
+    env = {**os.environ, "LOG_LEVEL": "ERROR"}
+    sim_args = ["--port", str(sim_port), "--name", name, "--model", name, "--seed", "3"]
+    sim_args += ["--speedup", str(args.speedup), "--gpus", str(args.gpus)]
+    simulator = _spawn(["1"], [sys.executable, "-m", "simulator", *sim_args], env)
+    gateway_args = ["config.asgi:application", "--port", str(gateway_port), "--no-access-log"]
+    gateway = _spawn(["0"], [sys.executable, "-m", "uvicorn", *gateway_args], env)
+    stop = threading.Event()
+    try:
+        _wait_ready(f"http://127.0.0.1:{sim_port}/health")
+        _wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")
+        accounts = _prepare(name, sim_port)
+        workers = [
+            threading.Thread(target=target, args=(stop, *extra), daemon=True)
+            for target, extra in (
+                (_meter, ()),
+                (_scraper, (name, args.scrape)),
+                (_jobs, ()),
+            )
+        ]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.0)
+        print(
+            f"\nworkload: {args.rate:g} req/s for {args.seconds:g} s through the gateway; "
+            f"{args.gpus} GPUs at speedup {args.speedup:g}; scrapes every {args.scrape:g} s"
+        )
+        asyncio.run(_offer(f"http://127.0.0.1:{gateway_port}", name, accounts, args))
+        time.sleep(2 * args.scrape + 1.0)
+        stop.set()
+        for worker in workers:
+            worker.join()
+        truth = _truth(sim_port)
+    finally:
+        stop.set()
+        gateway.terminate()
+        simulator.terminate()
+        gateway.wait(10)
+        simulator.wait(10)
+    _final_jobs()
+    intervals = list(EnergyInterval.objects.filter(backend=name))
+    records = {
+        f"req_{r.request_id.hex}": r
+        for r in UsageRecord.objects.filter(backend=name, started_at__gte=started)
+    }
+    calibration = EnergyCalibration.objects.filter(backend=name).latest()
+    _report(accounts, intervals, records, truth, calibration)
+    # The usage stays, as any usage does; the energy rows would only be refitted for an hour.
+    Backend.objects.filter(name=name).update(enabled=False)
+    for table in (EnergyInterval, GpuSample, EnergyCalibration):
+        table.objects.filter(backend=name).delete()
+
+
+def _prepare(name: str, sim_port: int) -> list[Account]:
+    from gateway.models import LimitOverride
+    from gateway.services import (
+        account_create,
+        api_key_issue,
+        backend_register,
+        tiers_ensure_defaults,
+    )
+
+    tiers_ensure_defaults()
+    url = f"http://127.0.0.1:{sim_port}"
+    backend_register(
+        name=name,
+        base_url=url,
+        upstream_model=name,
+        public_models=[name],
+        telemetry_url=url + "/dcgm/metrics",
+        supports_priority=True,
+    )
+    rng = random.Random(5)
+    accounts = []
+    for tier, kind, share in ACCOUNTS:
+        account = account_create(name=f"{name}-{tier}-{uuid.uuid4().hex[:4]}", tier_slug=tier)
+        # Rates and quotas out of the way: this measures energy, not limits.
+        LimitOverride.objects.create(
+            account=account,
+            requests_per_minute=10**6,
+            tokens_per_minute=10**9,
+            tokens_per_day=10**12,
+            tokens_per_month=10**12,
+            max_concurrent_requests=10**4,
+            max_tokens_per_request=8192,
+        )
+        system = " ".join(rng.choices(WORDS, k=KINDS[kind].system_words))
+        key = api_key_issue(account=account).plaintext
+        accounts.append(Account(tier, kind, share, key=key, system=system))
+    time.sleep(3.0)  # gateways re-read backends and keys every few seconds
+    return accounts
+
+
+async def _offer(base: str, model: str, accounts: list[Account], args: Any) -> None:
+    """Open loop: Poisson arrivals at `rate`, each from an account drawn by its share."""
+    rng = random.Random(11)
+    weights = [a.share for a in accounts]
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=300)
+    ) as session:
+        tasks = []
+        end = time.monotonic() + args.seconds
+        while time.monotonic() < end:
+            account = rng.choices(accounts, weights)[0]
+            body = _body(model, account, rng)
+            tasks.append(asyncio.create_task(_one(session, base, account, body)))
+            await asyncio.sleep(rng.expovariate(args.rate))
+        await asyncio.gather(*tasks)
+
+
+def _body(model: str, account: Account, rng: random.Random) -> bytes:
+    kind = KINDS[account.kind]
+    messages = [
+        {"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(*kind.prompt)))}
+    ]
+    if account.system:
+        messages.insert(0, {"role": "system", "content": account.system})
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": rng.randint(*kind.output),
+    }
+    if rng.random() < kind.stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+    return orjson.dumps(body)
+
+
+async def _one(session: aiohttp.ClientSession, base: str, account: Account, body: bytes) -> None:
+    headers = {"authorization": f"Bearer {account.key}", "content-type": "application/json"}
+    async with session.post(base + "/v1/chat/completions", data=body, headers=headers) as reply:
+        await reply.read()
+        account.sent.append((reply.headers["x-request-id"], reply.status))
+
+
+def _meter(stop: threading.Event) -> None:
+    from django.db import connection
+
+    from metering.consumer import Meter
+
+    try:
+        Meter.from_settings().run(stop)
+    finally:
+        connection.close()
+
+
+def _scraper(stop: threading.Event, name: str, every: float) -> None:
+    from django.db import connection
+
+    from metering.telemetry import telemetry_scrape
+
+    try:
+        while not stop.wait(every):
+            telemetry_scrape(timeout=2.0, min_gap=every / 2, names=[name])
+        telemetry_scrape(timeout=2.0, min_gap=0, names=[name])
+    finally:
+        connection.close()
+
+
+def _jobs(stop: threading.Event) -> None:
+    """The attribution and calibration jobs on their beat schedule (shortened)."""
+    from django.db import connection
+
+    from metering.attribution import energy_attribute_ready, energy_calibrate_ready
+
+    due = {job: time.monotonic() + every for job, every in JOB_SECONDS.items()}
+    try:
+        while not stop.wait(0.5):
+            now = time.monotonic()
+            if now >= due["calibrate"]:
+                energy_calibrate_ready()
+                due["calibrate"] = now + JOB_SECONDS["calibrate"]
+            if now >= due["attribute"]:
+                energy_attribute_ready()
+                due["attribute"] = now + JOB_SECONDS["attribute"]
+    finally:
+        connection.close()
+
+
+def _final_jobs() -> None:
+    """Once the gateway is gone: store what is left, attribute the last intervals."""
+    from metering.attribution import energy_attribute_ready
+    from metering.consumer import Meter
+
+    Meter.from_settings().drain()
+    energy_attribute_ready()
+
+
+def _truth(sim_port: int) -> dict[str, Any]:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{sim_port}/_sim/energy"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        truth: dict[str, Any] = orjson.loads(response.read())
+    return truth
+
+
+def _report(
+    accounts: list[Account],
+    intervals: list[Any],
+    records: dict[str, Any],
+    truth: dict[str, Any],
+    calibration: Any,
+) -> None:
+    measured = sum(i.energy_j for i in intervals)
+    idle = sum(i.idle_j or 0 for i in intervals)
+    attributed = sum(i.attributed_j or 0 for i in intervals)
+    pending = sum(1 for i in intervals if i.attributed_at is None)
+    on_records = sum(r.energy_joules or 0 for r in records.values())
+    print(
+        f"\n{len(records)} requests stored, {len(intervals)} intervals ({pending} pending); "
+        f"measured {measured / 1000:.1f} kJ = attributed {attributed / 1000:.1f} kJ + idle "
+        f"{idle / 1000:.1f} kJ ({100 * idle / measured:.1f}% idle); records carry "
+        f"{on_records / 1000:.1f} kJ"
+    )
+    c = calibration
+    print(
+        f"model ({c.source}, {c.intervals} intervals, R^2 {c.r_squared or 0:.4f}): idle "
+        f"{c.idle_watts:.0f} W, prefill {c.prefill_j_per_token:.4f} J/token + "
+        f"{c.prefill_j_per_request:.1f} J, decode {c.decode_watts:.0f} W + "
+        f"{c.decode_j_per_token:.4f} J/token; time to first token {1000 * c.ttft_seconds:.2f} "
+        f"ms + {1e6 * c.ttft_seconds_per_token:.2f} µs/token"
+    )
+    print("\n| account | requests | truth (kJ) | attributed (kJ) | error |\n|---|---|---|---|---|")
+    worst, errors = 0.0, []
+    by_label: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    for account in accounts:
+        ids = [rid for rid, status in account.sent if status == 200 and rid in records]
+        true_j = sum(truth["requests"].get(rid, 0.0) for rid in ids)
+        got_j = sum(records[rid].energy_joules or 0 for rid in ids)
+        error = 100 * (got_j - true_j) / true_j
+        worst = max(worst, abs(error))
+        kj = f"{true_j / 1000:.1f} | {got_j / 1000:.1f}"
+        print(f"| {account.label} | {len(ids)} | {kj} | {error:+.2f}% |")
+        for rid in ids:
+            if truth["requests"].get(rid):
+                t = truth["requests"][rid]
+                errors.append(abs(100 * ((records[rid].energy_joules or 0) - t) / t))
+        totals = by_label[account.kind]
+        totals[0] += len(ids)
+        totals[1] += true_j
+        totals[2] += got_j
+    cuts = statistics.quantiles(errors, n=100)
+    print(
+        f"\nworst account {worst:.2f}%; per request |error| p50 {cuts[49]:.1f}% p90 "
+        f"{cuts[89]:.1f}% p99 {cuts[98]:.1f}% (n={len(errors)})"
+    )
+    for kind, (n, true_j, got_j) in by_label.items():
+        print(f"  {kind:12} {int(n):5} requests {100 * (got_j - true_j) / true_j:+6.2f}%")
+
+
+# Cost --------------------------------------------------------------------------------------
+
+BACKENDS = 4
+IN_FLIGHT = 64
+INTERVAL_S = 5.0
+
+
+def _cost(records: int) -> None:
+    from metering.attribution import (
+        CalibrationPolicy,
+        Coefficients,
+        energy_attribute,
+        energy_calibrate,
+        energy_calibration_configure,
+    )
+    from metering.models import EnergyCalibration, EnergyInterval, UsageRecord
+
+    names = [f"bench-cost-{uuid.uuid4().hex[:6]}-{n}" for n in range(BACKENDS)]
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=4)
+    print(f"\njob cost: {records:,} synthetic usage records on {BACKENDS} backends")
+    began = time.perf_counter()
+    spans = [_synthetic(name, start, records // BACKENDS, seed=n) for n, name in enumerate(names)]
+    print(f"  written in {time.perf_counter() - began:.1f} s (COPY, as the meter does)")
+    end = max(spans)
+    try:
+        policy = CalibrationPolicy(lookback=timedelta(hours=1), max_lag=timedelta(hours=6))
+        began = time.perf_counter()
+        fitted = [energy_calibrate(backend=n, now=end, until=end, policy=policy) for n in names]
+        calibrate_s = time.perf_counter() - began
+        in_hour = UsageRecord.objects.filter(
+            backend__in=names, started_at__gte=end - policy.lookback
+        ).count()
+        for name, calibration in zip(names, fitted, strict=True):
+            if calibration is None:  # the synthetic energy is rough; attribution needs a model
+                model = Coefficients(220.0, 0.07, 10.0, decode_watts=300, decode_j_per_token=0.3)
+                energy_calibration_configure(backend=name, coefficients=model, now=end)
+        began = time.perf_counter()
+        done = energy_attribute(horizons={}, now=end + timedelta(minutes=1), max_lag=policy.max_lag)
+        attribute_s = time.perf_counter() - began
+        print(
+            f"  calibration: {calibrate_s:.2f} s for {BACKENDS} backends over the last hour "
+            f"({in_hour:,} records) = {calibrate_s / in_hour * 1e6:.1f} s per million "
+            f"records fitted"
+        )
+        print(
+            f"  attribution: {attribute_s:.2f} s for {done.intervals:,} intervals and "
+            f"{done.requests:,} records = {attribute_s / done.requests * 1e6:.1f} s per million "
+            f"requests ({done.requests / attribute_s:,.0f} records/s, "
+            f"{done.intervals / attribute_s:,.0f} intervals/s)"
+        )
+    finally:
+        UsageRecord.objects.filter(backend__in=names, started_at__gte=start).delete()
+        EnergyInterval.objects.filter(backend__in=names).delete()
+        EnergyCalibration.objects.filter(backend__in=names).delete()
+
+
+def _synthetic(name: str, start: datetime, count: int, seed: int) -> datetime:
+    """One backend's records (~IN_FLIGHT at a time) and its intervals; returns their end."""
+    from metering.models import EnergyInterval
+    from metering.services import usage_records_write
+
+    rng = random.Random(seed)
+    mean_s = 8.0
+    rate = IN_FLIGHT / mean_s
+    t, rows = 0.0, []
+    work: dict[int, float] = defaultdict(float)
+    for _ in range(count):
+        t += rng.expovariate(rate)
+        prompt, output = rng.randint(20, 4000), rng.randint(10, 800)
+        ttft, latency = 0.02 + prompt / 40_000, rng.uniform(0.5, 2 * mean_s)
+        row = {
+            "request_id": uuid.uuid4(),
+            "account_id": rng.randint(1, 500),
+            "api_key_id": 1,
+            "tier": rng.choice(("free", "interactive", "premium")),
+            "model": "bench",
+            "backend": name,
+            "endpoint": "chat.completions",
+            "prompt_tokens": prompt,
+            "cached_prompt_tokens": 0,
+            "completion_tokens": output,
+            "reasoning_tokens": 0,
+            "tokens_estimated": False,
+            "queue_wait_ms": 0.0,
+            "ttft_ms": 1000 * ttft,
+            "latency_ms": 1000 * (ttft + latency),
+            "status_code": 200,
+            "outcome": "ok",
+            "streamed": True,
+            "started_at": start + timedelta(seconds=t),
+            "ended_at": start + timedelta(seconds=t + ttft + latency),
+            "energy_joules": None,
+        }
+        rows.append(row)
+        # Rough energy for the interval it mostly ran in: enough for a fit to exist.
+        work[int((t + latency / 2) // INTERVAL_S)] += 0.07 * prompt + 0.4 * output
+        if len(rows) == 5000:
+            usage_records_write(records=rows)
+            rows = []
+    usage_records_write(records=rows)
+    slices = int(t // INTERVAL_S) + 2
+    EnergyInterval.objects.bulk_create(
+        EnergyInterval(
+            backend=name,
+            started_at=start + timedelta(seconds=n * INTERVAL_S),
+            ended_at=start + timedelta(seconds=(n + 1) * INTERVAL_S),
+            energy_j=220 * INTERVAL_S + work[n] + 50 * rng.random(),
+            gpus=2,
+        )
+        for n in range(slices)
+    )
+    return start + timedelta(seconds=slices * INTERVAL_S)
+
+
+if __name__ == "__main__":
+    main()

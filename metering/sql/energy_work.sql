@@ -1,0 +1,165 @@
+-- What each request did on its backend in each of the given intervals (docs/energy.md,
+-- "Attribution"), in the components the energy model prices:
+--   prefill_tokens  its uncached prompt tokens, spread evenly over the computation of its
+--                   prompt: the last `prefill_seconds + ttft_seconds_per_token * prompt
+--                   tokens` before its first token (the whole wait for it when that rate is
+--                   not known)
+--   prefills        its share of a prefill pass in the interval (0..1): prompts computed at
+--                   the same time share one
+--   decode_tokens   its completion tokens, spread evenly over [first token, end] except
+--                   while prompts are computed (decoding waits then)
+--   decode_seconds  its share of the interval's decode time: at each moment the sequences
+--                   decoding share the GPUs equally, as continuous batching runs them, except
+--                   while a prompt is being computed (the prompt has the GPUs then)
+--   busy            the part of [computation start, end] inside the interval
+-- Before its prompt is computed a request is travelling or waiting, which is no work. An
+-- answer that was not streamed has no first-token time: the backend's usual time to first
+-- token for that many prompt tokens stands in. A span of zero length counts whole in the
+-- interval holding its instant ([start, end)). Rows that did no work are left out: a request
+-- that moved no tokens did not use the GPUs.
+-- Parameters: ids (intervals), backends, ttft_seconds, ttft_seconds_per_token,
+-- prefill_seconds (parallel arrays), lower and upper (the started_at range: prunes the
+-- ledger's monthly partitions),
+-- after (earliest interval start: the ended_at BRIN index skips every request that finished
+-- before it).
+CREATE TEMP TABLE energy_work ON COMMIT DROP AS
+-- MATERIALIZED: each is read once. Inlined, the planner (which cannot estimate the time
+-- conditions) may rescan the ledger once per interval.
+WITH selected AS MATERIALIZED (
+    SELECT id, backend, started_at, ended_at,
+           date_part('epoch', started_at) AS s, date_part('epoch', ended_at) AS e
+    FROM metering_energyinterval
+    WHERE id = ANY(%(ids)s::bigint[])
+),
+record AS MATERIALIZED (
+    SELECT u.request_id, u.started_at, u.backend, u.ended_at,
+           u.prompt_tokens - u.cached_prompt_tokens AS prompt,
+           u.completion_tokens AS output,
+           m.ttft_seconds_per_token, m.prefill_seconds,
+           least(u.ended_at, u.started_at + u.queue_wait_ms * interval '1 ms') AS active_from,
+           least(u.ended_at, greatest(
+               u.started_at + u.queue_wait_ms * interval '1 ms',
+               coalesce(
+                   u.started_at + u.ttft_ms * interval '1 ms',
+                   -- Without output the whole span was prefill.
+                   CASE WHEN u.completion_tokens = 0 THEN u.ended_at END,
+                   u.started_at + u.queue_wait_ms * interval '1 ms'
+                       + (m.ttft_seconds + m.ttft_seconds_per_token
+                          * (u.prompt_tokens - u.cached_prompt_tokens)) * interval '1 s'
+               )
+           )) AS first_token
+    FROM metering_usagerecord AS u
+    JOIN unnest(%(backends)s::text[], %(ttft_seconds)s::float8[],
+                %(ttft_seconds_per_token)s::float8[], %(prefill_seconds)s::float8[])
+        AS m (backend, ttft_seconds, ttft_seconds_per_token, prefill_seconds)
+        ON m.backend = u.backend
+    WHERE u.started_at >= %(lower)s AND u.started_at < %(upper)s
+        AND u.ended_at >= %(after)s
+        AND u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens > 0
+),
+-- On the GPUs from the computation of its prompt (the pass just before its first token) to
+-- its end; before that it only travelled and waited. Without a known prefill rate the whole
+-- wait for the first token counts, and no computation is placed in time.
+span AS (
+    SELECT request_id, started_at, backend, busy_from, ended_at, prompt, output,
+           ttft_seconds_per_token > 0 AS placed,
+           date_part('epoch', busy_from) AS a,
+           date_part('epoch', first_token) AS f,
+           date_part('epoch', ended_at) AS z
+    FROM (
+        SELECT *, CASE
+                      WHEN ttft_seconds_per_token > 0 THEN greatest(active_from, first_token
+                          - (prefill_seconds + ttft_seconds_per_token * prompt) * interval '1 s')
+                      ELSE active_from
+                  END AS busy_from
+        FROM record
+    ) AS r
+),
+overlap AS (
+    SELECT i.id AS interval_id, r.request_id, r.started_at, r.prompt, r.output,
+           tstzrange(greatest(r.busy_from, i.started_at), least(r.ended_at, i.ended_at)) AS busy,
+           CASE
+               WHEN r.f > r.a THEN greatest(0, least(r.f, i.e) - greatest(r.a, i.s)) / (r.f - r.a)
+               WHEN r.a >= i.s AND r.a < i.e THEN 1
+               ELSE 0
+           END AS prefills,
+           CASE
+               WHEN r.z > r.f THEN greatest(0, least(r.z, i.e) - greatest(r.f, i.s)) / (r.z - r.f)
+               WHEN r.f >= i.s AND r.f < i.e THEN 1
+               ELSE 0
+           END AS decodes,
+           r.z - r.f AS decode_span,
+           r.f - r.a AS compute_span,
+           -- Inside the interval: when it decoded and when its prompt was computed; null
+           -- when it did not (a null never matches in the joins below).
+           CASE WHEN r.output > 0 AND least(r.z, i.e) > greatest(r.f, i.s)
+               THEN greatest(r.f, i.s) END AS decode_from,
+           CASE WHEN r.output > 0 AND least(r.z, i.e) > greatest(r.f, i.s)
+               THEN least(r.z, i.e) END AS decode_to,
+           CASE WHEN r.placed AND least(r.f, i.e) > greatest(r.a, i.s)
+               THEN greatest(r.a, i.s) END AS compute_from,
+           CASE WHEN r.placed AND least(r.f, i.e) > greatest(r.a, i.s)
+               THEN least(r.f, i.e) END AS compute_to
+    FROM selected AS i
+    JOIN span AS r
+        ON r.backend = i.backend AND r.busy_from < i.ended_at AND r.ended_at >= i.started_at
+),
+-- The decode sweep. Each interval's decode spans and prompt computations become events; between
+-- two events `decoding` sequences decode and `computing` prompts are computed, and while no
+-- prompt is, every decoding sequence gets 1/decoding of each second. `shared` integrates that
+-- from the interval's start, so a request's decode_seconds is `shared` at its decode end minus
+-- at its decode start, both of which are events.
+event AS (
+    SELECT interval_id, t, sum(decoding) AS decoding, sum(computing) AS computing
+    FROM (
+        SELECT interval_id, decode_from AS t, 1 AS decoding, 0 AS computing
+        FROM overlap WHERE decode_from IS NOT NULL
+        UNION ALL
+        SELECT interval_id, decode_to, -1, 0 FROM overlap WHERE decode_from IS NOT NULL
+        UNION ALL
+        SELECT interval_id, compute_from, 0, 1 FROM overlap WHERE compute_from IS NOT NULL
+        UNION ALL
+        SELECT interval_id, compute_to, 0, -1 FROM overlap WHERE compute_from IS NOT NULL
+    ) AS e
+    GROUP BY interval_id, t
+),
+level AS (
+    SELECT interval_id, t,
+           sum(decoding) OVER (PARTITION BY interval_id ORDER BY t) AS decoding,
+           sum(computing) OVER (PARTITION BY interval_id ORDER BY t) AS computing,
+           lead(t) OVER (PARTITION BY interval_id ORDER BY t) - t AS lasts
+    FROM event
+),
+curve AS (
+    SELECT interval_id, t,
+           coalesce(sum(CASE WHEN decoding > 0 AND computing = 0 THEN lasts / decoding END)
+                        OVER running, 0) AS shared,
+           coalesce(sum(CASE WHEN decoding > 0 AND computing = 0 THEN lasts END)
+                        OVER running, 0) AS flowing,
+           coalesce(sum(CASE WHEN computing > 0 THEN lasts / computing END)
+                        OVER running, 0) AS passing
+    FROM level
+    WINDOW running AS (PARTITION BY interval_id ORDER BY t
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+)
+SELECT o.interval_id, o.request_id, o.started_at, o.busy,
+       o.prompt * o.prefills AS prefill_tokens,
+       -- Prompts computed together share their pass, as an engine batches them into one.
+       CASE
+           WHEN o.compute_from IS NULL THEN o.prefills
+           ELSE (done.passing - begun.passing) / o.compute_span
+       END AS prefills,
+       -- Tokens flow only while no prompt is computed: a span stretched by such stalls has
+       -- its tokens where they were made (those the stalls seem to take are not counted).
+       CASE
+           WHEN o.decode_from IS NULL THEN o.output * o.decodes
+           ELSE o.output * (upto.flowing - since.flowing) / o.decode_span
+       END AS decode_tokens,
+       coalesce(upto.shared - since.shared, 0) AS decode_seconds,
+       0::float8 AS work  -- priced by energy_price.sql
+FROM overlap AS o
+LEFT JOIN curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
+LEFT JOIN curve AS upto ON upto.interval_id = o.interval_id AND upto.t = o.decode_to
+LEFT JOIN curve AS begun ON begun.interval_id = o.interval_id AND begun.t = o.compute_from
+LEFT JOIN curve AS done ON done.interval_id = o.interval_id AND done.t = o.compute_to
+WHERE o.prompt * o.prefills + o.output * o.decodes > 0
