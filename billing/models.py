@@ -1,0 +1,384 @@
+"""Prices, costs, rollups, margins, invoices, budgets and the Stripe mirror (promise P3).
+
+Money is `Decimal`: prices per million tokens to 6 places, rated amounts unrounded to 12
+places, invoice amounts in integer minor units beside their currency. Rounding happens in
+one place, `billing.money`. Account, key and backend are referred to by id or name like the
+usage ledger, except where an invoice belongs to an account.
+"""
+
+from typing import Any
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+
+from gateway.models import Account
+
+
+def _amount(**options: Any) -> "models.DecimalField[Any, Any]":
+    """An unrounded amount: enough places for one token at a fraction of a micro-unit."""
+    return models.DecimalField(max_digits=28, decimal_places=12, **options)
+
+
+def _price(**options: Any) -> "models.DecimalField[Any, Any]":
+    """A price per million tokens, a fee or a rate."""
+    return models.DecimalField(max_digits=18, decimal_places=6, **options)
+
+
+class PriceBook(models.Model):
+    """One version of the prices, in force from `effective_from` until the next version's.
+
+    A book is immutable once in force (billing.services refuses edits); a change of prices
+    is a new book. Rating picks, for each request, the book in force at its `started_at`.
+    """
+
+    name = models.CharField(max_length=100)
+    currency = models.CharField(max_length=3, default="USD")
+    effective_from = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["currency", "effective_from"], name="pricebook_one_per_instant"
+            )
+        ]
+        ordering = ["-effective_from"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.currency}, from {self.effective_from:%Y-%m-%d})"
+
+
+class Price(models.Model):
+    """Per tier and model: prices per million tokens of each class, and a per-request fee.
+
+    `model` "*" applies to every model of the tier without a row of its own. Reasoning tokens
+    are billed as output unless `reasoning_per_million` is set.
+    """
+
+    price_book = models.ForeignKey(PriceBook, on_delete=models.PROTECT, related_name="prices")
+    tier = models.CharField(max_length=32)
+    model = models.CharField(max_length=128, default="*")
+    input_per_million = _price()
+    cached_input_per_million = _price()
+    output_per_million = _price()
+    reasoning_per_million = _price(null=True, blank=True)
+    request_fee = _price(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["price_book", "tier", "model"], name="price_one_per_tier_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.price_book_id}:{self.tier}/{self.model}"
+
+
+class PlanPrice(models.Model):
+    """Per tier: the monthly plan fee and the tokens it includes at no charge.
+
+    The free tier is an included quota at zero price. Included tokens are consumed in the
+    order requests were made, all token classes alike.
+    """
+
+    price_book = models.ForeignKey(PriceBook, on_delete=models.PROTECT, related_name="plans")
+    tier = models.CharField(max_length=32)
+    monthly_fee = _price(default=0)
+    included_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["price_book", "tier"], name="planprice_one_per_tier")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.price_book_id}:{self.tier}"
+
+
+class CostModel(models.Model):
+    """What running one backend costs, in force from `effective_from`.
+
+    A request's cost = its energy (kWh) x `electricity_per_kwh` x `pue` + its share of GPU
+    time x `gpu_cost_per_hour`. Idle energy and idle GPU time are spread by the rule in
+    docs/billing.md.
+    """
+
+    backend = models.CharField(max_length=64)
+    effective_from = models.DateTimeField()
+    currency = models.CharField(max_length=3, default="USD")
+    electricity_per_kwh = _price()
+    pue = models.DecimalField(max_digits=6, decimal_places=3, default=1)
+    # Amortised purchase + hosting of all the backend's GPUs, per hour.
+    gpu_cost_per_hour = _price()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["backend", "effective_from"], name="costmodel_one_per_instant"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.backend} from {self.effective_from:%Y-%m-%d}"
+
+
+class UsageRollup(models.Model):
+    """Rated usage summed per hour (or day) per account, key, tier, model and backend.
+
+    Rebuilt per bucket by the rollup job: a bucket inside the grace window is recomputed
+    from the ledger whole, so late records are included and re-running changes nothing.
+    """
+
+    class Grain(models.TextChoices):
+        HOUR = "hour"
+        DAY = "day"
+
+    grain = models.CharField(max_length=4, choices=Grain.choices)
+    bucket = models.DateTimeField()
+    account_id = models.BigIntegerField()
+    api_key_id = models.BigIntegerField()
+    tier = models.CharField(max_length=32)
+    model = models.CharField(max_length=128)
+    backend = models.CharField(max_length=64)
+    price_book = models.ForeignKey(PriceBook, on_delete=models.PROTECT, null=True)
+    requests = models.BigIntegerField()
+    prompt_tokens = models.BigIntegerField()
+    cached_prompt_tokens = models.BigIntegerField()
+    completion_tokens = models.BigIntegerField()
+    reasoning_tokens = models.BigIntegerField()
+    energy_joules = models.FloatField()
+    # Rated, unrounded, before included tokens (those are applied on the invoice).
+    revenue = _amount()
+    energy_cost = _amount()
+    gpu_cost = _amount()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "grain",
+                    "bucket",
+                    "account_id",
+                    "api_key_id",
+                    "tier",
+                    "model",
+                    "backend",
+                    "price_book",
+                ],
+                name="usagerollup_one_per_bucket",
+                nulls_distinct=False,
+            )
+        ]
+        indexes = [
+            models.Index(fields=["grain", "bucket"]),
+            models.Index(fields=["account_id", "grain", "bucket"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.grain} {self.bucket:%Y-%m-%d %H:00} acct {self.account_id}"
+
+
+class Margin(models.Model):
+    """Revenue, cost and margin per day or month along one dimension (tier, model, ...)."""
+
+    class Grain(models.TextChoices):
+        DAY = "day"
+        MONTH = "month"
+
+    class Dimension(models.TextChoices):
+        TIER = "tier"
+        MODEL = "model"
+        BACKEND = "backend"
+        ACCOUNT = "account"
+
+    grain = models.CharField(max_length=5, choices=Grain.choices)
+    bucket = models.DateTimeField()
+    dimension = models.CharField(max_length=8, choices=Dimension.choices)
+    key = models.CharField(max_length=128)
+    currency = models.CharField(max_length=3, default="USD")
+    tokens = models.BigIntegerField()
+    energy_kwh = _amount()
+    revenue = _amount()
+    energy_cost = _amount()
+    gpu_cost = _amount()
+    margin = _amount()
+    # Null where revenue or tokens are zero.
+    margin_pct = models.DecimalField(max_digits=12, decimal_places=4, null=True)
+    cost_per_million_tokens = _amount(null=True)
+    tokens_per_kwh = _amount(null=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["grain", "bucket", "dimension", "key", "currency"],
+                name="margin_one_per_bucket",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.grain} {self.bucket:%Y-%m-%d} {self.dimension}={self.key}"
+
+
+class Invoice(models.Model):
+    """An account's bill for a period, or a credit note correcting a finalised one.
+
+    Drafts are recomputed freely; finalising assigns the next number (gap-free, in the same
+    transaction) and freezes the invoice and its lines for good. Corrections are credit notes
+    (`kind` credit_note, `corrects` the invoice), never edits.
+    """
+
+    class Kind(models.TextChoices):
+        INVOICE = "invoice"
+        CREDIT_NOTE = "credit_note"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        FINALISED = "finalised"
+
+    class Payment(models.TextChoices):
+        NONE = "none"
+        OPEN = "open"
+        PAID = "paid"
+        FAILED = "failed"
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="invoices")
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.INVOICE)
+    corrects = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="credit_notes"
+    )
+    number = models.CharField(max_length=32, null=True, blank=True, unique=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    currency = models.CharField(max_length=3, default="USD")
+    # Sum of the lines' unrounded amounts, and the invoice total in minor units (= sum of the
+    # lines' minor units; negative on a credit note).
+    amount = _amount(default=0)
+    total_minor = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finalised_at = models.DateTimeField(null=True, blank=True)
+    memo = models.TextField(blank=True)
+    stripe_invoice_id = models.CharField(max_length=64, blank=True)
+    payment = models.CharField(max_length=8, choices=Payment.choices, default=Payment.NONE)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # One invoice per account and period; credit notes are free of it.
+            models.UniqueConstraint(
+                fields=["account", "period_start"],
+                condition=models.Q(kind="invoice"),
+                name="invoice_one_per_period",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "period_end"])]
+
+    def __str__(self) -> str:
+        return self.number or f"draft {self.pk}"
+
+
+class InvoiceLine(models.Model):
+    """One priced quantity: a model, tier and token class (or a fee) over the period."""
+
+    class Item(models.TextChoices):
+        INPUT = "input"
+        CACHED_INPUT = "cached_input"
+        OUTPUT = "output"
+        REASONING = "reasoning"
+        REQUEST_FEE = "request_fee"
+        PLAN_FEE = "plan_fee"
+        INCLUDED = "included"  # included tokens, a negative amount
+        CREDIT = "credit"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    item = models.CharField(max_length=16, choices=Item.choices)
+    tier = models.CharField(max_length=32)
+    model = models.CharField(max_length=128, blank=True)
+    price_book = models.ForeignKey(PriceBook, on_delete=models.PROTECT, null=True)
+    quantity = models.BigIntegerField()
+    # Per million tokens for token items; per request or per month for fees.
+    unit_price = _price()
+    amount = _amount()
+    amount_minor = models.BigIntegerField()
+    # The usage behind the line: its account and [usage_from, usage_to) in the ledger.
+    usage_from = models.DateTimeField()
+    usage_to = models.DateTimeField()
+    stripe_item_id = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.item} {self.tier}/{self.model} x{self.quantity}"
+
+
+class InvoiceNumber(models.Model):
+    """The gap-free counter: one row per prefix, locked while a number is taken."""
+
+    prefix = models.CharField(max_length=16, unique=True)
+    last = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}{self.last:06d}"
+
+
+class Budget(models.Model):
+    """An account's spend cap per calendar month: alerts at thresholds, optionally a hard stop.
+
+    The hard cap is enforced by the gateway with the same Redis reservations as the token
+    quotas (gateway/lua/limits_admit.lua).
+    """
+
+    account = models.OneToOneField(Account, on_delete=models.CASCADE, related_name="budget")
+    monthly_limit = _price()
+    currency = models.CharField(max_length=3, default="USD")
+    alert_percents = ArrayField(models.PositiveSmallIntegerField(), default=list, blank=True)
+    hard_cap = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"budget of {self.account}"
+
+
+class BudgetAlert(models.Model):
+    """A threshold crossed once per account and month (so an alert is sent once)."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="budget_alerts")
+    period_start = models.DateTimeField()
+    percent = models.PositiveSmallIntegerField()
+    spent = _amount()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "period_start", "percent"], name="budgetalert_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.percent}% {self.period_start:%Y-%m}"
+
+
+class StripeEvent(models.Model):
+    """A webhook event, stored once by its Stripe id so duplicates are ignored."""
+
+    event_id = models.CharField(max_length=64, unique=True)
+    type = models.CharField(max_length=64)
+    received_at = models.DateTimeField(auto_now_add=True)
+    payload = models.JSONField()
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+
+class JobRun(models.Model):
+    """The last completed run of a billing job per scope: its watermark for incremental runs."""
+
+    job = models.CharField(max_length=64)
+    scope = models.CharField(max_length=64, default="")
+    watermark = models.DateTimeField()
+    finished_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "scope"], name="jobrun_one")]
+
+    def __str__(self) -> str:
+        return f"{self.job}:{self.scope} @ {self.watermark:%Y-%m-%d %H:%M}"

@@ -1,0 +1,95 @@
+"""Budgets' soft alerts: each budgeted account's month-to-date spend against its thresholds.
+
+Spend is the account's usage rated at list prices, before included tokens and plan fees: the
+amount the gateway's hard cap counts (docs/billing.md, "Spend caps"), read here from the
+rollups and the ledger after them, so it covers every gateway and survives Redis. An alert is
+recorded once per account, month and threshold (BudgetAlert's unique constraint) together with
+a structured log line, which is what operators route to the customer. The hard cap itself is
+the gateway's (gateway/limits.py).
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from billing.models import JobRun
+from billing.selectors import billing_currency
+
+log = logging.getLogger(__name__)
+
+_ALERTS = (Path(__file__).parent / "sql" / "budget_alerts.sql").read_text()
+# One run at a time; a run that finds another under way leaves the work to it.
+_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('billing.budget_alerts'))"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    account_id: int
+    period_start: datetime
+    percent: int
+    spent: Decimal
+    monthly_limit: Decimal
+    currency: str
+
+
+def budget_alerts_record(*, now: datetime | None = None) -> list[Alert]:
+    """Record the thresholds crossed since the last run; returns the alerts recorded now.
+
+    The month just ended is looked at again during the grace window, for its late usage.
+    """
+    now = now or datetime.now(UTC)
+    grace = timedelta(seconds=getattr(settings, "BILLING", {}).get("GRACE_SECONDS", 7200))
+    month = _month_start(now)
+    periods = [(month, _month_start(month + timedelta(days=32)))]
+    if now - month < grace:
+        periods.insert(0, (_month_start(month - timedelta(days=1)), month))
+    alerts: list[Alert] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_LOCK)
+        if not cursor.fetchone()[0]:
+            return []
+        for start, end in periods:
+            cursor.execute(_ALERTS, _params(start, end, _rolled_until()))
+            alerts += [Alert(row[0], start, *row[1:]) for row in cursor.fetchall()]
+    for alert in alerts:
+        log.warning(
+            "budget threshold reached",
+            extra={
+                "account_id": alert.account_id,
+                "period": f"{alert.period_start:%Y-%m}",
+                "percent": alert.percent,
+                "spent": str(alert.spent),
+                "monthly_limit": str(alert.monthly_limit),
+                "currency": alert.currency,
+            },
+        )
+    return alerts
+
+
+def _rolled_until() -> datetime | None:
+    """Where the hourly rollups end (billing.services.rollups_run's watermark)."""
+    run = JobRun.objects.filter(job="rollups", scope="").first()
+    return run.watermark if run else None
+
+
+def _params(start: datetime, end: datetime, rolled: datetime | None) -> dict[str, Any]:
+    """The month [start, end): rollups up to `rolled` (whole days, then hours), then ledger."""
+    rolled = min(max(rolled or start, start), end)
+    day_rolled = max(rolled.replace(hour=0), start)
+    return {
+        "period_start": start,
+        "period_end": end,
+        "rolled": rolled,
+        "day_rolled": day_rolled,
+        "billing_currency": billing_currency(),
+    }
+
+
+def _month_start(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)

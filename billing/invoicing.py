@@ -1,0 +1,158 @@
+"""An invoice's lines from the period's usage sums: pure, so a preview and a close agree.
+
+Lines per tier, model, price book and token class (plus the request fee), each with the
+[usage_from, usage_to) of the ledger records behind it; a negative "included" line per tier,
+model and book for the plan's included tokens, valued at the rated price of the tokens they
+cover; the plan's monthly fee. Rounded once, by billing.money.allocate (docs/billing.md).
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from billing.money import allocate, per_million
+from billing.rating import Plan, PriceList, Quantities, rate
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """A billing period: [start, end)."""
+
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSum:
+    """An account's usage of one tier and model under one book (None: before any book)."""
+
+    account_id: int
+    tier: str
+    model: str
+    book_id: int | None
+    quantities: Quantities
+
+
+@dataclass(frozen=True, slots=True)
+class AccountPlan:
+    """The plan an account's invoice applies: its tier's PlanPrice in the period's book."""
+
+    account_id: int
+    tier: str
+    book_id: int
+    plan: Plan
+
+
+@dataclass
+class Line:
+    item: str
+    tier: str
+    model: str
+    price_book_id: int | None
+    quantity: int
+    unit_price: Decimal
+    amount: Decimal
+    usage_from: datetime
+    usage_to: datetime
+    amount_minor: int = 0
+
+
+@dataclass
+class Draft:
+    account_id: int
+    period: Period
+    currency: str
+    lines: list[Line] = field(default_factory=list)
+    # Usage with no price (worth nothing): (tier, model, tokens), to report.
+    unpriced: list[tuple[str, str, int]] = field(default_factory=list)
+    amount: Decimal = Decimal(0)
+    total_minor: int = 0
+
+
+def draft_build(
+    *,
+    account_id: int,
+    period: Period,
+    currency: str,
+    prices: PriceList,
+    usage: Iterable[UsageSum],
+    covered: Iterable[UsageSum] = (),
+    plan: AccountPlan | None = None,
+) -> Draft:
+    """The account's lines for the period, rounded: sum(amount_minor) == total_minor."""
+    draft = Draft(account_id, period, currency)
+    for used in usage:
+        draft.lines += _usage_lines(used, period, prices, draft.unpriced)
+    for cover in covered:
+        draft.lines += _included_lines(cover, period, prices)
+    if plan is not None and plan.plan.monthly_fee:
+        fee = plan.plan.monthly_fee
+        draft.lines.append(
+            Line("plan_fee", plan.tier, "", plan.book_id, 1, fee, fee, period.start, period.end)
+        )
+    allocation = allocate([line.amount for line in draft.lines], currency)
+    for line, minor in zip(draft.lines, allocation.lines_minor, strict=True):
+        line.amount_minor = minor
+    draft.amount = sum((line.amount for line in draft.lines), Decimal(0))
+    draft.total_minor = allocation.total_minor
+    return draft
+
+
+def _usage_lines(
+    used: UsageSum, period: Period, prices: PriceList, unpriced: list[tuple[str, str, int]]
+) -> list[Line]:
+    book = prices.book(used.book_id) if used.book_id is not None else None
+    terms = book.terms(used.tier, used.model) if book else None
+    if book is None or terms is None:
+        unpriced.append((used.tier, used.model, used.quantities.tokens))
+        return []
+    usage_from, usage_to = _book_span(prices, used.book_id, period)
+    rated = rate(used.quantities, terms)
+    return [
+        Line(
+            item,
+            used.tier,
+            used.model,
+            book.id,
+            quantity,
+            terms.unit_price(item),
+            getattr(rated, item),
+            usage_from,
+            usage_to,
+        )
+        for item, quantity in used.quantities.items()
+        # A request fee of nothing is no line; tokens at no price are (the customer sees them).
+        if quantity and (item != "request_fee" or terms.request_fee)
+    ]
+
+
+def _included_lines(cover: UsageSum, period: Period, prices: PriceList) -> list[Line]:
+    book = prices.book(cover.book_id) if cover.book_id is not None else None
+    terms = book.terms(cover.tier, cover.model) if book else None
+    if book is None or terms is None or not cover.quantities.tokens:
+        return []  # Covering unpriced usage is worth nothing.
+    value = rate(cover.quantities, terms).total
+    usage_from, usage_to = _book_span(prices, cover.book_id, period)
+    tokens = cover.quantities.tokens
+    return [
+        Line(
+            "included",
+            cover.tier,
+            cover.model,
+            book.id,
+            tokens,
+            per_million(value, tokens),
+            -value,
+            usage_from,
+            usage_to,
+        )
+    ]
+
+
+def _book_span(prices: PriceList, book_id: int | None, period: Period) -> tuple[datetime, datetime]:
+    """The part of the period a book was in force: where the line's usage lies."""
+    assert book_id is not None
+    book = prices.book(book_id)
+    end = prices.book_end(book)
+    return max(period.start, book.effective_from), (min(period.end, end) if end else period.end)

@@ -1,0 +1,57 @@
+import os
+import sys
+from datetime import UTC, datetime, time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.dateparse import parse_date, parse_datetime
+
+from billing.exports import FORMATS, KINDS, export_write
+
+
+def instant(text: str) -> datetime:
+    """A date (midnight UTC) or an ISO 8601 date-time (UTC unless it says otherwise)."""
+    moment = parse_datetime(text)
+    if moment is None:
+        day = parse_date(text)
+        if day is None:
+            raise CommandError(f"not a date or ISO 8601 date-time: {text!r}")
+        moment = datetime.combine(day, time())
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class Command(BaseCommand):
+    help = (
+        "Export usage records (by start time) or invoice lines (by period start) of "
+        "[--from, --to) as CSV or Parquet, streamed to a file or stdout."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("kind", choices=KINDS)
+        parser.add_argument("--from", dest="since", required=True, type=instant, help="inclusive")
+        parser.add_argument("--to", dest="until", required=True, type=instant, help="exclusive")
+        parser.add_argument("--account", type=int, help="one account's id (default: all)")
+        parser.add_argument("--format", dest="fmt", choices=FORMATS, default="csv")
+        parser.add_argument("--output", required=True, help="a file, or - for stdout")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["since"] >= options["until"]:
+            raise CommandError("--from must be before --to")
+        export = {
+            "kind": options["kind"],
+            "fmt": options["fmt"],
+            "since": options["since"],
+            "until": options["until"],
+            "account_id": options["account"],
+        }
+        if options["output"] == "-":
+            try:
+                export_write(**export, out=sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+            except BrokenPipeError:
+                # The reader stopped early (`| head`): not an error; nothing more to say.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        with open(options["output"], "wb") as out:
+            written = export_write(**export, out=out)
+        self.stderr.write(f"{options['output']}: {written} bytes")

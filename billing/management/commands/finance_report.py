@@ -1,0 +1,30 @@
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from billing.reports import REPORT_FORMATS, period_parse, report_render
+
+
+class Command(BaseCommand):
+    help = (
+        "Write the finance report of a month (revenue, cost, margin by tier, model, backend "
+        "and account) from the stored margins, as HTML with charts, CSV or PDF."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--period", required=True, help="the month, YYYY-MM")
+        parser.add_argument("--format", dest="fmt", choices=REPORT_FORMATS, default="html")
+        parser.add_argument("--currency", default="USD")
+        parser.add_argument("--output", required=True, type=Path)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            period_start = period_parse(options["period"])
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+        body = report_render(
+            period_start=period_start, currency=options["currency"].upper(), fmt=options["fmt"]
+        )
+        options["output"].write_bytes(body)
+        self.stdout.write(f"{options['output']}: {len(body)} bytes")

@@ -1,0 +1,492 @@
+"""The finance report for a month: revenue, cost (energy, GPU), margin and margin %, cost per
+1M tokens and tokens per kWh, by tier, model, backend and account (docs/billing.md).
+
+It reads the margins the margin job stored (billing_margin, month and day grains); the figures
+are summed and divided in PostgreSQL (billing/sql/report_*.sql), kept unrounded in the CSV and
+shown rounded only in the HTML and PDF forms, which share their tables and charts.
+"""
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from django.db import connection
+from django.template.loader import render_to_string
+from django.utils import timezone
+from reportlab.graphics.shapes import Drawing
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4, landscape
+from reportlab.lib.styles import getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+from billing import charts
+from billing.money import from_minor, to_minor
+
+ReportFormat = Literal["html", "csv", "pdf"]
+REPORT_FORMATS: tuple[ReportFormat, ...] = ("html", "csv", "pdf")
+CONTENT_TYPES: dict[ReportFormat, str] = {
+    "html": "text/html; charset=utf-8",
+    "csv": "text/csv; charset=utf-8",
+    "pdf": "application/pdf",
+}
+DIMENSIONS = ("tier", "model", "backend", "account")
+# The key under which every dimension holds the cost of backend hours without requests.
+UNALLOCATED = "(unallocated)"
+# Keys per dimension shown in the HTML and PDF forms (the rest in one row); the CSV has all.
+TOP = 15
+
+_SQL = Path(__file__).parent / "sql"
+_MARGINS = (_SQL / "report_margins.sql").read_text()
+_DAYS = (_SQL / "report_days.sql").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One key's figures (a tier, a model, ...), or the rest of the keys (key None), or the
+    backends' hours without requests (key UNALLOCATED), or the period's total."""
+
+    dimension: str
+    key: str | None
+    account_name: str | None
+    keys: int
+    tokens: int
+    energy_kwh: Decimal
+    revenue: Decimal
+    energy_cost: Decimal
+    gpu_cost: Decimal
+    margin_pct: Decimal | None
+    cost_per_million_tokens: Decimal | None
+    tokens_per_kwh: Decimal | None
+
+    @property
+    def cost(self) -> Decimal:
+        return self.energy_cost + self.gpu_cost
+
+    @property
+    def margin(self) -> Decimal:
+        return self.revenue - self.cost
+
+    @property
+    def label(self) -> str:
+        if self.dimension == "total":
+            return "total"
+        if self.key is None:
+            return f"{self.keys} others"
+        if self.key == UNALLOCATED:
+            return "unallocated (backend hours without requests)"
+        if self.account_name is not None:
+            return f"{self.account_name} (#{self.key})"
+        return self.key
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    day: date
+    tokens: int
+    energy_kwh: Decimal
+    revenue: Decimal
+    energy_cost: Decimal
+    gpu_cost: Decimal
+
+    @property
+    def cost(self) -> Decimal:
+        return self.energy_cost + self.gpu_cost
+
+    @property
+    def margin(self) -> Decimal:
+        return self.revenue - self.cost
+
+
+@dataclass(frozen=True)
+class FinanceReport:
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    total: Line
+    lines: dict[str, list[Line]]
+    days: list[Day]
+    generated_at: datetime
+
+    @property
+    def period(self) -> str:
+        return f"{self.period_start:%Y-%m}"
+
+
+def period_parse(text: str) -> datetime:
+    """`2026-11` -> the month's first instant, UTC."""
+    try:
+        start = datetime.strptime(text, "%Y-%m")
+    except ValueError:
+        raise ValueError(f"a period is a month, YYYY-MM, not {text!r}") from None
+    return start.replace(tzinfo=UTC)
+
+
+def finance_report(
+    *, period_start: datetime, currency: str = "USD", top: int | None = TOP
+) -> FinanceReport:
+    """The month's report from the stored margins; `top` keys per dimension (None: all)."""
+    period_end = _month_after(period_start)
+    params: dict[str, Any] = {
+        "grain": "month",
+        "bucket": period_start,
+        "currency": currency,
+        "top": top,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_MARGINS, params)
+        rows = [_line(row) for row in cursor.fetchall()]
+        cursor.execute(_DAYS, {"since": period_start, "until": period_end, "currency": currency})
+        days = [_day(row) for row in cursor.fetchall()]
+    return FinanceReport(
+        period_start=period_start,
+        period_end=period_end,
+        currency=currency,
+        total=next(line for line in rows if line.dimension == "total"),
+        lines={d: [line for line in rows if line.dimension == d] for d in DIMENSIONS},
+        days=days,
+        generated_at=timezone.now(),
+    )
+
+
+def report_render(*, period_start: datetime, currency: str, fmt: ReportFormat) -> bytes:
+    """The report as a file of the given form."""
+    if fmt == "csv":
+        report = finance_report(period_start=period_start, currency=currency, top=None)
+        return report_csv(report).encode()
+    report = finance_report(period_start=period_start, currency=currency)
+    return report_html(report).encode() if fmt == "html" else report_pdf(report)
+
+
+def report_csv(report: FinanceReport) -> str:
+    """Every figure unrounded, one row per key and per day, the total first."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        [
+            "period",
+            "currency",
+            "dimension",
+            "key",
+            "label",
+            "tokens",
+            "energy_kwh",
+            "revenue",
+            "energy_cost",
+            "gpu_cost",
+            "cost",
+            "margin",
+            "margin_pct",
+            "cost_per_million_tokens",
+            "tokens_per_kwh",
+        ]
+    )
+    for line in _all_lines(report):
+        writer.writerow(
+            [
+                report.period,
+                report.currency,
+                line.dimension,
+                line.key,
+                line.label,
+                line.tokens,
+                line.energy_kwh,
+                line.revenue,
+                line.energy_cost,
+                line.gpu_cost,
+                line.cost,
+                line.margin,
+                line.margin_pct,
+                line.cost_per_million_tokens,
+                line.tokens_per_kwh,
+            ]
+        )
+    for day in report.days:
+        writer.writerow(
+            [
+                report.period,
+                report.currency,
+                "day",
+                day.day.isoformat(),
+                day.day.isoformat(),
+                day.tokens,
+                day.energy_kwh,
+                day.revenue,
+                day.energy_cost,
+                day.gpu_cost,
+                day.cost,
+                day.margin,
+                None,
+                None,
+                None,
+            ]
+        )
+    return out.getvalue()
+
+
+def report_html(report: FinanceReport) -> str:
+    """A page with the charts as inline SVG and the tables: nothing loaded from elsewhere."""
+    return render_to_string(
+        "billing/report.html",
+        {
+            "report": report,
+            "summary": _summary(report),
+            "charts": [charts.svg(drawing, name=name) for name, drawing in _charts(report)],
+            "tables": _tables(report),
+        },
+    )
+
+
+def report_pdf(report: FinanceReport) -> bytes:
+    """The same summary, charts and tables, printable (A4 landscape)."""
+    out = io.BytesIO()
+    styles = getSampleStyleSheet()
+    styles["Heading2"].keepWithNext = 1
+    document = SimpleDocTemplate(
+        out,
+        pagesize=landscape(A4),
+        leftMargin=12 * mm,
+        rightMargin=12 * mm,
+        topMargin=12 * mm,
+        bottomMargin=12 * mm,
+        title=_title(report),
+    )
+    story: list[Any] = [Paragraph(_title(report), styles["Title"])]
+    story.append(Paragraph(" · ".join(f"{k}: {v}" for k, v in _summary(report)), styles["Normal"]))
+    story.append(Spacer(1, 4 * mm))
+    drawings = [drawing for _, drawing in _charts(report)]
+    for pair in (drawings[i : i + 2] for i in range(0, len(drawings), 2)):
+        story.append(Table([[_scaled(d) for d in pair]], hAlign="LEFT"))
+    for title, header, rows in _tables(report):
+        story.append(Spacer(1, 4 * mm))
+        story.append(Paragraph(title, styles["Heading2"]))
+        story.append(_pdf_table([header, *rows]))
+    document.build(story)
+    return out.getvalue()
+
+
+def _title(report: FinanceReport) -> str:
+    return f"Finance report {report.period} ({report.currency})"
+
+
+def _summary(report: FinanceReport) -> list[tuple[str, str]]:
+    total, currency = report.total, report.currency
+    return [
+        ("Revenue", _money(total.revenue, currency)),
+        ("Energy cost", _money(total.energy_cost, currency)),
+        ("GPU cost", _money(total.gpu_cost, currency)),
+        ("Margin", _money(total.margin, currency)),
+        ("Margin %", _percent(total.margin_pct)),
+        ("Tokens", f"{total.tokens:,}"),
+        ("Cost per 1M tokens", _unit_cost(total.cost_per_million_tokens, currency)),
+        ("Tokens per kWh", _count(total.tokens_per_kwh)),
+    ]
+
+
+_HEADER = [
+    "",
+    "tokens",
+    "kWh",
+    "revenue",
+    "energy cost",
+    "GPU cost",
+    "margin",
+    "margin %",
+    "cost / 1M tokens",
+    "tokens / kWh",
+]
+Tables = list[tuple[str, list[str], list[list[str]]]]
+
+
+def _tables(report: FinanceReport) -> Tables:
+    tables: Tables = []
+    for dimension in DIMENSIONS:
+        rows = [_cells(line, report.currency) for line in report.lines[dimension]]
+        tables.append((f"By {dimension}", [dimension, *_HEADER[1:]], rows))
+    tables.append(("Total", _HEADER, [_cells(report.total, report.currency)]))
+    return tables
+
+
+def _cells(line: Line, currency: str) -> list[str]:
+    return [
+        line.label,
+        f"{line.tokens:,}",
+        _quantity(line.energy_kwh),
+        _money(line.revenue, currency),
+        _money(line.energy_cost, currency),
+        _money(line.gpu_cost, currency),
+        _money(line.margin, currency),
+        _percent(line.margin_pct),
+        _unit_cost(line.cost_per_million_tokens, currency),
+        _count(line.tokens_per_kwh),
+    ]
+
+
+def _charts(report: FinanceReport) -> list[tuple[str, Drawing]]:
+    def by(dimension: str, *, stacked_cost: bool = False) -> Drawing:
+        lines = [line for line in report.lines[dimension] if line.key]
+        names = [line.label for line in lines]
+        if stacked_cost:
+            return charts.bars(
+                title=f"Cost by {dimension} ({report.currency})",
+                categories=names,
+                series=[
+                    ("energy", [line.energy_cost for line in lines]),
+                    ("GPU", [line.gpu_cost for line in lines]),
+                ],
+                stacked=True,
+            )
+        return charts.bars(
+            title=f"Revenue, cost and margin by {dimension} ({report.currency})",
+            categories=names,
+            series=[
+                ("revenue", [line.revenue for line in lines]),
+                ("cost", [line.cost for line in lines]),
+                ("margin", [line.margin for line in lines]),
+            ],
+        )
+
+    accounts = _named(report.lines["account"])[:10]
+    backends = _named(report.lines["backend"])
+    models = _named(report.lines["model"])
+    return [
+        ("tier", by("tier")),
+        ("model", by("model")),
+        (
+            "days",
+            charts.trend(
+                title=f"Revenue, cost and margin per day ({report.currency})",
+                days=[f"{day.day:%m-%d}" for day in report.days],
+                series=[
+                    ("revenue", [day.revenue for day in report.days]),
+                    ("cost", [day.cost for day in report.days]),
+                    ("margin", [day.margin for day in report.days]),
+                ],
+            ),
+        ),
+        ("backend", by("backend", stacked_cost=True)),
+        (
+            "tokens-per-kwh",
+            charts.bars(
+                title="Tokens per kWh by backend",
+                categories=[line.label for line in backends],
+                series=[("tokens per kWh", [line.tokens_per_kwh for line in backends])],
+            ),
+        ),
+        (
+            "cost-per-million",
+            charts.bars(
+                title=f"Cost per 1M tokens by model ({report.currency})",
+                categories=[line.label for line in models],
+                series=[("cost per 1M tokens", [line.cost_per_million_tokens for line in models])],
+            ),
+        ),
+        (
+            "accounts",
+            charts.ranking(
+                title=f"Top accounts by revenue ({report.currency})",
+                categories=[line.label for line in accounts],
+                values=[line.revenue for line in accounts],
+            ),
+        ),
+    ]
+
+
+def _named(lines: list[Line]) -> list[Line]:
+    """The lines of keys (a model, an account), not the rest or the unallocated cost."""
+    return [line for line in lines if line.key not in (None, UNALLOCATED)]
+
+
+def _pdf_table(rows: list[list[str]]) -> Table:
+    table = Table(rows, repeatRows=1, hAlign="LEFT")
+    table.setStyle(
+        TableStyle(
+            [
+                ("FONTSIZE", (0, 0), (-1, -1), 7),
+                ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
+                ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+                ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey),
+                ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f3f5f8")]),
+                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+            ]
+        )
+    )
+    return table
+
+
+def _scaled(drawing: Drawing) -> Drawing:
+    """Two charts side by side across a landscape A4 page."""
+    factor = 0.74
+    drawing.scale(factor, factor)
+    drawing.width, drawing.height = drawing.width * factor, drawing.height * factor
+    return drawing
+
+
+def _all_lines(report: FinanceReport) -> Iterator[Line]:
+    yield report.total
+    for dimension in DIMENSIONS:
+        yield from report.lines[dimension]
+
+
+def _line(row: tuple[Any, ...]) -> Line:
+    return Line(
+        dimension=row[0],
+        key=row[1],
+        account_name=row[2],
+        keys=int(row[3]),
+        tokens=int(row[4]),
+        energy_kwh=row[5],
+        revenue=row[6],
+        energy_cost=row[7],
+        gpu_cost=row[8],
+        margin_pct=row[9],
+        cost_per_million_tokens=row[10],
+        tokens_per_kwh=row[11],
+    )
+
+
+def _day(row: tuple[Any, ...]) -> Day:
+    return Day(
+        day=row[0].date(),
+        tokens=int(row[1]),
+        energy_kwh=row[2],
+        revenue=row[3],
+        energy_cost=row[4],
+        gpu_cost=row[5],
+    )
+
+
+def _month_after(start: datetime) -> datetime:
+    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+
+
+def _money(amount: Decimal, currency: str) -> str:
+    """To the currency's minor unit by the one rounding rule (billing.money)."""
+    return f"{from_minor(to_minor(amount, currency), currency):,}"
+
+
+def _unit_cost(amount: Decimal | None, currency: str) -> str:
+    return "n/a" if amount is None else _fixed(amount, 4)
+
+
+def _percent(value: Decimal | None) -> str:
+    return "n/a" if value is None else f"{_fixed(value, 1)}%"
+
+
+def _quantity(value: Decimal) -> str:
+    return _fixed(value, 3)
+
+
+def _count(value: Decimal | None) -> str:
+    return "n/a" if value is None else _fixed(value, 0)
+
+
+def _fixed(value: Decimal, places: int) -> str:
+    """Ratios and quantities, shown to a few places (amounts of money go through _money)."""
+    return f"{value:,.{places}f}"

@@ -1,0 +1,120 @@
+"""Reads for billing: price lists, rated usage, unpriced usage, margins."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import F, QuerySet, Sum
+
+from billing.models import InvoiceLine, Margin, PlanPrice, Price, PriceBook, UsageRollup
+from billing.rating import Book, Plan, PriceList, Terms
+from metering.models import UsageRecord
+
+_SQL = Path(__file__).parent / "sql"
+_USAGE_RATED = (_SQL / "usage_rated.sql").read_text()
+
+
+def billing_currency() -> str:
+    """The currency accounts are billed in (settings.BILLING["CURRENCY"], default USD)."""
+    return str(getattr(settings, "BILLING", {}).get("CURRENCY", "USD"))
+
+
+def price_list(*, currency: str) -> PriceList:
+    """Every price book of `currency` with its prices and plans."""
+    books = {
+        book.pk: Book(book.pk, book.effective_from)
+        for book in PriceBook.objects.filter(currency=currency)
+    }
+    for price in Price.objects.filter(price_book__in=books):
+        books[price.price_book_id].prices[price.tier, price.model] = Terms.of(price)
+    for plan in PlanPrice.objects.filter(price_book__in=books):
+        books[plan.price_book_id].plans[plan.tier] = Plan(plan.monthly_fee, plan.included_tokens)
+    return PriceList(books.values())
+
+
+@dataclass(frozen=True, slots=True)
+class RatedRecord:
+    """One usage record's amounts at list prices (billing/sql/usage_rated.sql)."""
+
+    request_id: str
+    started_at: datetime
+    account_id: int
+    tier: str
+    model: str
+    price_book_id: int | None
+    input: Decimal
+    cached_input: Decimal
+    output: Decimal
+    reasoning: Decimal
+    request_fee: Decimal
+
+    @property
+    def total(self) -> Decimal:
+        return self.input + self.cached_input + self.output + self.reasoning + self.request_fee
+
+
+def usage_rated(
+    *, since: datetime, until: datetime, account_id: int | None = None, currency: str | None = None
+) -> list[RatedRecord]:
+    """The records that started in [since, until), each rated, in the order they started."""
+    params = {
+        "since": since,
+        "until": until,
+        "account_id": account_id,
+        "currency": currency or billing_currency(),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_USAGE_RATED, params)
+        return [RatedRecord(str(row[0]), *row[1:]) for row in cursor.fetchall()]
+
+
+@dataclass(frozen=True, slots=True)
+class Unpriced:
+    tier: str
+    model: str
+    requests: int
+    tokens: int
+
+
+def usage_unpriced(*, since: datetime, until: datetime) -> list[Unpriced]:
+    """Usage rolled up without a price (so worth nothing), per tier and model: a book to fix."""
+    rows = (
+        UsageRollup.objects.filter(
+            grain=UsageRollup.Grain.HOUR,
+            bucket__gte=since,
+            bucket__lt=until,
+            price_book=None,
+            requests__gt=0,
+        )
+        .values("tier", "model")
+        .annotate(requests=Sum("requests"), tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
+        .order_by("tier", "model")
+    )
+    return [Unpriced(row["tier"], row["model"], row["requests"], row["tokens"]) for row in rows]
+
+
+def margins_for(
+    *, grain: str, since: datetime, until: datetime, dimension: str | None = None
+) -> QuerySet[Margin]:
+    """Margin rows whose bucket starts in [since, until), by bucket, dimension and key."""
+    rows = Margin.objects.filter(grain=grain, bucket__gte=since, bucket__lt=until)
+    if dimension is not None:
+        rows = rows.filter(dimension=dimension)
+    return rows.order_by("bucket", "dimension", "key")
+
+
+def invoice_line_usage(*, line: InvoiceLine) -> QuerySet[UsageRecord]:
+    """The ledger records an invoice line bills: its account's requests of its tier and model
+    that started while its book was in force in the period (none for a fee or a credit)."""
+    if line.item in (InvoiceLine.Item.PLAN_FEE, InvoiceLine.Item.CREDIT):
+        return UsageRecord.objects.none()
+    return UsageRecord.objects.filter(
+        account_id=line.invoice.account_id,
+        tier=line.tier,
+        model=line.model,
+        started_at__gte=line.usage_from,
+        started_at__lt=line.usage_to,
+    ).order_by("started_at", "request_id")

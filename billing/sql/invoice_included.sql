@@ -1,0 +1,48 @@
+-- The usage a plan's included tokens cover in [since, until) (docs/billing.md, "Included
+-- tokens"), per account, tier, model and book in force, by token class. Each account's
+-- records of its plan's tier use its allowance in the order they were made (started_at, then
+-- request_id), and within a record its classes in the order input, cached input, output,
+-- reasoning, until it runs out (billing/rating.py: cover_included). Records of other tiers use
+-- none. Parameters: since, until, currency, and three arrays of the same length: accounts
+-- (ids), tiers (the plan's tier) and allowances (included tokens).
+WITH books AS (
+    SELECT id, effective_from,
+           lead(effective_from, 1, 'infinity') OVER (ORDER BY effective_from) AS effective_to
+    FROM billing_pricebook
+    WHERE currency = %(currency)s
+),
+plans AS (
+    SELECT *
+    FROM unnest(%(accounts)s::bigint[], %(tiers)s::text[], %(allowances)s::bigint[])
+        AS p(account_id, tier, allowance)
+),
+records AS (
+    SELECT u.account_id, u.tier, u.model, b.id AS book_id, p.allowance,
+           u.prompt_tokens - u.cached_prompt_tokens AS input,
+           u.cached_prompt_tokens AS cached_input,
+           u.completion_tokens - u.reasoning_tokens AS output,
+           u.reasoning_tokens AS reasoning,
+           coalesce(sum(u.prompt_tokens + u.completion_tokens) OVER (
+               PARTITION BY u.account_id ORDER BY u.started_at, u.request_id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS used_before
+    FROM plans p
+    JOIN metering_usagerecord u ON u.account_id = p.account_id AND u.tier = p.tier
+    LEFT JOIN books b ON u.started_at >= b.effective_from AND u.started_at < b.effective_to
+    WHERE u.started_at >= %(since)s AND u.started_at < %(until)s
+),
+covered AS (
+    SELECT r.account_id, r.tier, r.model, r.book_id, ci.input, cc.cached_input, co.output,
+           least(r.reasoning, l.left_over - ci.input - cc.cached_input - co.output) AS reasoning
+    FROM records r
+    CROSS JOIN LATERAL (SELECT r.allowance - r.used_before AS left_over) l
+    CROSS JOIN LATERAL (SELECT least(r.input, l.left_over) AS input) ci
+    CROSS JOIN LATERAL (SELECT least(r.cached_input, l.left_over - ci.input) AS cached_input) cc
+    CROSS JOIN LATERAL (
+        SELECT least(r.output, l.left_over - ci.input - cc.cached_input) AS output) co
+    WHERE r.used_before < r.allowance
+)
+SELECT account_id, tier, model, book_id, sum(input) AS input,
+       sum(cached_input) AS cached_input, sum(output) AS output, sum(reasoning) AS reasoning
+FROM covered
+GROUP BY 1, 2, 3, 4
+ORDER BY 1, 2, 3, 4

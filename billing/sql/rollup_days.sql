@@ -1,0 +1,15 @@
+-- The daily usage rollups of [since, until) (whole UTC days), rebuilt as the sums of their
+-- hourly rows; the caller deletes the same days first, in the same transaction.
+-- Parameters: since, until.
+INSERT INTO billing_usagerollup
+    (grain, bucket, account_id, api_key_id, tier, model, backend, price_book_id, requests,
+     prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, energy_joules,
+     revenue, energy_cost, gpu_cost)
+SELECT 'day', date_trunc('day', bucket, 'UTC'), account_id, api_key_id, tier, model, backend,
+       price_book_id, sum(requests), sum(prompt_tokens), sum(cached_prompt_tokens),
+       sum(completion_tokens), sum(reasoning_tokens), sum(energy_joules::numeric)::float8,
+       sum(revenue), sum(energy_cost), sum(gpu_cost)
+FROM billing_usagerollup
+WHERE grain = 'hour' AND bucket >= %(since)s AND bucket < %(until)s
+GROUP BY 2, 3, 4, 5, 6, 7, 8
+ORDER BY 2, 3, 4, 5, 6, 7, 8

@@ -1,0 +1,56 @@
+"""Billing's Celery tasks: thin wrappers over services, each idempotent and safe to run twice."""
+
+from dataclasses import asdict
+from datetime import timedelta
+
+from celery import shared_task
+from django.utils import timezone
+
+from billing.budgets import budget_alerts_record
+from billing.services import invoices_close_due, margins_run, rollups_run
+from billing.stripe_sync import (
+    stripe_configured,
+    stripe_invoices_push_pending,
+    stripe_invoices_reconcile,
+)
+
+
+@shared_task(name="billing.rollup_usage", ignore_result=True)
+def rollup_usage() -> str | None:
+    """Roll up the hours since the last run (a run under way elsewhere makes this a no-op)."""
+    window = rollups_run()
+    return f"{window.since:%Y-%m-%d %H:%M}/{window.until:%Y-%m-%d %H:%M}" if window else None
+
+
+@shared_task(name="billing.compute_margins", ignore_result=True)
+def compute_margins() -> str | None:
+    window = margins_run()
+    return f"{window.since:%Y-%m}/{window.until:%Y-%m}" if window else None
+
+
+@shared_task(name="billing.close_invoices", ignore_result=True)
+def close_invoices() -> int:
+    """Finalise last month's invoices once its grace window has passed (once: then a no-op)."""
+    closed = invoices_close_due()
+    return closed.finalised if closed else 0
+
+
+@shared_task(name="billing.budget_alerts", ignore_result=True)
+def budget_alerts() -> int:
+    return len(budget_alerts_record())
+
+
+@shared_task(name="billing.stripe_push_invoices", ignore_result=True)
+def stripe_push_invoices() -> dict[str, int]:
+    if not stripe_configured():
+        return {}
+    return stripe_invoices_push_pending()
+
+
+@shared_task(name="billing.stripe_reconcile")
+def stripe_reconcile(days: int = 35) -> list[dict[str, str]]:
+    """The differences between our invoices of the last `days` and Stripe's (also logged)."""
+    if not stripe_configured():
+        return []
+    since = timezone.now() - timedelta(days=days)
+    return [asdict(item) for item in stripe_invoices_reconcile(since=since)]

@@ -1,0 +1,232 @@
+"""Price books, cost models and usage for billing tests, and hypothesis strategies for them."""
+
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import connection, transaction
+from hypothesis import strategies as st
+
+from billing.models import CostModel, PlanPrice, Price, PriceBook
+from gateway.models import Account
+from gateway.services import account_create, tiers_ensure_defaults
+from metering.services import usage_records_write
+
+# A month in the past: periods close at once (its grace window is long over).
+MONTH = datetime(2025, 3, 1, tzinfo=UTC)
+NEXT_MONTH = datetime(2025, 4, 1, tzinfo=UTC)
+TIERS = ("free", "premium")
+MODELS = ("llama", "qwen", "mistral")
+
+
+@dataclass
+class PriceSpec:
+    tier: str
+    model: str
+    input: Decimal
+    cached: Decimal
+    output: Decimal
+    reasoning: Decimal | None = None
+    fee: Decimal = Decimal(0)
+
+
+@dataclass
+class BookSpec:
+    effective_from: datetime
+    prices: list[PriceSpec]
+    plans: dict[str, tuple[Decimal, int]] = field(default_factory=dict)
+
+
+def book_create(spec: BookSpec, currency: str = "USD") -> PriceBook:
+    book = PriceBook.objects.create(
+        name=f"book {spec.effective_from:%Y-%m-%d %H:%M}",
+        currency=currency,
+        effective_from=spec.effective_from,
+    )
+    Price.objects.bulk_create(
+        Price(
+            price_book=book,
+            tier=p.tier,
+            model=p.model,
+            input_per_million=p.input,
+            cached_input_per_million=p.cached,
+            output_per_million=p.output,
+            reasoning_per_million=p.reasoning,
+            request_fee=p.fee,
+        )
+        for p in spec.prices
+    )
+    PlanPrice.objects.bulk_create(
+        PlanPrice(price_book=book, tier=tier, monthly_fee=fee, included_tokens=included)
+        for tier, (fee, included) in spec.plans.items()
+    )
+    return book
+
+
+def cost_model_create(backend: str, **overrides: Any) -> CostModel:
+    values: dict[str, Any] = {
+        "effective_from": MONTH - timedelta(days=31),
+        "electricity_per_kwh": Decimal("0.20"),
+        "pue": Decimal("1.25"),
+        "gpu_cost_per_hour": Decimal("12"),
+    }
+    return CostModel.objects.create(backend=backend, **(values | overrides))
+
+
+def account_make(tier: str = "premium") -> Account:
+    """An account that existed before MONTH (plan fees apply from when an account exists)."""
+    tiers_ensure_defaults()
+    account = account_create(name=f"acct-{uuid.uuid4().hex[:8]}", tier_slug=tier)
+    Account.objects.filter(pk=account.pk).update(created_at=MONTH - timedelta(days=60))
+    return account
+
+
+def usage(
+    started_at: datetime,
+    *,
+    account_id: int = 1,
+    tier: str = "premium",
+    model: str = "llama",
+    backend: str = "gpu-a",
+    prompt: int = 1000,
+    cached: int = 0,
+    completion: int = 100,
+    reasoning: int = 0,
+    energy: float | None = None,
+    api_key_id: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "request_id": uuid.uuid4(),
+        "account_id": account_id,
+        "api_key_id": api_key_id if api_key_id is not None else account_id * 10,
+        "tier": tier,
+        "model": model,
+        "backend": backend,
+        "endpoint": "chat.completions",
+        "prompt_tokens": prompt,
+        "cached_prompt_tokens": cached,
+        "completion_tokens": completion,
+        "reasoning_tokens": reasoning,
+        "tokens_estimated": False,
+        "queue_wait_ms": 0.0,
+        "ttft_ms": 20.0,
+        "latency_ms": 250.0,
+        "status_code": 200,
+        "outcome": "ok",
+        "streamed": True,
+        "started_at": started_at,
+        "ended_at": started_at + timedelta(milliseconds=250),
+        "energy_joules": energy,
+    }
+
+
+def usage_write(records: Sequence[dict[str, Any]]) -> None:
+    usage_records_write(records=records)
+
+
+@contextmanager
+def rolled_back() -> Iterator[None]:
+    """Undo everything the block wrote: one hypothesis example must not see another's rows."""
+    with transaction.atomic():
+        yield
+        transaction.set_rollback(True)
+
+
+# Lines are told apart by their invoice's account and number, not its surrogate id.
+_SELECT = {
+    "billing_invoiceline": "SELECT l.*, i.account_id AS of_account, i.number AS of_number "
+    "FROM billing_invoiceline l JOIN billing_invoice i ON i.id = l.invoice_id"
+}
+# Surrogate keys and the clock's creation times: not what a job computes.
+_IGNORED = ("id", "invoice_id", "corrects_id", "created_at")
+
+
+def table(name: str) -> list[tuple[Any, ...]]:
+    """A table's rows in a fixed order, as a job computed them: its output before and after."""
+    with connection.cursor() as cursor:
+        cursor.execute(_SELECT.get(name, f"SELECT * FROM {name}"))  # noqa: S608 (test constants)
+        columns = [column.name for column in cursor.description]
+        keep = [i for i, column in enumerate(columns) if column not in _IGNORED]
+        return sorted((tuple(row[i] for i in keep) for row in cursor.fetchall()), key=repr)
+
+
+# Strategies ----------------------------------------------------------------------------------
+
+prices = st.decimals(min_value=0, max_value=Decimal("99.999999"), places=6)
+fees = st.one_of(st.just(Decimal(0)), st.decimals(min_value=0, max_value=Decimal("0.01"), places=6))
+
+
+@st.composite
+def price_specs(draw: st.DrawFn, tier: str, model: str) -> PriceSpec:
+    return PriceSpec(
+        tier,
+        model,
+        input=draw(prices),
+        cached=draw(prices),
+        output=draw(prices),
+        reasoning=draw(st.one_of(st.none(), prices)),
+        fee=draw(fees),
+    )
+
+
+plans = st.dictionaries(
+    st.sampled_from(TIERS),
+    st.tuples(
+        st.sampled_from([Decimal(0), Decimal("9.99"), Decimal("0.005")]),
+        st.integers(0, 300_000),
+    ),
+)
+
+
+@st.composite
+def book_specs(draw: st.DrawFn, effective_from: datetime) -> BookSpec:
+    """A book pricing some (tier, model) pairs and some tiers' "*": some usage goes unpriced.
+
+    Plans: a monthly fee and included tokens for some tiers."""
+    keys = draw(
+        st.lists(
+            st.tuples(st.sampled_from(TIERS), st.sampled_from((*MODELS[:2], "*"))),
+            min_size=1,
+            max_size=5,
+            unique=True,
+        )
+    )
+    rows = [draw(price_specs(tier, model)) for tier, model in keys]
+    return BookSpec(effective_from, rows, draw(plans))
+
+
+@st.composite
+def books_in_month(draw: st.DrawFn) -> list[BookSpec]:
+    """A book from before the month, and sometimes a price change inside it."""
+    starts = [MONTH - timedelta(days=40)]
+    if draw(st.booleans()):
+        starts.append(MONTH + timedelta(seconds=draw(st.integers(1, 31 * 86400 - 1))))
+    return [draw(book_specs(start)) for start in starts]
+
+
+@st.composite
+def records_in_month(draw: st.DrawFn, accounts: Sequence[int] = (1,)) -> list[dict[str, Any]]:
+    count = draw(st.integers(1, 25))
+    records = []
+    for _ in range(count):
+        prompt = draw(st.integers(0, 200_000))
+        completion = draw(st.integers(0, 50_000))
+        records.append(
+            usage(
+                MONTH + timedelta(microseconds=draw(st.integers(0, 31 * 86400 * 10**6 - 1))),
+                account_id=draw(st.sampled_from(accounts)),
+                tier=draw(st.sampled_from(TIERS)),
+                model=draw(st.sampled_from(MODELS)),
+                backend=draw(st.sampled_from(("gpu-a", "gpu-b"))),
+                prompt=prompt,
+                cached=draw(st.integers(0, prompt)),
+                completion=completion,
+                reasoning=draw(st.integers(0, completion)),
+                energy=draw(st.one_of(st.none(), st.floats(0, 5000, allow_nan=False))),
+            )
+        )
+    return records

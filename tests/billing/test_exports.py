@@ -1,0 +1,288 @@
+"""Usage and invoice exports: what finance loads elsewhere must be the ledger, row for row."""
+
+import csv
+import io
+import tracemalloc
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from django.core.management import call_command
+
+from billing.exports import CHUNK_BYTES, export_stream
+from billing.models import Invoice, InvoiceLine
+from gateway.models import Account
+from gateway.services import account_create, tiers_ensure_defaults
+from metering.events import COLUMNS
+from metering.models import UsageRecord
+from metering.services import usage_records_write
+
+SINCE = datetime(2026, 3, 1, tzinfo=UTC)
+UNTIL = datetime(2026, 3, 4, tzinfo=UTC)
+pytestmark = pytest.mark.django_db
+
+
+def usage(n: int, *, account_id: int, started_at: datetime, **overrides: Any) -> dict[str, Any]:
+    return {
+        "request_id": uuid.uuid4(),
+        "account_id": account_id,
+        "api_key_id": account_id * 10 + n % 2,
+        "tier": ("free", "interactive", "premium")[n % 3],
+        "model": 'llama "8b", chat' if n % 4 == 0 else "qwen-72b",
+        "backend": f"gpu-{n % 3}",
+        "endpoint": "chat.completions",
+        "prompt_tokens": 100 + n,
+        "cached_prompt_tokens": n % 50,
+        "completion_tokens": 7 * n,
+        "reasoning_tokens": n % 11,
+        "tokens_estimated": n % 5 == 0,
+        "queue_wait_ms": n / 3,
+        "ttft_ms": None if n % 6 == 0 else 12.5 + n,
+        "latency_ms": 40.0 + n / 7,
+        "status_code": 200,
+        "outcome": "ok",
+        "streamed": n % 2 == 0,
+        "started_at": started_at,
+        "ended_at": started_at + timedelta(milliseconds=40 + n),
+        "energy_joules": None if n % 7 == 0 else n * 1.37,
+        **overrides,
+    }
+
+
+@pytest.fixture
+def ledger() -> None:
+    """Three accounts over three days, plus records just outside [SINCE, UNTIL)."""
+    records = [
+        usage(n, account_id=1 + n % 3, started_at=SINCE + timedelta(minutes=7 * n))
+        for n in range(600)
+    ]
+    records += [
+        usage(1, account_id=1, started_at=SINCE - timedelta(microseconds=1)),
+        usage(2, account_id=2, started_at=UNTIL),
+        usage(3, account_id=2, started_at=SINCE),
+        usage(4, account_id=3, started_at=UNTIL - timedelta(microseconds=1)),
+    ]
+    usage_records_write(records=records)
+
+
+def ledger_rows(account_id: int | None = None) -> list[dict[str, Any]]:
+    records = UsageRecord.objects.filter(started_at__gte=SINCE, started_at__lt=UNTIL)
+    if account_id is not None:
+        records = records.filter(account_id=account_id)
+    return list(records.order_by("started_at", "request_id").values(*COLUMNS))
+
+
+def csv_rows(data: bytes) -> list[dict[str, Any]]:
+    """The CSV's rows, each value read back as the ledger's type."""
+    ints = {"account_id", "api_key_id", "status_code", *(c for c in COLUMNS if "tokens" in c)}
+    reader = csv.DictReader(io.StringIO(data.decode()))
+    assert tuple(reader.fieldnames or ()) == COLUMNS
+    return [{k: _typed(k, v, ints) for k, v in row.items()} for row in reader]
+
+
+def _typed(column: str, value: str, ints: set[str]) -> Any:
+    if value == "":
+        return None
+    if column == "request_id":
+        return uuid.UUID(value)
+    if column in ("tokens_estimated", "streamed"):
+        return {"true": True, "false": False}[value]
+    if column.endswith("_at"):
+        return datetime.fromisoformat(value)
+    if column in ints:
+        return int(value)
+    if column.endswith(("_ms", "_joules")):
+        return float(value)
+    return value
+
+
+def read(kind: str, fmt: str, **options: Any) -> bytes:
+    return b"".join(
+        export_stream(kind=kind, fmt=fmt, since=SINCE, until=UNTIL, **options)  # type: ignore[arg-type]
+    )
+
+
+def test_the_csv_is_the_ledger_row_for_row(ledger: None) -> None:
+    rows = csv_rows(read("usage", "csv"))
+    assert len(rows) == 602
+    assert rows == ledger_rows()
+
+
+def test_the_parquet_is_the_ledger_row_for_row(ledger: None) -> None:
+    table = pq.read_table(io.BytesIO(read("usage", "parquet")))
+    assert table.column_names == list(COLUMNS)
+    rows = [{**row, "request_id": uuid.UUID(row["request_id"])} for row in table.to_pylist()]
+    assert rows == ledger_rows()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_an_accounts_export_holds_its_records_and_no_one_elses(ledger: None, fmt: str) -> None:
+    data = read("usage", fmt, account_id=2)
+    rows = csv_rows(data) if fmt == "csv" else pq.read_table(io.BytesIO(data)).to_pylist()
+    assert {row["account_id"] for row in rows} == {2}
+    assert [str(row["request_id"]) for row in rows] == [
+        str(row["request_id"]) for row in ledger_rows(account_id=2)
+    ]
+
+
+def test_an_empty_range_is_a_header_or_an_empty_table() -> None:
+    assert read("usage", "csv").decode().strip() == ",".join(COLUMNS)
+    assert pq.read_table(io.BytesIO(read("usage", "parquet"))).num_rows == 0
+
+
+def test_a_large_csv_export_is_handed_on_in_pieces_without_holding_the_range() -> None:
+    usage_records_write(
+        records=[
+            usage(n, account_id=1, started_at=SINCE + timedelta(seconds=15 * n))
+            for n in range(16_000)
+        ]
+    )
+    tracemalloc.start()
+    try:
+        sizes = [
+            len(piece) for piece in export_stream(kind="usage", fmt="csv", since=SINCE, until=UNTIL)
+        ]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(sizes) > 10 * CHUNK_BYTES
+    assert len(sizes) > 10
+    assert max(sizes) < CHUNK_BYTES + 1024
+    # A handful of pieces alive at once, never the whole export.
+    assert peak < sum(sizes) / 3
+
+
+def test_a_large_parquet_export_is_written_a_row_group_at_a_time(ledger: None) -> None:
+    pieces = list(
+        export_stream(kind="usage", fmt="parquet", since=SINCE, until=UNTIL, row_group_rows=100)
+    )
+    parquet = pq.ParquetFile(io.BytesIO(b"".join(pieces)))
+    groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+    assert groups == [100] * 6 + [2]
+    # One piece per row group, handed on as written, then the footer.
+    assert len(pieces) == len(groups) + 1
+    assert pieces[0].startswith(b"PAR1")
+
+
+@pytest.fixture
+def invoices() -> dict[str, Account]:
+    tiers_ensure_defaults()
+    alice = account_create(name=f"alice-{uuid.uuid4().hex[:6]}", tier_slug="premium")
+    bob = account_create(name=f"bob-{uuid.uuid4().hex[:6]}", tier_slug="free")
+    march = {"period_start": SINCE, "period_end": datetime(2026, 4, 1, tzinfo=UTC)}
+    first = _invoice(alice, number="TF-000001", lines=[("output", "12.345678901234", 1235)])
+    _invoice(
+        alice,
+        number="TF-000002",
+        kind=Invoice.Kind.CREDIT_NOTE,
+        corrects=first,
+        lines=[("credit", "-2.5", -250)],
+    )
+    _invoice(bob, number=None, lines=[("input", "0.004", 0), ("plan_fee", "9", 900)])
+    _invoice(
+        bob,
+        number="TF-000003",
+        lines=[("input", "1", 100)],
+        **{**march, "period_start": UNTIL + timedelta(days=1)},
+    )
+    return {"alice": alice, "bob": bob}
+
+
+def _invoice(
+    account: Account,
+    *,
+    number: str | None,
+    lines: list[tuple[str, str, int]],
+    **fields: Any,
+) -> Invoice:
+    amount = sum((Decimal(a) for _, a, _ in lines), Decimal(0))
+    invoice = Invoice.objects.create(
+        account=account,
+        number=number,
+        status=Invoice.Status.FINALISED if number else Invoice.Status.DRAFT,
+        period_start=fields.pop("period_start", SINCE),
+        period_end=fields.pop("period_end", datetime(2026, 4, 1, tzinfo=UTC)),
+        amount=amount,
+        total_minor=sum(minor for _, _, minor in lines),
+        finalised_at=SINCE + timedelta(days=31, hours=3) if number else None,
+        **fields,
+    )
+    for item, line_amount, minor in lines:
+        InvoiceLine.objects.create(
+            invoice=invoice,
+            item=item,
+            tier=account.tier.slug,
+            model="qwen-72b",
+            quantity=1000,
+            unit_price=Decimal("1.5"),
+            amount=Decimal(line_amount),
+            amount_minor=minor,
+            usage_from=invoice.period_start,
+            usage_to=invoice.period_end,
+        )
+    return invoice
+
+
+def test_the_invoice_export_has_a_row_per_line_with_its_invoice(
+    invoices: dict[str, Account],
+) -> None:
+    rows = list(csv.DictReader(io.StringIO(read("invoices", "csv").decode())))
+    assert [(r["number"], r["kind"], r["item"], r["amount_minor"]) for r in rows] == [
+        ("TF-000001", "invoice", "output", "1235"),
+        ("TF-000002", "credit_note", "credit", "-250"),
+        ("", "invoice", "input", "0"),
+        ("", "invoice", "plan_fee", "900"),
+    ]
+    credit = rows[1]
+    assert (credit["corrects"], credit["total_minor"]) == ("TF-000001", "-250")
+    assert Decimal(rows[0]["amount"]) == Decimal("12.345678901234")
+    assert rows[0]["finalised_at"] == "2026-04-01T03:00:00.000000Z"
+
+
+def test_the_invoice_parquet_keeps_exact_amounts_and_the_tenant_filter(
+    invoices: dict[str, Account],
+) -> None:
+    table = pq.read_table(io.BytesIO(read("invoices", "parquet", account_id=invoices["alice"].pk)))
+    rows = table.to_pylist()
+    assert {row["account_name"] for row in rows} == {invoices["alice"].name}
+    assert [row["amount"] for row in rows] == [Decimal("12.345678901234"), Decimal("-2.5")]
+    assert sum(row["amount_minor"] for row in rows) == 985
+
+
+def test_the_command_writes_an_accounts_usage_to_stdout(
+    ledger: None, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    call_command(
+        "export",
+        "usage",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-04T00:00:00Z",
+        "--account",
+        "2",
+        "--output",
+        "-",
+    )
+    assert csv_rows(capsysbinary.readouterr().out) == ledger_rows(account_id=2)
+
+
+def test_the_command_writes_parquet_to_a_file(ledger: None, tmp_path: Path) -> None:
+    out = tmp_path / "usage.parquet"
+    call_command(
+        "export",
+        "usage",
+        "--from",
+        "2026-03-01",
+        "--to",
+        "2026-03-04",
+        "--format",
+        "parquet",
+        "--output",
+        str(out),
+    )
+    assert pq.read_table(out).num_rows == len(ledger_rows())
