@@ -44,6 +44,7 @@ DEFAULT_TIERS = (
         "max_tokens_per_request": 1024,
         "queue_timeout_seconds": 2.0,
         "queue_depth": 100,
+        "when_redis_down": "open",
     },
 )
 
@@ -89,6 +90,33 @@ def api_key_revoke(*, key_id: str) -> ApiKey:
             api_key.revoked_at = timezone.now()
             api_key.save(update_fields=["revoked_at"])
     return api_key
+
+
+def api_key_rotate(*, key_id: str) -> IssuedKey:
+    """Replace a key: a new key for the same account and name, the old one revoked at once."""
+    with transaction.atomic():
+        old = ApiKey.objects.select_for_update().get(key_id=key_id)
+        issued = api_key_issue(account=old.account, name=old.name, expires_at=old.expires_at)
+        if old.revoked_at is None:
+            old.revoked_at = timezone.now()
+            old.save(update_fields=["revoked_at"])
+    return issued
+
+
+def account_status_set(*, account: Account, status: str) -> Account:
+    """Suspend or reactivate an account; gateways apply it within GATEWAY_KEY_CACHE_SECONDS."""
+    if status not in Account.Status.values:
+        raise ValueError(f"unknown account status {status!r}")
+    account.status = status
+    account.save(update_fields=["status"])
+    return account
+
+
+def backend_enabled_set(*, backend: Backend, enabled: bool) -> Backend:
+    """Take a backend out of (or back into) routing; gateways follow within a refresh."""
+    backend.enabled = enabled
+    backend.save(update_fields=["enabled"])
+    return backend
 
 
 def backend_register(
@@ -175,7 +203,7 @@ def demo_seed(*, backend_urls: dict[str, str]) -> list[DemoKey]:
                 base_url=url,
                 upstream_model=DEMO_MODEL,
                 public_models=[DEMO_MODEL],
-                telemetry_url=f"{url.rstrip('/')}/metrics",
+                telemetry_url=f"{url.rstrip('/')}/dcgm/metrics",
                 supports_priority=True,
             )
         return [_demo_key_reissue(name=name, tier_slug=tier) for name, tier in DEMO_ACCOUNTS]

@@ -1,0 +1,111 @@
+# mypy: allow-subclassing-any, allow-untyped-decorators, allow-untyped-calls
+# (DRF and django-filter have no type information installed here.)
+"""Who is calling the API: staff (session or staff token) or a key holder (their API key).
+
+Both tokens travel as `Authorization: Bearer ...`; each class only claims its own format
+(`tfs_` staff tokens, `tf_` API keys), so a key holder's key never authenticates as staff.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
+
+from console.models import StaffToken
+from console.tokens import STAFF_PREFIX, staff_token_id_parse
+from gateway.keys import key_id_parse, key_matches
+from gateway.models import Account, ApiKey
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return str(credentials).strip()
+
+
+class StaffTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer tfs_<id>_<secret>`: acts as the token's staff user."""
+
+    def authenticate(self, request: Request) -> tuple[AbstractBaseUser, StaffToken] | None:
+        plaintext = _bearer(request)
+        if plaintext is None or not plaintext.startswith(STAFF_PREFIX):
+            return None
+        token_id = staff_token_id_parse(plaintext)
+        token = (
+            StaffToken.objects.select_related("user").filter(token_id=token_id).first()
+            if token_id
+            else None
+        )
+        if token is None or not key_matches(plaintext, token.secret_hash):
+            raise exceptions.AuthenticationFailed("Incorrect staff token provided.")
+        if token.revoked_at is not None:
+            raise exceptions.AuthenticationFailed("This staff token has been revoked.")
+        if _expired(token.expires_at):
+            raise exceptions.AuthenticationFailed("This staff token has expired.")
+        if not token.user.is_active:
+            raise exceptions.AuthenticationFailed("This staff token's user is inactive.")
+        return token.user, token
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+@dataclass(frozen=True)
+class KeyHolder:
+    """The `request.user` of a key holder: an account, through one of its keys; never staff."""
+
+    api_key: ApiKey
+
+    is_authenticated = True
+    is_staff = False
+    is_superuser = False
+    is_active = True
+
+    @property
+    def account(self) -> Account:
+        return self.api_key.account
+
+    @property
+    def pk(self) -> None:
+        return None
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """`Authorization: Bearer tf_<id>_<secret>`, checked as the gateway checks it."""
+
+    def authenticate(self, request: Request) -> tuple[KeyHolder, ApiKey]:
+        plaintext = _bearer(request)
+        if not plaintext:
+            raise exceptions.NotAuthenticated(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
+            )
+        key_id = key_id_parse(plaintext)
+        api_key = (
+            ApiKey.objects.select_related("account__tier").filter(key_id=key_id).first()
+            if key_id
+            else None
+        )
+        if api_key is None or not key_matches(plaintext, api_key.secret_hash):
+            raise exceptions.AuthenticationFailed("Incorrect API key provided.")
+        if api_key.revoked_at is not None:
+            raise exceptions.AuthenticationFailed("This API key has been revoked.")
+        if _expired(api_key.expires_at):
+            raise exceptions.AuthenticationFailed("This API key has expired.")
+        if api_key.account.status != Account.Status.ACTIVE:
+            raise exceptions.PermissionDenied(
+                "This account is suspended. Contact your administrator.", code="account_inactive"
+            )
+        return KeyHolder(api_key), api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+def _expired(expires_at: datetime | None) -> bool:
+    return expires_at is not None and expires_at <= timezone.now()

@@ -1,0 +1,106 @@
+# mypy: allow-subclassing-any, allow-untyped-decorators, allow-untyped-calls
+# (DRF and django-filter have no type information installed here.)
+"""Usage and invoice exports, CSV or Parquet, streamed as billing.exports produces them.
+
+Under ASGI the pieces are pulled one at a time on the request's thread (Django's connection
+is per thread), so a year of usage never sits in memory; Django would otherwise read a
+synchronous iterator whole before sending it.
+"""
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIRequest
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from billing.exports import CONTENT_TYPES, FORMATS, Kind, export_stream
+
+# The longest range one export may cover: a year and a day.
+EXPORT_MAX_RANGE = timedelta(days=366)
+
+
+class ExportQuerySerializer(serializers.Serializer[dict[str, Any]]):
+    from_ = serializers.DateTimeField(help_text="Start of the range (inclusive).")
+    to = serializers.DateTimeField(help_text="End of the range (exclusive), at most 366 days on.")
+    account = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, help_text="One account's (default all)."
+    )
+    file_format = serializers.ChoiceField(choices=list(FORMATS), default="csv")
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        """The query says `from`, which a Python attribute cannot be called."""
+        fields = super().get_fields()
+        fields["from"] = fields.pop("from_")
+        return dict(fields)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["from"] >= attrs["to"]:
+            raise serializers.ValidationError("`from` must be before `to`.", code="empty_range")
+        if attrs["to"] - attrs["from"] > EXPORT_MAX_RANGE:
+            raise serializers.ValidationError(
+                f"An export may span at most {EXPORT_MAX_RANGE.days} days.", code="range_too_long"
+            )
+        return attrs
+
+
+class _JsonErrorsOnly(BaseContentNegotiation):
+    """Errors are JSON whatever the client accepts; the file itself is not rendered by DRF."""
+
+    def select_renderer(
+        self, request: Request, renderers: list[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        return renderers[0], renderers[0].media_type
+
+    def select_parser(self, request: Request, parsers: list[Any]) -> Any:
+        return parsers[0] if parsers else None
+
+
+class ExportView(APIView):
+    """[from, to) of usage records (by start) or invoice lines (by period start), streamed."""
+
+    kind: Kind = "usage"
+    content_negotiation_class = _JsonErrorsOnly
+
+    @extend_schema(
+        parameters=[ExportQuerySerializer],
+        responses={
+            (200, CONTENT_TYPES["csv"]): OpenApiResponse(OpenApiTypes.BINARY),
+            (200, CONTENT_TYPES["parquet"]): OpenApiResponse(OpenApiTypes.BINARY),
+        },
+    )
+    def get(self, request: Request) -> StreamingHttpResponse:
+        query = ExportQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        fmt = params["file_format"]
+        pieces = export_stream(
+            kind=self.kind,
+            fmt=fmt,
+            since=params["from"],
+            until=params["to"],
+            account_id=params.get("account"),
+        )
+        streamed = _pulled(pieces) if isinstance(request._request, ASGIRequest) else pieces
+        response = StreamingHttpResponse(streamed, content_type=CONTENT_TYPES[fmt])
+        name = f"{self.kind}-{params['from']:%Y%m%dT%H%M%S}-{params['to']:%Y%m%dT%H%M%S}.{fmt}"
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+
+
+async def _pulled(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
+    pull = sync_to_async(_next_piece, thread_sensitive=True)
+    while (piece := await pull(pieces)) is not None:
+        yield piece
+
+
+def _next_piece(pieces: Iterator[bytes]) -> bytes | None:
+    return next(pieces, None)

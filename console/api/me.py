@@ -1,0 +1,173 @@
+# mypy: allow-subclassing-any, allow-untyped-decorators, allow-untyped-calls
+# (DRF and django-filter have no type information installed here.)
+"""Self-serve for key holders, authenticated by their own API key: /api/v1/me/.
+
+Every queryset here starts from the calling key's account, so a key holder can reach nothing
+of another account's: someone else's invoice or key is a 404, as if it did not exist.
+Limits and what is left of them are read as GET /v1/usage reads them (Redis, the gateway's
+script); usage by day and model comes from the ledger in PostgreSQL.
+"""
+
+from typing import Any
+
+import redis
+from django.db.models import QuerySet
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing.models import Invoice
+from console.api.authentication import ApiKeyAuthentication
+from console.api.billing import InvoiceDetailSerializer, InvoiceSerializer
+from console.api.common import Pagination, actor
+from console.api.errors import Unavailable
+from console.api.permissions import IsKeyHolder, key_holder
+from console.api.usage import UsagePage, UsageViewBase, usage_parameters
+from console.selectors import account_limits, account_standing
+from console.services import gateway as services
+from gateway.models import ApiKey
+from metering.models import UsageRecord
+
+
+class KeyHolderMixin:
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [IsKeyHolder]
+    pagination_class = Pagination
+
+
+class EffectiveLimitsSerializer(serializers.Serializer[Any]):
+    requests_per_minute = serializers.IntegerField(allow_null=True)
+    tokens_per_minute = serializers.IntegerField(allow_null=True)
+    tokens_per_day = serializers.IntegerField(allow_null=True)
+    tokens_per_month = serializers.IntegerField(allow_null=True)
+    max_concurrent_requests = serializers.IntegerField(allow_null=True)
+    max_tokens_per_request = serializers.IntegerField(allow_null=True)
+    max_context_tokens = serializers.IntegerField(allow_null=True)
+
+
+class RemainingSerializer(serializers.Serializer[Any]):
+    """What is left of each limit now; null where the limit is unlimited."""
+
+    requests_per_minute = serializers.IntegerField(allow_null=True)
+    tokens_per_minute = serializers.IntegerField(allow_null=True)
+    tokens_today = serializers.IntegerField(allow_null=True)
+    tokens_this_month = serializers.IntegerField(allow_null=True)
+    concurrent_requests = serializers.IntegerField(allow_null=True)
+
+
+class MeSerializer(serializers.Serializer[Any]):
+    account = serializers.DictField()
+    key = serializers.DictField()
+    tier = serializers.CharField()
+    limits = EffectiveLimitsSerializer()
+    remaining = RemainingSerializer()
+
+
+class MeView(KeyHolderMixin, APIView):
+    """The caller's account, key, tier, limits and what is left of them right now."""
+
+    @extend_schema(responses=MeSerializer)
+    def get(self, request: Request) -> Response:
+        api_key = key_holder(request)
+        account = api_key.account
+        limits = account_limits(account)
+        try:
+            standing = account_standing(account_id=account.pk, now=timezone.now())
+        except redis.RedisError as exc:
+            raise Unavailable("Limits cannot be read right now; retry shortly.") from exc
+        return Response(
+            {
+                "account": {"id": account.pk, "name": account.name, "status": account.status},
+                "key": {
+                    "key_id": api_key.key_id,
+                    "name": api_key.name,
+                    "expires_at": api_key.expires_at,
+                },
+                "tier": account.tier.slug,
+                "limits": EffectiveLimitsSerializer(limits).data,
+                "remaining": {
+                    "requests_per_minute": _left(
+                        limits.requests_per_minute, standing.requests_last_minute
+                    ),
+                    "tokens_per_minute": _left(
+                        limits.tokens_per_minute, standing.tokens_last_minute
+                    ),
+                    "tokens_today": _left(limits.tokens_per_day, standing.tokens_today),
+                    "tokens_this_month": _left(limits.tokens_per_month, standing.tokens_this_month),
+                    "concurrent_requests": _left(limits.max_concurrent_requests, standing.running),
+                },
+            }
+        )
+
+
+def _left(limit: int | None, used: int) -> int | None:
+    return None if limit is None else max(0, limit - used)
+
+
+class MeUsageView(KeyHolderMixin, UsageViewBase):
+    """The caller's account's usage in [from, to), by day and/or model (default both)."""
+
+    def records(self) -> QuerySet[UsageRecord]:
+        return UsageRecord.objects.filter(account_id=key_holder(self.request).account_id)
+
+    @extend_schema(responses=UsagePage, parameters=usage_parameters(("day", "model"), staff=False))
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+
+class MeInvoiceViewSet(
+    KeyHolderMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet[Invoice],
+):
+    """The caller's account's finalised invoices and credit notes; drafts are not shown."""
+
+    queryset = Invoice.objects.none()  # for the schema; get_queryset scopes the real one
+    serializer_class = InvoiceSerializer
+    filterset_class = None
+
+    def get_queryset(self) -> QuerySet[Invoice]:
+        return Invoice.objects.filter(
+            account_id=key_holder(self.request).account_id, status=Invoice.Status.FINALISED
+        ).order_by("-period_start", "-pk")
+
+    def get_serializer_class(self) -> type[InvoiceSerializer]:
+        return InvoiceDetailSerializer if self.action != "list" else InvoiceSerializer
+
+
+class MeKeySerializer(serializers.ModelSerializer[ApiKey]):
+    class Meta:
+        model = ApiKey
+        fields = ["key_id", "name", "created_at", "expires_at", "revoked_at", "last_used_at"]
+        read_only_fields = fields
+
+
+class MeKeyViewSet(
+    KeyHolderMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet[ApiKey],
+):
+    """The caller's account's keys (never their secrets); any of them can be revoked here."""
+
+    queryset = ApiKey.objects.none()  # for the schema; get_queryset scopes the real one
+    serializer_class = MeKeySerializer
+    lookup_field = "key_id"
+    filterset_class = None
+
+    def get_queryset(self) -> QuerySet[ApiKey]:
+        account_id = key_holder(self.request).account_id
+        return ApiKey.objects.filter(account_id=account_id).order_by("pk")
+
+    @extend_schema(request=None, responses=MeKeySerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, key_id: str) -> Response:
+        revoked = services.api_key_revoke(
+            actor=actor(request), api_key=self.get_object(), request=request
+        )
+        return Response(MeKeySerializer(revoked).data)

@@ -1,0 +1,48 @@
+"""The management API (/api/v1/), the key holders' self-serve API (/api/v1/me/) and its docs.
+
+Staff endpoints take a staff session or a staff token (console/api/authentication.py) and
+require `is_staff`; /api/v1/me/ takes the key holder's API key. Details: docs/console.md.
+"""
+
+from django.urls import URLPattern, URLResolver, include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter, SimpleRouter
+
+from console.api import audit, billing, exports, gateway, me, schema, usage
+from console.api.errors import not_found
+
+# Imported for its effect: the schema's description of the two bearer tokens.
+assert schema
+
+staff = DefaultRouter(trailing_slash=True)
+staff.register("accounts", gateway.AccountViewSet, basename="account")
+staff.register("keys", gateway.ApiKeyViewSet, basename="apikey")
+staff.register("tiers", gateway.TierViewSet, basename="tier")
+staff.register("backends", gateway.BackendViewSet, basename="backend")
+staff.register("price-books", billing.PriceBookViewSet, basename="pricebook")
+staff.register("prices", billing.PriceViewSet, basename="price")
+staff.register("plan-prices", billing.PlanPriceViewSet, basename="planprice")
+staff.register("invoices", billing.InvoiceViewSet, basename="invoice")
+staff.register("audit-entries", audit.AuditEntryViewSet, basename="auditentry")
+
+own = SimpleRouter(trailing_slash=True)
+own.register("invoices", me.MeInvoiceViewSet, basename="me-invoice")
+own.register("keys", me.MeKeyViewSet, basename="me-key")
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("v1/me/", me.MeView.as_view(), name="me"),
+    path("v1/me/usage/", me.MeUsageView.as_view(), name="me-usage"),
+    path("v1/me/", include(own.urls)),
+    path("v1/usage/", usage.StaffUsageView.as_view(), name="usage"),
+    path("v1/exports/usage/", exports.ExportView.as_view(kind="usage"), name="export-usage"),
+    path(
+        "v1/exports/invoices/",
+        exports.ExportView.as_view(kind="invoices"),
+        name="export-invoices",
+    ),
+    path("v1/", include(staff.urls)),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    re_path(r"^.*$", not_found),
+]

@@ -1,0 +1,101 @@
+"""Recording changes in the audit log (console.models.AuditEntry).
+
+Every service that changes an object records one entry in the same transaction as the
+change, so the log holds exactly the changes that happened. Snapshots are the model's
+concrete fields as JSON, secrets left out.
+"""
+
+import ipaddress
+import json
+from typing import Any, TypeAlias
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.http import HttpRequest
+from rest_framework.request import Request
+
+from console.models import AuditEntry
+from gateway.models import ApiKey
+
+# Field names never copied into the log, whatever the model: hashes of keys and passwords
+# are secrets too (a hash of a key is enough to look it up).
+SECRET_FIELDS = frozenset({"secret_hash", "password", "key_hash", "token_hash", "bin_key"})
+
+SYSTEM = "system"
+
+# What a change arrives with: Django's request (admin) or DRF's (the API); only META is read.
+AnyRequest: TypeAlias = HttpRequest | Request
+
+
+def snapshot(instance: models.Model | None) -> dict[str, Any] | None:
+    """The instance's concrete fields as JSON-ready values (foreign keys as ids), no secrets."""
+    if instance is None:
+        return None
+    data = {
+        field.attname: field.value_from_object(instance)
+        for field in instance._meta.concrete_fields
+        if not _is_secret(field.name)
+    }
+    loaded: dict[str, Any] = json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+    return loaded
+
+
+def _is_secret(name: str) -> bool:
+    return name in SECRET_FIELDS or "secret" in name or "password" in name
+
+
+def audit_record(
+    *,
+    actor: Any,
+    action: str,
+    obj_type: str,
+    obj_id: object,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    request: AnyRequest | None = None,
+) -> AuditEntry:
+    """Append one entry. `actor` is a user, an ApiKey, a string such as "system", or None.
+
+    Call it inside the transaction that makes the change.
+
+    `obj_type` is "<app_label>.<model>" (see `object_type`); `before` and `after` are
+    snapshots (see `snapshot`), None for a creation's before or a deletion's after.
+    """
+    user_id, name = _actor(actor)
+    return AuditEntry.objects.create(
+        actor_user_id=user_id,
+        actor=name,
+        action=action,
+        object_type=obj_type,
+        object_id=str(obj_id),
+        before=before,
+        after=after,
+        remote_addr=_remote_addr(request),
+    )
+
+
+def object_type(instance_or_model: models.Model | type[models.Model]) -> str:
+    """The name an object's entries are filed under: "<app_label>.<model>"."""
+    return instance_or_model._meta.label_lower
+
+
+def _actor(actor: Any) -> tuple[int | None, str]:
+    if actor is None:
+        return None, SYSTEM
+    if isinstance(actor, str):
+        return None, actor
+    if isinstance(actor, ApiKey):
+        return None, f"api-key:{actor.key_id}"
+    if getattr(actor, "is_authenticated", False):
+        return int(actor.pk), str(actor.get_username())
+    return None, "anonymous"
+
+
+def _remote_addr(request: AnyRequest | None) -> str | None:
+    if request is None:
+        return None
+    address = str(request.META.get("REMOTE_ADDR") or "")
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:  # a test client or a unix socket: no address worth keeping
+        return None

@@ -1,0 +1,34 @@
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from console.tokens import staff_token_issue
+
+
+class Command(BaseCommand):
+    help = (
+        "Issue a management API token for a staff user. The token is printed once and never "
+        "stored; send it as `Authorization: Bearer <token>`."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("username")
+        parser.add_argument("--name", default="")
+        parser.add_argument("--expires-in-days", type=int, default=None)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        user = User.objects.filter(username=options["username"]).first()
+        if user is None or not user.is_staff:
+            raise CommandError(f"{options['username']!r} is not a staff user.")
+        days = options["expires_in_days"]
+        issued = staff_token_issue(
+            actor="command:staff_token",
+            user=user,
+            name=options["name"],
+            expires_at=timezone.now() + timedelta(days=days) if days else None,
+        )
+        self.stderr.write("Store this token now; it cannot be shown again.")
+        self.stdout.write(issued.plaintext)

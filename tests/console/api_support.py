@@ -1,0 +1,143 @@
+"""Factories and clients for the management and self-serve API tests (Django's test client)."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.auth.models import User
+from rest_framework.test import APIClient
+
+from billing.models import Invoice, InvoiceLine, PriceBook
+from console.tokens import staff_token_issue
+from gateway.models import Account, ApiKey, Backend
+from gateway.services import account_create, api_key_issue, tiers_ensure_defaults
+from metering.models import UsageRecord
+
+
+def staff_client() -> APIClient:
+    """A client holding a fresh staff user's management token."""
+    user = User.objects.create_user(f"staff-{uuid.uuid4().hex[:8]}", is_staff=True)
+    return token_client(staff_token_issue(actor="test", user=user).plaintext)
+
+
+def token_client(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+@dataclass
+class Tenant:
+    account: Account
+    api_key: ApiKey
+    key: str
+    invoice: Invoice
+    draft: Invoice
+
+    def client(self) -> APIClient:
+        return token_client(self.key)
+
+
+def tenant_create(tier: str = "premium") -> Tenant:
+    """An account with a key, a finalised invoice with a line, and a draft."""
+    tiers_ensure_defaults()
+    account = account_create(name=f"acct-{uuid.uuid4().hex[:8]}", tier_slug=tier)
+    issued = api_key_issue(account=account, name="main")
+    return Tenant(
+        account=account,
+        api_key=issued.api_key,
+        key=issued.plaintext,
+        invoice=invoice_create(account, month=1, finalised=True),
+        draft=invoice_create(account, month=2, finalised=False),
+    )
+
+
+def invoice_create(account: Account, *, month: int, finalised: bool) -> Invoice:
+    """A draft with one line, finalised after (a finalised invoice's lines cannot be added)."""
+    start = datetime(2030, month, 1, tzinfo=UTC)
+    end = datetime(2030, month + 1, 1, tzinfo=UTC)
+    invoice = Invoice.objects.create(
+        account=account,
+        period_start=start,
+        period_end=end,
+        amount=Decimal("12.5"),
+        total_minor=1250,
+    )
+    InvoiceLine.objects.create(
+        invoice=invoice,
+        item=InvoiceLine.Item.OUTPUT,
+        tier=account.tier.slug,
+        model="llama",
+        quantity=1_000_000,
+        unit_price=Decimal("12.5"),
+        amount=Decimal("12.5"),
+        amount_minor=1250,
+        usage_from=start,
+        usage_to=end,
+    )
+    if finalised:
+        Invoice.objects.filter(pk=invoice.pk).update(
+            number=f"TF-{uuid.uuid4().hex[:10]}",
+            status=Invoice.Status.FINALISED,
+            finalised_at=end,
+        )
+        invoice.refresh_from_db()
+    return invoice
+
+
+def usage_create(
+    account: Account,
+    *,
+    at: datetime,
+    model: str = "llama",
+    prompt: int = 10,
+    completion: int = 5,
+    energy: float | None = 2.0,
+) -> UsageRecord:
+    return UsageRecord.objects.create(
+        request_id=uuid.uuid4(),
+        account_id=account.pk,
+        api_key_id=0,
+        tier=account.tier.slug,
+        model=model,
+        backend="sim-a",
+        endpoint="chat",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        latency_ms=10.0,
+        status_code=200,
+        outcome=UsageRecord.Outcome.OK,
+        streamed=False,
+        started_at=at,
+        ended_at=at + timedelta(seconds=1),
+        energy_joules=energy,
+    )
+
+
+def backend_create(name: str = "") -> Backend:
+    return Backend.objects.create(
+        name=name or f"b-{uuid.uuid4().hex[:8]}",
+        base_url="http://127.0.0.1:9",
+        upstream_model="llama-up",
+        public_models=["llama"],
+    )
+
+
+def price_book_create(*, in_force: bool) -> PriceBook:
+    now = datetime.now(UTC)
+    start = now - timedelta(days=1) if in_force else now + timedelta(days=30)
+    start += timedelta(microseconds=uuid.uuid4().int % 1_000_000)
+    return PriceBook.objects.create(name="list", effective_from=start)
+
+
+def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """The response is the API's error shape with this status (and code)."""
+    assert response.status_code == status, (response.status_code, response.content[:500])
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
