@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -418,7 +419,12 @@ def services_start(
     run.supervisor.start("worker", [*celery, "worker", "-l", "info", "--concurrency", "1"], env)
     schedule = str(options.var_dir / "celerybeat-schedule")
     run.supervisor.start("beat", [*celery, "beat", "-l", "info", "--schedule", schedule], env)
-    run.supervisor.start("gateway", gateway_argv(options), env)
+    # Every gateway worker answers /metrics for all of them (prometheus_client multiprocess).
+    metrics_dir = options.var_dir / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir()
+    gateway_env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    run.supervisor.start("gateway", gateway_argv(options), gateway_env)
     for name, port in simulators.items():
         run.wait_until(name, partial(http_ok, f"http://127.0.0.1:{port}/health"))
     run.wait_until("the gateway", partial(http_ok, f"http://127.0.0.1:{options.port}/readyz"))

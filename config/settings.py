@@ -4,6 +4,7 @@
 SECRET_KEY that must be given. `TF_PROFILE=local` is for a laptop and the test suite.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import django_stubs_ext
@@ -37,17 +38,25 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin, as the staff console (two-factor sign-in, dashboard, audited actions).
+    "console.admin_apps.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "axes",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "gateway",
     "metering",
     "billing",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -56,9 +65,25 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: answers sign-ins from a locked-out username and address.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Staff sign-in is throttled: AXES_FAILURE_LIMIT failures for one username from one address
+# lock that pair out for AXES_COOLOFF_MINUTES (django-axes, failures kept in PostgreSQL).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+OTP_TOTP_ISSUER = "Token Factory"
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -125,12 +150,75 @@ GATEWAY = {
     # "priority" (tiers in order, fair within a tier) or "fifo" (one line, first come first
     # served), the baseline the overload benchmark compares against.
     "ADMISSION": env.str("GATEWAY_ADMISSION", default="priority"),
+    # Tiers that fail open while Redis is unreachable are served under this per-process cap
+    # and metered through a local spool, replayed into PostgreSQL (gateway/spool.py).
+    "FAIL_OPEN_CONCURRENCY": env.int("GATEWAY_FAIL_OPEN_CONCURRENCY", default=8),
+    "FAIL_OPEN_REQUESTS_PER_MINUTE": env.int("GATEWAY_FAIL_OPEN_REQUESTS_PER_MINUTE", default=600),
+    # When set, GET /metrics requires `Authorization: Bearer <token>` (Prometheus' bearer_token).
+    "METRICS_TOKEN": env.str("GATEWAY_METRICS_TOKEN", default=""),
+    # How often each gateway re-reads the price books in force (spend caps).
+    "PRICES_REFRESH_SECONDS": env.float("GATEWAY_PRICES_REFRESH_SECONDS", default=5.0),
+    "SPOOL_DIR": Path(env.str("GATEWAY_SPOOL_DIR", default=str(BASE_DIR / "var" / "spool"))),
 }
 
 METERING = {
     "BATCH_SIZE": env.int("METERING_BATCH_SIZE", default=2000),
     # Entries unacknowledged this long (a meter consumer died) are claimed by another consumer.
     "CLAIM_IDLE_SECONDS": env.float("METERING_CLAIM_IDLE_SECONDS", default=30.0),
+    # Energy (docs/energy.md): how often each backend's DCGM exporter and vLLM /metrics are
+    # scraped, and how long one scrape may take.
+    "TELEMETRY_SECONDS": env.float("METERING_TELEMETRY_SECONDS", default=5.0),
+    "TELEMETRY_TIMEOUT_SECONDS": env.float("METERING_TELEMETRY_TIMEOUT_SECONDS", default=2.0),
+    "ATTRIBUTION_SECONDS": env.float("METERING_ATTRIBUTION_SECONDS", default=30.0),
+    # An interval is attributed once every request active in it has its usage record, or
+    # after this long (a request still running then is left out and the interval says so).
+    "ATTRIBUTION_MAX_LAG_SECONDS": env.float(
+        "METERING_ATTRIBUTION_MAX_LAG_SECONDS", default=6 * 3600.0
+    ),
+    "CALIBRATION_SECONDS": env.float("METERING_CALIBRATION_SECONDS", default=3600.0),
+}
+
+BILLING = {
+    # Usage that arrives this late (meter lag, energy attribution lag) still lands in its hour;
+    # rollups recompute buckets this far back and a period closes this long after it ends.
+    "GRACE_SECONDS": env.float("BILLING_GRACE_SECONDS", default=2 * 3600.0),
+    # The currency price books, invoices and spend caps are in unless a row says otherwise.
+    "CURRENCY": env.str("BILLING_CURRENCY", default="USD"),
+}
+
+# Stripe (docs/billing.md, "Stripe"). API_BASE points the official library at a
+# Stripe-compatible test server; empty means api.stripe.com.
+STRIPE = {
+    "API_KEY": env.str("STRIPE_API_KEY", default=""),
+    "WEBHOOK_SECRET": env.str("STRIPE_WEBHOOK_SECRET", default=""),
+    "API_BASE": env.str("STRIPE_API_BASE", default=""),
+}
+
+# Management API (docs/console.md): staff only, by session or staff token; one error shape.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "console.api.authentication.StaffTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "console.api.common.Pagination",
+    "EXCEPTION_HANDLER": "console.api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Token Factory management API",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI and Redoc from drf-spectacular-sidecar's static files: no CDN needed.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "AccountStatusEnum": "gateway.models.Account.Status",
+        "InvoiceStatusEnum": "billing.models.Invoice.Status",
+    },
 }
 
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
@@ -143,6 +231,25 @@ CELERY_BEAT_SCHEDULE = {
         "task": "metering.ensure_usage_partitions",
         "schedule": 3600.0,
     },
+    "metering.scrape_telemetry": {
+        "task": "metering.scrape_telemetry",
+        "schedule": METERING["TELEMETRY_SECONDS"],
+    },
+    "metering.attribute_energy": {
+        "task": "metering.attribute_energy",
+        "schedule": METERING["ATTRIBUTION_SECONDS"],
+    },
+    "metering.calibrate_energy": {
+        "task": "metering.calibrate_energy",
+        "schedule": METERING["CALIBRATION_SECONDS"],
+    },
+    "billing.rollup_usage": {"task": "billing.rollup_usage", "schedule": 300.0},
+    "billing.compute_margins": {"task": "billing.compute_margins", "schedule": 900.0},
+    # Closes the previous month once its grace window is over; a no-op on other runs.
+    "billing.close_invoices": {"task": "billing.close_invoices", "schedule": 3600.0},
+    "billing.budget_alerts": {"task": "billing.budget_alerts", "schedule": 300.0},
+    "billing.stripe_push_invoices": {"task": "billing.stripe_push_invoices", "schedule": 600.0},
+    "billing.stripe_reconcile": {"task": "billing.stripe_reconcile", "schedule": 3600.0},
     "gateway.probe_backends": {
         "task": "gateway.probe_backends",
         "schedule": env.float("BACKEND_PROBE_SECONDS", default=5.0),

@@ -2,13 +2,15 @@
 
 Every inference response carries the OpenAI `x-ratelimit-*` headers; a refusal is a 429 with
 `retry-after`: `rate_limit_exceeded` while a rate window is full (retrying later works), or
-`insufficient_quota` with `x-should-retry: false` once a day's or month's quota is spent.
+`insufficient_quota` with `x-should-retry: false` once a day's or month's quota, or the
+month's budget under a hard cap, is spent.
 """
 
 import math
 
 from gateway.errors import ApiError, invalid_request
 from gateway.limits import Admission, Limits
+from gateway.pricing import Budget, shown
 from gateway.responses import Headers
 from gateway.validation import InferenceRequest
 
@@ -64,13 +66,23 @@ def rate_limit_headers(limits: Limits, admission: Admission) -> Headers:
     return tuple(headers)
 
 
-def refusal(limits: Limits, admission: Admission) -> ApiError:
+def refusal(limits: Limits, admission: Admission, budget: Budget | None = None) -> ApiError:
     retry_after = (
         (b"retry-after", str(math.ceil(admission.retry_after_ms / 1000)).encode()),
         (b"retry-after-ms", str(admission.retry_after_ms).encode()),
     )
     headers = rate_limit_headers(limits, admission) + retry_after
     wait = duration(admission.retry_after_ms)
+    if admission.reason == "budget":
+        spent = "its" if budget is None else f"its {shown(budget.monthly_limit)} {budget.currency}"
+        return ApiError(
+            429,
+            f"This account has spent {spent} budget for this month; it renews in {wait}, "
+            "or an administrator can raise it.",
+            type="insufficient_quota",
+            code="insufficient_quota",
+            headers=(*headers, (b"x-should-retry", b"false")),
+        )
     if period := _QUOTAS.get(admission.reason):
         return ApiError(
             429,

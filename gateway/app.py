@@ -9,12 +9,14 @@ Shared clients (PostgreSQL pool, Redis, HTTP) are built once per process at life
 """
 
 import asyncio
+import hmac
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -25,17 +27,26 @@ from django.conf import settings
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway import errors
+from gateway import errors, metrics
 from gateway.admission import completion_cap, rate_limit_headers, refusal, tokens_to_reserve
 from gateway.auth import Authenticator, Principal
 from gateway.batching import ScriptBatcher
 from gateway.errors import ApiError
 from gateway.inflight import InflightJournal, Progress
-from gateway.limits import Admission, Limiter
+from gateway.limits import Admission, Limiter, Spend
+from gateway.pricing import (
+    PriceList,
+    Rate,
+    billing_currency,
+    micro_amount,
+    micro_nearest,
+    micro_up,
+)
 from gateway.proxy import Forwarded, Proxy
 from gateway.queueing import AdmissionQueue, Slot
 from gateway.responses import Receive, Send, send_error, send_json
 from gateway.routing import Backend, Router
+from gateway.spool import FailOpenCap, UsageSpool
 from gateway.validation import (
     CLASS_NAMES,
     EMBEDDINGS,
@@ -48,7 +59,7 @@ from metering.selectors import usage_recent, usage_totals
 log = logging.getLogger(__name__)
 
 _ENDPOINTS = {path: endpoint for endpoint, path in ENDPOINT_PATHS.items()}
-PATH_PREFIXES = ("/v1/", "/healthz", "/readyz")
+PATH_PREFIXES = ("/v1/", "/healthz", "/readyz", "/metrics")
 # A settle waits up to this long for an urgent Redis call to share a pipeline with.
 _SETTLE_LINGER = 0.005
 
@@ -60,10 +71,13 @@ class _Clients:
     session: aiohttp.ClientSession
     auth: Authenticator
     router: Router
+    prices: PriceList
     batcher: ScriptBatcher
     limiter: Limiter
     queue: AdmissionQueue
     journal: InflightJournal
+    spool: UsageSpool
+    fail_open: FailOpenCap
     proxy: Proxy
     tasks: list[asyncio.Task[None]]
 
@@ -73,6 +87,7 @@ class GatewayApp:
         self.c: _Clients | None = None
         self.max_body = 0
         self.fifo = False
+        self.metrics_token: bytes | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -120,12 +135,16 @@ class GatewayApp:
             skip_auto_headers=("User-Agent",),
         )
         router = Router(pool, eject_seconds=conf["BACKEND_EJECT_SECONDS"])
+        prices = PriceList(pool)
         batcher = ScriptBatcher(client, linger=_SETTLE_LINGER)
         journal = InflightJournal(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
-        limiter = Limiter(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
+        currency = billing_currency()
+        limiter = Limiter(client, batcher, lease_seconds=conf["LEASE_SECONDS"], currency=currency)
         queue = AdmissionQueue(client, batcher, lease_seconds=conf["LEASE_SECONDS"])
+        spool = UsageSpool(conf["SPOOL_DIR"], pool)
         try:
             await router.refresh()
+            await prices.refresh()
             # Requests of gateways that died while none was running are recorded now.
             await journal.reap()
             await limiter.rebuild_if_empty(pool)
@@ -134,24 +153,34 @@ class GatewayApp:
         interval = min(conf["LEASE_SECONDS"] / 3, conf["REAPER_INTERVAL_SECONDS"])
         tasks = [
             asyncio.create_task(_every(conf["BACKENDS_REFRESH_SECONDS"], router.refresh)),
+            asyncio.create_task(_every(conf.get("PRICES_REFRESH_SECONDS", 5.0), prices.refresh)),
             asyncio.create_task(_every(interval, journal.maintain)),
             asyncio.create_task(_every(interval, limiter.renew)),
             asyncio.create_task(_every(min(interval, 1.0), queue.maintain)),
             asyncio.create_task(_forever(queue.listen)),
             asyncio.create_task(_every(interval, partial(limiter.rebuild_if_empty, pool))),
+            asyncio.create_task(_every(1.0, spool.replay)),
         ]
         self.max_body = conf["MAX_BODY_BYTES"]
         self.fifo = conf["ADMISSION"] == "fifo"
+        if conf["METRICS_TOKEN"]:
+            self.metrics_token = b"Bearer " + conf["METRICS_TOKEN"].encode()
         self.c = _Clients(
             pool=pool,
             redis=client,
             session=session,
-            auth=Authenticator(pool, cache_seconds=conf["KEY_CACHE_SECONDS"]),
+            auth=Authenticator(pool, cache_seconds=conf["KEY_CACHE_SECONDS"], currency=currency),
             router=router,
+            prices=prices,
             batcher=batcher,
             limiter=limiter,
             queue=queue,
             journal=journal,
+            spool=spool,
+            fail_open=FailOpenCap(
+                concurrency=conf["FAIL_OPEN_CONCURRENCY"],
+                per_minute=conf["FAIL_OPEN_REQUESTS_PER_MINUTE"],
+            ),
             proxy=Proxy(session, router, max_attempts=conf["MAX_ATTEMPTS"]),
             tasks=tasks,
         )
@@ -191,6 +220,8 @@ class GatewayApp:
             return await send_json(send, 200, {"status": "ok"}, rid)
         if path == "/readyz":
             return await self._ready(send, rid)
+        if path == "/metrics":
+            return await self._metrics(scope, send, rid)
         endpoint = _ENDPOINTS.get(path)
         if endpoint is None and path not in ("/v1/models", "/v1/usage"):
             raise errors.not_found(path)
@@ -216,6 +247,10 @@ class GatewayApp:
             request.body["max_tokens"] = cap  # the plan's cap holds even when none was asked
         key = str(request_id)
         reserve = tokens_to_reserve(request, cap)
+        now = datetime.now(UTC)
+        rate = self.c.prices.rate(
+            currency=principal.currency, tier=principal.tier, model=request.model, now=now
+        )
         # Queue for a backend slot while the limits are checked: both calls share one Redis
         # round trip; a refused request then gives its place (or slot) back.
         acquiring = asyncio.ensure_future(self._wait_for_slot(request, principal, key, reserve))
@@ -225,17 +260,24 @@ class GatewayApp:
                 request_id=key,
                 reserve=reserve,
                 limits=principal.limits,
-                now=datetime.now(UTC),
+                now=now,
+                spend=_spend(principal, rate, request.prompt_tokens_estimate, reserve),
             )
         except aioredis.RedisError as exc:
             self._abandon(acquiring)
             log.warning("admission failed: Redis unavailable", exc_info=True)
+            if principal.fail_open:
+                return await self._serve_degraded(
+                    request, principal, backends, arrived, request_id, rid, send, receive
+                )
             raise errors.unavailable(
                 "Limits cannot be checked right now; retry shortly.", code="limits_unavailable"
             ) from exc
         if not admission.admitted:
             self._abandon(acquiring)
-            raise refusal(principal.limits, admission)
+            refused = refusal(principal.limits, admission, principal.budget)
+            metrics.SHED.labels(principal.tier, refused.code or "refused").inc()
+            raise refused
         try:
             slot = await acquiring
         except (ApiError, aioredis.RedisError) as exc:
@@ -243,6 +285,7 @@ class GatewayApp:
             self.c.limiter.settle(admission, request_id=key, used=0)
             if isinstance(exc, ApiError):
                 exc.headers = rate_limit_headers(principal.limits, admission) + exc.headers
+                metrics.SHED.labels(principal.tier, exc.code or "shed").inc()
                 raise
             log.warning("queueing failed: Redis unavailable", exc_info=True)
             raise errors.unavailable(
@@ -253,7 +296,9 @@ class GatewayApp:
                 request,
                 principal,
                 admission,
-                slot,
+                rate,
+                slot.waited_ms,
+                self.c.journal,
                 backends,
                 arrived,
                 request_id,
@@ -263,6 +308,38 @@ class GatewayApp:
             )
         finally:
             self.c.queue.release(slot)
+
+    async def _serve_degraded(
+        self,
+        request: InferenceRequest,
+        principal: Principal,
+        backends: list[Backend],
+        arrived: float,
+        request_id: uuid.UUID,
+        rid: str,
+        send: Send,
+        receive: Receive,
+    ) -> None:
+        """Redis is away and the tier fails open: a local cap, metering through the spool."""
+        assert self.c is not None
+        self.c.fail_open.take()
+        try:
+            await self._serve(
+                request,
+                principal,
+                None,
+                None,
+                0.0,
+                self.c.spool,
+                backends,
+                arrived,
+                request_id,
+                rid,
+                send,
+                receive,
+            )
+        finally:
+            self.c.fail_open.give_back()
 
     async def _wait_for_slot(
         self, request: InferenceRequest, principal: Principal, key: str, reserve: int
@@ -293,8 +370,10 @@ class GatewayApp:
         self,
         request: InferenceRequest,
         principal: Principal,
-        admission: Admission,
-        slot: Slot,
+        admission: Admission | None,
+        rate: Rate | None,
+        waited_ms: float,
+        journal: InflightJournal | UsageSpool,
         backends: list[Backend],
         arrived: float,
         request_id: uuid.UUID,
@@ -315,14 +394,15 @@ class GatewayApp:
             "streamed": request.stream,
             "started_at": time.time() - (time.monotonic() - arrived),
             "prompt_tokens": request.prompt_tokens_estimate,
-            "queue_wait_ms": slot.waited_ms,
+            "queue_wait_ms": waited_ms,
         }
-        headers = rate_limit_headers(principal.limits, admission)
+        headers = () if admission is None else rate_limit_headers(principal.limits, admission)
         try:
-            progress = await self.c.journal.open(key, entry)
-        except aioredis.RedisError as exc:
-            log.warning("in-flight open failed: Redis unavailable", exc_info=True)
-            self.c.limiter.settle(admission, request_id=key, used=0)
+            progress = await journal.open(key, entry)
+        except (aioredis.RedisError, OSError) as exc:
+            log.warning("in-flight open failed", exc_info=True)
+            if admission is not None:
+                self.c.limiter.settle(admission, request_id=key, used=0)
             raise errors.unavailable(
                 "Usage metering is unavailable; retry shortly.", code="metering_unavailable"
             ) from exc
@@ -339,9 +419,36 @@ class GatewayApp:
             )
         finally:
             record = usage_record(entry, forwarded, progress, arrived)
-            self.c.journal.settle(key, record)
-            used = record["prompt_tokens"] + record["completion_tokens"]
-            self.c.limiter.settle(admission, request_id=key, used=used)
+            journal.settle(key, record)
+            metrics.observe(record)
+            if admission is not None:
+                used = record["prompt_tokens"] + record["completion_tokens"]
+                spent = 0 if rate is None else micro_nearest(_cost(rate, record))
+                self.c.limiter.settle(admission, request_id=key, used=used, spent=spent)
+
+    async def _metrics(self, scope: dict[str, Any], send: Send, rid: str) -> None:
+        assert self.c is not None
+        if self.metrics_token is not None and not hmac.compare_digest(
+            _header(scope, b"authorization") or b"", self.metrics_token
+        ):
+            raise errors.invalid_api_key("A valid metrics token is required.")
+        try:
+            energy = await self.c.redis.hgetall(metrics.ENERGY_LIVE)
+        except aioredis.RedisError:
+            log.warning("fleet energy figures unavailable for /metrics", exc_info=True)
+            energy = {}
+        body = metrics.render(energy)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", metrics.CONTENT_TYPE),
+                    (b"x-request-id", rid.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def _models(self, principal: Principal, send: Send, rid: str) -> None:
         assert self.c is not None
@@ -360,7 +467,9 @@ class GatewayApp:
         month = today.replace(day=1)
         account = principal.account_id
         try:
-            standing = await self.c.limiter.peek(account_id=account, now=now)
+            standing = await self.c.limiter.peek(
+                account_id=account, now=now, currency=principal.currency
+            )
             async with self.c.pool.connection(timeout=2.0) as conn:
                 usage_today = await usage_totals(conn, account_id=account, since=today)
                 usage_month = await usage_totals(conn, account_id=account, since=month)
@@ -370,7 +479,8 @@ class GatewayApp:
             raise errors.unavailable(
                 "Usage cannot be read right now; retry shortly.", code="usage_unavailable"
             ) from exc
-        limits = principal.limits
+        limits, budget = principal.limits, principal.budget
+        spent = micro_amount(standing.spent_this_month)
         return {
             "object": "usage",
             "tier": principal.tier,
@@ -391,6 +501,16 @@ class GatewayApp:
                 "tokens_today": _left(limits.tokens_per_day, standing.tokens_today),
                 "tokens_this_month": _left(limits.tokens_per_month, standing.tokens_this_month),
                 "concurrent_requests": _left(limits.max_concurrent_requests, standing.running),
+            },
+            # Money as decimal strings; spend counts requests in flight at their most.
+            "spend": {"currency": principal.currency, "this_month": f"{spent:f}"},
+            "budget": None
+            if budget is None
+            else {
+                "monthly_limit": f"{budget.monthly_limit:f}",
+                "currency": budget.currency,
+                "hard_cap": budget.hard_cap,
+                "remaining": f"{max(budget.monthly_limit - spent, Decimal(0)):f}",
             },
             "usage": {"today": usage_today, "this_month": usage_month},
             "recent": recent,
@@ -468,6 +588,22 @@ def usage_record(
         "outcome": forwarded.outcome,
         "ended_at": entry["started_at"] + (now - arrived),
     }
+
+
+def _spend(principal: Principal, rate: Rate | None, prompt: int, reserve: int) -> Spend:
+    """The most the request can cost (its prompt estimate and completion cap) and the hard cap."""
+    most = 0 if rate is None else micro_up(rate.most(prompt=prompt, completion=reserve - prompt))
+    budget = principal.budget
+    return Spend(principal.currency, most, None if budget is None else budget.cap)
+
+
+def _cost(rate: Rate, record: dict[str, Any]) -> int:
+    return rate.cost(
+        prompt=record["prompt_tokens"],
+        cached=record["cached_prompt_tokens"],
+        completion=record["completion_tokens"],
+        reasoning=record["reasoning_tokens"],
+    )
 
 
 def _left(limit: int | None, used: int) -> int | None:

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from gateway.errors import account_inactive, invalid_api_key, unavailable
 from gateway.keys import key_id_parse, key_matches
 from gateway.limits import Limits
+from gateway.pricing import Budget
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,13 @@ SELECT k.id, k.secret_hash, k.expires_at, k.revoked_at, a.id, a.status, t.slug, 
        coalesce(o.max_concurrent_requests, t.max_concurrent_requests),
        coalesce(o.max_tokens_per_request, t.max_tokens_per_request),
        coalesce(o.max_context_tokens, t.max_context_tokens),
-       t.queue_timeout_seconds, t.queue_depth
+       t.queue_timeout_seconds, t.queue_depth, t.when_redis_down = 'open',
+       b.monthly_limit, b.currency, b.hard_cap
 FROM gateway_apikey k
 JOIN gateway_account a ON a.id = k.account_id
 JOIN gateway_tier t ON t.id = a.tier_id
 LEFT JOIN gateway_limitoverride o ON o.account_id = a.id
+LEFT JOIN billing_budget b ON b.account_id = a.id
 WHERE k.key_id = %s
 """
 
@@ -56,6 +59,12 @@ class Principal:
     # How long a request may wait for a backend slot, and how many may wait in its class.
     queue_timeout: float
     queue_depth: int | None
+    # Served under the local cap, metered through the spool, while Redis is unreachable.
+    fail_open: bool
+    # The account's monthly budget (billing.models.Budget), if it has one, and the currency
+    # its requests are priced in: the budget's, else billing's.
+    budget: Budget | None
+    currency: str
     secret_hash: str
     expires_at: datetime | None
     revoked: bool
@@ -73,9 +82,10 @@ class _Entry:
 
 
 class Authenticator:
-    def __init__(self, pool: AsyncConnectionPool, *, cache_seconds: float) -> None:
+    def __init__(self, pool: AsyncConnectionPool, *, cache_seconds: float, currency: str) -> None:
         self.pool = pool
         self.cache_seconds = cache_seconds
+        self.currency = currency
         self._cache: dict[str, _Entry] = {}
         self._loading: dict[str, asyncio.Future[_Entry]] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -170,6 +180,9 @@ class Authenticator:
             limits=Limits(*row[9:16]),
             queue_timeout=row[16],
             queue_depth=row[17],
+            fail_open=row[18],
+            budget=None if row[19] is None else Budget(row[19], row[20], row[21]),
+            currency=self.currency if row[19] is None else row[20],
         )
 
     def _note_use(self, entry: _Entry, api_key_id: int) -> None:

@@ -1,9 +1,11 @@
-"""Per-account limits in Redis: rate windows, period quotas, concurrency, token reservations.
+"""Per-account limits in Redis: rate windows, period quotas, concurrency, token reservations,
+and the month's spend against a budget's hard cap.
 
 One Lua call admits a request against every limit at once (`lua/limits_admit.lua`), reserving
-its prompt estimate plus its completion cap; another settles it with the tokens it really used
-(`lua/limits_settle.lua`). All of an account's keys share the hash tag `{a:<id>}`, so both
-scripts stay on one Redis Cluster slot.
+its prompt estimate plus its completion cap, and their most possible cost in micro-units of the
+account's currency (gateway/pricing.py); another settles it with the tokens it really used and
+what they cost (`lua/limits_settle.lua`). All of an account's keys share the hash tag
+`{a:<id>}`, so both scripts stay on one Redis Cluster slot.
 """
 
 import asyncio
@@ -18,6 +20,7 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.batching import Script, ScriptBatcher
+from gateway.pricing import DEFAULT_CURRENCY, month_spend
 from metering.selectors import period_totals
 
 log = logging.getLogger(__name__)
@@ -25,9 +28,10 @@ log = logging.getLogger(__name__)
 _LUA = Path(__file__).parent / "lua"
 _ADMIT = Script.named("limits_admit")
 _SETTLE = Script.named("limits_settle")
+_PEEK = Script.named("limits_peek")
 UNLIMITED = -1
 # Indexes into account_keys().
-_DAY, _MONTH, _SLOTS = 4, 5, 6
+_DAY, _MONTH, _SLOTS, _SPEND = 4, 5, 6, 7
 # Present while Redis holds the quota counters; gone after Redis lost its data.
 _EPOCH = "{limits}:epoch"
 _REBUILDING = "{limits}:rebuilding"
@@ -47,9 +51,21 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Spend:
+    """The money side of an admission, in micro-units of the account's currency."""
+
+    currency: str = DEFAULT_CURRENCY
+    # The most the request can cost; 0 when unpriced (nothing is counted).
+    reserve: int = 0
+    # The month's hard cap: refused once the spend reaches it. None: not capped.
+    cap: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
     admitted: bool
-    # Which limit refused: concurrent, requests, tokens, tokens_per_day, tokens_per_month.
+    # Which limit refused: concurrent, requests, tokens, tokens_per_day, tokens_per_month,
+    # budget.
     reason: str
     retry_after_ms: int
     requests_used: int
@@ -59,6 +75,7 @@ class Admission:
     # What settling needs: the exact keys admitted against (the day may roll over meanwhile).
     keys: tuple[str, ...]
     reserved: int
+    spend_reserved: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +87,13 @@ class Standing:
     tokens_today: int
     tokens_this_month: int
     running: int
+    # Micro-units of the account's currency spent this month, reservations in flight included.
+    spent_this_month: int
 
 
-def account_keys(account_id: int, now: datetime) -> tuple[str, ...]:
+def account_keys(
+    account_id: int, now: datetime, currency: str = DEFAULT_CURRENCY
+) -> tuple[str, ...]:
     tag = f"{{a:{account_id}}}"
     return (
         f"{tag}:rpm",
@@ -82,6 +103,7 @@ def account_keys(account_id: int, now: datetime) -> tuple[str, ...]:
         f"{tag}:tpd:{now:%Y%m%d}",
         f"{tag}:tpmo:{now:%Y%m}",
         f"{tag}:concurrent",
+        f"{tag}:spend:{now:%Y%m}:{currency}",
     )
 
 
@@ -97,19 +119,32 @@ def period_ends(now: datetime) -> tuple[int, int]:
 
 class Limiter:
     def __init__(
-        self, client: aioredis.Redis, batcher: ScriptBatcher, *, lease_seconds: float
+        self,
+        client: aioredis.Redis,
+        batcher: ScriptBatcher,
+        *,
+        lease_seconds: float,
+        currency: str = DEFAULT_CURRENCY,
     ) -> None:
         self.client = client
+        # What accounts without a budget are priced in (their spend counters' currency).
+        self.currency = currency
         self.lease_ms = int(lease_seconds * 1000)
         # request_id -> its concurrency slot key, for lease renewal.
         self.live: dict[str, str] = {}
         self._batcher = batcher
-        self._peek = client.register_script((_LUA / "limits_peek.lua").read_text())
 
     async def admit(
-        self, *, account_id: int, request_id: str, reserve: int, limits: Limits, now: datetime
+        self,
+        *,
+        account_id: int,
+        request_id: str,
+        reserve: int,
+        limits: Limits,
+        now: datetime,
+        spend: Spend = Spend(),
     ) -> Admission:
-        keys = account_keys(account_id, now)
+        keys = account_keys(account_id, now, spend.currency)
         day_left, month_left = period_ends(now)
         reply = await self._batcher.call(
             _ADMIT,
@@ -126,6 +161,8 @@ class Limiter:
                 self.lease_ms,
                 day_left,
                 month_left,
+                spend.reserve,
+                _limit(spend.cap),
             ),
         )
         admitted, reason, retry_after, requests, requests_reset, tokens, tokens_reset = reply
@@ -141,24 +178,31 @@ class Limiter:
             tokens_reset_ms=int(tokens_reset),
             keys=keys,
             reserved=reserve,
+            spend_reserved=spend.reserve,
         )
 
-    async def peek(self, *, account_id: int, now: datetime) -> Standing:
+    async def peek(
+        self, *, account_id: int, now: datetime, currency: str = DEFAULT_CURRENCY
+    ) -> Standing:
         """Where the account stands now, without counting anything."""
-        keys = account_keys(account_id, now)
-        reply = await self._peek(keys=keys, args=[int(now.timestamp() * 1000)])
+        keys = account_keys(account_id, now, currency)
+        # Through the batcher, after any settle still lingering there: an account reads its
+        # own refunds.
+        reply = await self._batcher.call(_PEEK, keys, (int(now.timestamp() * 1000),))
         return Standing(*(int(value) for value in reply))
 
-    def settle(self, admission: Admission, *, request_id: str, used: int) -> None:
-        """Swap the reservation for the tokens used and free the slot, in the background."""
+    def settle(self, admission: Admission, *, request_id: str, used: int, spent: int = 0) -> None:
+        """Swap the reservations for the tokens used and what they cost (micro-units), and free
+        the slot, in the background."""
         self.live.pop(request_id, None)
-        args = (request_id, admission.reserved, used)
+        args = (request_id, admission.reserved, used, admission.spend_reserved, spent)
         self._batcher.call(_SETTLE, admission.keys, args, linger=True).add_done_callback(
             _check_settled
         )
 
     async def rebuild_if_empty(self, pool: AsyncConnectionPool) -> bool:
-        """Restore the day and month quota counters from the ledger if Redis came back empty.
+        """Restore the day and month quota counters and the month's spend from the ledger if
+        Redis came back empty.
 
         Redis is the only home of the counters; after a restart without persistence or a
         failover to an empty replica they would start from zero and let spent quotas be spent
@@ -175,6 +219,9 @@ class Limiter:
             today = now.replace(hour=0, minute=0, second=0, microsecond=0)
             async with pool.connection(timeout=5.0) as conn:
                 totals = await period_totals(conn, today=today, month=today.replace(day=1))
+                spends = await month_spend(
+                    conn, month=today.replace(day=1), default_currency=self.currency
+                )
             day_left, month_left = period_ends(now)
             pipe = self.client.pipeline(transaction=False)
             for account_id, day_tokens, month_tokens in totals:
@@ -183,6 +230,10 @@ class Limiter:
                 pipe.expire(keys[_DAY], day_left + 3600)
                 pipe.incrby(keys[_MONTH], month_tokens)
                 pipe.expire(keys[_MONTH], month_left + 3600)
+            for account_id, currency, spent in spends:
+                key = account_keys(account_id, now, currency)[_SPEND]
+                pipe.incrby(key, spent)
+                pipe.expire(key, month_left + 3600)
             pipe.set(_EPOCH, now.isoformat())
             await pipe.execute()
         finally:

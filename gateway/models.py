@@ -29,6 +29,12 @@ class Tier(models.Model):
     allowed_models = ArrayField(models.CharField(max_length=128), default=list, blank=True)
     queue_timeout_seconds = models.FloatField(default=30.0)
     queue_depth = models.PositiveIntegerField(null=True, blank=True)
+    # What the gateway does while Redis (limits, queue, in-flight journal) is unreachable:
+    # refuse with 503 + retry-after, or serve under a small per-process cap, metering through
+    # a local durable spool (docs/architecture.md, "Redis unavailable").
+    when_redis_down = models.CharField(
+        max_length=8, choices=[("closed", "fail closed"), ("open", "fail open")], default="closed"
+    )
 
     class Meta:
         ordering = ["priority"]

@@ -153,13 +153,15 @@ class AdmissionQueue:
         and catch grants whose message was lost."""
         expiry = _now_ms() + self.lease_ms
         pipe = self.client.pipeline(transaction=False)
-        for request_id, model in self.held.items():
+        # Snapshots: requests come and go while the pipeline is out.
+        held = list(self.held.items())
+        for request_id, model in held:
             pipe.zadd(pool_keys(model)[0], {request_id: expiry}, xx=True)
         waiting = list(self._waiters.items())
         for request_id, (model, _, _) in waiting:
             pipe.zscore(pool_keys(model)[0], request_id)
         replies = await pipe.execute()
-        for (request_id, _), score in zip(waiting, replies[len(self.held) :], strict=True):
+        for (request_id, _), score in zip(waiting, replies[len(held) :], strict=True):
             if score is not None:
                 self._wake(request_id)
         for model, capacity in {(model, capacity) for model, capacity, _ in self._waiters.values()}:

@@ -141,6 +141,6 @@ def test_seeding_again_issues_new_keys_and_revokes_the_earlier_ones() -> None:
     sim_b = Backend.objects.get(name="sim-b")
     assert (sim_b.base_url, sim_b.telemetry_url) == (
         "http://127.0.0.1:9102",
-        "http://127.0.0.1:9102/metrics",
+        "http://127.0.0.1:9102/dcgm/metrics",
     )
     assert sim_b.public_models == ["llama-3.1-8b-instruct"]

@@ -1,7 +1,9 @@
 -- Check every limit of one account and, if all pass, count the request against all of them
 -- (all or nothing). Windows slide over the last 60 s exactly (a log of entries, no fixed
--- buckets, so no 2x burst at window edges). Token limits admit while the amount used is under
--- the limit, so a quota is exceeded by at most the reservation of the request that crossed it.
+-- buckets, so no 2x burst at window edges). Token limits and the budget's hard cap admit while
+-- the amount used is under the limit, so a quota or a budget is exceeded by at most the
+-- reservation of the request that crossed it. Money is in integer micro-units of the account's
+-- currency (no floats: INCRBY does 64-bit integer arithmetic).
 -- KEYS (one account, one hash tag):
 --   [1] requests window   zset    request_id -> admission time (ms)
 --   [2] tokens window     zset    request_id -> admission time (ms)
@@ -10,12 +12,15 @@
 --   [5] day counter       string  tokens counted today (UTC); expires after the day
 --   [6] month counter     string  tokens counted this month (UTC); expires after the month
 --   [7] concurrency       zset    request_id -> lease expiry (ms)
+--   [8] month spend       string  micro-units spent this month (UTC); expires after the month
 -- ARGV:
 --   [1] now (ms)            [2] request_id          [3] tokens to reserve
 --   [4] requests/minute     [5] tokens/minute       [6] tokens/day
 --   [7] tokens/month        [8] concurrent requests (each limit: -1 for none)
 --   [9] lease (ms)          [10] seconds to the end of the day (UTC)
 --   [11] seconds to the end of the month (UTC)
+--   [12] money to reserve (micro-units; 0: unpriced)
+--   [13] the month's hard cap (micro-units; -1 for none)
 -- Returns {admitted (1|0), reason ('' or which limit refused), retry after (ms),
 --          requests in the window, ms until that window is empty, tokens in the window,
 --          ms until that window is empty}.
@@ -24,8 +29,9 @@ local window_start = now - 60000
 local reserve = tonumber(ARGV[3])
 local limits = {
   rpm = tonumber(ARGV[4]), tpm = tonumber(ARGV[5]), tpd = tonumber(ARGV[6]),
-  tpmo = tonumber(ARGV[7]), concurrent = tonumber(ARGV[8]),
+  tpmo = tonumber(ARGV[7]), concurrent = tonumber(ARGV[8]), spend = tonumber(ARGV[13]),
 }
+local money = tonumber(ARGV[12])
 
 -- Forget what slid out of the windows and leases that lapsed (their gateway died).
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', window_start)
@@ -49,6 +55,7 @@ local tokens = tonumber(redis.call('GET', KEYS[4]) or '0')
 local today = tonumber(redis.call('GET', KEYS[5]) or '0')
 local month = tonumber(redis.call('GET', KEYS[6]) or '0')
 local running = redis.call('ZCARD', KEYS[7])
+local spent = tonumber(redis.call('GET', KEYS[8]) or '0')
 
 -- When a window is empty again, its limit back to its initial state (ms from now).
 local function window_reset(key)
@@ -97,6 +104,9 @@ end
 if limits.tpmo >= 0 and month >= limits.tpmo then
   return refuse('tokens_per_month', tonumber(ARGV[11]) * 1000)
 end
+if limits.spend >= 0 and spent >= limits.spend then
+  return refuse('budget', tonumber(ARGV[11]) * 1000)
+end
 
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('ZADD', KEYS[2], now, ARGV[2])
@@ -108,6 +118,10 @@ redis.call('EXPIRE', KEYS[5], tonumber(ARGV[10]) + 3600)
 redis.call('INCRBY', KEYS[6], reserve)
 redis.call('EXPIRE', KEYS[6], tonumber(ARGV[11]) + 3600)
 redis.call('ZADD', KEYS[7], now + tonumber(ARGV[9]), ARGV[2])
+if money > 0 then
+  redis.call('INCRBY', KEYS[8], ARGV[12])
+  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[11]) + 3600)
+end
 requests = requests + 1
 tokens = tokens + reserve
 -- The window keys expire a minute after their newest entry.

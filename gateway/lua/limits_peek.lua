@@ -1,8 +1,8 @@
 -- Read where an account stands against its limits, changing nothing.
--- KEYS: the seven keys of limits_admit.lua.
+-- KEYS: the eight keys of limits_admit.lua.
 -- ARGV: [1] now (ms)
 -- Returns {requests in the last 60 s, tokens in the last 60 s, tokens today, tokens this
---          month, requests running}.
+--          month, requests running, micro-units spent this month}.
 local now = tonumber(ARGV[1])
 local window_start = '(' .. (now - 60000)
 local requests = redis.call('ZCOUNT', KEYS[1], window_start, '+inf')
@@ -20,4 +20,5 @@ end
 local today = tonumber(redis.call('GET', KEYS[5]) or '0')
 local month = tonumber(redis.call('GET', KEYS[6]) or '0')
 local running = redis.call('ZCOUNT', KEYS[7], '(' .. now, '+inf')
-return {requests, tokens, today, month, running}
+local spent = tonumber(redis.call('GET', KEYS[8]) or '0')
+return {requests, tokens, today, month, running, spent}

@@ -15,7 +15,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from gateway.batching import ScriptBatcher
-from gateway.limits import Admission, Limiter, Limits, period_ends
+from gateway.limits import Admission, Limiter, Limits, Spend, period_ends
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 LEASE_MS = 30_000
@@ -76,8 +76,10 @@ def limiter(loop: asyncio.AbstractEventLoop) -> Iterator[Limiter]:
     loop.run_until_complete(client.aclose())
 
 
-async def settle(limiter: Limiter, admission: Admission, request_id: str, used: int) -> None:
-    limiter.settle(admission, request_id=request_id, used=used)
+async def settle(
+    limiter: Limiter, admission: Admission, request_id: str, used: int, spent: int = 0
+) -> None:
+    limiter.settle(admission, request_id=request_id, used=used, spent=spent)
     await limiter._batcher.idle()
 
 
@@ -134,6 +136,53 @@ def test_the_limiter_agrees_with_the_reference_model(
             open_requests.append((request_id, got))
             assert got.requests_used == len(reference.requests)
             assert got.tokens_used == sum(a for _, a in reference.tokens.values())
+
+
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cap=st.integers(0, 3_000),
+    ops=st.lists(
+        st.tuples(
+            st.integers(0, 900),  # money to reserve (micro-units)
+            st.none() | st.integers(0, 1_200),  # settle the oldest open request at this cost
+        ),
+        max_size=25,
+    ),
+)
+def test_the_hard_cap_agrees_with_the_reference_model(
+    loop: asyncio.AbstractEventLoop, limiter: Limiter, cap: int, ops: list[tuple[int, int | None]]
+) -> None:
+    """Admitted while the month's spend (reservations in flight at their most, settled
+    requests at their cost) is under the cap; so it is crossed by at most one reservation."""
+    account_id, spent = next(accounts), 0
+    open_requests: list[tuple[str, Admission]] = []
+    for step, (reserve, settle_with) in enumerate(ops):
+        if settle_with is not None and open_requests:
+            request_id, admission = open_requests.pop(0)
+            loop.run_until_complete(settle(limiter, admission, request_id, 0, settle_with))
+            spent += settle_with - admission.spend_reserved
+        got = loop.run_until_complete(
+            limiter.admit(
+                account_id=account_id,
+                request_id=f"r{step}",
+                reserve=1,
+                limits=Limits(),
+                now=START,
+                spend=Spend("XTS", reserve, cap),
+            )
+        )
+        assert (got.admitted, got.reason) == ((True, "") if spent < cap else (False, "budget"))
+        if got.admitted:
+            open_requests.append((f"r{step}", got))
+            spent += reserve
+        else:
+            assert got.retry_after_ms == period_ends(START)[1] * 1000
+        standing = loop.run_until_complete(
+            limiter.peek(account_id=account_id, now=START, currency="XTS")
+        )
+        assert standing.spent_this_month == spent, f"step {step}"
 
 
 def test_a_refused_request_changes_nothing(

@@ -92,6 +92,45 @@ async def test_a_flooding_account_cannot_starve_another(queue: AdmissionQueue) -
     assert order.index(8) <= 1
 
 
+async def test_a_backlogged_accounts_share_stays_within_the_fair_queuing_bound(
+    queue: AdmissionQueue,
+) -> None:
+    """Both accounts always have a request waiting; one floods with ten times as many.
+
+    Start-time fair queuing with equal costs serves backlogged accounts alternately, so at
+    any point their counts of grants differ by at most one request (plus one for the
+    grant in progress when the quiet account's next request joins).
+    """
+    pool = model()
+    order: list[int] = []
+    done = asyncio.Event()
+
+    async def keep_asking(account: int) -> None:
+        while not done.is_set():
+            slot = await acquire(queue, pool, FREE, account, capacity=1, patience=30)
+            order.append(account)
+            if len(order) >= 80:
+                done.set()
+            await asyncio.sleep(0.002)
+            queue.release(slot)
+
+    flood = [asyncio.create_task(keep_asking(7)) for _ in range(20)]
+    await asyncio.sleep(0.05)  # the flood is queued first
+    joined = len(order)
+    quiet = [asyncio.create_task(keep_asking(8)) for _ in range(2)]
+    await asyncio.wait_for(done.wait(), 30)
+    for task in flood + quiet:
+        task.cancel()
+    await asyncio.gather(*flood, *quiet, return_exceptions=True)
+    start = order.index(8)
+    assert start - joined <= 2  # the quiet account's first request overtakes the backlog
+    served = order[start:80]
+    for end in range(1, len(served) + 1):
+        prefix = served[:end]
+        assert abs(prefix.count(7) - prefix.count(8)) <= 2, served
+    assert 0.45 <= served.count(8) / len(served) <= 0.55
+
+
 async def test_a_full_queue_sheds_with_429(queue: AdmissionQueue) -> None:
     pool = model()
     holder = await acquire(queue, pool, FREE, 1)

@@ -1,18 +1,26 @@
-"""Redis stopped under load and restarted empty: paid tiers fail closed, quotas come back
-from PostgreSQL, and no usage is lost. Runs against a redis-server of its own."""
+"""Redis stopped under load and restarted empty: paid tiers fail closed, the free tier fails
+open under a local cap with its usage spooled, quotas come back from PostgreSQL, and no usage
+is lost. Runs against a redis-server of its own."""
 
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 import redis
+from django.conf import settings
+from psycopg_pool import AsyncConnectionPool
 
 from gateway.models import LimitOverride
+from gateway.spool import UsageSpool
 from metering.models import UsageRecord
-from tests.conftest import MODEL, gateway_env, tenant_create
+from tests.conftest import MODEL, Tenant, gateway_env, tenant_create
 from tests.servers import ROOT, Server, free_port, start_gateway
 
 
@@ -111,3 +119,115 @@ def test_quotas_survive_redis_coming_back_empty_and_no_usage_is_lost(
         meter.terminate()
         meter.wait(10)
         gateway.stop()
+
+
+def test_free_tier_fails_open_under_the_local_cap_and_its_usage_reaches_the_ledger(
+    own_redis: RedisServer, fleet: None, tmp_path: Path
+) -> None:
+    free, premium = tenant_create("free"), tenant_create("premium")
+    env = {
+        **gateway_env(),
+        "REDIS_URL": own_redis.url,
+        "GATEWAY_SPOOL_DIR": str(tmp_path),
+        "GATEWAY_FAIL_OPEN_CONCURRENCY": "2",
+        "GATEWAY_FAIL_OPEN_REQUESTS_PER_MINUTE": "12",
+    }
+    gateway: Server = start_gateway(env)
+
+    def ask(tenant: Tenant) -> int:
+        api = openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
+        try:
+            api.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=20
+            )
+        except openai.APIStatusError as error:
+            assert error.status_code == 503 and "retry-after" in error.response.headers
+            return 503
+        return 200
+
+    try:
+        ask(free)  # warms the key cache: PostgreSQL is up, only Redis goes
+        own_redis.stop()
+        assert ask(premium) == 503  # a paid tier fails closed
+        # Under load: 4 callers against a cap of 2 at once and 12 a minute.
+        with ThreadPoolExecutor(4) as callers:
+            answers = list(callers.map(lambda _: ask(free), range(16)))
+        served = answers.count(200)
+        assert 1 <= served <= 12 and answers.count(503) == 16 - served
+        # Every answered request reaches the ledger through the spool, exactly once.
+        records = UsageRecord.objects.filter(account_id=free.account.pk)
+        deadline = time.monotonic() + 10
+        while records.count() < served:
+            assert time.monotonic() < deadline, "spooled usage not stored"
+            time.sleep(0.1)
+        time.sleep(1.5)  # another replay round stores nothing twice
+        assert records.count() == served
+        assert set(records.values_list("outcome", flat=True)) == {"ok"}
+        assert not UsageRecord.objects.filter(account_id=premium.account.pk).exists()
+        assert not list(tmp_path.glob("*.jsonl"))
+    finally:
+        gateway.stop()
+
+
+async def test_a_dead_gateways_spooled_requests_are_stored_as_lost(
+    live_db: None, tmp_path: Path
+) -> None:
+    """The file of a process that died mid-request is replayed by any other on the host."""
+    db = settings.DATABASES["default"]
+    pool = AsyncConnectionPool(
+        f"dbname={db['NAME']} user={db['USER']} host={db['HOST']} port={db['PORT']}", open=False
+    )
+    await pool.open()
+    finished, cut_off = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        dead = UsageSpool(tmp_path, pool)
+        for request_id in (finished, cut_off):
+            await dead.open(request_id, _entry(request_id))
+        await dead._settle(finished, {**_entry(finished), **_FINISHED})
+        assert dead.live.keys() == {cut_off}
+        assert await UsageSpool(tmp_path, pool).replay() == 0  # its writer still holds it
+        assert dead._file is not None
+        dead._file.close()  # the process dies: the kernel drops its lock, nothing rotated
+
+        assert await UsageSpool(tmp_path, pool).replay() == 2
+        assert await UsageSpool(tmp_path, pool).replay() == 0
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT request_id::text, outcome FROM metering_usagerecord "
+                "WHERE request_id = ANY(%s::uuid[])",
+                ([finished, cut_off],),
+            )
+            stored = dict(await cursor.fetchall())
+    finally:
+        await pool.close()
+    assert stored == {finished: "ok", cut_off: "gateway_lost"}
+
+
+_FINISHED = {
+    "prompt_tokens": 9,
+    "cached_prompt_tokens": 0,
+    "completion_tokens": 20,
+    "reasoning_tokens": 0,
+    "tokens_estimated": False,
+    "ttft_ms": 12.0,
+    "latency_ms": 80.0,
+    "status_code": 200,
+    "outcome": "ok",
+    "ended_at": time.time() + 0.08,
+}
+
+
+def _entry(request_id: str) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "account_id": 1,
+        "api_key_id": 1,
+        "tier": "free",
+        "model": MODEL,
+        "backend": "sim-a",
+        "endpoint": "chat",
+        "streamed": False,
+        "started_at": time.time(),
+        "prompt_tokens": 9,
+        "queue_wait_ms": 0.0,
+    }

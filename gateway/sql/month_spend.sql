@@ -1,0 +1,42 @@
+-- What each account has spent this month, to rebuild the gateway's spend counters after Redis
+-- lost them (gateway/limits.py). Every request is rated by the rule of docs/billing.md
+-- ("Rating") with the price book in force when it started, in the account's currency (its
+-- budget's, else the default); usage without a price counts nothing.
+-- Parameters: month (start of the UTC month), default_currency.
+-- Returns account_id, currency, spend in micro-units (exact: 6 decimal places).
+WITH books AS (
+    SELECT id, currency, effective_from,
+           lead(effective_from, 1, 'infinity') OVER w AS until
+    FROM billing_pricebook
+    WINDOW w AS (PARTITION BY currency ORDER BY effective_from)
+),
+-- Summed before pricing: one row per account, book, tier and model.
+usage AS (
+    SELECT u.account_id, bk.currency, bk.id AS book_id, u.tier, u.model,
+           count(*) AS requests,
+           sum(u.prompt_tokens - u.cached_prompt_tokens) AS input,
+           sum(u.cached_prompt_tokens) AS cached,
+           sum(u.completion_tokens - u.reasoning_tokens) AS output,
+           sum(u.reasoning_tokens) AS reasoning
+    FROM metering_usagerecord u
+    LEFT JOIN billing_budget bu ON bu.account_id = u.account_id
+    JOIN books bk ON bk.currency = coalesce(bu.currency, %(default_currency)s)
+                 AND u.started_at >= bk.effective_from AND u.started_at < bk.until
+    WHERE u.started_at >= %(month)s
+    GROUP BY 1, 2, 3, 4, 5
+)
+-- A price per million tokens is micro-units per token, a fee is 10^6 micro-units per unit.
+SELECT us.account_id, us.currency,
+       sum(us.input * p.input_per_million
+           + us.cached * p.cached_input_per_million
+           + us.output * p.output_per_million
+           + us.reasoning * coalesce(p.reasoning_per_million, p.output_per_million)
+           + us.requests * p.request_fee * 1000000) AS micro
+FROM usage us
+CROSS JOIN LATERAL (
+    SELECT * FROM billing_price p
+    WHERE p.price_book_id = us.book_id AND p.tier = us.tier AND p.model IN (us.model, '*')
+    ORDER BY p.model = '*'
+    LIMIT 1
+) p
+GROUP BY us.account_id, us.currency
