@@ -77,3 +77,17 @@ class AuditedAdmin(admin.ModelAdmin[M]):
             _record(request, "update", obj, obj.pk, befores.get(obj.pk), snapshot(obj))
         for obj, pk in zip(formset.deleted_objects, deleting, strict=True):
             _record(request, "delete", obj, pk, befores.get(pk), None)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin[M]):
+    """Pages for what only the system writes (ledgers, telemetry, the audit log): staff
+    search, filter and read them, and nobody adds, edits or deletes a row here."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -10,8 +10,9 @@ from datetime import datetime
 
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.utils import timezone
 
-from console.audit import audit_record, object_type, snapshot
+from console.audit import AnyRequest, audit_record, object_type, snapshot
 from console.models import StaffToken
 from gateway.keys import key_hash
 
@@ -49,6 +50,29 @@ def staff_token_issue(
             after=snapshot(token),
         )
     return IssuedToken(token=token, plaintext=plaintext)
+
+
+def staff_token_revoke(
+    *, actor: object, token: StaffToken, request: AnyRequest | None = None
+) -> StaffToken:
+    """Stop a token working at once; revoking a revoked token changes nothing."""
+    with transaction.atomic():
+        token = StaffToken.objects.select_for_update().get(pk=token.pk)
+        if token.revoked_at is not None:
+            return token
+        before = snapshot(token)
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+        audit_record(
+            actor=actor,
+            action="revoke",
+            obj_type=object_type(token),
+            obj_id=token.pk,
+            before=before,
+            after=snapshot(token),
+            request=request,
+        )
+    return token
 
 
 def staff_token_id_parse(plaintext: str) -> str | None:

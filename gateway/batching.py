@@ -46,6 +46,8 @@ class ScriptBatcher:
         self._linger = linger
         self._max_calls = max_calls
         self._pending: list[_Call] = []
+        # Every script this batcher has sent: after a Redis restart they are loaded together.
+        self._scripts: dict[str, Script] = {}
         self._flushing: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -55,6 +57,7 @@ class ScriptBatcher:
         """Queue a script call; the future resolves with its reply (or its error)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        self._scripts.setdefault(script.sha, script)
         self._pending.append(_Call(script, keys, args, future))
         if not linger:
             self._start()
@@ -99,7 +102,9 @@ class ScriptBatcher:
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             # Redis restarted or was flushed since the scripts were loaded: load, then redo.
-            for script in {batch[i].script for i in missing}:
+            # All of them, not only those missing here: were only some loaded, a later batch
+            # could run a request's admission before the settle queued ahead of it.
+            for script in list(self._scripts.values()):
                 await self._client.script_load(script.text)
             redone = await self._pipeline([batch[i] for i in missing])
             for i, reply in zip(missing, redone, strict=True):

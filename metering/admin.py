@@ -1,12 +1,20 @@
-from django.contrib import admin
+"""The console's pages for the usage ledger and the energy telemetry: read-only, since the
+meter and the energy jobs write them, except a backend's configured energy model."""
 
-from metering.models import UsageRecord
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.forms import ModelForm
+from django.http import HttpRequest
+from django.utils import timezone
+
+from console.admin_audit import AuditedAdmin, ReadOnlyAdmin
+from metering.models import EnergyCalibration, EnergyInterval, GpuSample, UsageRecord
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
-    """Read-only: the ledger is written by the meter alone."""
-
+class UsageRecordAdmin(ReadOnlyAdmin[UsageRecord]):
     list_display = [
         "request_id",
         "started_at",
@@ -16,17 +24,91 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
         "backend",
         "prompt_tokens",
         "completion_tokens",
+        "energy_joules",
         "outcome",
         "tokens_estimated",
     ]
     list_filter = ["outcome", "tier", "streamed", "tokens_estimated"]
+    search_fields = ["request_id", "model", "backend"]
     date_hierarchy = "started_at"
 
-    def has_add_permission(self, request: object) -> bool:
+
+@admin.register(GpuSample)
+class GpuSampleAdmin(ReadOnlyAdmin[GpuSample]):
+    list_display = ["backend", "gpu_index", "gpu_uuid", "scraped_at", "power_w", "energy_mj"]
+    list_filter = ["backend"]
+    search_fields = ["backend", "gpu_uuid"]
+    date_hierarchy = "scraped_at"
+
+
+@admin.register(EnergyInterval)
+class EnergyIntervalAdmin(ReadOnlyAdmin[EnergyInterval]):
+    list_display = [
+        "backend",
+        "started_at",
+        "ended_at",
+        "energy_j",
+        "idle_j",
+        "attributed_j",
+        "requests",
+        "counter_reset",
+        "attributed_at",
+    ]
+    list_filter = ["backend", "counter_reset", ("attributed_at", admin.EmptyFieldListFilter)]
+    date_hierarchy = "started_at"
+
+
+class CalibrationForm(forms.ModelForm[EnergyCalibration]):
+    class Meta:
+        model = EnergyCalibration
+        fields = [
+            "backend",
+            "idle_watts",
+            "prefill_j_per_token",
+            "prefill_j_per_request",
+            "decode_watts",
+            "decode_j_per_token",
+            "ttft_seconds",
+            "ttft_seconds_per_token",
+            "prefill_seconds",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        numbers = [value for name, value in cleaned.items() if name != "backend"]
+        if any(value is not None and value < 0 for value in numbers):
+            raise forms.ValidationError("Coefficients cannot be negative.")
+        return cleaned
+
+
+@admin.register(EnergyCalibration)
+class EnergyCalibrationAdmin(AuditedAdmin[EnergyCalibration]):
+    """Fitted models are listed as the calibration job wrote them. Staff may add a configured
+    model (e.g. from a lab measurement): it wins until deleted (docs/energy.md)."""
+
+    list_display = [
+        "backend",
+        "source",
+        "fitted_at",
+        "idle_watts",
+        "prefill_j_per_token",
+        "decode_watts",
+        "decode_j_per_token",
+        "r_squared",
+    ]
+    list_filter = ["backend", "source"]
+    form = CalibrationForm
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_change_permission(self, request: object, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: object, obj: object = None) -> bool:
-        return False
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: EnergyCalibration,
+        form: ModelForm[EnergyCalibration],
+        change: bool,
+    ) -> None:
+        obj.source = EnergyCalibration.Source.CONFIGURED
+        obj.fitted_at = timezone.now()
+        super().save_model(request, obj, form, change)
