@@ -264,7 +264,7 @@ def _intervals_work(
         "ttft_seconds_per_token": [timing.seconds_per_token],
         "prefill_seconds": [timing.prefill_seconds],
     }
-    cursor.execute(_WORK, {**span, **models, "ids": ids})
+    _work_build(cursor, {**span, **models, "ids": ids})
     cursor.execute(_CALIBRATION_INTERVALS, {"ids": ids})
     intervals = [IntervalWork(*(float(v) for v in row)) for row in cursor.fetchall()]
     cursor.execute("DROP TABLE energy_work")
@@ -417,7 +417,7 @@ def _attribute_batch(
         if not ids:
             return False
         span = _records_span(cursor, ids, max_lag)
-        cursor.execute(_WORK, {**span, **prices, "ids": ids})
+        _work_build(cursor, {**span, **prices, "ids": ids})
         cursor.execute(_PRICE, prices)
         cursor.execute(_SPLIT, {**prices, "ids": ids, "now": now})
         for energy_j, idle_j, attributed_j, _ in cursor.fetchall():
@@ -431,6 +431,18 @@ def _attribute_batch(
         # ON COMMIT DROP alone would leave it in place when the caller's transaction goes on.
         cursor.execute("DROP TABLE energy_work")
     return True
+
+
+def _work_build(cursor: CursorWrapper, params: dict[str, Any]) -> None:
+    """Fill the temporary table energy_work (energy_work.sql) for the given intervals.
+
+    The planner cannot estimate its time conditions and expects a row or two from each step;
+    with nested loops over the steps' results the query would grow with the square of the
+    records (minutes for a few thousand). Hash joins keep it linear.
+    """
+    cursor.execute("SET LOCAL enable_nestloop = off")
+    cursor.execute(_WORK, params)
+    cursor.execute("RESET enable_nestloop")
 
 
 def _records_span(cursor: CursorWrapper, ids: list[int], max_lag: timedelta) -> dict[str, Any]:
