@@ -7,10 +7,17 @@ closed and credited through console.services.invoices, which audits them). Forms
 by console.admin_audit.AuditedAdmin.
 """
 
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
 from django.utils import timezone
 
 from billing.models import (
@@ -28,24 +35,14 @@ from billing.models import (
     StripeEvent,
     UsageRollup,
 )
-from console.admin_audit import AuditedAdmin
+from billing.money import to_minor
+from billing.services import InvoiceError
+from console.admin_audit import AuditedAdmin, ReadOnlyAdmin
+from console.services import invoices as audited
 
 
 def _in_force(obj: PriceBook | CostModel | None) -> bool:
     return obj is not None and obj.effective_from <= timezone.now()
-
-
-class ReadOnlyAdmin(admin.ModelAdmin[Any]):
-    """Viewable by staff, written by billing's jobs and services only."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class _BookItemInline(admin.TabularInline[Any, PriceBook]):
@@ -135,8 +132,45 @@ class InvoiceLineInline(admin.TabularInline[InvoiceLine, Invoice]):
         return False
 
 
+class MonthCloseForm(forms.Form):
+    month = forms.DateField(
+        input_formats=["%Y-%m"],
+        help_text="YYYY-MM. Every account's invoice of that month (UTC) is made, numbered and "
+        "finalised; refused until the month and its grace window are over.",
+    )
+
+
+class CreditNoteForm(forms.Form):
+    memo = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), help_text="Why; shown on it.")
+    lines = forms.ModelMultipleChoiceField(
+        queryset=InvoiceLine.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Whole lines to reverse exactly.",
+    )
+    amount = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0.01"),
+        help_text="Or an amount to credit (in the invoice's currency), as one line.",
+    )
+
+    def __init__(self, *args: Any, invoice: Invoice, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.invoice = invoice
+        self.fields["lines"].queryset = invoice.lines.order_by("pk")  # type: ignore[attr-defined]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if bool(cleaned.get("lines")) == (cleaned.get("amount") is not None):
+            raise forms.ValidationError("Credit either whole lines or an amount.")
+        return cleaned
+
+
 @admin.register(Invoice)
-class InvoiceAdmin(ReadOnlyAdmin):
+class InvoiceAdmin(ReadOnlyAdmin[Invoice]):
+    """Invoices are made and finalised by closing a month, and corrected by credit notes,
+    both here (pages of their own, audited by console.services.invoices) and in the API."""
+
     list_display = [
         "__str__",
         "account",
@@ -153,9 +187,79 @@ class InvoiceAdmin(ReadOnlyAdmin):
     date_hierarchy = "period_start"
     inlines = [InvoiceLineInline]
 
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("close/", view(self.close_view), name="billing_invoice_close"),
+            path(
+                "<int:pk>/credit-note/",
+                view(self.credit_note_view),
+                name="billing_invoice_credit_note",
+            ),
+            *super().get_urls(),
+        ]
+
+    def close_view(self, request: HttpRequest) -> HttpResponse:
+        self._may_invoice(request)
+        form = MonthCloseForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            month = form.cleaned_data["month"]
+            start = datetime(month.year, month.month, 1, tzinfo=UTC)
+            try:
+                result = audited.invoices_month_close(
+                    actor=request.user, period_start=start, request=request
+                )
+            except InvoiceError as exc:
+                form.add_error("month", str(exc))
+            else:
+                messages.success(
+                    request, f"{start:%Y-%m}: {result.finalised} invoice(s) finalised."
+                )
+                for account, tier, model, tokens in result.unpriced:
+                    messages.warning(
+                        request, f"Account {account}: {tokens} {tier}/{model} tokens had no price."
+                    )
+                return redirect("admin:billing_invoice_changelist")
+        return self._form_page(request, "Close a month", form)
+
+    def credit_note_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        self._may_invoice(request)
+        invoice = get_object_or_404(Invoice, pk=pk)
+        form = CreditNoteForm(request.POST or None, invoice=invoice)
+        if request.method == "POST" and form.is_valid():
+            amount = form.cleaned_data["amount"]
+            try:
+                note = audited.credit_note_issue(
+                    actor=request.user,
+                    invoice=invoice,
+                    memo=form.cleaned_data["memo"],
+                    lines=list(form.cleaned_data["lines"]) or None,
+                    amount_minor=None if amount is None else to_minor(amount, invoice.currency),
+                    request=request,
+                )
+            except InvoiceError as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Credit note {note} issued.")
+                return redirect("admin:billing_invoice_change", note.pk)
+        return self._form_page(request, f"Credit note for {invoice}", form)
+
+    def _may_invoice(self, request: HttpRequest) -> None:
+        if not request.user.has_perm("billing.change_invoice"):
+            raise PermissionDenied
+
+    def _form_page(self, request: HttpRequest, title: str, form: forms.Form) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "billing/admin_form.html", context)
+
 
 @admin.register(UsageRollup)
-class UsageRollupAdmin(ReadOnlyAdmin):
+class UsageRollupAdmin(ReadOnlyAdmin[UsageRollup]):
     list_display = [
         "grain",
         "bucket",
@@ -173,7 +277,7 @@ class UsageRollupAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Margin)
-class MarginAdmin(ReadOnlyAdmin):
+class MarginAdmin(ReadOnlyAdmin[Margin]):
     list_display = [
         "grain",
         "bucket",
@@ -192,21 +296,21 @@ class MarginAdmin(ReadOnlyAdmin):
 
 
 @admin.register(BudgetAlert)
-class BudgetAlertAdmin(ReadOnlyAdmin):
+class BudgetAlertAdmin(ReadOnlyAdmin[BudgetAlert]):
     list_display = ["account", "period_start", "percent", "spent", "created_at"]
 
 
 @admin.register(StripeEvent)
-class StripeEventAdmin(ReadOnlyAdmin):
+class StripeEventAdmin(ReadOnlyAdmin[StripeEvent]):
     list_display = ["event_id", "type", "received_at"]
     list_filter = ["type"]
 
 
 @admin.register(InvoiceNumber)
-class InvoiceNumberAdmin(ReadOnlyAdmin):
+class InvoiceNumberAdmin(ReadOnlyAdmin[InvoiceNumber]):
     list_display = ["prefix", "last"]
 
 
 @admin.register(JobRun)
-class JobRunAdmin(ReadOnlyAdmin):
+class JobRunAdmin(ReadOnlyAdmin[JobRun]):
     list_display = ["job", "scope", "watermark", "finished_at"]

@@ -1,14 +1,31 @@
 """The staff console's pages (Django's test client; the browser tests cover the flows)."""
 
+from datetime import timedelta
+from decimal import Decimal as D
+
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
+from billing.models import Invoice
+from billing.services import invoices_close
 from console.models import AuditEntry, StaffToken
 from console.tokens import staff_token_issue
+from gateway.models import Account
 from metering.models import EnergyCalibration
+from tests.billing.factories import (
+    MONTH,
+    NEXT_MONTH,
+    BookSpec,
+    PriceSpec,
+    account_make,
+    book_create,
+    usage,
+    usage_write,
+)
 from tests.console.api_support import tenant_create, token_client
 
 pytestmark = pytest.mark.django_db
@@ -95,3 +112,65 @@ def test_staff_can_configure_a_backends_energy_model(staff: tuple[User, Client])
     assert AuditEntry.objects.filter(
         action="create", object_type="metering.energycalibration"
     ).exists()
+
+
+def _billed_month() -> Account:
+    """An account with usage in MONTH, priced by a book in force before it."""
+    book_create(
+        BookSpec(MONTH - timedelta(days=30), [PriceSpec("premium", "*", D(3), D(1), D(15))])
+    )
+    account = account_make("premium")
+    usage_write(
+        [
+            usage(
+                MONTH + timedelta(hours=1),
+                account_id=account.pk,
+                prompt=1_000_000,
+                completion=100_000,
+            )
+        ]
+    )
+    return account
+
+
+def test_staff_close_a_month_and_its_invoices_are_finalised_and_audited(
+    staff: tuple[User, Client],
+) -> None:
+    _, client = staff
+    account = _billed_month()
+    close = reverse("admin:billing_invoice_close")
+    assert b"Close a month" in client.get(_page(Invoice)).content
+
+    still_open = client.post(close, {"month": f"{timezone.now():%Y-%m}"})
+    assert b"is open until" in still_open.content
+    assert not Invoice.objects.exists()
+
+    response = client.post(close, {"month": f"{MONTH:%Y-%m}"}, follow=True)
+    assert b"1 invoice(s) finalised." in response.content
+    invoice = Invoice.objects.get(account=account)
+    assert (invoice.status, invoice.total_minor) == ("finalised", 300 + 150)
+    entry = AuditEntry.objects.get(action="finalise", object_type="billing.invoice")
+    assert entry.after["number"] == invoice.number
+
+
+def test_staff_credit_an_invoice_by_lines_or_by_amount(staff: tuple[User, Client]) -> None:
+    _, client = staff
+    account = _billed_month()
+    invoices_close(period_start=MONTH, now=NEXT_MONTH + timedelta(days=1))
+    invoice = Invoice.objects.get(account=account)
+    page = reverse("admin:billing_invoice_change", args=[invoice.pk])
+    credit = reverse("admin:billing_invoice_credit_note", args=[invoice.pk])
+    assert b"Issue a credit note" in client.get(page).content
+
+    neither = client.post(credit, {"memo": "goodwill"})
+    assert b"Credit either whole lines or an amount." in neither.content
+    too_much = client.post(credit, {"memo": "goodwill", "amount": "1000"})
+    assert b"within the invoice" in too_much.content
+    assert not Invoice.objects.filter(kind="credit_note").exists()
+
+    input_line = invoice.lines.get(item="input")
+    client.post(credit, {"memo": "wrong input price", "lines": [input_line.pk]})
+    client.post(credit, {"memo": "goodwill", "amount": "1.50"})
+    notes = Invoice.objects.filter(kind="credit_note", corrects=invoice).order_by("pk")
+    assert [(n.total_minor, n.status) for n in notes] == [(-300, "finalised"), (-150, "finalised")]
+    assert AuditEntry.objects.filter(action="credit_note").count() == 2
