@@ -47,6 +47,15 @@ def browser() -> Iterator[WebDriver]:
         "--window-size=1400,1100",
     ):
         options.add_argument(argument)
+    # No password manager: its prompts and leak checks have no place in a test browser.
+    options.add_experimental_option(
+        "prefs",
+        {
+            "credentials_enable_service": False,
+            "profile.password_manager_enabled": False,
+            "profile.password_manager_leak_detection": False,
+        },
+    )
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.implicitly_wait(5)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -64,9 +73,19 @@ def staff(live_db: None) -> User:
     )
 
 
-def sign_in(browser: WebDriver, gateway: Server, user: User, token: str | None = None) -> None:
+def login_page(browser: WebDriver, gateway: Server) -> None:
+    """The sign-in form, signed out: cookies are deleted on the gateway's own origin (Selenium
+    deletes only the current page's), then the form is loaded afresh."""
+    browser.get(gateway.url + "/admin/login/")
     browser.delete_all_cookies()
     browser.get(gateway.url + "/admin/login/")
+    if not browser.find_elements(By.NAME, "username"):
+        shot(browser, "no-login-form")
+        raise AssertionError(f"no sign-in form at {browser.current_url}: {browser.page_source}")
+
+
+def sign_in(browser: WebDriver, gateway: Server, user: User, token: str | None = None) -> None:
+    login_page(browser, gateway)
     browser.find_element(By.NAME, "username").send_keys(user.username)
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     if token is not None:
@@ -102,8 +121,7 @@ def test_repeated_failed_sign_ins_are_throttled(
     browser: WebDriver, gateway: Server, staff: User
 ) -> None:
     for _ in range(5):
-        browser.delete_all_cookies()
-        browser.get(gateway.url + "/admin/login/")
+        login_page(browser, gateway)
         browser.find_element(By.NAME, "username").send_keys(staff.username)
         browser.find_element(By.NAME, "password").send_keys("wrong")
         browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
