@@ -10,7 +10,7 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import MAXYEAR, UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -124,6 +124,8 @@ def period_parse(text: str) -> datetime:
         start = datetime.strptime(text, "%Y-%m")
     except ValueError:
         raise ValueError(f"a period is a month, YYYY-MM, not {text!r}") from None
+    if (start.year, start.month) == (MAXYEAR, 12):
+        raise ValueError(f"{text} ends past the last date there is")
     return start.replace(tzinfo=UTC)
 
 

@@ -11,7 +11,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import MAXYEAR, UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,8 @@ class CloseResult:
 
 def month_of(at: datetime) -> Period:
     """The calendar month (UTC) holding `at`: invoices' period."""
+    if (at.year, at.month) == (MAXYEAR, 12):
+        raise InvoiceError(f"{MAXYEAR}-12 ends past the last date there is")
     return Period(_month(at), _next_month(at))
 
 

@@ -4,11 +4,12 @@ Staff only, as the console admits them: `staff_only` is the admin site's own che
 and past the two-factor step where the user has set it up), with its sign-in page for others.
 """
 
+import re
 from collections.abc import Callable
 from typing import cast
 
 from django.contrib import admin
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from billing.reports import (
     CONTENT_TYPES,
@@ -34,6 +35,8 @@ def finance_report(request: HttpRequest, period: str, fmt: str) -> HttpResponse:
         raise Http404(str(error)) from None
     form = cast(ReportFormat, fmt)
     currency = request.GET.get("currency", "USD").upper()
+    if not re.fullmatch("[A-Z]{3}", currency):
+        return HttpResponseBadRequest("currency is a three-letter code (ISO 4217), e.g. USD")
     body = report_render(period_start=period_start, currency=currency, fmt=form)
     response = HttpResponse(body, content_type=CONTENT_TYPES[form])
     if fmt != "html":

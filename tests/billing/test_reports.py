@@ -268,8 +268,21 @@ def test_staff_get_each_form(
         assert f'filename="finance-{PERIOD}.{fmt}"' in response["Content-Disposition"]
 
 
-@pytest.mark.parametrize("path", ["/billing/report/2025-13.html", "/billing/report/2025-03.xls"])
+@pytest.mark.parametrize(
+    "path",
+    ["/billing/report/2025-13.html", "/billing/report/2025-03.xls", "/billing/report/9999-12.csv"],
+)
 def test_an_unknown_period_or_form_is_not_found(client: Client, path: str) -> None:
     client.force_login(User.objects.create_user("finance", is_staff=True))
 
     assert client.get(path).status_code == 404
+
+
+@pytest.mark.parametrize("currency", ["ZZZZ", "U$D", "%00"])
+def test_a_currency_that_is_not_a_code_is_a_bad_request(client: Client, currency: str) -> None:
+    client.force_login(User.objects.create_user("finance", is_staff=True))
+
+    response = client.get(url("csv") + f"?currency={currency}")
+
+    assert response.status_code == 400
+    assert b"three-letter code" in response.content

@@ -143,6 +143,7 @@ def test_staff_close_a_month_and_its_invoices_are_finalised_and_audited(
 
     still_open = client.post(close, {"month": f"{timezone.now():%Y-%m}"})
     assert b"is open until" in still_open.content
+    assert b"past the last date" in client.post(close, {"month": "9999-12"}).content
     assert not Invoice.objects.exists()
 
     response = client.post(close, {"month": f"{MONTH:%Y-%m}"}, follow=True)

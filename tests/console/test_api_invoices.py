@@ -52,8 +52,9 @@ def test_closing_a_month_finalises_and_numbers_its_invoices_once() -> None:
     assert AuditEntry.objects.filter(action="finalise").count() == 1
 
 
-def test_a_month_still_open_cannot_be_closed() -> None:
-    response = staff_client().post("/api/v1/invoices/close/", {"period_start": "2099-01-01"})
+@pytest.mark.parametrize("period_start", ["2099-01-01", "9999-12-31T23:00:00Z"])
+def test_a_month_still_open_cannot_be_closed(period_start: str) -> None:
+    response = staff_client().post("/api/v1/invoices/close/", {"period_start": period_start})
     assert_error(response, 400, "invoice_refused")
     assert not Invoice.objects.exists()
 
