@@ -24,7 +24,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from gateway.models import Backend
+from gateway.models import Backend, LimitOverride
 from gateway.services import backend_register
 from metering.attribution import (
     CalibrationPolicy,
@@ -71,7 +71,7 @@ def mixed_workload(rng: random.Random) -> list[Account]:
         ]
 
     return [
-        Account("free chat", "free", some(18, (20, 80), (20, 120), 0.5), gap=0.5),
+        Account("free chat", "free", some(36, (20, 80), (20, 120), 0.5), gap=0.25),
         Account("free essays", "free", some(5, (600, 900), (200, 400), 0.0), gap=1.5),
         Account("interactive chat", "interactive", some(40, (20, 120), (20, 150), 0.5), 0.35, 2),
         Account("long prompts", "interactive", some(14, (3000, 6000), (16, 64), 0.5), gap=0.6),
@@ -221,6 +221,14 @@ def run(
     """Send the workload while scraping; then drain, calibrate, attribute and read the truth."""
     for account in accounts:
         account.tenant = tenant_create(account.tier)
+        # Limits are not what this measures: a free account's 20 requests a minute would
+        # refuse part of its workload.
+        LimitOverride.objects.create(
+            account=account.tenant.account,
+            requests_per_minute=10_000,
+            tokens_per_minute=10**9,
+            tokens_per_day=10**10,
+        )
     wait_routable(fleet, accounts[0].tenant.key)  # type: ignore[union-attr]
     scraper = Scraper(fleet.name)
     before = fleet.truth()
