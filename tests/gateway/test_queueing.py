@@ -18,11 +18,13 @@ PREMIUM, FREE = 0, 2
 @pytest.fixture
 async def queue() -> AsyncIterator[AdmissionQueue]:
     client = aioredis.Redis.from_url(settings.REDIS_URL)
-    admission = AdmissionQueue(client, ScriptBatcher(client, linger=0.001), lease_seconds=2.0)
+    batcher = ScriptBatcher(client, linger=0.001)
+    admission = AdmissionQueue(client, batcher, lease_seconds=2.0)
     listener = asyncio.create_task(admission.listen())
     await asyncio.sleep(0.05)  # subscribed
     yield admission
     listener.cancel()
+    await batcher.idle()  # the last releases are still on their way
     await client.aclose()
 
 
