@@ -17,9 +17,11 @@ from django.contrib.auth.models import User
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from billing.models import Invoice, InvoiceLine
@@ -90,7 +92,32 @@ def sign_in(browser: WebDriver, gateway: Server, user: User, token: str | None =
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     if token is not None:
         browser.find_element(By.NAME, "otp_token").send_keys(token)
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    submit_and_wait(browser)
+
+
+def _detached(element: WebElement) -> bool:
+    """Whether the page holding `element` has been replaced. While it is being replaced,
+    chromedriver answers either "stale element" or an inspector error about the node."""
+    try:
+        element.is_enabled()
+    except WebDriverException:  # StaleElementReferenceException is one
+        return True
+    return False
+
+
+def submit_and_wait(browser: WebDriver, name: str | None = None) -> None:
+    """Submit the form (by its button `name`, else its submit input) and wait for the
+    answer's page: reading the page before it has arrived reads the old one, and a navigation
+    started meanwhile cancels the form's (and a sign-in's session cookie with it)."""
+    if name is None:
+        submit = browser.find_element(By.CSS_SELECTOR, "input[type=submit]")
+    else:
+        submit = browser.find_element(By.NAME, name)
+    submit.click()
+    WebDriverWait(browser, 15).until(lambda _: _detached(submit))
+    WebDriverWait(browser, 15).until(
+        lambda b: b.execute_script("return document.readyState") == "complete"
+    )
 
 
 def signed_in(browser: WebDriver) -> bool:
@@ -124,7 +151,7 @@ def test_repeated_failed_sign_ins_are_throttled(
         login_page(browser, gateway)
         browser.find_element(By.NAME, "username").send_keys(staff.username)
         browser.find_element(By.NAME, "password").send_keys("wrong")
-        browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+        submit_and_wait(browser)
     sign_in(browser, gateway, staff)  # now even the right password is refused for a while
     assert not signed_in(browser)
     assert "locked" in browser.page_source.lower()
@@ -164,7 +191,7 @@ def test_an_issued_key_is_shown_once_and_revoking_it_makes_the_gateway_refuse_it
     browser.get(gateway.url + "/admin/gateway/apikey/add/")
     Select(browser.find_element(By.NAME, "account")).select_by_visible_text(tenant.account.name)
     browser.find_element(By.NAME, "name").send_keys("ci")
-    browser.find_element(By.NAME, "_save").click()
+    submit_and_wait(browser, "_save")
     secret = browser.find_element(By.ID, "issued-key").text
     assert re.fullmatch(r"tf_[0-9a-f]{12}_\S+", secret)
     shot(browser, "key-issued")
@@ -181,7 +208,7 @@ def test_an_issued_key_is_shown_once_and_revoking_it_makes_the_gateway_refuse_it
     row = browser.find_element(By.XPATH, f"//tr[contains(., '{key_id}')]")
     row.find_element(By.NAME, "_selected_action").click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("revoke_keys")
-    browser.find_element(By.NAME, "index").click()
+    submit_and_wait(browser, "index")
     assert "revoked" in browser.page_source.lower()
     deadline = time.monotonic() + 5
     while True:
