@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from console.audit import AnyRequest, audit_record, object_type, snapshot
 from console.models import StaffToken
+from console.services.common import object_update
 from gateway.keys import key_hash
 
 STAFF_PREFIX = "tfs_"
@@ -56,23 +57,15 @@ def staff_token_revoke(
     *, actor: object, token: StaffToken, request: AnyRequest | None = None
 ) -> StaffToken:
     """Stop a token working at once; revoking a revoked token changes nothing."""
-    with transaction.atomic():
-        token = StaffToken.objects.select_for_update().get(pk=token.pk)
-        if token.revoked_at is not None:
-            return token
-        before = snapshot(token)
-        token.revoked_at = timezone.now()
-        token.save(update_fields=["revoked_at"])
-        audit_record(
-            actor=actor,
-            action="revoke",
-            obj_type=object_type(token),
-            obj_id=token.pk,
-            before=before,
-            after=snapshot(token),
-            request=request,
-        )
-    return token
+    if token.revoked_at is not None:
+        return token
+    return object_update(
+        actor=actor,
+        instance=token,
+        data={"revoked_at": timezone.now()},
+        request=request,
+        action="revoke",
+    )
 
 
 def staff_token_id_parse(plaintext: str) -> str | None:

@@ -95,12 +95,8 @@ def api_key_revoke(*, key_id: str) -> ApiKey:
 def api_key_rotate(*, key_id: str) -> IssuedKey:
     """Replace a key: a new key for the same account and name, the old one revoked at once."""
     with transaction.atomic():
-        old = ApiKey.objects.select_for_update().get(key_id=key_id)
-        issued = api_key_issue(account=old.account, name=old.name, expires_at=old.expires_at)
-        if old.revoked_at is None:
-            old.revoked_at = timezone.now()
-            old.save(update_fields=["revoked_at"])
-    return issued
+        old = api_key_revoke(key_id=key_id)
+        return api_key_issue(account=old.account, name=old.name, expires_at=old.expires_at)
 
 
 def account_status_set(*, account: Account, status: str) -> Account:

@@ -32,8 +32,15 @@ def object_create(
 
 
 def object_update(
-    *, actor: object, instance: M, data: Mapping[str, Any], request: AnyRequest | None = None
+    *,
+    actor: object,
+    instance: M,
+    data: Mapping[str, Any],
+    request: AnyRequest | None = None,
+    action: str = "update",
 ) -> M:
+    """Set `data` on the row and record it as `action` (a verb such as "revoke" where the
+    change has a name of its own)."""
     with transaction.atomic():
         locked = type(instance)._default_manager.select_for_update().get(pk=instance.pk)
         before = snapshot(locked)
@@ -42,7 +49,7 @@ def object_update(
         locked.save()
         audit_record(
             actor=actor,
-            action="update",
+            action=action,
             obj_type=object_type(locked),
             obj_id=locked.pk,
             before=before,
