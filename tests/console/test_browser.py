@@ -162,10 +162,13 @@ def test_the_dashboard_draws_charts_from_real_traffic(
     browser: WebDriver, gateway: Server, staff: User, tenant: Tenant
 ) -> None:
     api = openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
-    for _ in range(5):
-        api.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=16
+    for n in range(5):
+        # Streamed answers have a time to first token; the TTFT chart draws those.
+        answer = api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=16, stream=n < 2
         )
+        if n < 2:
+            list(answer)  # type: ignore[call-overload]
     drain()
     sign_in(browser, gateway, staff)
     browser.get(gateway.url + "/admin/dashboard/")
@@ -179,7 +182,7 @@ def test_the_dashboard_draws_charts_from_real_traffic(
 
     WebDriverWait(browser, 10).until(lambda _: points("chart-traffic") > 0)
     assert points("chart-top") > 0  # this tenant's tokens
-    assert points("chart-ttft") >= 0
+    assert points("chart-ttft") > 0
     shot(browser, "dashboard")
 
 
