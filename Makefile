@@ -1,14 +1,17 @@
 # The two commands a newcomer needs: `make up` (run everything locally) and `make test`.
+# Both install exactly what requirements.lock pins (hashes checked); `make lock` refreshes it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_PROFILE ?= local
 
-.PHONY: up test lint bench browser
+.PHONY: up test lint bench browser lock
 
-$(VENV)/.installed: pyproject.toml
+# The project itself goes in editable, without dependencies (all of them came from the lock) and
+# without build isolation, so that its build backend is the locked setuptools too.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q --require-hashes --no-deps -r requirements.lock
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 up: $(VENV)/.installed
@@ -32,3 +35,10 @@ test: lint browser
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.overhead
+
+# Re-resolve every dependency (all extras, dev tools included) to the newest releases that
+# pyproject.toml's ranges allow, with their hashes; then run `make test` before committing it.
+lock: $(VENV)/.installed
+	$(VENV)/bin/pip-compile --quiet --upgrade --all-extras --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links --no-header \
+	  --output-file requirements.lock pyproject.toml

@@ -246,6 +246,7 @@ def _body(model: str, account: Account, rng: random.Random) -> bytes:
         "model": model,
         "messages": messages,
         "max_tokens": rng.randint(*kind.output),
+        "ignore_eos": True,  # the mix's output lengths, not the simulator's own
     }
     if rng.random() < kind.stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}

@@ -182,6 +182,7 @@ async def _one(session: aiohttp.ClientSession, base: str, tier: str, key: str) -
         "model": MODEL,
         "messages": [{"role": "user", "content": "Tell me about tiers."}],
         "max_tokens": TOKENS,
+        "ignore_eos": True,  # every answer exactly TOKENS long: capacity is known
         "stream": True,
     }
     started = time.monotonic()

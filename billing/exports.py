@@ -159,8 +159,9 @@ def _csv_pieces(
         options = "FORMAT csv, HEADER true" if header else "FORMAT csv"
         header = False
         with (
-            connection.cursor() as cursor,
-            cursor.copy(f"COPY ({export.sql}) TO STDOUT WITH ({options})", params) as copy,
+            connection.cursor() as wrapper,
+            # psycopg's own cursor: Django's debug wrapper (DEBUG=true) takes no COPY params.
+            wrapper.cursor.copy(f"COPY ({export.sql}) TO STDOUT WITH ({options})", params) as copy,
         ):
             for row in copy:
                 pending += row

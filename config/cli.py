@@ -3,7 +3,11 @@
     PostgreSQL and Redis (embedded ones unless DATABASE_URL / REDIS_URL are given)
     → migrate → demo tiers, accounts, backends and fresh keys
     → simulated backends, gateway, meter, Celery worker and beat
-    → wait until the gateway is ready → print how to call it → run until Ctrl-C
+    → wait until the gateway is ready → write <var dir>/tf.env → print how to call it
+    → run until Ctrl-C
+
+`tf manage ...`, `tf shell` and `tf env` reach the running instance through that env file, so
+that a second terminal needs no URL copied from the banner.
 
 Every process is a child of this one with its output prefixed by its name, and each runs in its
 own session, so a terminal's Ctrl-C reaches only `tf`, which then stops them in order: newest
@@ -30,6 +34,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 import redis
 
@@ -42,6 +47,7 @@ REDIS_PORT = 63799
 SIMULATOR_PORTS = {"sim-a": 9101, "sim-b": 9102}
 READY_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 10.0
+ENV_FILE = "tf.env"
 # PostgreSQL refuses to run as root; as root, the embedded server runs as this user.
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 
@@ -315,6 +321,7 @@ def up(options: Options) -> int:
             simulators = {name: port_pick(port) for name, port in SIMULATOR_PORTS.items()}
             keys = prepare(run, env, simulators)
             services_start(run, env, simulators, options)
+            env_file_write(options, env, keys)
             say_block(banner(options.port, env, keys, time.monotonic() - started))
             while True:
                 run.check()
@@ -326,6 +333,7 @@ def up(options: Options) -> int:
             say("tf", f"error: {exc}")
             return 1
         finally:
+            (options.var_dir / ENV_FILE).unlink(missing_ok=True)
             run.close()
             say("tf", "stopped")
 
@@ -349,6 +357,20 @@ def var_dir_lock(var_dir: Path) -> Iterator[None]:
         yield
 
 
+def var_dir_in_use(var_dir: Path) -> bool:
+    """Whether a `tf up` holds this data directory now (a stale env file does not count)."""
+    try:
+        lock = open(var_dir / "tf-up.lock")  # noqa: SIM115 (closed below, lock released with it)
+    except FileNotFoundError:
+        return False
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
 def databases_start(run: Run, var_dir: Path) -> dict[str, str]:
     """The environment of every child, with the database URLs given or of the embedded servers."""
     database_url = os.environ.get("DATABASE_URL", "")
@@ -368,6 +390,8 @@ def databases_start(run: Run, var_dir: Path) -> dict[str, str]:
         "DEBUG": "true",
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
+        "TF_VAR_DIR": str(var_dir),
+        "GATEWAY_SPOOL_DIR": str(var_dir / "spool"),
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -473,6 +497,85 @@ def banner(port: int, env: dict[str, str], keys: list[DemoKey], seconds: float) 
     )
 
 
+# The variables another shell needs to talk to this instance, as `tf env` prints them.
+INSTANCE_VARIABLES = (
+    "TF_PROFILE",
+    "DEBUG",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "TF_VAR_DIR",
+    "GATEWAY_SPOOL_DIR",
+)
+
+
+def env_file_write(options: Options, env: dict[str, str], keys: list[DemoKey]) -> None:
+    """`<var dir>/tf.env`: the instance's settings, its gateway and the demo keys (0600).
+
+    TF_KEY is the premium demo key, as README's examples expect; it is removed on stop.
+    """
+    premium = next(key for key in keys if key.tier == "premium")
+    free = next(key for key in keys if key.tier == "free")
+    values = {name: env[name] for name in INSTANCE_VARIABLES}
+    values |= {
+        "TF_GATEWAY_URL": f"http://127.0.0.1:{options.port}",
+        "TF_BASE_URL": f"http://127.0.0.1:{options.port}/v1",
+        "TF_KEY": premium.plaintext,
+        "TF_FREE_KEY": free.plaintext,
+    }
+    path = options.var_dir / ENV_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.writelines(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
+
+
+def env_file_read(var_dir: Path) -> dict[str, str]:
+    """The running instance's variables; SystemExit with one clear line when none runs."""
+    path = var_dir / ENV_FILE
+    if not path.exists() or not var_dir_in_use(var_dir):
+        raise SystemExit(
+            f"tf: no `tf up` is running with {var_dir}; start one with `make up` "
+            "(or pass the --var-dir it uses)"
+        )
+    values = {}
+    for line in path.read_text().splitlines():
+        name, _, quoted = line.partition("=")
+        values[name] = shlex.split(quoted)[0] if quoted else ""
+    return values
+
+
+def instance_env(var_dir: Path) -> dict[str, str]:
+    """This process's environment, with the instance's variables and the venv's bin/ first."""
+    bin_dir = str(Path(PYTHON).parent)
+    path = os.environ.get("PATH", "")
+    return {
+        **os.environ,
+        **env_file_read(var_dir),
+        "PATH": f"{bin_dir}{os.pathsep}{path}" if path else bin_dir,
+        "VIRTUAL_ENV": str(Path(PYTHON).parent.parent),
+    }
+
+
+def manage(var_dir: Path, args: list[str]) -> NoReturn:
+    os.chdir(ROOT)
+    os.execve(PYTHON, [PYTHON, "manage.py", *args], instance_env(var_dir))
+
+
+def shell(var_dir: Path) -> NoReturn:
+    """A shell for the running instance: `python manage.py ...` and README's examples work."""
+    program = os.environ.get("SHELL") or "/bin/sh"
+    env = instance_env(var_dir)
+    print(f"tf: a shell for the instance in {var_dir} (exit to leave)", file=sys.stderr)
+    os.execve(program, [program], env)
+
+
+def env_print(var_dir: Path) -> int:
+    """`eval "$(tf env)"` exports the instance's variables into the current shell."""
+    for name, value in env_file_read(var_dir).items():
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
 def parser_build() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tf", description="Token Factory developer commands.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -489,20 +592,50 @@ def parser_build() -> argparse.ArgumentParser:
     up_parser.add_argument(
         "--workers", type=int, default=2, help="gateway worker processes (default 2)"
     )
-    up_parser.add_argument(
+    var_dir_argument(up_parser)
+    manage_parser = commands.add_parser(
+        "manage",
+        help="manage.py against the running `tf up`",
+        description="Run `python manage.py ARGS` with the settings of the running `tf up`.",
+    )
+    var_dir_argument(manage_parser)
+    manage_parser.add_argument("args", nargs=argparse.REMAINDER, help="manage.py's arguments")
+    shell_parser = commands.add_parser(
+        "shell",
+        help="a shell whose python, manage.py and $TF_KEY reach the running `tf up`",
+        description="Start $SHELL with the venv first on PATH, the running `tf up`'s settings, "
+        "its gateway ($TF_BASE_URL) and its premium demo key ($TF_KEY).",
+    )
+    var_dir_argument(shell_parser)
+    env_parser = commands.add_parser(
+        "env",
+        help="print the running `tf up`'s variables as export lines",
+        description='Print export lines for `eval "$(tf env)"`.',
+    )
+    var_dir_argument(env_parser)
+    return parser
+
+
+def var_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--var-dir",
         type=Path,
         default=Path(os.environ.get("TF_VAR_DIR", ROOT / "var")),
-        help="where the embedded databases keep their data between runs "
+        help="the instance's data directory: embedded databases, spool, tf.env "
         "(default $TF_VAR_DIR or ./var)",
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser_build().parse_args(argv)
-    options = Options(port=args.port, workers=args.workers, var_dir=args.var_dir.resolve())
-    return up(options)
+    var_dir = args.var_dir.resolve()
+    if args.command == "manage":
+        manage(var_dir, args.args)
+    if args.command == "shell":
+        shell(var_dir)
+    if args.command == "env":
+        return env_print(var_dir)
+    return up(Options(port=args.port, workers=args.workers, var_dir=var_dir))
 
 
 if __name__ == "__main__":

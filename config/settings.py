@@ -22,13 +22,19 @@ if PROFILE not in ("local", "production"):
     raise environ.ImproperlyConfigured(f"TF_PROFILE must be local or production, not {PROFILE!r}")
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str(
-    "SECRET_KEY", default="local-insecure-key-do-not-use" if LOCAL else environ.Env.NOTSET
-)
+if not LOCAL and "SECRET_KEY" not in env:
+    raise environ.ImproperlyConfigured(
+        "Set the SECRET_KEY environment variable: TF_PROFILE=production (the default) needs it. "
+        "For a local instance use TF_PROFILE=local, or `tf manage` / `tf shell` beside `tf up`."
+    )
+SECRET_KEY = env.str("SECRET_KEY", default="local-insecure-key-do-not-use")
 ALLOWED_HOSTS = env.list(
     "ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if LOCAL else []
 )
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Local state of this instance: the gateway's usage spool, collected static files, and under
+# `tf up` its embedded databases.
+VAR_DIR = Path(env.str("TF_VAR_DIR", default=str(BASE_DIR / "var")))
 
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/postgres")
@@ -115,7 +121,7 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "static")
+STATIC_ROOT = env.path("STATIC_ROOT", default=VAR_DIR / "static")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Production hardening; `manage.py check --deploy` passes with TF_PROFILE=production.
@@ -158,7 +164,7 @@ GATEWAY = {
     "METRICS_TOKEN": env.str("GATEWAY_METRICS_TOKEN", default=""),
     # How often each gateway re-reads the price books in force (spend caps).
     "PRICES_REFRESH_SECONDS": env.float("GATEWAY_PRICES_REFRESH_SECONDS", default=5.0),
-    "SPOOL_DIR": Path(env.str("GATEWAY_SPOOL_DIR", default=str(BASE_DIR / "var" / "spool"))),
+    "SPOOL_DIR": Path(env.str("GATEWAY_SPOOL_DIR", default=str(VAR_DIR / "spool"))),
 }
 
 METERING = {

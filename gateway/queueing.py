@@ -146,7 +146,7 @@ class AdmissionQueue:
             async for message in pubsub.listen():
                 self._wake(message["data"].decode())
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     async def maintain(self) -> None:
         """Renew held slots' leases, hand out capacity freed by lapsed leases (dead gateways)

@@ -178,19 +178,41 @@ def _sequences(request: web.Request, sim: Simulator, job: Job, render: Render) -
     """One sequence per prompt, sharing one wake-up event (none in instant mode)."""
     event = None if sim.config.instant else asyncio.Event()
     client_request_id = request.headers.get("x-request-id")
-    return [
-        Sequence(
+    seqs = []
+    for prompt in job.prompts:
+        length, limited = answer_length(
+            natural=sim.textgen.natural_length(prompt),
+            max_tokens=job.max_tokens,
+            ignore_eos=job.ignore_eos,
+            room=max(1, sim.config.max_model_len - prompt.num_tokens),
+        )
+        seq = Sequence(
             request_id=render.request_id,
             model=job.model,
             prompt=prompt,
-            max_tokens=job.max_tokens or sim.textgen.natural_length(prompt),
-            length_limited=job.max_tokens is not None,
+            max_tokens=length,
+            length_limited=limited,
             priority=job.priority,
             client_request_id=client_request_id,
             event=event,
         )
-        for prompt in job.prompts
-    ]
+        seqs.append(seq)
+    return seqs
+
+
+def answer_length(
+    *, natural: int, max_tokens: int | None, ignore_eos: bool, room: int
+) -> tuple[int, bool]:
+    """How many tokens an answer gets, and whether a limit (not the model) ended it.
+
+    As a model does: it stops at its end-of-sequence token (`natural`, finish_reason "stop")
+    unless `max_tokens` or the context window (`room`) comes first ("length"). With vLLM's
+    `ignore_eos` it runs to the limit, exactly `max_tokens` when one is given.
+    """
+    limit = min(max_tokens, room) if max_tokens is not None else room
+    if ignore_eos or natural > limit:
+        return limit, True
+    return natural, False
 
 
 def _abort(engine: Engine, seq: Sequence) -> None:

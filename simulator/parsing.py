@@ -23,6 +23,8 @@ class Job:
     prompts: list[Prompt]
     # None lets each prompt pick its own natural length and finish with "stop".
     max_tokens: int | None
+    # vLLM's `ignore_eos`: generate exactly max_tokens (or up to the context), never stop early.
+    ignore_eos: bool
     stream: bool
     include_usage: bool
     priority: int
@@ -181,6 +183,7 @@ def parse_chat(sim: Simulator, body: dict[str, Any]) -> Job:
         model=model,
         prompts=prompts,
         max_tokens=max_tokens,
+        ignore_eos=_flag(body, "ignore_eos"),
         stream=_flag(body, "stream"),
         include_usage=_include_usage(body),
         priority=_priority(body),
@@ -216,6 +219,7 @@ def parse_completion(sim: Simulator, body: dict[str, Any]) -> Job:
         model=model,
         prompts=prompts,
         max_tokens=max_tokens,
+        ignore_eos=_flag(body, "ignore_eos"),
         stream=_flag(body, "stream"),
         include_usage=_include_usage(body),
         priority=_priority(body),

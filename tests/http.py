@@ -46,6 +46,7 @@ def stream_request(
             "model": model,
             "messages": [{"role": "user", "content": "Tell me a long story."}],
             "max_tokens": max_tokens,
+            "ignore_eos": True,  # exactly max_tokens, however early the model would stop
             "stream": True,
         }
     ).encode()

@@ -1,13 +1,7 @@
 """`tf up` end to end (embedded PostgreSQL and Redis, every service, a real call, a clean stop),
 and the demo data it seeds on every start."""
 
-import os
-import shlex
 import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,73 +12,19 @@ import pytest
 from gateway.keys import key_id_parse
 from gateway.models import ApiKey, Backend
 from gateway.services import demo_seed
-from tests.servers import ROOT, free_port
-
-READY_TIMEOUT_SECONDS = 90
-STOP_TIMEOUT_SECONDS = 30
-
-
-class TfUp:
-    """`python -m config.cli up` as a subprocess, its output collected line by line."""
-
-    def __init__(self, var_dir: Path, port: int) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "config.cli", "up", "--port", str(port)],
-            cwd=ROOT,
-            env={**env, "TF_VAR_DIR": str(var_dir)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        # Read all along: a full pipe would block tf up's own output.
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for_line(self, prefix: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = next((line for line in self.lines if line.startswith(prefix)), None)
-            if found is not None:
-                return found
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        pytest.fail(f"no line starting with {prefix!r}; output:\n" + self.output())
-
-    def children(self, *, recursive: bool) -> list[psutil.Process]:
-        return psutil.Process(self.process.pid).children(recursive=recursive)
-
-    def output(self) -> str:
-        return "\n".join(self.lines[-200:])
+from tests.tfup import (
+    READY_TIMEOUT_SECONDS,
+    STOP_TIMEOUT_SECONDS,
+    TfUp,
+    curl_parse,
+    tf_up_running,
+)
 
 
 @pytest.fixture
 def tf_up(tmp_path: Path) -> Iterator[TfUp]:
-    tf = TfUp(tmp_path, free_port())
-    yield tf
-    if tf.process.poll() is None:  # the test failed before stopping it
-        tf.process.send_signal(signal.SIGINT)
-        try:
-            tf.process.wait(STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            tf.process.kill()
-
-
-def curl_parse(line: str) -> tuple[str, str]:
-    """The OpenAI base URL and the API key of the printed curl line."""
-    argv = shlex.split(line)
-    authorization = next(arg for arg in argv if arg.startswith("Authorization: Bearer "))
-    return (
-        argv[1].removesuffix("/chat/completions"),
-        authorization.removeprefix("Authorization: Bearer "),
-    )
+    with tf_up_running(tmp_path) as tf:
+        yield tf
 
 
 def processes_using(path: Path) -> list[psutil.Process]:

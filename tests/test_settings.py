@@ -4,6 +4,7 @@ import os
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.servers import ROOT
 
@@ -32,7 +33,20 @@ def test_the_production_profile_passes_the_deploy_checks() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_production_refuses_to_start_without_a_secret_key() -> None:
+def test_production_refuses_to_start_without_a_secret_key_in_one_clear_line() -> None:
     result = manage("check")
     assert result.returncode != 0
-    assert "SECRET_KEY" in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("manage.py: Set the SECRET_KEY environment variable")
+
+
+def test_the_spool_lives_under_the_instances_var_dir(tmp_path: Path) -> None:
+    result = manage(
+        "shell",
+        "--no-imports",
+        "-c",
+        "from django.conf import settings; print(settings.GATEWAY['SPOOL_DIR'])",
+        TF_PROFILE="local",
+        TF_VAR_DIR=str(tmp_path),
+    )
+    assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "spool"), result.stderr

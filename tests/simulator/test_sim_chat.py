@@ -59,6 +59,31 @@ def test_it_stops_on_its_own_without_max_tokens(client: openai.OpenAI) -> None:
     assert 16 <= response.usage.completion_tokens <= 256
 
 
+def test_a_generous_max_tokens_ends_where_the_model_stops_not_at_the_cap(
+    client: openai.OpenAI,
+) -> None:
+    """As a model stops at its end-of-sequence token: a cap of 32,768 is not a length."""
+    natural = client.chat.completions.create(model=MODEL, messages=HELLO)
+    capped = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=32_768)
+    cut = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10)
+
+    assert natural.usage is not None and capped.usage is not None and cut.usage is not None
+    assert capped.choices[0].finish_reason == "stop"
+    assert capped.usage.completion_tokens == natural.usage.completion_tokens
+    assert capped.choices[0].message.content == natural.choices[0].message.content
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens == 10
+
+
+def test_ignore_eos_generates_exactly_max_tokens(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=300, extra_body={"ignore_eos": True}
+    )
+
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage is not None and response.usage.completion_tokens == 300
+
+
 def test_max_completion_tokens_takes_precedence(client: openai.OpenAI) -> None:
     response = client.chat.completions.create(
         model=MODEL, messages=HELLO, max_completion_tokens=3, max_tokens=50

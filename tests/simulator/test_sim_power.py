@@ -179,7 +179,11 @@ def test_a_request_alone_costs_its_prefill_at_700_w_and_its_decode_at_batch_one(
     _quiet(sim)
     key = uuid.uuid4().hex
     response = _client(sim).chat.completions.create(
-        model=MODEL, messages=_prompt(3000), max_tokens=40, extra_headers={"x-request-id": key}
+        model=MODEL,
+        messages=_prompt(3000),
+        max_tokens=40,
+        extra_body={"ignore_eos": True},
+        extra_headers={"x-request-id": key},
     )
     assert response.usage is not None
 
