@@ -31,15 +31,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway import errors
 from gateway.inflight import Progress
-from metering.events import COLUMNS, record_from_event
+from metering.events import STORED_COLUMNS, record_from_event, record_row
+from metering.services import usage_insert_sql
 
 log = logging.getLogger(__name__)
 
-_COLUMN_LIST = ", ".join(COLUMNS)
-_INSERT = (
-    f"INSERT INTO metering_usagerecord ({_COLUMN_LIST}) "  # noqa: S608 (constant columns)
-    f"SELECT {_COLUMN_LIST} FROM usage_spooled ON CONFLICT DO NOTHING"
-)
+_COLUMN_LIST = ", ".join(STORED_COLUMNS)
+_INSERT = usage_insert_sql("usage_spooled")
 
 
 class FailOpenCap:
@@ -150,7 +148,7 @@ class UsageSpool:
                         f"COPY usage_spooled ({_COLUMN_LIST}) FROM STDIN"
                     ) as copy:
                         for record in records:
-                            await copy.write_row([record[column] for column in COLUMNS])
+                            await copy.write_row(record_row(record))
                     await cursor.execute(_INSERT)
         await asyncio.to_thread(path.unlink)
         log.info("replayed spooled usage", extra={"file": path.name, "records": len(records)})

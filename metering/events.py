@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from psycopg.types.json import Jsonb
 
 USAGE_STREAM = "{meter}:usage"
 # The gateway's in-flight journal (gateway/inflight.py): request id -> JSON entry with at least
@@ -46,6 +47,20 @@ COLUMNS = (
     "ended_at",
     "energy_joules",
 )
+# What the writers store: the exported columns and, for review only, the backend's refused
+# usage report (null unless the gateway found it wrong).
+STORED_COLUMNS = (*COLUMNS, "usage_anomaly")
+
+
+def record_row(record: dict[str, Any]) -> list[Any]:
+    """A record's values in STORED_COLUMNS order, ready for COPY."""
+    anomaly = record.get("usage_anomaly")
+    return [
+        *(record[column] for column in COLUMNS),
+        None if anomaly is None else Jsonb(anomaly),
+    ]
+
+
 # A lost request never got a response; 0 says "no HTTP status" without inventing one.
 NO_STATUS = 0
 

@@ -44,12 +44,33 @@ class UsageRecord(models.Model):
     ended_at = models.DateTimeField()
     # Filled by energy attribution; null until then.
     energy_joules = models.FloatField(null=True)
+    # The backend's own usage report when the gateway refused it (negative, not a number, out
+    # of range): kept for review while the record carries the gateway's count (estimated).
+    usage_anomaly = models.JSONField(null=True, blank=True)
 
     class Meta:
         db_table = "metering_usagerecord"
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.outcome}"
+
+
+class QuarantinedEvent(models.Model):
+    """A usage event the meter could not store (the database refused its data, not for want of
+    a connection): kept whole, with the reason, so that one bad event never blocks the others.
+    """
+
+    stream_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    fields = models.JSONField()
+    error = models.TextField()
+    quarantined_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["quarantined_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.stream_id} {self.request_id}"
 
 
 class GpuSample(models.Model):

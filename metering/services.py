@@ -6,17 +6,37 @@ from typing import Any
 
 from django.db import connection, transaction
 
-from metering.events import COLUMNS
+from metering.events import STORED_COLUMNS, record_row
 
-_COLUMN_LIST = ", ".join(COLUMNS)
+_COLUMN_LIST = ", ".join(STORED_COLUMNS)
+_CORRECTED = ", ".join(
+    f"{column} = EXCLUDED.{column}" for column in STORED_COLUMNS if column != "energy_joules"
+)
+
+
+def usage_insert_sql(source: str) -> str:
+    """INSERT the records of the temporary table `source` into the ledger, idempotently.
+
+    A record already stored is left alone, except a `gateway_lost` guess (what the reaper knew
+    of a request whose gateway stopped renewing its lease): the request's final record, when
+    its gateway comes back, replaces it, so the ledger ends with what the client received.
+    """
+    return (
+        f"INSERT INTO metering_usagerecord ({_COLUMN_LIST}) "  # noqa: S608 (constant names)
+        f"SELECT {_COLUMN_LIST} FROM {source} "
+        f"ON CONFLICT (request_id, started_at) DO UPDATE SET {_CORRECTED} "
+        "WHERE metering_usagerecord.outcome = 'gateway_lost' AND EXCLUDED.outcome <> 'gateway_lost'"
+    )
+
+
 _DEFAULT = "metering_usagerecord_default"
 
 
 def usage_records_write(*, records: Sequence[dict[str, Any]]) -> int:
-    """Insert records, skipping any already stored; returns how many were new.
+    """Insert records, skipping any already stored; returns how many were new or corrected.
 
-    COPY into a temporary table then one INSERT … ON CONFLICT DO NOTHING: the fastest
-    idempotent bulk path PostgreSQL has, so a replayed batch never doubles a record.
+    COPY into a temporary table then one INSERT … ON CONFLICT: the fastest idempotent bulk
+    path PostgreSQL has, so a replayed batch never doubles a record (usage_insert_sql).
     """
     if not records:
         return 0
@@ -27,11 +47,8 @@ def usage_records_write(*, records: Sequence[dict[str, Any]]) -> int:
         )
         with cursor.copy(f"COPY usage_incoming ({_COLUMN_LIST}) FROM STDIN") as copy:
             for record in records:
-                copy.write_row([record[column] for column in COLUMNS])
-        cursor.execute(
-            f"INSERT INTO metering_usagerecord ({_COLUMN_LIST}) "  # noqa: S608 (constant columns)
-            f"SELECT {_COLUMN_LIST} FROM usage_incoming ON CONFLICT DO NOTHING"
-        )
+                copy.write_row(record_row(record))
+        cursor.execute(usage_insert_sql("usage_incoming"))
         return int(cursor.rowcount)
 
 
