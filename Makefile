@@ -38,7 +38,9 @@ bench: $(VENV)/.installed
 
 # Re-resolve every dependency (all extras, dev tools included) to the newest releases that
 # pyproject.toml's ranges allow, with their hashes; then run `make test` before committing it.
+# `make lock UPGRADE=` only adds what pyproject.toml gained, keeping every other pin.
+UPGRADE ?= --upgrade
 lock: $(VENV)/.installed
-	$(VENV)/bin/pip-compile --quiet --upgrade --all-extras --generate-hashes --allow-unsafe \
+	$(VENV)/bin/pip-compile --quiet $(UPGRADE) --all-extras --generate-hashes --allow-unsafe \
 	  --strip-extras --no-emit-index-url --no-emit-find-links --no-header \
 	  --output-file requirements.lock pyproject.toml

@@ -4,12 +4,16 @@ Everything a client can get wrong is a 400 here, in the OpenAI error format, so 
 only ever see well-formed requests and the SDK never retries a client mistake.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema_rs
 import orjson
 
-from gateway.errors import ApiError, invalid_request
+from gateway import request_schema
+from gateway.errors import invalid_request
+from gateway.request_schema import MAX_TOKENS_CEILING, SERVICE_TIERS
 
 CHAT = "chat.completions"
 COMPLETIONS = "completions"
@@ -21,15 +25,20 @@ ENDPOINT_PATHS = {
     EMBEDDINGS: "/v1/embeddings",
 }
 
-# Larger than any context window shipped today; above it a value is a mistake, not a wish.
-MAX_TOKENS_CEILING = 1_048_576
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 2.0),
-    "top_p": (0.0, 1.0),
-    "presence_penalty": (-2.0, 2.0),
-    "frequency_penalty": (-2.0, 2.0),
+__all__ = ["MAX_TOKENS_CEILING", "InferenceRequest", "request_parse"]
+_VALIDATORS = {
+    CHAT: jsonschema_rs.validator_for(request_schema.CHAT),
+    COMPLETIONS: jsonschema_rs.validator_for(request_schema.COMPLETIONS),
+    EMBEDDINGS: jsonschema_rs.validator_for(request_schema.EMBEDDINGS),
 }
+# JSON nested deeper than this is refused: no request needs it, and a backend (or our own
+# serializer, orjson stops at 255) would fail on it after admission.
+MAX_DEPTH = 32
+# A byte-level tokenizer never makes more tokens than the text has bytes, and the JSON around
+# each message is longer than the few tokens its chat template adds; this covers a template's
+# fixed preamble (a default system prompt).
+TEMPLATE_TOKENS = 64
+_SHOWN_CHARS = 200
 
 
 @dataclass(slots=True)
@@ -41,8 +50,13 @@ class InferenceRequest:
     # Whether the client asked for the usage chunk; the gateway always asks the backend for it.
     include_usage: bool
     max_tokens: int | None
-    # About four bytes a token; only used when a backend does not report usage.
+    # About four bytes a token: the likely count, for a backend that reports no usage and for
+    # the plan's context limit.
     prompt_tokens_estimate: int
+    # No tokenizer can make more prompt tokens than this: what quotas and spend caps reserve.
+    prompt_tokens_bound: int = 0
+    # Choices asked for (`n`): each may use up to max_tokens.
+    choices: int = 1
     # The priority class asked for with OpenAI's `service_tier` (None: the key's own).
     requested_class: int | None = None
     # The class it is served in: set at admission, never above what the key's tier allows.
@@ -50,49 +64,32 @@ class InferenceRequest:
 
 
 def request_parse(endpoint: str, raw: bytes) -> InferenceRequest:
+    """The request, or a 400 naming the first field that is wrong (never an exception else)."""
     body = _json_object(raw)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid_request("You must provide a model parameter.", param="model")
-    if endpoint == CHAT:
-        _check_messages(body.get("messages"))
-    elif endpoint == COMPLETIONS:
-        _check_inputs(body.get("prompt"), "prompt")
-    else:
-        _check_inputs(body.get("input"), "input")
-    _check_sampling(body)
-    stream = _flag(body, "stream")
-    if endpoint == EMBEDDINGS and stream:
-        raise invalid_request("Embeddings cannot be streamed.", param="stream")
-    requested_class = _service_tier(body)
+    _check_depth(body)
+    _check_schema(endpoint, body)
+    stream = bool(body.get("stream"))
     return InferenceRequest(
-        requested_class=requested_class,
+        requested_class=_service_tier(body),
         endpoint=endpoint,
-        model=model,
+        model=body["model"],
         body=body,
         stream=stream,
         include_usage=_include_usage(body, stream),
         max_tokens=_max_tokens(body),
         prompt_tokens_estimate=max(1, len(raw) // 4),
+        prompt_tokens_bound=len(raw) + TEMPLATE_TOKENS,
+        choices=int(body.get("n") or 1),
     )
 
 
-# OpenAI's service tiers and the priority classes they name (lower runs first).
-SERVICE_TIERS = {"priority": 0, "scale": 0, "default": 1, "flex": 2, "auto": None}
 CLASS_NAMES = ("priority", "default", "flex")
 
 
 def _service_tier(body: dict[str, Any]) -> int | None:
-    if "service_tier" not in body:
-        return None
-    tier = body.pop("service_tier")  # decided here; backends need not understand it
-    if tier is None:
-        return None
-    if tier not in SERVICE_TIERS:
-        raise invalid_request(
-            f"`service_tier` must be one of {', '.join(SERVICE_TIERS)}.", param="service_tier"
-        )
-    return SERVICE_TIERS[tier]
+    """The class OpenAI's `service_tier` names; decided here, so backends never see it."""
+    tier = body.pop("service_tier", None)
+    return None if tier is None else SERVICE_TIERS[tier]
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:
@@ -107,53 +104,42 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _check_messages(messages: object) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise invalid_request("`messages` must be a non-empty array.", param="messages")
-    for index, message in enumerate(messages):
-        param = f"messages.[{index}]"
-        if not isinstance(message, dict):
-            raise invalid_request(f"{param} must be an object.", param=param)
-        if message.get("role") not in _ROLES:
-            raise invalid_request(
-                f"{param}.role must be one of {', '.join(sorted(_ROLES))}.", param=f"{param}.role"
-            )
-        content = message.get("content")
-        if content is not None and not isinstance(content, str | list):
-            raise invalid_request(
-                f"{param}.content must be a string or an array.", param=f"{param}.content"
-            )
+def _check_depth(body: dict[str, Any]) -> None:
+    """Iteratively, so that a hostile depth costs no recursion."""
+    level: list[Any] = [body]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for value in level
+            for child in (value.values() if isinstance(value, dict) else value)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return
+    raise invalid_request(f"The request body is nested deeper than {MAX_DEPTH} levels.")
 
 
-def _check_inputs(value: object, param: str) -> None:
-    """A string, or a non-empty array of strings, token ids or token-id arrays."""
-    if isinstance(value, str):
+def _check_schema(endpoint: str, body: dict[str, Any]) -> None:
+    """The first error, the model's before any other, so that a client fixes one at a time."""
+    errors = list(_VALIDATORS[endpoint].iter_errors(body))
+    if not errors:
         return
-    if isinstance(value, list) and value:
-        if all(isinstance(item, str) for item in value):
-            return
-        if all(_is_token_ids(item) for item in value) or _is_token_ids(value):
-            return
-    raise invalid_request(
-        f"`{param}` must be a string or a non-empty array of strings or token ids.", param=param
-    )
+    error = min(errors, key=lambda error: _field(error) != "model")
+    path = ".".join(f"[{part}]" if isinstance(part, int) else part for part in error.instance_path)
+    param = path or _field(error) or None
+    message = error.message
+    if len(message) > _SHOWN_CHARS:
+        message = message[:_SHOWN_CHARS] + "…"
+    where = f"`{param}`" if param else "The request body"
+    raise invalid_request(f"Invalid value for {where}: {message}", param=param)
 
 
-def _is_token_ids(value: object) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(token, int) and not isinstance(token, bool) for token in value)
-    )
-
-
-def _flag(body: dict[str, Any], name: str) -> bool:
-    value = body.get(name)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise invalid_request(f"`{name}` must be a boolean.", param=name)
-    return value
+def _field(error: jsonschema_rs.ValidationError) -> str:
+    """The top-level field an error is about, a missing one included."""
+    if error.instance_path:
+        return str(error.instance_path[0])
+    missing = re.match(r'^"(\w+)" is a required property', error.message)
+    return missing.group(1) if missing else ""
 
 
 def _include_usage(body: dict[str, Any], stream: bool) -> bool:
@@ -164,42 +150,13 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
         raise invalid_request(
             "`stream_options` is only allowed when `stream` is true.", param="stream_options"
         )
-    if not isinstance(options, dict):
-        raise invalid_request("`stream_options` must be an object.", param="stream_options")
-    return _flag(options, "include_usage")
-
-
-def _check_sampling(body: dict[str, Any]) -> None:
-    for name, (low, high) in _RANGES.items():
-        value = body.get(name)
-        if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not low <= value <= high
-        ):
-            raise invalid_request(f"`{name}` must be a number from {low} to {high}.", param=name)
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128):
-        raise invalid_request("`n` must be an integer from 1 to 128.", param="n")
+    return bool(options.get("include_usage"))
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
-    found: int | None = None
+    """OpenAI's newer name first; the schema has checked both."""
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise invalid_request(f"`{name}` must be an integer.", param=name)
-        if not 1 <= value <= MAX_TOKENS_CEILING:
-            raise _out_of_range(name, value)
-        found = value if found is None else found
-    return found
-
-
-def _out_of_range(name: str, value: int) -> ApiError:
-    return invalid_request(
-        f"`{name}` is {value}; it must be between 1 and {MAX_TOKENS_CEILING}.",
-        param=name,
-        code="invalid_value",
-    )
+        if value is not None:
+            return int(value)
+    return None

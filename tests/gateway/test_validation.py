@@ -106,3 +106,46 @@ def test_it_rejects_bad_embedding_input(value: object) -> None:
 
 def test_it_refuses_to_stream_embeddings() -> None:
     rejected(EMBEDDINGS, orjson.dumps({"model": "m", "input": "x", "stream": True}))
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"service_tier": []}, "service_tier"),
+        ({"service_tier": {}}, "service_tier"),
+        ({"messages": [{"role": []}]}, "messages.[0].role"),
+        ({"messages": [{"role": {}}]}, "messages.[0].role"),
+        ({"reasoning_effort": []}, "reasoning_effort"),
+        ({"reasoning_effort": "maximal"}, "reasoning_effort"),
+        ({"stop": [1]}, "stop"),
+        ({"logprobs": "yes"}, "logprobs"),
+        ({"top_logprobs": 50}, "top_logprobs"),
+        ({"logit_bias": {"42": "x"}}, "logit_bias"),
+        ({"model": "m" * 1000}, "model"),
+    ],
+)
+def test_unhashable_or_unknown_values_are_a_400_naming_the_field(
+    fields: dict[str, object], param: str
+) -> None:
+    error = rejected(CHAT, chat(**fields))
+    assert error.param == param
+    assert len(error.message) < 400
+
+
+def test_json_nested_too_deep_is_refused_before_anything_else() -> None:
+    raw = chat(extra="DEEP").replace(b'"DEEP"', b"[" * 1000 + b"1" + b"]" * 1000)
+    error = rejected(CHAT, raw)
+    assert "nested deeper" in error.message
+
+
+def test_extra_engine_options_within_the_limits_are_forwarded() -> None:
+    request = request_parse(CHAT, chat(guided_json={"type": "object"}, repetition_penalty=1.1))
+    assert request.body["guided_json"] == {"type": "object"}
+
+
+def test_a_prompt_can_never_have_more_tokens_than_its_bound() -> None:
+    """2,000 `!` are ~2,000 tokens to a byte-level tokenizer; the bound covers them."""
+    raw = chat(messages=[{"role": "user", "content": "!" * 2000}])
+    request = request_parse(CHAT, raw)
+    assert request.prompt_tokens_bound >= 2000 + 3 * 2 + 3
+    assert request.prompt_tokens_estimate < 600  # the likely count stays a guess
