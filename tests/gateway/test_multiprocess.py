@@ -40,11 +40,15 @@ def limited(**limits: int) -> Tenant:
 
 
 async def flood(
-    gateways: list[Server], tenant: Tenant, count: int, max_tokens: int
+    gateways: list[Server], tenant: Tenant, count: int, max_tokens: int, content: str = "hi"
 ) -> Counter[int]:
     """`count` chats at once, spread over every gateway; returns how many got each status."""
     body = json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+        }
     )
     headers = {"authorization": f"Bearer {tenant.key}", "content-type": "application/json"}
     targets = itertools.cycle(gateways)
@@ -102,6 +106,27 @@ def test_a_token_quota_is_exceeded_by_at_most_one_reservation(
     used = sum(r.prompt_tokens + r.completion_tokens for r in records)
     one_reservation = max_tokens + 30  # completion cap + the prompt estimate of this body
     assert used <= quota + one_reservation
+    wait_until_quiet(redis_client, tenant)
+
+
+def test_prompts_of_the_clients_choosing_cannot_carry_a_quota_past_one_request(
+    gateways: list[Server], redis_client: redis.Redis
+) -> None:
+    """2,000 `!` are 2,000 tokens to a byte-level tokenizer, not the 500 that bytes / 4 guess:
+    reservations are bounds, so the quota ends at most one request's own use over."""
+    quota = 3_000
+    tenant = limited(tokens_per_day=quota)
+    statuses = asyncio.run(flood(gateways, tenant, 40, max_tokens=20, content="!" * 2000))
+    assert statuses[200] > 0 and statuses[429] > 0 and set(statuses) == {200, 429}
+    drain()
+    deadline = time.monotonic() + 5
+    records = UsageRecord.objects.filter(account_id=tenant.account.pk)
+    while records.count() < statuses[200] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        drain()
+    totals = [r.prompt_tokens + r.completion_tokens for r in records]
+    assert len(totals) == statuses[200] and min(totals) > 2_000
+    assert sum(totals) <= quota + max(totals)
     wait_until_quiet(redis_client, tenant)
 
 
