@@ -134,12 +134,18 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = not LOCAL
 SECURE_HSTS_PRELOAD = not LOCAL
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 
+LOCAL_NETWORKS = ["127.0.0.0/8", "::1/128"]
+PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+
 # Gateway (read once at process start by gateway.app, never at import time).
 GATEWAY = {
     # Largest request body accepted; larger ones get 413 before being read in full.
     "MAX_BODY_BYTES": env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024),
     # How long a key lookup is trusted; a revoked key stops working within this many seconds.
     "KEY_CACHE_SECONDS": env.float("GATEWAY_KEY_CACHE_SECONDS", default=5.0),
+    # While PostgreSQL is unreachable, a key looked up within this many seconds is served from
+    # the cache without waiting; past it the key gets a 503 (fails closed).
+    "KEY_STALE_SECONDS": env.float("GATEWAY_KEY_STALE_SECONDS", default=300.0),
     # How often the backend list is re-read from PostgreSQL.
     "BACKENDS_REFRESH_SECONDS": env.float("GATEWAY_BACKENDS_REFRESH_SECONDS", default=2.0),
     # A backend that fails a connection is skipped for this long by this process.
@@ -165,6 +171,13 @@ GATEWAY = {
     # How often each gateway re-reads the price books in force (spend caps).
     "PRICES_REFRESH_SECONDS": env.float("GATEWAY_PRICES_REFRESH_SECONDS", default=5.0),
     "SPOOL_DIR": Path(env.str("GATEWAY_SPOOL_DIR", default=str(VAR_DIR / "spool"))),
+    # Networks backends may be registered in although not public (gateway/network_policy.py):
+    # the GPU subnet in production; loopback and private ranges for a local instance (its
+    # simulators, a GPU box on the LAN). Link-local (cloud metadata) only when named here.
+    "BACKEND_ALLOWED_NETWORKS": env.list(
+        "GATEWAY_BACKEND_ALLOWED_NETWORKS",
+        default=[*LOCAL_NETWORKS, *PRIVATE_NETWORKS] if LOCAL else [],
+    ),
 }
 
 METERING = {

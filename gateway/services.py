@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from gateway.keys import key_generate
 from gateway.models import Account, ApiKey, Backend, Tier
+from gateway.network_policy import backend_url_validate
 
 # The three tiers the product sells, as created on a fresh install. Staff edit the rows after.
 DEFAULT_TIERS = (
@@ -128,8 +129,11 @@ def backend_register(
     """Create or update a backend by name (registering twice is harmless).
 
     Its health goes back to `unknown` (routable) until the next probe: a backend registered
-    again has usually just been (re)started.
+    again has usually just been (re)started. A URL outside the allowed networks is a
+    ValidationError (gateway/network_policy.py).
     """
+    backend_url_validate(base_url)
+    backend_url_validate(telemetry_url)
     backend, _ = Backend.objects.update_or_create(
         name=name,
         defaults={

@@ -1,7 +1,9 @@
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from gateway.models import Backend
 from gateway.services import backend_register
 
 
@@ -24,7 +26,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        backend = backend_register(
+        try:
+            backend = self._register(options)
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from None
+        self.stdout.write(f"backend {backend.name} -> {backend.base_url} {backend.public_models}")
+
+    def _register(self, options: dict[str, Any]) -> Backend:
+        return backend_register(
             name=options["name"],
             base_url=options["base_url"],
             upstream_model=options["upstream_model"],
@@ -33,4 +42,3 @@ class Command(BaseCommand):
             telemetry_url=options["telemetry_url"],
             supports_priority=options["priority"],
         )
-        self.stdout.write(f"backend {backend.name} -> {backend.base_url} {backend.public_models}")
