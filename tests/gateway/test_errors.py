@@ -137,3 +137,45 @@ def test_a_key_sees_only_its_tiers_models(gateway: Server, live_db: None) -> Non
     finally:
         tier.allowed_models = []
         tier.save()
+
+
+@pytest.mark.parametrize(
+    "path", ["/V1/chat/completions", "//v1/chat/completions", "/v1//chat/completions", "/v1"]
+)
+def test_near_misses_of_the_api_paths_are_openai_shaped_404s(gateway: Server, path: str) -> None:
+    reply = call("POST", gateway.url + path, chat_body())
+    assert reply.headers["content-type"].startswith("application/json")
+    assert_openai_error(reply, 404)
+
+
+@pytest.mark.parametrize("method", ["DELETE", "PUT", "PATCH"])
+def test_a_wrong_method_is_an_openai_shaped_405(gateway: Server, method: str) -> None:
+    assert_openai_error(call(method, gateway.url + "/v1/chat/completions", chat_body()), 405)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        chat_body(service_tier=[]),
+        chat_body(service_tier={}),
+        chat_body(messages=[{"role": []}]),
+        chat_body(reasoning_effort=[]),
+        chat_body(extra="DEEP").replace(b'"DEEP"', b"[" * 1000 + b"]" * 1000),
+    ],
+)
+def test_hostile_bodies_are_a_400_and_use_nothing(
+    gateway: Server, tenant: Tenant, body: bytes
+) -> None:
+    """Once 500s, or accepted and then failing at the backend (billed, counted, and the
+    backend ejected for everyone)."""
+    assert_openai_error(post_chat(gateway, body, tenant.key), 400)
+    fine = post_chat(gateway, chat_body(max_tokens=2), tenant.key)
+    assert fine.status == 200
+    records = UsageRecord.objects.filter(account_id=tenant.account.pk)
+    deadline = time.monotonic() + 5
+    while not records.exists() and time.monotonic() < deadline:
+        drain()
+        time.sleep(0.05)
+    time.sleep(0.2)
+    drain()
+    assert [record.status_code for record in records] == [200]
