@@ -39,8 +39,20 @@ VAR_DIR = Path(env.str("TF_VAR_DIR", default=str(BASE_DIR / "var")))
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/postgres")
 }
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+# One pool of connections per process (psycopg_pool, through Django): a request borrows a
+# connection and hands it back when it ends. Persistent connections leaked under ASGI, where
+# each request runs on a thread of its own and every thread kept its connection.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"]["OPTIONS"] = {
+    **DATABASES["default"].get("OPTIONS", {}),
+    "pool": {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
+        # A request waits this long for a free connection, then fails (503 in the API).
+        "timeout": env.float("DB_POOL_TIMEOUT_SECONDS", default=10.0),
+    },
+}
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
 INSTALLED_APPS = [
@@ -141,6 +153,8 @@ PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
 GATEWAY = {
     # Largest request body accepted; larger ones get 413 before being read in full.
     "MAX_BODY_BYTES": env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024),
+    # All of a request's header names and values; more is a 431, on every path.
+    "MAX_HEADER_BYTES": env.int("GATEWAY_MAX_HEADER_BYTES", default=32 * 1024),
     # How long a key lookup is trusted; a revoked key stops working within this many seconds.
     "KEY_CACHE_SECONDS": env.float("GATEWAY_KEY_CACHE_SECONDS", default=5.0),
     # While PostgreSQL is unreachable, a key looked up within this many seconds is served from

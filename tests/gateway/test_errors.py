@@ -1,6 +1,7 @@
 """Bad input gets a clear OpenAI-format error, the right status, and changes nothing (P6)."""
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -179,3 +180,15 @@ def test_hostile_bodies_are_a_400_and_use_nothing(
     time.sleep(0.2)
     drain()
     assert [record.status_code for record in records] == [200]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/v1/me/", "/admin/login/"])
+def test_a_megabyte_of_headers_is_a_431_on_every_path(gateway: Server, path: str) -> None:
+    port = int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nhost: x\r\nx-padding: {'a' * 1_000_000}\r\n\r\n".encode()
+        )
+        head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 431"), head[:200]
+    assert b"request_header_fields_too_large" in head or b"content-length" in head
