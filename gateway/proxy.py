@@ -90,7 +90,7 @@ class Proxy:
             except _Retry as retry:
                 error = retry.error
                 if retry.eject:
-                    self.router.eject(backend)
+                    self.router.failed(backend)
             finally:
                 backend.outstanding -= 1
         await send_error(send, error, request_id, headers)
@@ -197,7 +197,9 @@ async def _stream(
         }
     )
     disconnected = asyncio.Event()
-    watcher = asyncio.create_task(_watch_disconnect(receive, response, disconnected))
+    reader = asyncio.current_task()
+    assert reader is not None
+    watcher = asyncio.create_task(_watch_disconnect(receive, reader, disconnected))
     done = False
     try:
         buffer = b""
@@ -227,8 +229,13 @@ async def _stream(
             pending = await anext(chunks)
     except StopAsyncIteration:
         pass
-    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+    except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+        _forget(exc)
         done = False
+    except asyncio.CancelledError:
+        # Cancelled by the watcher (the client left) and by nobody else: the stream is over.
+        if not disconnected.is_set() or reader.uncancel() > 0:
+            raise
     finally:
         watcher.cancel()
     if disconnected.is_set():
@@ -251,13 +258,19 @@ async def _stream(
 
 
 async def _watch_disconnect(
-    receive: Receive, response: aiohttp.ClientResponse, disconnected: asyncio.Event
+    receive: Receive, reader: "asyncio.Task[Any]", disconnected: asyncio.Event
 ) -> None:
-    """Cancel the upstream request as soon as the client goes away."""
+    """Stop relaying as soon as the client goes away; releasing the response then closes
+    the upstream connection, which cancels the backend's request.
+
+    The reader is cancelled rather than the response closed under it: closing makes the
+    pending read raise aiohttp's one module-level "Connection closed" exception, whose
+    traceback would then hold this request's frames for ever, and grow with every drop.
+    """
     while (await receive())["type"] != "http.disconnect":
         pass
     disconnected.set()
-    response.close()
+    reader.cancel()
 
 
 async def _forward_client_error(

@@ -2,8 +2,8 @@
 
 The backend list is re-read from PostgreSQL every BACKENDS_REFRESH_SECONDS by a background
 task. Health comes from two places: the prober's verdict in the table (`unhealthy` is skipped)
-and this process's own experience (a backend that refuses a connection or answers 5xx is
-ejected here for BACKEND_EJECT_SECONDS).
+and this process's own experience: a circuit breaker per backend (gateway/breaker.py) that
+opens on repeated failures across requests and stays open BACKEND_EJECT_SECONDS.
 """
 
 import logging
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from psycopg_pool import AsyncConnectionPool
 from yarl import URL
 
+from gateway.breaker import Breaker
 from gateway.validation import ENDPOINT_PATHS
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Backend:
     # The prober's verdict; `unknown` (never probed) counts as healthy.
     healthy: bool = True
     outstanding: int = 0
-    ejected_until: float = 0.0
+    breaker: Breaker = field(default_factory=lambda: Breaker(0.0))
     # Bytes to swap in responses when the engine's model name differs from the public one.
     model_renames: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     # Parsed once: building a URL per request is measurable on the hot path.
@@ -68,19 +69,29 @@ class Router:
         return model in self._by_model
 
     def candidates(self, model: str) -> list[Backend]:
-        """Backends to try: healthy and not ejected here, fewest requests outstanding first."""
+        """Backends to try: healthy, breaker not open here, fewest requests outstanding first."""
         now = time.monotonic()
         backends = self._by_model.get(model, ())
-        usable = (b for b in backends if b.healthy and b.ejected_until <= now)
+        usable = (b for b in backends if b.healthy and b.breaker.available(now))
         return sorted(usable, key=lambda b: b.outstanding)
 
     def capacity(self, model: str) -> int:
         """Sequences the model's usable backends can run at once: what the queue hands out."""
         return sum(b.max_concurrent_sequences for b in self.candidates(model))
 
-    def eject(self, backend: Backend) -> None:
-        backend.ejected_until = time.monotonic() + self.eject_seconds
-        log.warning("backend ejected", extra={"backend": backend.name})
+    def attempt(self, backend: Backend) -> None:
+        backend.breaker.attempt(time.monotonic())
+
+    def succeeded(self, backend: Backend) -> None:
+        backend.breaker.success()
+
+    def failed(self, backend: Backend) -> None:
+        """A fault of the backend's (not the request's); enough of them open its breaker."""
+        if backend.breaker.failure(time.monotonic()):
+            log.warning(
+                "backend breaker opened",
+                extra={"backend": backend.name, "seconds": self.eject_seconds},
+            )
 
     async def refresh(self) -> None:
         async with self.pool.connection(timeout=2.0) as conn:
@@ -90,6 +101,7 @@ class Router:
         by_model: dict[str, list[Backend]] = {}
         for row in rows:
             backend = Backend(row[0], row[1], row[2], row[3], tuple(row[4]), row[5], row[6], row[7])
+            backend.breaker.open_seconds = self.eject_seconds
             # Keep the object (and the live counters requests in flight decrement) if unchanged.
             known = self._by_name.get(backend.name)
             if known is not None and _same(known, backend):
