@@ -290,6 +290,11 @@ class MarginAdmin(ReadOnlyAdmin[Margin]):
         "margin_pct",
         "cost_per_million_tokens",
         "tokens_per_kwh",
+        # The coverage of those ratios, and what has no price (docs/billing.md, "Coverage").
+        "tokens",
+        "measured_tokens",
+        "costed_tokens",
+        "unpriced_tokens",
     ]
     list_filter = ["grain", "dimension"]
     date_hierarchy = "bucket"

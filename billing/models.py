@@ -152,6 +152,15 @@ class UsageRollup(models.Model):
     revenue = _amount()
     energy_cost = _amount()
     gpu_cost = _amount()
+    # Coverage (docs/billing.md, "Coverage"): of the requests above, those whose energy is
+    # known (attributed, or nothing to measure: no tokens); the prompt + completion tokens of
+    # the requests with attributed energy; those of the requests whose backend had a cost
+    # model in force when they started, and of these the measured ones. Ratios to energy and
+    # cost divide by these, never by tokens whose energy or cost is unknown.
+    measured_requests = models.BigIntegerField(default=0)
+    measured_tokens = models.BigIntegerField(default=0)
+    costed_tokens = models.BigIntegerField(default=0)
+    costed_measured_tokens = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -203,7 +212,20 @@ class Margin(models.Model):
     energy_cost = _amount()
     gpu_cost = _amount()
     margin = _amount()
-    # Null where revenue or tokens are zero.
+    # Coverage, as in UsageRollup; and the usage without a price (rolled up with no book): its
+    # requests, tokens and what it cost, so that it is shown as unpriced, never as worth 0.
+    requests = models.BigIntegerField(default=0)
+    measured_requests = models.BigIntegerField(default=0)
+    measured_tokens = models.BigIntegerField(default=0)
+    costed_tokens = models.BigIntegerField(default=0)
+    costed_measured_tokens = models.BigIntegerField(default=0)
+    unpriced_requests = models.BigIntegerField(default=0)
+    unpriced_tokens = models.BigIntegerField(default=0)
+    unpriced_cost = _amount(default=0)
+    # Null where they would divide by zero. Margin % is of the priced usage (its revenue less
+    # the cost of everything but the unpriced usage); cost per 1M tokens is energy cost per
+    # measured, costed token plus GPU cost per costed token; tokens per kWh counts measured
+    # tokens only (docs/billing.md, "Margins").
     margin_pct = models.DecimalField(max_digits=12, decimal_places=4, null=True)
     cost_per_million_tokens = _amount(null=True)
     tokens_per_kwh = _amount(null=True)

@@ -4,6 +4,11 @@
 It reads the margins the margin job stored (billing_margin, month and day grains); the figures
 are summed and divided in PostgreSQL (billing/sql/report_*.sql), kept unrounded in the CSV and
 shown rounded only in the HTML and PDF forms, which share their tables and charts.
+
+Ratios divide only what was measured: energy ratios the tokens whose energy was attributed,
+cost ratios the tokens of backends with a cost model. Beside every ratio the report shows that
+coverage, names the backends without energy or a cost model, and shows usage without a price
+as unpriced with its tokens, never as revenue of zero (docs/billing.md, "Coverage").
 """
 
 import csv
@@ -26,7 +31,10 @@ from reportlab.lib.units import mm
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from billing import charts
+from billing.models import Margin
 from billing.money import from_minor, to_minor
+from billing.selectors import Unpriced, usage_unpriced
+from gateway.models import Backend
 
 ReportFormat = Literal["html", "csv", "pdf"]
 REPORT_FORMATS: tuple[ReportFormat, ...] = ("html", "csv", "pdf")
@@ -60,9 +68,25 @@ class Line:
     revenue: Decimal
     energy_cost: Decimal
     gpu_cost: Decimal
+    requests: int
+    # Coverage: requests whose energy is known, tokens with measured energy, tokens of
+    # backends with a cost model; usage without a price.
+    measured_requests: int
+    measured_tokens: int
+    costed_tokens: int
+    costed_measured_tokens: int
+    unpriced_requests: int
+    unpriced_tokens: int
+    # Of the priced usage; null without revenue.
     margin_pct: Decimal | None
-    cost_per_million_tokens: Decimal | None
+    # Over measured (and costed) tokens only; null where nothing was measured.
+    energy_cost_per_million_tokens: Decimal | None
+    gpu_cost_per_million_tokens: Decimal | None
     tokens_per_kwh: Decimal | None
+    joules_per_token: Decimal | None
+    measured_token_share: Decimal | None
+    measured_request_share: Decimal | None
+    costed_token_share: Decimal | None
 
     @property
     def cost(self) -> Decimal:
@@ -71,6 +95,18 @@ class Line:
     @property
     def margin(self) -> Decimal:
         return self.revenue - self.cost
+
+    @property
+    def cost_per_million_tokens(self) -> Decimal | None:
+        """Energy per measured token plus GPU time per costed token: each part over the
+        tokens whose cost it knows, so neither is diluted by tokens it cannot see."""
+        energy, gpu = self.energy_cost_per_million_tokens, self.gpu_cost_per_million_tokens
+        return None if energy is None or gpu is None else energy + gpu
+
+    @property
+    def unpriced(self) -> bool:
+        """All of its usage is without a price: its revenue is unknown, not zero."""
+        return self.requests > 0 and self.unpriced_requests == self.requests
 
     @property
     def label(self) -> str:
@@ -104,6 +140,29 @@ class Day:
 
 
 @dataclass(frozen=True)
+class Gaps:
+    """What the figures cannot see: backends whose usage had no energy measured or no cost
+    model, and usage without a price, per tier and model."""
+
+    unmeasured_backends: list[str]
+    uncosted_backends: list[str]
+    unpriced: list[Unpriced]
+
+    def lines(self) -> list[str]:
+        found = []
+        if self.unmeasured_backends:
+            found.append("No energy measured on " + ", ".join(self.unmeasured_backends) + ".")
+        if self.uncosted_backends:
+            found.append("No cost model for " + ", ".join(self.uncosted_backends) + ".")
+        for item in self.unpriced:
+            found.append(
+                f"Unpriced: {item.tier} / {item.model}, {item.tokens:,} tokens in "
+                f"{item.requests:,} requests (no price in the book in force)."
+            )
+        return found
+
+
+@dataclass(frozen=True)
 class FinanceReport:
     period_start: datetime
     period_end: datetime
@@ -111,6 +170,7 @@ class FinanceReport:
     total: Line
     lines: dict[str, list[Line]]
     days: list[Day]
+    gaps: Gaps
     generated_at: datetime
 
     @property
@@ -152,7 +212,29 @@ def finance_report(
         total=next(line for line in rows if line.dimension == "total"),
         lines={d: [line for line in rows if line.dimension == d] for d in DIMENSIONS},
         days=days,
+        gaps=_gaps(period_start, period_end, currency),
         generated_at=timezone.now(),
+    )
+
+
+def _gaps(period_start: datetime, period_end: datetime, currency: str) -> Gaps:
+    """Every backend of the month, whatever the top keys shown, and why it is unmeasured."""
+    backends = Margin.objects.filter(
+        grain=Margin.Grain.MONTH,
+        bucket=period_start,
+        currency=currency,
+        dimension=Margin.Dimension.BACKEND,
+        tokens__gt=0,
+    ).order_by("key")
+    unmeasured = list(backends.filter(measured_tokens=0).values_list("key", flat=True))
+    telemetry = dict(
+        Backend.objects.filter(name__in=unmeasured).values_list("name", "telemetry_url")
+    )
+    why = {True: "telemetry, no energy attributed", False: "no telemetry"}
+    return Gaps(
+        unmeasured_backends=[f"{name} ({why[bool(telemetry.get(name))]})" for name in unmeasured],
+        uncosted_backends=list(backends.filter(costed_tokens=0).values_list("key", flat=True)),
+        unpriced=usage_unpriced(since=period_start, until=period_end),
     )
 
 
@@ -165,29 +247,43 @@ def report_render(*, period_start: datetime, currency: str, fmt: ReportFormat) -
     return report_html(report).encode() if fmt == "html" else report_pdf(report)
 
 
+_CSV_HEADER = [
+    "period",
+    "currency",
+    "dimension",
+    "key",
+    "label",
+    "tokens",
+    "energy_kwh",
+    "revenue",
+    "energy_cost",
+    "gpu_cost",
+    "cost",
+    "margin",
+    "margin_pct",
+    "cost_per_million_tokens",
+    "tokens_per_kwh",
+    "requests",
+    "measured_requests",
+    "measured_tokens",
+    "costed_tokens",
+    "unpriced_requests",
+    "unpriced_tokens",
+    "measured_token_share",
+    "measured_request_share",
+    "costed_token_share",
+    "joules_per_token",
+    "energy_cost_per_million_tokens",
+    "gpu_cost_per_million_tokens",
+]
+
+
 def report_csv(report: FinanceReport) -> str:
-    """Every figure unrounded, one row per key and per day, the total first."""
+    """Every figure unrounded, one row per key and per day, the total first. A key whose
+    usage is all unpriced has no revenue and no margin (empty), not zero."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "period",
-            "currency",
-            "dimension",
-            "key",
-            "label",
-            "tokens",
-            "energy_kwh",
-            "revenue",
-            "energy_cost",
-            "gpu_cost",
-            "cost",
-            "margin",
-            "margin_pct",
-            "cost_per_million_tokens",
-            "tokens_per_kwh",
-        ]
-    )
+    writer.writerow(_CSV_HEADER)
     for line in _all_lines(report):
         writer.writerow(
             [
@@ -198,36 +294,33 @@ def report_csv(report: FinanceReport) -> str:
                 line.label,
                 line.tokens,
                 line.energy_kwh,
-                line.revenue,
+                None if line.unpriced else line.revenue,
                 line.energy_cost,
                 line.gpu_cost,
                 line.cost,
-                line.margin,
+                None if line.unpriced else line.margin,
                 line.margin_pct,
                 line.cost_per_million_tokens,
                 line.tokens_per_kwh,
+                line.requests,
+                line.measured_requests,
+                line.measured_tokens,
+                line.costed_tokens,
+                line.unpriced_requests,
+                line.unpriced_tokens,
+                line.measured_token_share,
+                line.measured_request_share,
+                line.costed_token_share,
+                line.joules_per_token,
+                line.energy_cost_per_million_tokens,
+                line.gpu_cost_per_million_tokens,
             ]
         )
     for day in report.days:
-        writer.writerow(
-            [
-                report.period,
-                report.currency,
-                "day",
-                day.day.isoformat(),
-                day.day.isoformat(),
-                day.tokens,
-                day.energy_kwh,
-                day.revenue,
-                day.energy_cost,
-                day.gpu_cost,
-                day.cost,
-                day.margin,
-                None,
-                None,
-                None,
-            ]
-        )
+        row: list[object] = [report.period, report.currency, "day", day.day.isoformat()]
+        row += [day.day.isoformat(), day.tokens, day.energy_kwh, day.revenue, day.energy_cost]
+        row += [day.gpu_cost, day.cost, day.margin]
+        writer.writerow(row + [None] * (len(_CSV_HEADER) - len(row)))
     return out.getvalue()
 
 
@@ -238,6 +331,7 @@ def report_html(report: FinanceReport) -> str:
         {
             "report": report,
             "summary": _summary(report),
+            "gaps": report.gaps.lines(),
             "charts": [charts.svg(drawing, name=name) for name, drawing in _charts(report)],
             "tables": _tables(report),
         },
@@ -260,6 +354,8 @@ def report_pdf(report: FinanceReport) -> bytes:
     )
     story: list[Any] = [Paragraph(_title(report), styles["Title"])]
     story.append(Paragraph(" · ".join(f"{k}: {v}" for k, v in _summary(report)), styles["Normal"]))
+    for gap in report.gaps.lines():
+        story.append(Paragraph(gap, styles["Normal"]))
     story.append(Spacer(1, 4 * mm))
     drawings = [drawing for _, drawing in _charts(report)]
     for pair in (drawings[i : i + 2] for i in range(0, len(drawings), 2)):
@@ -279,14 +375,18 @@ def _title(report: FinanceReport) -> str:
 def _summary(report: FinanceReport) -> list[tuple[str, str]]:
     total, currency = report.total, report.currency
     return [
-        ("Revenue", _money(total.revenue, currency)),
+        ("Revenue", _revenue(total, currency)),
         ("Energy cost", _money(total.energy_cost, currency)),
         ("GPU cost", _money(total.gpu_cost, currency)),
-        ("Margin", _money(total.margin, currency)),
-        ("Margin %", _percent(total.margin_pct)),
+        ("Margin", _margin(total, currency)),
+        ("Margin % (priced usage)", _percent(total.margin_pct)),
         ("Tokens", f"{total.tokens:,}"),
+        ("Unpriced tokens", f"{total.unpriced_tokens:,}"),
         ("Cost per 1M tokens", _unit_cost(total.cost_per_million_tokens, currency)),
         ("Tokens per kWh", _count(total.tokens_per_kwh)),
+        ("Joules per token", _ratio(total.joules_per_token)),
+        ("Energy measured", _coverage(total, requests=True)),
+        ("Tokens with a cost model", _share(total.costed_token_share)),
     ]
 
 
@@ -301,6 +401,8 @@ _HEADER = [
     "margin %",
     "cost / 1M tokens",
     "tokens / kWh",
+    "energy measured (tokens · requests)",
+    "unpriced tokens",
 ]
 Tables = list[tuple[str, list[str], list[list[str]]]]
 
@@ -319,13 +421,15 @@ def _cells(line: Line, currency: str) -> list[str]:
         line.label,
         f"{line.tokens:,}",
         _quantity(line.energy_kwh),
-        _money(line.revenue, currency),
+        _revenue(line, currency),
         _money(line.energy_cost, currency),
         _money(line.gpu_cost, currency),
-        _money(line.margin, currency),
+        _margin(line, currency),
         _percent(line.margin_pct),
         _unit_cost(line.cost_per_million_tokens, currency),
         _count(line.tokens_per_kwh),
+        _coverage(line),
+        f"{line.unpriced_tokens:,}",
     ]
 
 
@@ -436,21 +540,14 @@ def _all_lines(report: FinanceReport) -> Iterator[Line]:
         yield from report.lines[dimension]
 
 
+# The columns of report_margins.sql that are counts: PostgreSQL sums bigints to numeric.
+_COUNTS = {3, 4, *range(9, 16)}
+
+
 def _line(row: tuple[Any, ...]) -> Line:
-    return Line(
-        dimension=row[0],
-        key=row[1],
-        account_name=row[2],
-        keys=int(row[3]),
-        tokens=int(row[4]),
-        energy_kwh=row[5],
-        revenue=row[6],
-        energy_cost=row[7],
-        gpu_cost=row[8],
-        margin_pct=row[9],
-        cost_per_million_tokens=row[10],
-        tokens_per_kwh=row[11],
-    )
+    """A row of report_margins.sql, whose columns are Line's fields in order."""
+    values: list[Any] = [int(value) if n in _COUNTS else value for n, value in enumerate(row)]
+    return Line(*values)
 
 
 def _day(row: tuple[Any, ...]) -> Day:
@@ -471,6 +568,37 @@ def _month_after(start: datetime) -> datetime:
 def _money(amount: Decimal, currency: str) -> str:
     """To the currency's minor unit by the one rounding rule (billing.money)."""
     return f"{from_minor(to_minor(amount, currency), currency):,}"
+
+
+def _revenue(line: Line, currency: str) -> str:
+    """Usage without a price is worth an unknown amount: shown so, never as 0.00."""
+    if line.unpriced:
+        return "unpriced"
+    if line.unpriced_tokens:
+        return f"{_money(line.revenue, currency)} + unpriced"
+    return _money(line.revenue, currency)
+
+
+def _margin(line: Line, currency: str) -> str:
+    return "unpriced" if line.unpriced else _money(line.margin, currency)
+
+
+def _coverage(line: Line, *, requests: bool = False) -> str:
+    """Share of tokens (and of requests) whose energy was measured."""
+    if not line.tokens:
+        return "n/a"
+    tokens = _share(line.measured_token_share)
+    if requests:
+        return f"{tokens} of tokens, {_share(line.measured_request_share)} of requests"
+    return f"{tokens} · {_share(line.measured_request_share)}"
+
+
+def _share(value: Decimal | None) -> str:
+    return "n/a" if value is None else f"{_fixed(value * 100, 1)}%"
+
+
+def _ratio(value: Decimal | None) -> str:
+    return "n/a" if value is None else _fixed(value, 3)
 
 
 def _unit_cost(amount: Decimal | None, currency: str) -> str:

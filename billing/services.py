@@ -99,7 +99,8 @@ def rollups_rebuild(*, since: datetime, until: datetime) -> Window:
 
 
 def _rollups_rebuild(since: datetime, until: datetime) -> None:
-    days_since, days_until = _day(since), _day(until - HOUR) + DAY
+    """Rebuild the hours [since, until) and their days; `until` may fall inside an hour."""
+    days_since, days_until = _day(since), _day(until - timedelta(microseconds=1)) + DAY
     hours = UsageRollup.objects.filter(grain=UsageRollup.Grain.HOUR)
     hours.filter(bucket__gte=since, bucket__lt=until).delete()
     days = UsageRollup.objects.filter(grain=UsageRollup.Grain.DAY)
@@ -125,20 +126,48 @@ def margins_run(*, now: datetime | None = None, wait: bool = False) -> Window | 
         watermark = _watermark("margins")
         start = watermark - grace() if watermark else _first_rollup()
         window = Window(_month(min(start, rolled - HOUR)), _next_month(rolled - HOUR))
-        Margin.objects.filter(
-            grain__in=[Margin.Grain.DAY, Margin.Grain.MONTH],
-            bucket__gte=window.since,
-            bucket__lt=window.until,
-        ).delete()
-        with connection.cursor() as cursor:
-            params: dict[str, Any] = {
-                "since": window.since,
-                "until": window.until,
-                "currency": billing_currency(),
-            }
-            cursor.execute(_MARGINS, params)
+        _margins_rebuild(window)
         _watermark_set("margins", rolled)
     return window
+
+
+def _margins_rebuild(window: Window) -> None:
+    """Rebuild the day and month margins of the whole months [since, until)."""
+    Margin.objects.filter(
+        grain__in=[Margin.Grain.DAY, Margin.Grain.MONTH],
+        bucket__gte=window.since,
+        bucket__lt=window.until,
+    ).delete()
+    with connection.cursor() as cursor:
+        params: dict[str, Any] = {
+            "since": window.since,
+            "until": window.until,
+            "currency": billing_currency(),
+        }
+        cursor.execute(_MARGINS, params)
+
+
+def figures_refresh(*, now: datetime | None = None) -> Window:
+    """Rollups and margins up to `now`, the hour in progress included: the figures at once.
+
+    The beat's jobs roll up whole hours only, minutes apart, so usage shows in the margins an
+    hour later at the latest; this is for someone who wants to see it now (`manage.py
+    refresh_figures`, which `tf demo` runs). The hour in progress is rolled up to `now`, its
+    GPU time too, outside the watermark: budgets and the jobs read rollups only up to the
+    watermark, and the next rollup run after the hour ends rebuilds it whole (it is within
+    the grace window). Returns `now`'s month up to `now`.
+    """
+    now = now or timezone.now()
+    rollups_run(now=now, wait=True)
+    margins_run(now=now, wait=True)
+    month = month_of(now)
+    with transaction.atomic():
+        _job_start("billing.rollups", wait=True)
+        _rollups_rebuild(_hour(now), now)
+    with transaction.atomic():
+        _job_start("billing.margins", wait=True)
+        _margins_rebuild(Window(month.start, month.end))
+    return Window(month.start, now)
 
 
 class InvoiceError(Exception):

@@ -6,8 +6,8 @@
     → wait until the gateway is ready → write <var dir>/tf.env → print how to call it
     → run until Ctrl-C
 
-`tf manage ...`, `tf shell` and `tf env` reach the running instance through that env file, so
-that a second terminal needs no URL copied from the banner.
+`tf manage ...`, `tf shell`, `tf env` and `tf demo` reach the running instance through that env
+file, so that a second terminal needs no URL copied from the banner.
 
 Every process is a child of this one with its output prefixed by its name, and each runs in its
 own session, so a terminal's Ctrl-C reaches only `tf`, which then stops them in order: newest
@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import redis
+
+from config import demo as demo_traffic
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -490,6 +492,8 @@ def banner(port: int, env: dict[str, str], keys: list[DemoKey], seconds: float) 
             *key_lines,
             "Try it:",
             shlex.join(curl),
+            "A minute of demo traffic on every tier, then revenue, cost and margin per tier:",
+            f"  {Path(PYTHON).parent / 'tf'} demo",
             "Ctrl-C stops everything.",
             "",
             "",
@@ -514,12 +518,14 @@ def env_file_write(options: Options, env: dict[str, str], keys: list[DemoKey]) -
     TF_KEY is the premium demo key, as README's examples expect; it is removed on stop.
     """
     premium = next(key for key in keys if key.tier == "premium")
+    interactive = next(key for key in keys if key.tier == "interactive")
     free = next(key for key in keys if key.tier == "free")
     values = {name: env[name] for name in INSTANCE_VARIABLES}
     values |= {
         "TF_GATEWAY_URL": f"http://127.0.0.1:{options.port}",
         "TF_BASE_URL": f"http://127.0.0.1:{options.port}/v1",
         "TF_KEY": premium.plaintext,
+        "TF_INTERACTIVE_KEY": interactive.plaintext,
         "TF_FREE_KEY": free.plaintext,
     }
     path = options.var_dir / ENV_FILE
@@ -576,6 +582,74 @@ def env_print(var_dir: Path) -> int:
     return 0
 
 
+def demo(var_dir: Path, seconds: float) -> int:
+    """`tf demo`: traffic through the running instance while its telemetry is scraped
+    closely, then its figures brought up to date and summarised (config/demo.py)."""
+    env = instance_env(var_dir)
+    keys = {
+        tier: env.get(variable, "")
+        for tier, variable in (
+            ("premium", "TF_KEY"),
+            ("interactive", "TF_INTERACTIVE_KEY"),
+            ("free", "TF_FREE_KEY"),
+        )
+    }
+    if not all(keys.values()):
+        raise SystemExit("tf demo: this tf up predates the demo's keys; restart it")
+    # Scrapes the telemetry closely while the traffic runs; once its standard input closes
+    # it attributes the energy, rolls up and computes the margins (billing refresh_figures).
+    # Its own session: a Ctrl-C here ends the traffic, not the figures.
+    limit = seconds + demo_traffic.REQUEST_TIMEOUT_SECONDS
+    scrape = ("--scrape-for", f"{limit:.0f}", "--scrape-every", str(demo_traffic.SCRAPE_SECONDS))
+    refresh = subprocess.Popen(
+        [PYTHON, "manage.py", "refresh_figures", *scrape, "--until-stdin-closes"],
+        cwd=ROOT,
+        env={**env, "LOG_LEVEL": "WARNING"},
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
+    print(f"tf demo: sending traffic for {seconds:.0f} s (Ctrl-C stops it early)", flush=True)
+    started = time.monotonic()
+    tally = demo_traffic.Tally()
+    try:
+        demo_traffic.traffic_run(
+            base_url=env["TF_BASE_URL"], keys=keys, model=DEMO_MODEL, seconds=seconds, tally=tally
+        )
+    except KeyboardInterrupt:
+        print("tf demo: traffic stopped early")
+    print("\n".join(demo_traffic.tally_lines(tally, time.monotonic() - started)))
+    print("tf demo: attributing energy, rolling up usage and computing margins", flush=True)
+    assert refresh.stdin is not None
+    refresh.stdin.close()
+    if refresh.wait() != 0:
+        return 1
+    return demo_summary(env)
+
+
+def demo_summary(env: dict[str, str]) -> int:
+    """The month's finance report as it stands, in a few lines, and where to read it whole."""
+    period = time.strftime("%Y-%m", time.gmtime())
+    report = subprocess.run(
+        [PYTHON, "manage.py", "finance_report", "--period", period, "--format=csv", "--output=-"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if report.returncode != 0:
+        print(report.stderr, file=sys.stderr)
+        return 1
+    gateway = env["TF_GATEWAY_URL"]
+    print("\n".join(demo_traffic.report_lines(report.stdout, period)))
+    print(
+        f"The whole report: {gateway}/billing/report/{period}.html, the dashboard: "
+        f"{gateway}/admin/dashboard/ (staff only: `tf manage createsuperuser` makes one)."
+    )
+    return 0
+
+
 def parser_build() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tf", description="Token Factory developer commands.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -613,6 +687,21 @@ def parser_build() -> argparse.ArgumentParser:
         description='Print export lines for `eval "$(tf env)"`.',
     )
     var_dir_argument(env_parser)
+    demo_parser = commands.add_parser(
+        "demo",
+        help="send a minute of demo traffic to the running `tf up` and show its figures",
+        description="Send a realistic, bounded mix of requests on every tier (chats, long "
+        "prompts, reasoning, streams) to the running `tf up` with its demo keys, then bring "
+        "energy, rollups and margins up to date and print the month's revenue, cost, margin "
+        "and tokens per kWh per tier.",
+    )
+    demo_parser.add_argument(
+        "--seconds",
+        type=float,
+        default=60.0,
+        help="how long to send new requests (default 60; at most 600)",
+    )
+    var_dir_argument(demo_parser)
     return parser
 
 
@@ -635,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
         shell(var_dir)
     if args.command == "env":
         return env_print(var_dir)
+    if args.command == "demo":
+        return demo(var_dir, min(max(args.seconds, 1.0), demo_traffic.MAX_SECONDS))
     return up(Options(port=args.port, workers=args.workers, var_dir=var_dir))
 
 

@@ -101,7 +101,16 @@ AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
+# The client's address (lockouts, the audit log) is REMOTE_ADDR, unless that peer is one of
+# these proxies (addresses or CIDRs): then X-Forwarded-For is followed back to the first hop
+# that is not one (console/client_ip.py). Empty: X-Forwarded-For is never believed.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+AXES_CLIENT_IP_CALLABLE = "console.client_ip.client_address"
 OTP_TOTP_ISSUER = "Token Factory"
+# Staff must set up a TOTP device before using the console (console/two_factor.py).
+CONSOLE_REQUIRE_TWO_FACTOR = env.bool("CONSOLE_REQUIRE_TWO_FACTOR", default=not LOCAL)
+# Largest request body Django reads (console forms, the management API); more is a 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -227,15 +236,18 @@ STRIPE = {
     "API_BASE": env.str("STRIPE_API_BASE", default=""),
 }
 
-# Management API (docs/console.md): staff only, by session or staff token; one error shape.
+# Management API (docs/console.md): staff only, by session or staff token, each call checked
+# against the user's model permissions and the token's scopes; JSON in and out, one error shape.
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "console.api.authentication.StaffTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_PERMISSION_CLASSES": ["console.api.permissions.StaffPermission"],
+    "DEFAULT_PARSER_CLASSES": ["console.api.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "console.api.schema.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "console.api.common.Pagination",
     "EXCEPTION_HANDLER": "console.api.errors.exception_handler",
 }

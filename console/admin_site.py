@@ -2,12 +2,15 @@
 
 Two-factor authentication is available to every staff user (a TOTP app, set up under
 "Two-factor"); once a user has a confirmed device, signing in needs its code as well as the
-password and the session only counts as staff after it. Failed sign-ins are throttled by
-django-axes (settings AXES_*).
+password and the session only counts as staff after it. Where CONSOLE_REQUIRE_TWO_FACTOR is
+on (console/two_factor.py), a staff user without a device is sent to set one up and reaches
+no other page until then. Failed sign-ins are throttled by django-axes (settings AXES_*).
 """
 
 import base64
 import io
+from collections.abc import Callable
+from functools import update_wrapper
 from typing import Any
 
 import qrcode
@@ -25,6 +28,7 @@ from django_otp.admin import OTPAdminAuthenticationForm
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from console.dashboard import dashboard_data
+from console.two_factor import staff_needs_device, two_factor_required
 
 
 class ConsoleLoginForm(OTPAdminAuthenticationForm):  # type: ignore[misc]
@@ -59,6 +63,17 @@ class ConsoleAdminSite(admin.AdminSite):
             return False
         user: Any = request.user
         return bool(user.is_verified()) or not user_has_device(user)
+
+    def admin_view(self, view: Callable[..., Any], cacheable: bool = False) -> Any:
+        """Every console page, but where two-factor is required and the user has no device
+        yet, only the page that sets one up (and signing out)."""
+
+        def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            if view not in (self.two_factor, self.logout) and staff_needs_device(request.user):
+                return redirect("admin:two-factor")
+            return view(request, *args, **kwargs)
+
+        return super().admin_view(update_wrapper(guarded, view), cacheable)
 
     def get_urls(self) -> list[URLResolver | URLPattern]:
         return [
@@ -96,6 +111,7 @@ class ConsoleAdminSite(admin.AdminSite):
             **self.each_context(request),
             "title": "Two-factor authentication",
             "enabled": bool(confirmed),
+            "required": two_factor_required(),
             "qr_svg": _qr_svg(device.config_url) if device is not None and not confirmed else "",
             "secret": base64.b32encode(device.bin_key).decode() if device and not confirmed else "",
         }

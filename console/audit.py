@@ -5,7 +5,6 @@ change, so the log holds exactly the changes that happened. Snapshots are the mo
 concrete fields as JSON, secrets left out.
 """
 
-import ipaddress
 import json
 from typing import Any, TypeAlias
 
@@ -14,6 +13,7 @@ from django.db import models
 from django.http import HttpRequest
 from rest_framework.request import Request
 
+from console.client_ip import client_address
 from console.models import AuditEntry
 from gateway.models import ApiKey
 
@@ -92,10 +92,6 @@ def _actor(actor: Any) -> tuple[int | None, str]:
 
 
 def _remote_addr(request: AnyRequest | None) -> str | None:
-    if request is None:
-        return None
-    address = str(request.META.get("REMOTE_ADDR") or "")
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:  # a test client or a unix socket: no address worth keeping
-        return None
+    """The client's address as sign-in lockouts see it (trusted proxies followed); None for
+    a unix socket or a test client, which have none worth keeping."""
+    return client_address(request) if request is not None else None

@@ -5,6 +5,7 @@ hash as safe as a slow one, and the id finds the row without touching the secret
 """
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -13,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from console.audit import AnyRequest, audit_record, object_type, snapshot
-from console.models import StaffToken
+from console.models import Scope, StaffToken, scopes_read_only
 from console.services.common import object_update
 from gateway.keys import key_hash
 
@@ -30,8 +31,14 @@ class IssuedToken:
 
 
 def staff_token_issue(
-    *, actor: object, user: User, name: str = "", expires_at: datetime | None = None
+    *,
+    actor: object,
+    user: User,
+    name: str = "",
+    expires_at: datetime | None = None,
+    scopes: Iterable[str] | None = None,
 ) -> IssuedToken:
+    """A new token for `user`; read-only unless `scopes` says otherwise."""
     token_id = secrets.token_hex(_ID_LENGTH // 2)
     plaintext = f"{STAFF_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
     with transaction.atomic():
@@ -41,6 +48,7 @@ def staff_token_issue(
             token_id=token_id,
             secret_hash=key_hash(plaintext),
             expires_at=expires_at,
+            scopes=scopes_read_only() if scopes is None else scopes_clean(scopes),
         )
         audit_record(
             actor=actor,
@@ -51,6 +59,24 @@ def staff_token_issue(
             after=snapshot(token),
         )
     return IssuedToken(token=token, plaintext=plaintext)
+
+
+def scopes_clean(scopes: Iterable[str]) -> list[str]:
+    """Known scopes, each once, in the order Scope lists them; an unknown one is an error."""
+    wanted = set(scopes)
+    unknown = wanted - set(Scope.values)
+    if unknown:
+        raise ValueError(f"Unknown scope(s): {', '.join(sorted(unknown))}.")
+    return [scope for scope in Scope.values if scope in wanted]
+
+
+def staff_token_scopes_set(
+    *, actor: object, token: StaffToken, scopes: Iterable[str], request: AnyRequest | None = None
+) -> StaffToken:
+    """Change what a token may do; the change is audited like any other."""
+    return object_update(
+        actor=actor, instance=token, data={"scopes": scopes_clean(scopes)}, request=request
+    )
 
 
 def staff_token_revoke(

@@ -32,7 +32,7 @@ from gateway.admission import completion_cap, rate_limit_headers, refusal, token
 from gateway.auth import Authenticator, Principal
 from gateway.batching import ScriptBatcher
 from gateway.errors import ApiError
-from gateway.inflight import InflightJournal, Progress
+from gateway.inflight import InflightJournal, VolatileRedis, persistence_check
 from gateway.limits import Admission, Limiter, Spend
 from gateway.pricing import (
     PriceList,
@@ -47,6 +47,7 @@ from gateway.queueing import AdmissionQueue, Slot
 from gateway.responses import Receive, Send, send_error, send_json
 from gateway.routing import Backend, Router
 from gateway.spool import FailOpenCap, UsageSpool
+from gateway.usage import usage_bounds, usage_fallback, usage_record
 from gateway.validation import (
     CLASS_NAMES,
     EMBEDDINGS,
@@ -99,7 +100,12 @@ class GatewayApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                await self.startup()
+                try:
+                    await self.startup()
+                except VolatileRedis as refusal:
+                    log.critical(str(refusal))
+                    await send({"type": "lifespan.startup.failed", "message": ""})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
@@ -108,6 +114,15 @@ class GatewayApp:
 
     async def startup(self) -> None:
         conf = settings.GATEWAY
+        # Batching keeps the connections in use to a handful; the cap is only a guard.
+        client = aioredis.Redis.from_url(
+            settings.REDIS_URL, max_connections=conf["REDIS_MAX_CONNECTIONS"]
+        )
+        await persistence_check(
+            client,
+            production=not settings.LOCAL,
+            allow_volatile=conf.get("ALLOW_VOLATILE_REDIS", False),
+        )
         db = settings.DATABASES["default"]
         conninfo = make_conninfo(
             dbname=db["NAME"],
@@ -119,10 +134,6 @@ class GatewayApp:
         )
         pool = AsyncConnectionPool(conninfo, min_size=1, max_size=4, open=False)
         await pool.open(wait=False)
-        # Batching keeps the connections in use to a handful; the cap is only a guard.
-        client = aioredis.Redis.from_url(
-            settings.REDIS_URL, max_connections=conf["REDIS_MAX_CONNECTIONS"]
-        )
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=conf["BACKEND_CONNECT_TIMEOUT"],
@@ -190,7 +201,13 @@ class GatewayApp:
             return
         for task in self.c.tasks:
             task.cancel()
+        self.c.journal.retry_now()
         await self.c.batcher.idle()
+        if self.c.journal.unsettled:
+            log.error(
+                "shut down with settles Redis never confirmed; the reaper records them as lost",
+                extra={"request_ids": list(self.c.journal.unsettled)},
+            )
         await self.c.session.close()
         await self.c.redis.aclose()
         await self.c.pool.close()
@@ -397,6 +414,7 @@ class GatewayApp:
             "queue_wait_ms": waited_ms,
         }
         headers = () if admission is None else rate_limit_headers(principal.limits, admission)
+        bounds = usage_bounds(request)
         try:
             progress = await journal.open(key, entry)
         except (aioredis.RedisError, OSError) as exc:
@@ -418,13 +436,50 @@ class GatewayApp:
                 progress=progress,
             )
         finally:
-            record = usage_record(entry, forwarded, progress, arrived)
+            try:
+                record = usage_record(entry, forwarded, progress, arrived, bounds)
+            except Exception:
+                log.exception(
+                    "usage record failed; recording the gateway's count", extra={"request_id": key}
+                )
+                record = usage_fallback(entry, forwarded, progress, arrived)
+            self._settle(journal, record, admission, rate)
+
+    def _settle(
+        self,
+        journal: InflightJournal | UsageSpool,
+        record: dict[str, Any],
+        admission: Admission | None,
+        rate: Rate | None,
+    ) -> None:
+        """Hand the record to the meter, count it, give back its reservations. Never raises.
+
+        It runs in a `finally` once the client has its answer: an exception here would skip
+        the steps after it, and one before the journal's settle left the request unrecorded
+        while its lease was still being renewed. A step that fails is logged; what it left
+        undone lapses with the request's leases (the reaper records a request whose settle
+        never started, from what its lease knew).
+        """
+        assert self.c is not None
+        key = record["request_id"]
+        try:
             journal.settle(key, record)
+        except Exception:
+            journal.live.pop(key, None)  # stop renewing its lease: the reaper records it
+            log.exception("could not hand a usage record over", extra={"request_id": key})
+        try:
             metrics.observe(record)
-            if admission is not None:
-                used = record["prompt_tokens"] + record["completion_tokens"]
-                spent = 0 if rate is None else micro_nearest(_cost(rate, record))
-                self.c.limiter.settle(admission, request_id=key, used=used, spent=spent)
+        except Exception:
+            log.exception("could not count a request in /metrics", extra={"request_id": key})
+        if admission is None:
+            return
+        try:
+            used = record["prompt_tokens"] + record["completion_tokens"]
+            spent = 0 if rate is None else micro_nearest(_cost(rate, record))
+            self.c.limiter.settle(admission, request_id=key, used=used, spent=spent)
+        except Exception:
+            self.c.limiter.live.pop(key, None)  # its slot is freed when its lease lapses
+            log.exception("could not settle a request's limits", extra={"request_id": key})
 
     async def _metrics(self, scope: dict[str, Any], send: Send, rid: str) -> None:
         assert self.c is not None
@@ -548,46 +603,6 @@ class GatewayApp:
         checks["backends"] = str(len(self.c.router.models()))
         ready = checks["redis"] == "ok" and checks["postgres"] == "ok"
         await send_json(send, 200 if ready else 503, {"ready": ready, "checks": checks}, rid)
-
-
-def usage_record(
-    entry: dict[str, Any],
-    forwarded: Forwarded,
-    progress: Progress,
-    arrived: float,
-) -> dict[str, Any]:
-    """The usage record of a finished request: the backend's counts, or the gateway's estimate."""
-    usage = forwarded.usage or {}
-    delivered = progress.completion_tokens
-    if usage:
-        prompt = int(usage.get("prompt_tokens") or 0)
-        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
-        reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
-        estimated = False
-    elif delivered or forwarded.outcome in ("ok", "client_disconnected"):
-        # The backend worked but its counts never arrived: bill what we saw, marked as such.
-        prompt, cached, completion, reasoning = entry["prompt_tokens"], 0, delivered, 0
-        estimated = True
-    else:
-        prompt = cached = completion = reasoning = 0
-        estimated = False
-    now = time.monotonic()
-    first = forwarded.first_token_at
-    return {
-        **entry,
-        "backend": forwarded.backend.name,
-        "prompt_tokens": prompt,
-        "cached_prompt_tokens": cached,
-        "completion_tokens": completion,
-        "reasoning_tokens": reasoning,
-        "tokens_estimated": estimated,
-        "ttft_ms": None if first is None else (first - arrived) * 1000,
-        "latency_ms": (now - arrived) * 1000,
-        "status_code": forwarded.status_code,
-        "outcome": forwarded.outcome,
-        "ended_at": entry["started_at"] + (now - arrived),
-    }
 
 
 def _spend(principal: Principal, rate: Rate | None, prompt: int, reserve: int) -> Spend:

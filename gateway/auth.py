@@ -2,20 +2,27 @@
 
 A key's row is read from PostgreSQL at most once per KEY_CACHE_SECONDS per process (misses
 for the same key share one query), so revocation reaches every gateway within that time while
-the hot path does no database round trip. `last_used_at` is written in the background, at
-most once a minute per key and process.
+the hot path does no database round trip. While PostgreSQL is away, keys seen within
+KEY_STALE_SECONDS are served from the cache without waiting for the failing lookup
+(stale-while-revalidate; revocations made meanwhile apply once it is back); keys never seen,
+or seen too long ago, get a 503. `last_used_at` is written in the background, at most once a
+minute per key and process.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 import psycopg
+from django.conf import settings
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.errors import account_inactive, invalid_api_key, unavailable
+from gateway.errors import ApiError, account_inactive, invalid_api_key, unavailable
 from gateway.keys import key_id_parse, key_matches
 from gateway.limits import Limits
 from gateway.pricing import Budget
@@ -25,6 +32,9 @@ log = logging.getLogger(__name__)
 _LAST_USED_EVERY = 60.0
 _CACHE_MAX = 100_000
 _DB_TIMEOUT = 2.0
+# How long a request with an expired entry waits for its lookup while PostgreSQL answers
+# (a lookup takes a millisecond); past it the request is served the entry it has.
+_LOOKUP_PATIENCE = 0.2
 _KEY_SQL = """
 SELECT k.id, k.secret_hash, k.expires_at, k.revoked_at, a.id, a.status, t.slug, t.priority,
        t.allowed_models,
@@ -78,16 +88,33 @@ class Principal:
 class _Entry:
     principal: Principal | None
     fresh_until: float
+    # While PostgreSQL cannot be read the entry is served until then, and refused after.
+    stale_until: float
     last_used_written: float = 0.0
 
 
 class Authenticator:
-    def __init__(self, pool: AsyncConnectionPool, *, cache_seconds: float, currency: str) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        cache_seconds: float,
+        currency: str,
+        stale_seconds: float | None = None,
+    ) -> None:
+        """`stale_seconds` None: settings.GATEWAY["KEY_STALE_SECONDS"]."""
         self.pool = pool
         self.cache_seconds = cache_seconds
+        if stale_seconds is None:
+            stale_seconds = float(settings.GATEWAY["KEY_STALE_SECONDS"])
+        self.stale_seconds = max(stale_seconds, cache_seconds)
         self.currency = currency
         self._cache: dict[str, _Entry] = {}
-        self._loading: dict[str, asyncio.Future[_Entry]] = {}
+        # One lookup per key at a time, shared by every request that needs it.
+        self._lookups: dict[str, asyncio.Task[_Entry]] = {}
+        # Whether the last lookup failed: expired entries are then served without waiting.
+        self._database_down = False
+        self._direct = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
 
     async def authenticate(self, authorization: bytes | None) -> Principal:
@@ -113,45 +140,65 @@ class Authenticator:
         return principal
 
     async def _entry(self, key_id: str) -> _Entry:
-        entry = self._cache.get(key_id)
-        if entry is not None and entry.fresh_until > time.monotonic():
-            return entry
-        if (pending := self._loading.get(key_id)) is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
-        self._loading[key_id] = future
-        try:
-            loaded = await self._refreshed(key_id, entry)
-            self._cache[key_id] = loaded
-            future.set_result(loaded)
-            return loaded
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            del self._loading[key_id]
+        """The key's entry: cached, looked up, or (PostgreSQL away) served stale.
 
-    async def _refreshed(self, key_id: str, stale: _Entry | None) -> _Entry:
+        An expired entry is looked up again; while PostgreSQL answers, the request waits the
+        millisecond that takes, so a revocation applies within the cache time. While it does
+        not, the request is served the entry it has, at once, and the one lookup of the key
+        in flight keeps retrying as requests come. An entry past its staleness bound, or
+        none, waits for the lookup, and fails closed (503) if it fails.
+        """
+        entry = self._cache.get(key_id)
+        now = time.monotonic()
+        if entry is not None and entry.fresh_until > now:
+            return entry
+        lookup = self._lookup(key_id)
+        if entry is None or entry.stale_until <= now:
+            return await asyncio.shield(lookup)
+        if not self._database_down:
+            with contextlib.suppress(TimeoutError, ApiError):
+                return await asyncio.wait_for(asyncio.shield(lookup), _LOOKUP_PATIENCE)
+        return entry
+
+    def _lookup(self, key_id: str) -> "asyncio.Task[_Entry]":
+        """The key's lookup in flight, started if there is none."""
+        lookup = self._lookups.get(key_id)
+        if lookup is None:
+            lookup = asyncio.create_task(self._looked_up(key_id))
+            self._lookups[key_id] = lookup
+            lookup.add_done_callback(partial(self._lookup_done, key_id))
+        return lookup
+
+    def _lookup_done(self, key_id: str, lookup: "asyncio.Task[_Entry]") -> None:
+        del self._lookups[key_id]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: the requests waiting for it re-raise it
+
+    async def _looked_up(self, key_id: str) -> _Entry:
         try:
             principal = await self._load(key_id)
-        except (psycopg.Error, PoolTimeout) as exc:
-            # PostgreSQL is away: keys seen recently keep working (revocations made during
-            # the outage apply once it is back); keys never seen cannot be checked.
-            if stale is None:
-                log.warning("key lookup failed and the key is not cached", exc_info=True)
-                raise unavailable(
-                    "Authentication is temporarily unavailable; retry shortly.",
-                    code="auth_unavailable",
-                    retry_after="2",
-                ) from exc
-            log.warning("key lookup failed; using the cached entry", exc_info=True)
-            stale.fresh_until = time.monotonic() + 1.0
-            return stale
+        except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
+            if not self._database_down:
+                log.warning(
+                    "key lookups failing; cached keys are served for up to %ss",
+                    self.stale_seconds,
+                    exc_info=True,
+                )
+            self._database_down = True
+            raise unavailable(
+                "Authentication is temporarily unavailable; retry shortly.",
+                code="auth_unavailable",
+                retry_after="2",
+            ) from exc
+        if self._database_down:
+            log.info("key lookups work again")
+        self._database_down = False
         self._evict_expired()
-        fresh = _Entry(principal, time.monotonic() + self.cache_seconds)
-        if stale is not None:
+        now = time.monotonic()
+        fresh = _Entry(principal, now + self.cache_seconds, now + self.stale_seconds)
+        if (stale := self._cache.get(key_id)) is not None:
             fresh.last_used_written = stale.last_used_written
+        self._cache[key_id] = fresh
         return fresh
 
     def _evict_expired(self) -> None:
@@ -159,14 +206,34 @@ class Authenticator:
         if len(self._cache) < _CACHE_MAX:
             return
         now = time.monotonic()
-        self._cache = {k: e for k, e in self._cache.items() if e.fresh_until > now}
+        self._cache = {k: e for k, e in self._cache.items() if e.stale_until > now}
 
     async def _load(self, key_id: str) -> Principal | None:
-        async with self.pool.connection(timeout=_DB_TIMEOUT) as conn:
-            cursor = await conn.execute(_KEY_SQL, (key_id,))
-            row = await cursor.fetchone()
-        if row is None:
-            return None
+        try:
+            async with self.pool.connection(timeout=_DB_TIMEOUT) as conn:
+                row = await _key_row(conn, key_id)
+        except PoolTimeout:
+            row = await self._load_directly(key_id)
+        return None if row is None else self._principal(row)
+
+    async def _load_directly(self, key_id: str) -> tuple[Any, ...] | None:
+        """The pool has no connection: look the key up on a connection of its own.
+
+        After an outage the pool reconnects on a doubling back-off, minutes late after a long
+        one; this notices at once that PostgreSQL is back. One at a time per process, so a
+        recovering database sees one extra connection, not one per key.
+        """
+        conninfo = self.pool.conninfo
+        if not isinstance(conninfo, str):  # a conninfo callback: only the pool can connect
+            raise PoolTimeout("no connection available")
+        async with (
+            asyncio.timeout(_DB_TIMEOUT),
+            self._direct,
+            await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn,
+        ):
+            return await _key_row(conn, key_id)
+
+    def _principal(self, row: tuple[Any, ...]) -> Principal:
         return Principal(
             api_key_id=row[0],
             secret_hash=row[1],
@@ -202,3 +269,8 @@ class Authenticator:
                 )
         except Exception:
             log.warning("could not record last use of key %s", api_key_id, exc_info=True)
+
+
+async def _key_row(conn: psycopg.AsyncConnection[Any], key_id: str) -> tuple[Any, ...] | None:
+    cursor = await conn.execute(_KEY_SQL, (key_id,))
+    return await cursor.fetchone()

@@ -5,6 +5,11 @@ it ends, one Lua call swaps the entry for a usage event on the meter's stream. A
 dies (SIGKILL, OOM, lost machine) stops renewing its leases, and any gateway's reaper turns the
 expired entries into `lost` usage events carrying the tokens last reported. So each request
 that reached a backend yields exactly one usage event, and the meter stores each event once.
+
+A final record always wins over that guess. A gateway that was only paused (or cut off from
+Redis) past its lease still finishes its requests: their settles are retried until Redis
+answers, and a settle that finds its entry reaped sends its record anyway, as a correction
+that the meter writes over the `gateway_lost` row (metering.services.usage_insert_sql).
 """
 
 import asyncio
@@ -29,6 +34,10 @@ PROGRESS = "{meter}:inflight:progress"
 _LUA = Path(__file__).parent / "lua"
 _OPEN = Script.named("inflight_open")
 _SETTLE = Script.named("inflight_settle")
+_SETTLE_KEYS = (LEASES, ENTRIES, PROGRESS, USAGE_STREAM)
+# A failed settle is sent again after this long, doubling up to the most.
+_RETRY_FIRST_SECONDS = 0.1
+_RETRY_MOST_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -38,12 +47,24 @@ class Progress:
     completion_tokens: int = 0
 
 
+@dataclass(slots=True)
+class _Settle:
+    """A settle that Redis has not yet confirmed."""
+
+    request_id: str
+    record: bytes
+    attempts: int = 0
+    retry: asyncio.TimerHandle | None = None
+
+
 class InflightJournal:
     def __init__(
         self, client: aioredis.Redis, batcher: ScriptBatcher, *, lease_seconds: float
     ) -> None:
         self.lease_seconds = lease_seconds
         self.live: dict[str, Progress] = {}
+        # Settles that failed and wait for their next try, by request id.
+        self.unsettled: dict[str, _Settle] = {}
         self._batcher = batcher
         self._renew = client.register_script((_LUA / "inflight_renew.lua").read_text())
         self._reap = client.register_script((_LUA / "inflight_reap.lua").read_text())
@@ -61,12 +82,43 @@ class InflightJournal:
 
         Not awaited by the request, and sent with the next urgent Redis call (or within the
         batcher's linger): if this process dies first, the entry's lease lapses and the reaper
-        records the request from what the lease last knew.
+        records the request from what the lease last knew. The lease is no longer renewed
+        from here on, so a settle that keeps failing cannot keep its request unrecorded.
         """
         self.live.pop(request_id, None)
-        keys = (LEASES, ENTRIES, PROGRESS, USAGE_STREAM)
-        settled = self._batcher.call(_SETTLE, keys, (request_id, orjson.dumps(record)), linger=True)
-        settled.add_done_callback(functools.partial(_check_settled, request_id))
+        self._send(_Settle(request_id, orjson.dumps(record)))
+
+    def _send(self, settle: _Settle) -> None:
+        settle.retry = None
+        args = (settle.request_id, settle.record)
+        sent = self._batcher.call(_SETTLE, _SETTLE_KEYS, args, linger=not settle.attempts)
+        sent.add_done_callback(functools.partial(self._settled, settle))
+
+    def _settled(self, settle: _Settle, future: "asyncio.Future[Any]") -> None:
+        if future.cancelled():
+            return
+        request_id, settle.attempts = settle.request_id, settle.attempts + 1
+        extra = {"request_id": request_id, "attempts": settle.attempts}
+        if (exc := future.exception()) is None:
+            self.unsettled.pop(request_id, None)
+            if future.result() == 0:
+                log.warning("settled a request already reaped: its record corrects", extra=extra)
+            elif settle.attempts > 1:
+                log.info("settled a request after retrying", extra=extra)
+            return
+        # Logged at the 1st, 2nd, 4th, 8th... failure: enough to follow, not a flood.
+        if settle.attempts & (settle.attempts - 1) == 0:
+            log.warning("could not settle a request; retrying", extra=extra, exc_info=exc)
+        delay = min(_RETRY_FIRST_SECONDS * 2 ** (settle.attempts - 1), _RETRY_MOST_SECONDS)
+        settle.retry = future.get_loop().call_later(delay, self._send, settle)
+        self.unsettled[request_id] = settle
+
+    def retry_now(self) -> None:
+        """Send every settle waiting for a retry now (at shutdown, before the last flush)."""
+        for settle in list(self.unsettled.values()):
+            if settle.retry is not None:
+                settle.retry.cancel()
+                self._send(settle)
 
     async def renew(self) -> int:
         if not self.live:
@@ -88,11 +140,50 @@ class InflightJournal:
             log.warning("reaped requests of a lost gateway", extra={"count": reaped})
 
 
-def _check_settled(request_id: str, future: "asyncio.Future[Any]") -> None:
-    if future.cancelled():
+class VolatileRedis(Exception):
+    """Redis keeps nothing across a restart, and this is production: refuse to start."""
+
+
+_LOSSES = (
+    "a Redis restart loses every usage record not yet stored in PostgreSQL (all of them while "
+    "PostgreSQL is down) and the in-flight entries of requests whose gateway dies too, so those "
+    "requests are never billed; quota, rate-limit and spend counters restart from the ledger"
+)
+
+
+async def persistence_check(
+    client: aioredis.Redis, *, production: bool, allow_volatile: bool
+) -> None:
+    """Refuse a production Redis without an append-only file (raises VolatileRedis).
+
+    The usage stream and this journal are the only copy of usage between a request's end and
+    the meter's commit, so they must survive a Redis restart. A managed Redis may forbid
+    CONFIG; then its persistence cannot be checked from here, only warned about.
+    """
+    try:
+        reply = await client.config_get("appendonly")
+    except aioredis.RedisError:
+        log.warning(
+            "cannot check that Redis persists (CONFIG GET refused or Redis away): %s", _LOSSES
+        )
         return
-    if (exc := future.exception()) is not None:
-        # The entry stays in flight; the reaper records it when its lease lapses.
-        log.error("could not settle a request; the reaper will record it", exc_info=exc)
-    elif future.result() == 0:
-        log.warning("request was reaped before it settled", extra={"request_id": request_id})
+    appendonly = {_text(key): _text(value) for key, value in reply.items()}.get("appendonly")
+    if appendonly != "no":
+        return
+    if not production:
+        log.info("Redis does not persist (appendonly no): fine for a local instance")
+    elif allow_volatile:
+        log.warning(
+            "Redis does not persist (appendonly no) and GATEWAY_ALLOW_VOLATILE_REDIS is set: %s",
+            _LOSSES,
+        )
+    else:
+        raise VolatileRedis(
+            f"Refusing to start: Redis does not persist (appendonly no): {_LOSSES}. Turn on "
+            "AOF (appendonly yes, appendfsync everysec), or set "
+            "GATEWAY_ALLOW_VOLATILE_REDIS=true to accept these losses."
+        )
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value

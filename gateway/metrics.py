@@ -52,10 +52,19 @@ SHED = Counter(
     ["tier", "reason"],
 )
 
+USAGE_ANOMALIES = Counter(
+    "tf_usage_anomalies",
+    "Usage reports refused as impossible (not integers, negative, beyond the request's limits) "
+    "and replaced by the gateway's own count, by backend.",
+    ["backend"],
+)
+
 
 def observe(record: dict[str, Any]) -> None:
     """Count a finished request from its usage record."""
     tier, model = record["tier"], record["model"]
+    if "usage_anomaly" in record:
+        USAGE_ANOMALIES.labels(record["backend"]).inc()
     REQUESTS.labels(tier, model, record["outcome"]).inc()
     TOKENS.labels(tier, model, "prompt").inc(record["prompt_tokens"])
     TOKENS.labels(tier, model, "completion").inc(record["completion_tokens"])

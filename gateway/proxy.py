@@ -119,7 +119,7 @@ class Proxy:
                 headers={"content-type": "application/json", "x-request-id": request_id},
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _Retry(_unreachable(backend, exc), eject=True) from exc
+            raise _Retry(_unreachable(backend, exc), eject=True) from _forget(exc)
         try:
             if response.status == 429 or response.status >= 500:
                 raise _Retry(
@@ -160,11 +160,11 @@ async def _whole(
         data = await response.read()
         usage = orjson.loads(data).get("usage")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise _Retry(_unreachable(backend, exc), eject=True) from exc
+        raise _Retry(_unreachable(backend, exc), eject=True) from _forget(exc)
     except (orjson.JSONDecodeError, AttributeError) as exc:
         raise _Retry(
             backend_failed(502, "The backend sent an unreadable answer."), eject=True
-        ) from exc
+        ) from _forget(exc)
     if rewrite:
         data = rewrite(data)
     await send_body(send, 200, data, request_id, headers)
@@ -188,7 +188,7 @@ async def _stream(
         pending = await anext(chunks)
     except (aiohttp.ClientError, TimeoutError, StopAsyncIteration) as exc:
         # Nothing has reached the client yet, so another backend may still serve it.
-        raise _Retry(_unreachable(backend, exc), eject=True) from exc
+        raise _Retry(_unreachable(backend, exc), eject=True) from _forget(exc)
     await send(
         {
             "type": "http.response.start",
@@ -318,6 +318,17 @@ def _rewriter(
         return payload
 
     return rewrite
+
+
+def _forget(exc: BaseException) -> BaseException:
+    """Drop what an aiohttp exception carries of this request before it is let go.
+
+    aiohttp raises some failures as one shared, module-level instance (a closed
+    connection's): each raise adds this request's frames to its traceback, and a context
+    or cause would hang this request's objects on it, so it would grow for ever.
+    """
+    exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+    return exc
 
 
 def _unreachable(backend: Backend, exc: BaseException) -> ApiError:

@@ -4,8 +4,9 @@ Backends have finite capacity (the sum of their max concurrent sequences). The q
 model pool is shared by every gateway process: premium before interactive before free, and
 fair across accounts within a class (see lua/queue_enter.lua). A request that waits past its
 tier's queue timeout, or finds its class's queue full, is shed with a 429 and not billed.
-Granted slots are leased, so a dead gateway's slots come back; grants are published on the
-pool's channel, and every waiter also polls, so a lost message only delays a grant.
+Granted slots and places in the queue are leased, so a dead gateway's slots come back and its
+waiters leave the queue within a lease; grants are published on the pool's channel, and every
+waiter also polls, so a lost message only delays a grant.
 """
 
 import asyncio
@@ -37,6 +38,7 @@ def pool_keys(model: str) -> tuple[str, ...]:
         *(f"{tag}:waiting:{c}" for c in range(CLASSES)),
         f"{tag}:tags",
         f"{tag}:clocks",
+        f"{tag}:leases",
         f"{tag}:grants",
     )
 
@@ -94,7 +96,7 @@ class AdmissionQueue:
         granted = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = (model, capacity, granted)
         try:
-            answer = await self._batcher.call(_ENTER, keys[:8], args)
+            answer = await self._batcher.call(_ENTER, keys[:-1], args)
             if answer == SHED:
                 raise _shed("The queue for this model is full.", retry_after=1)
             if answer == QUEUED:
@@ -149,8 +151,8 @@ class AdmissionQueue:
             await pubsub.aclose()
 
     async def maintain(self) -> None:
-        """Renew held slots' leases, hand out capacity freed by lapsed leases (dead gateways)
-        and catch grants whose message was lost."""
+        """Renew the leases of held slots and of places in the queue, hand out capacity freed
+        by lapsed leases (dead gateways) and catch grants whose message was lost."""
         expiry = _now_ms() + self.lease_ms
         pipe = self.client.pipeline(transaction=False)
         # Snapshots: requests come and go while the pipeline is out.
@@ -159,9 +161,14 @@ class AdmissionQueue:
             pipe.zadd(pool_keys(model)[0], {request_id: expiry}, xx=True)
         waiting = list(self._waiters.items())
         for request_id, (model, _, _) in waiting:
-            pipe.zscore(pool_keys(model)[0], request_id)
+            keys = pool_keys(model)
+            running, leases = keys[0], keys[8]
+            # A granted waiter's slot is renewed too, until the waiter wakes and holds it.
+            pipe.zadd(running, {request_id: expiry}, xx=True)
+            pipe.zadd(leases, {request_id: expiry}, xx=True)
+            pipe.zscore(running, request_id)
         replies = await pipe.execute()
-        for (request_id, _), score in zip(waiting, replies[len(held) :], strict=True):
+        for (request_id, _), score in zip(waiting, replies[len(held) + 2 :: 3], strict=True):
             if score is not None:
                 self._wake(request_id)
         for model, capacity in {(model, capacity) for model, capacity, _ in self._waiters.values()}:

@@ -176,7 +176,11 @@ def _answers_health(url: str, timeout: float) -> bool:
 
 # What `tf up` sets up so that a fresh install can be tried at once: accounts (name, tier) and
 # the model that the simulated backends serve.
-DEMO_ACCOUNTS = (("acme-research", "premium"), ("hobbyist", "free"))
+DEMO_ACCOUNTS = (
+    ("acme-research", "premium"),
+    ("northwind-apps", "interactive"),
+    ("hobbyist", "free"),
+)
 DEMO_MODEL = "llama-3.1-8b-instruct"
 DEMO_KEY_NAME = "tf-up"
 

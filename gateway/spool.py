@@ -12,8 +12,11 @@ the in-flight journal's promise with a local file instead of Redis:
              `gateway_lost` record, as the reaper would make it
 
 A file is being written while its process holds an exclusive `flock` on it, so any gateway on
-the host may replay the files of a process that died. The writer rotates its own file when it
-has records to hand over, carrying the entries still in flight into the new file first.
+the host may replay the files of a process that died. A file is created under a temporary
+name, locked, and only then renamed into place, so no replay ever sees it unlocked while its
+writer lives (a replay that did would read it empty and delete it under the writer). The
+writer rotates its own file when it has records to hand over, carrying the entries still in
+flight into the new file first.
 """
 
 import asyncio
@@ -38,6 +41,9 @@ log = logging.getLogger(__name__)
 
 _COLUMN_LIST = ", ".join(STORED_COLUMNS)
 _INSERT = usage_insert_sql("usage_spooled")
+# An empty, unlocked spool file this old has no writer (it died before its first line) and
+# holds nothing: it is deleted. Younger ones are left alone.
+_ORPHAN_SECONDS = 60.0
 
 
 class FailOpenCap:
@@ -102,10 +108,7 @@ class UsageSpool:
 
     def _append(self, lines: Iterable[dict[str, Any]]) -> None:
         if self._file is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-            self._file = path.open("ab")
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._file = _created(self.directory)
         self._file.write(b"".join(orjson.dumps(line) + b"\n" for line in lines))
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -118,6 +121,7 @@ class UsageSpool:
         stored = 0
         for path in sorted(self.directory.glob("*.jsonl")):
             stored += await self._replay_file(path)
+        await asyncio.to_thread(_orphans_delete, self.directory)
         return stored
 
     def _rotate(self) -> None:
@@ -150,19 +154,43 @@ class UsageSpool:
                         for record in records:
                             await copy.write_row(record_row(record))
                     await cursor.execute(_INSERT)
-        await asyncio.to_thread(path.unlink)
+        # Another gateway's replay may have stored and deleted it meanwhile (stored once).
+        await asyncio.to_thread(path.unlink, missing_ok=True)
         log.info("replayed spooled usage", extra={"file": path.name, "records": len(records)})
         return len(records)
 
 
+def _created(directory: Path) -> IO[bytes]:
+    """A new spool file of this process, locked before any replay can see it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temporary = directory / f"{name}.tmp"
+    file = temporary.open("ab")
+    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    temporary.rename(directory / f"{name}.jsonl")
+    # The new name must survive a crash too, or the fsynced lines go with the old one.
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return file
+
+
 def _finished_records(path: Path) -> list[dict[str, Any]] | None:
-    """The usage records of a spool file no process holds, or None while one does."""
-    with path.open("rb") as file:
+    """The usage records of a spool file no process holds, or None while one may."""
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return None  # another gateway's replay has just stored it
+    with file:
         try:
             fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return None
         lines = file.read().splitlines()
+    if not lines and not _orphaned(path):
+        return None  # never deleted under a writer that might still own it
     opened: dict[str, dict[str, Any]] = {}
     records: list[dict[str, Any]] = []
     carried: set[str] = set()
@@ -184,6 +212,20 @@ def _finished_records(path: Path) -> list[dict[str, Any]] | None:
         if request_id not in carried
     ]
     return [record_from_event(event) for event in fields]
+
+
+def _orphaned(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > _ORPHAN_SECONDS
+    except FileNotFoundError:
+        return False
+
+
+def _orphans_delete(directory: Path) -> None:
+    """Delete the temporary files of writers that died before renaming them into place."""
+    for path in directory.glob("*.tmp"):
+        if _orphaned(path):
+            path.unlink(missing_ok=True)
 
 
 def _check_spooled(task: "asyncio.Future[None]") -> None:

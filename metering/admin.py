@@ -1,5 +1,6 @@
-"""The console's pages for the usage ledger and the energy telemetry: read-only, since the
-meter and the energy jobs write them, except a backend's configured energy model."""
+"""The console's pages for the usage ledger, the meter's quarantine and the energy telemetry:
+read-only, since the meter and the energy jobs write them, except a backend's configured
+energy model."""
 
 from typing import Any
 
@@ -10,7 +11,13 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from console.admin_audit import AuditedAdmin, ReadOnlyAdmin
-from metering.models import EnergyCalibration, EnergyInterval, GpuSample, UsageRecord
+from metering.models import (
+    EnergyCalibration,
+    EnergyInterval,
+    GpuSample,
+    QuarantinedEvent,
+    UsageRecord,
+)
 
 
 @admin.register(UsageRecord)
@@ -31,6 +38,16 @@ class UsageRecordAdmin(ReadOnlyAdmin[UsageRecord]):
     list_filter = ["outcome", "tier", "streamed", "tokens_estimated"]
     search_fields = ["request_id", "model", "backend"]
     date_hierarchy = "started_at"
+
+
+@admin.register(QuarantinedEvent)
+class QuarantinedEventAdmin(ReadOnlyAdmin[QuarantinedEvent]):
+    """Usage events the meter could not store, kept whole with the reason, for staff to
+    investigate (the request they belong to has no usage record until one is written)."""
+
+    list_display = ["quarantined_at", "request_id", "stream_id", "error"]
+    search_fields = ["request_id", "stream_id", "error"]
+    date_hierarchy = "quarantined_at"
 
 
 @admin.register(GpuSample)

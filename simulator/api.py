@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -77,7 +78,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         return exc.response()
     sim.stats.record_body(request, body)
     fault = _take_fault(sim)
-    if fault is not None:
+    if fault is not None and fault.kind != "usage":
         if fault.kind == "status":
             return _status_fault(fault)
         if fault.kind == "disconnect":
@@ -96,7 +97,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     sim.stats.on_embedding(tokens)
     sim.metrics.on_embedding(job.model, tokens)
     sim.power.on_embedding(job.model, request.headers.get("x-request-id") or embedding_id, seconds)
-    payload = {
+    payload: dict[str, Any] = {
         "id": embedding_id,
         "object": "list",
         "created": int(time.time()),
@@ -104,6 +105,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         "data": data,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+    if fault is not None and fault.kind == "usage":
+        payload["usage"] = fault.misreport(payload["usage"])
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
@@ -134,6 +137,8 @@ async def _generate(
     request: web.Request, sim: Simulator, job: Job, render: Render
 ) -> web.StreamResponse:
     fault = _take_fault(sim)
+    if fault is not None and fault.kind == "usage":
+        render.usage_fault, fault = fault, None
     if fault is not None:
         if fault.kind == "status":
             return _status_fault(fault)

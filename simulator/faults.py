@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-REQUEST_KINDS = ("status", "stall", "disconnect")
+REQUEST_KINDS = ("status", "stall", "disconnect", "usage")
 
 
 @dataclass(slots=True)
@@ -20,6 +20,15 @@ class Fault:
     status: int = 0
     seconds: float = 0.0
     after_tokens: int = 0
+    # kind "usage": what the backend reports instead of the truth (see `misreport`).
+    usage: Any = None
+
+    def misreport(self, true: dict[str, Any]) -> Any:
+        """The usage report of a buggy backend: these fields over the true ones, or, when the
+        fault's `usage` is not an object, that value as the whole report."""
+        if isinstance(self.usage, dict):
+            return {**true, **self.usage}
+        return self.usage
 
 
 def _int(spec: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
@@ -52,11 +61,15 @@ class Faults:
             self.health_status = _int(spec, "status", 503, 400, 599)
             return
         if kind not in REQUEST_KINDS:
-            raise ValueError("'kind' must be one of status, stall, disconnect, health")
+            raise ValueError("'kind' must be one of status, stall, disconnect, usage, health")
         count = _int(spec, "count", 1, 1, 2**31)
         if kind == "status":
             status = _int(spec, "status", 503, 400, 599)
             self._pending.append(Fault(kind, count, status=status))
+        elif kind == "usage":
+            if "usage" not in spec:
+                raise ValueError("'usage' must give the report to send: fields over the true ones")
+            self._pending.append(Fault(kind, count, usage=spec["usage"]))
         elif kind == "stall":
             after = _int(spec, "after_tokens", 0, 0, 2**31)
             self._pending.append(Fault(kind, count, seconds=_seconds(spec), after_tokens=after))

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from simulator.engine import Sequence
+from simulator.faults import Fault
 from simulator.textgen import TextGen
 
 DONE = b"data: [DONE]\n\n"
@@ -63,6 +64,8 @@ class _Render:
         )
         # The SDK tells the usage chunk apart by choices == [] and usage null everywhere else.
         self._close = b"}]" + (b',"usage":null' if include_usage else b"") + b"}\n\n"
+        # A "usage" fault taken by this request: its report is wrong on purpose.
+        self.usage_fault: Fault | None = None
 
     def usage_chunk(self, seqs: list[Sequence]) -> bytes:
         chunk = {**self._envelope, "choices": [], "usage": self.usage(seqs)}
@@ -71,9 +74,10 @@ class _Render:
     def reasoning_tokens(self, seq: Sequence) -> int:
         return 0
 
-    def usage(self, seqs: list[Sequence]) -> dict[str, Any]:
+    def usage(self, seqs: list[Sequence]) -> Any:
         reasoning = sum(min(self.reasoning_tokens(seq), seq.num_generated) for seq in seqs)
-        return _usage(seqs, reasoning)
+        true = _usage(seqs, reasoning)
+        return true if self.usage_fault is None else self.usage_fault.misreport(true)
 
 
 class ChatRender(_Render):

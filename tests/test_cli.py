@@ -71,9 +71,10 @@ def test_seeding_again_issues_new_keys_and_revokes_the_earlier_ones() -> None:
 
     assert [(key.account, key.tier) for key in second] == [
         ("acme-research", "premium"),
+        ("northwind-apps", "interactive"),
         ("hobbyist", "free"),
     ]
-    demo_keys = ApiKey.objects.filter(name="tf-up", account__name__in=["acme-research", "hobbyist"])
+    demo_keys = ApiKey.objects.filter(name="tf-up", account__name__in=[k.account for k in second])
     live = {key.key_id for key in demo_keys if key.revoked_at is None}
     revoked = {key.key_id for key in demo_keys if key.revoked_at is not None}
     assert live == {key_id_parse(key.plaintext) for key in second}

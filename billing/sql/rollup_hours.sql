@@ -1,7 +1,9 @@
--- The hourly usage rollups of [since, until) (whole hours), rebuilt from the ledger: inserts
--- one row per hour, account, key, tier, model, backend and price book (null: unpriced), and
--- one row per hour and backend whose cost no request carries (account 0, tier and model '').
--- The caller deletes the same hours first, in the same transaction. docs/billing.md:
+-- The hourly usage rollups of [since, until), rebuilt from the ledger: inserts one row per
+-- hour, account, key, tier, model, backend and price book (null: unpriced), and one row per
+-- hour and backend whose cost no request carries (account 0, tier and model ''). `since` is
+-- a whole hour; `until` is one too, or the present inside the hour in progress, whose GPU
+-- time then counts up to `until`. The caller deletes the same hours first, in the same
+-- transaction. docs/billing.md:
 --   revenue:     the rule of "Rating" (billing/rating.py), on token sums: rating is linear and
 --                exact, so it equals the sum of the records' own ratings;
 --   energy_cost: each record's energy (kWh) x electricity_per_kwh x pue of the backend's cost
@@ -11,7 +13,10 @@
 --                when the cost model changes within the hour);
 --   shares:      of the backend's requests in the hour, in proportion to their energy (to
 --                their tokens when none has energy, to their count when none has tokens);
---   energy:      the records' attributed joules plus their share of the hour's idle joules.
+--   energy:      the records' attributed joules plus their share of the hour's idle joules;
+--   coverage:    requests whose energy is known (attributed, or nothing to measure: no
+--                tokens) and the tokens with attributed energy (measured); tokens of
+--                requests with a cost model in force (costed), and those measured too.
 -- Energy is summed in whole millijoules, integers: exact, whatever order rows are read in.
 -- Parameters: since, until, currency.
 WITH books AS (
@@ -38,7 +43,12 @@ ledger AS (
            sum(u.cached_prompt_tokens) AS cached_prompt_tokens,
            sum(u.completion_tokens) AS completion_tokens,
            sum(u.reasoning_tokens) AS reasoning_tokens,
-           coalesce(sum((u.energy_joules * 1000)::bigint), 0) AS energy_mj
+           coalesce(sum((u.energy_joules * 1000)::bigint), 0) AS energy_mj,
+           count(*) FILTER (WHERE u.energy_joules IS NOT NULL
+                              OR u.prompt_tokens + u.completion_tokens = 0)
+               AS measured_requests,
+           coalesce(sum(u.prompt_tokens + u.completion_tokens)
+                        FILTER (WHERE u.energy_joules IS NOT NULL), 0) AS measured_tokens
     FROM metering_usagerecord u
     LEFT JOIN books b ON u.started_at >= b.effective_from AND u.started_at < b.effective_to
     LEFT JOIN costs c ON c.backend = u.backend
@@ -58,7 +68,13 @@ usage AS (
            sum(l.reasoning_tokens) AS reasoning_tokens,
            sum(l.energy_mj) / 1000.0 AS energy_j,
            coalesce(sum(l.energy_mj * c.electricity_per_kwh * c.pue), 0) / 3600000000
-               AS own_energy_cost
+               AS own_energy_cost,
+           sum(l.measured_requests) AS measured_requests,
+           sum(l.measured_tokens) AS measured_tokens,
+           coalesce(sum(l.prompt_tokens + l.completion_tokens)
+                        FILTER (WHERE l.cost_id IS NOT NULL), 0) AS costed_tokens,
+           coalesce(sum(l.measured_tokens) FILTER (WHERE l.cost_id IS NOT NULL), 0)
+               AS costed_measured_tokens
     FROM ledger l
     LEFT JOIN billing_price pe ON pe.price_book_id = l.book_id AND pe.tier = l.tier
                               AND pe.model = l.model
@@ -71,12 +87,15 @@ usage AS (
 gpu AS (
     SELECT h.bucket, c.backend,
            sum(c.gpu_cost_per_hour
-               * extract(epoch FROM least(h.bucket + interval '1 hour', c.effective_to)
+               * extract(epoch FROM least(h.bucket + interval '1 hour', c.effective_to,
+                                          %(until)s::timestamptz)
                                     - greatest(h.bucket, c.effective_from))
                / 3600) AS gpu_cost
-    FROM generate_series(%(since)s::timestamptz, %(until)s::timestamptz - interval '1 hour',
+    FROM generate_series(%(since)s::timestamptz,
+                         %(until)s::timestamptz - interval '1 microsecond',
                          interval '1 hour') AS h(bucket)
-    JOIN costs c ON c.effective_from < h.bucket + interval '1 hour' AND c.effective_to > h.bucket
+    JOIN costs c ON c.effective_from < least(h.bucket + interval '1 hour', %(until)s)
+                AND c.effective_to > h.bucket
     GROUP BY 1, 2
 ),
 idle AS (
@@ -112,7 +131,8 @@ shared AS (
 INSERT INTO billing_usagerollup
     (grain, bucket, account_id, api_key_id, tier, model, backend, price_book_id, requests,
      prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, energy_joules,
-     revenue, energy_cost, gpu_cost)
+     revenue, energy_cost, gpu_cost, measured_requests, measured_tokens, costed_tokens,
+     costed_measured_tokens)
 SELECT 'hour', s.bucket, s.account_id, s.api_key_id, s.tier, s.model, s.backend,
        s.price_book_id, s.requests, s.prompt_tokens, s.cached_prompt_tokens,
        s.completion_tokens, s.reasoning_tokens,
@@ -124,12 +144,13 @@ SELECT 'hour', s.bucket, s.account_id, s.api_key_id, s.tier, s.model, s.backend,
                 0) * 0.000001
        + coalesce(s.requests * p.request_fee, 0),
        s.own_energy_cost + s.share * coalesce(o.idle_cost, 0),
-       s.share * coalesce(o.gpu_cost, 0)
+       s.share * coalesce(o.gpu_cost, 0),
+       s.measured_requests, s.measured_tokens, s.costed_tokens, s.costed_measured_tokens
 FROM shared s
 LEFT JOIN billing_price p ON p.id = s.price_id
 LEFT JOIN overhead o ON o.bucket = s.bucket AND o.backend = s.backend
 UNION ALL
 SELECT 'hour', o.bucket, 0, 0, '', '', o.backend, NULL, 0, 0, 0, 0, 0, o.idle_j::float8, 0,
-       o.idle_cost, o.gpu_cost
+       o.idle_cost, o.gpu_cost, 0, 0, 0, 0
 FROM overhead o
 WHERE NOT EXISTS (SELECT FROM usage us WHERE us.bucket = o.bucket AND us.backend = o.backend)

@@ -19,6 +19,7 @@ from billing.models import Invoice, InvoiceLine, PlanPrice, Price, PriceBook
 from billing.services import InvoiceError
 from console.api.common import actor
 from console.filters import InvoiceFilter, PlanPriceFilter, PriceBookFilter, PriceFilter
+from console.models import Scope
 from console.services import invoices, pricing
 from gateway.models import Tier
 
@@ -137,6 +138,7 @@ class PriceBookViewSet(viewsets.ModelViewSet[PriceBook]):
     queryset = PriceBook.objects.prefetch_related("prices", "plans").order_by("-effective_from")
     serializer_class = PriceBookSerializer
     filterset_class = PriceBookFilter
+    token_scope = Scope.BILLING
 
     def perform_create(self, serializer: PriceBookSerializer) -> None:
         data = dict(serializer.validated_data)
@@ -160,6 +162,8 @@ class PriceBookViewSet(viewsets.ModelViewSet[PriceBook]):
 
 class _BookItemViewSet(viewsets.ModelViewSet[Any]):
     """Prices or plan prices; changed only while their book is not in force."""
+
+    token_scope = Scope.BILLING
 
     def perform_create(self, serializer: serializers.BaseSerializer[Any]) -> None:
         serializer.instance = pricing.book_item_create(
@@ -284,6 +288,12 @@ class InvoiceViewSet(
     queryset = Invoice.objects.order_by("-period_start", "-pk")
     serializer_class = InvoiceSerializer
     filterset_class = InvoiceFilter
+    token_scope = Scope.BILLING
+    # As in the console: finalising and correcting invoices is changing them.
+    action_permissions = {
+        "close": ("billing.change_invoice",),
+        "credit_note": ("billing.change_invoice",),
+    }
 
     def get_serializer_class(self) -> type[InvoiceSerializer]:
         return InvoiceDetailSerializer if self.action != "list" else InvoiceSerializer

@@ -4,15 +4,21 @@
 
 Validation errors also carry `details` ({field: [messages]}) so a form can show them all.
 Database refusals caused by the input (a duplicate name, a row still in use, a value out of
-range) are the client's mistake, so they are 400 or 409 here, never a 500.
+range) are the client's mistake, so they are 400 or 409 here, never a 500. Errors Django
+answers before or around a view (a body over DATA_UPLOAD_MAX_MEMORY_SIZE, a bad Host, an
+unknown URL, a crash) have the same shape under /api/: config/urls.py names the handlers.
 """
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DataError, IntegrityError
+from django.db import DataError, IntegrityError, OperationalError
 from django.db.models import ProtectedError, RestrictedError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
@@ -26,6 +32,7 @@ _TYPES = {
     405: "invalid_request_error",
     406: "invalid_request_error",
     409: "conflict_error",
+    413: "invalid_request_error",
     415: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable",
@@ -38,6 +45,12 @@ class Conflict(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "The object's current state does not allow this."
     default_code = "conflict"
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The request body is too large."
+    default_code = "body_too_large"
 
 
 class Unavailable(exceptions.APIException):
@@ -81,7 +94,22 @@ def _as_api_exception(exc: Exception) -> Exception:
         converted = exceptions.ValidationError("A value is out of the range the database accepts.")
     elif isinstance(exc, Http404):
         converted = exceptions.NotFound()
+    elif isinstance(exc, SuspiciousOperation):
+        converted = _suspicious(exc)
+    elif isinstance(exc, OperationalError):
+        # The database is unreachable or every pooled connection is busy: retry later.
+        converted = Unavailable()
     return converted
+
+
+def _suspicious(exc: SuspiciousOperation) -> exceptions.APIException:
+    """Django's refusals of what a request carries: too big, too many fields, malformed."""
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    if isinstance(exc, TooManyFieldsSent):
+        return exceptions.ParseError("Too many query or form fields.", code="too_many_fields")
+    return exceptions.ParseError("The request is malformed.", code="bad_request")
 
 
 def _body(status_code: int, exc: exceptions.APIException) -> dict[str, Any]:
@@ -127,7 +155,48 @@ def _text(detail: Any) -> str:
     return str(detail)
 
 
+@csrf_exempt  # whatever the method, the answer is 404 (not the CSRF failure page)
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     """Unknown URLs under /api/ answer in the API's format, not Django's HTML page."""
     message = f"Unknown URL: {request.path}"
     return JsonResponse(error_body(404, message, code="unknown_url"), status=404)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler400: Django's refusals of a request (SuspiciousOperation) outside DRF."""
+    if not _is_api(request):
+        return defaults.bad_request(request, exception)
+    api_exception = _suspicious(
+        exception if isinstance(exception, SuspiciousOperation) else SuspiciousOperation()
+    )
+    return _json(api_exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler403."""
+    if not _is_api(request):
+        return defaults.permission_denied(request, exception)
+    return _json(exceptions.PermissionDenied())
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """handler404: /api itself and anything Django answers 404 before reaching the API."""
+    if not _is_api(request):
+        return defaults.page_not_found(request, exception)
+    return not_found(request)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: a crash is still a 500 (the SDKs retry it), but in the API's shape."""
+    if not _is_api(request):
+        return defaults.server_error(request)
+    body = error_body(500, "The server failed to answer; retry shortly.", code="server_error")
+    return JsonResponse(body, status=500)
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path == "/api" or request.path.startswith("/api/")
+
+
+def _json(exc: exceptions.APIException) -> JsonResponse:
+    return JsonResponse(_body(exc.status_code, exc), status=exc.status_code)

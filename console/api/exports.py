@@ -23,6 +23,8 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from billing.exports import CONTENT_TYPES, FORMATS, Kind, export_stream
+from billing.models import Invoice
+from metering.models import UsageRecord
 
 # The longest range one export may cover: a year and a day.
 EXPORT_MAX_RANGE = timedelta(days=366)
@@ -69,6 +71,11 @@ class ExportView(APIView):
 
     kind: Kind = "usage"
     content_negotiation_class = _JsonErrorsOnly
+
+    @property
+    def permission_model(self) -> type[UsageRecord | Invoice]:
+        """Whose view permission an export needs: the rows it carries are these."""
+        return UsageRecord if self.kind == "usage" else Invoice
 
     @extend_schema(
         parameters=[ExportQuerySerializer],

@@ -18,6 +18,7 @@ from rest_framework.response import Response
 
 from console.api.common import actor
 from console.filters import AccountFilter, ApiKeyFilter, BackendFilter, TierFilter
+from console.models import Scope
 from console.services import gateway as services
 from console.services.common import object_create, object_delete, object_update
 from gateway.models import Account, ApiKey, Backend, LimitOverride, Tier
@@ -67,6 +68,11 @@ class AccountViewSet(viewsets.ModelViewSet[Account]):
     queryset = Account.objects.select_related("tier", "limits").order_by("pk")
     serializer_class = AccountSerializer
     filterset_class = AccountFilter
+    token_scope = Scope.BILLING
+    action_permissions = {
+        "suspend": ("gateway.change_account",),
+        "activate": ("gateway.change_account",),
+    }
 
     def perform_create(self, serializer: AccountSerializer) -> None:
         data = dict(serializer.validated_data)
@@ -167,6 +173,12 @@ class ApiKeyViewSet(
     serializer_class = ApiKeySerializer
     filterset_class = ApiKeyFilter
     lookup_field = "key_id"
+    token_scope = Scope.KEYS
+    action_permissions = {
+        "revoke": ("gateway.change_apikey",),
+        # A new key replaces the old one, which is revoked.
+        "rotate": ("gateway.add_apikey", "gateway.change_apikey"),
+    }
 
     @extend_schema(request=ApiKeySerializer, responses={201: IssuedKeySerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -245,6 +257,7 @@ class TierViewSet(AuditedModelViewSet):
     queryset = Tier.objects.order_by("priority", "pk")
     serializer_class = TierSerializer
     filterset_class = TierFilter
+    token_scope = Scope.FLEET
 
 
 class BackendSerializer(serializers.ModelSerializer[Backend]):
@@ -276,6 +289,11 @@ class BackendViewSet(AuditedModelViewSet):
     queryset = Backend.objects.order_by("name")
     serializer_class = BackendSerializer
     filterset_class = BackendFilter
+    token_scope = Scope.FLEET
+    action_permissions = {
+        "enable": ("gateway.change_backend",),
+        "disable": ("gateway.change_backend",),
+    }
 
     @extend_schema(request=None, responses=BackendSerializer)
     @action(detail=True, methods=["post"])

@@ -1,18 +1,111 @@
 # mypy: allow-subclassing-any, allow-untyped-decorators, allow-untyped-calls
 # (DRF and django-filter have no type information installed here.)
-"""Who may call what: staff everywhere (the default, IsAdminUser), key holders under /me/."""
+"""Who may call what: staff by their Django permissions and their token's scopes; key
+holders under /me/.
 
-from typing import Any
+A staff request needs, all at once: an active staff user; the model permissions of what it
+does (`view` for every read, `add`/`change`/`delete` for writes, named per action where the
+action is not plain CRUD: issuing a key is `gateway.add_apikey`, closing a month
+`billing.change_invoice`, ...); and, through a staff token, the token's scope (`read` for
+reads, the view's `token_scope` for writes). A session has no scopes but must have passed
+two-factor where the console requires it. Details: docs/console.md.
+"""
 
-from rest_framework.permissions import BasePermission
+from typing import TYPE_CHECKING, Any
+
+from django.db.models import Model
+from rest_framework import exceptions
+from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
-from rest_framework.views import APIView
 
+from console.models import Scope, StaffToken
+from console.two_factor import staff_session_allowed
 from gateway.models import ApiKey
+
+if TYPE_CHECKING:
+    # Only for types: DRF imports this module (DEFAULT_PERMISSION_CLASSES) while its views
+    # module is still loading.
+    from rest_framework.views import APIView
+
+# The permission verb each method needs on the view's model, as Django's admin names them.
+_VERBS = {
+    "GET": "view",
+    "HEAD": "view",
+    "OPTIONS": "view",
+    "POST": "add",
+    "PUT": "change",
+    "PATCH": "change",
+    "DELETE": "delete",
+}
+# ViewSet actions whose permission follows from the method alone; any other action must be
+# listed in the view's `action_permissions`, or it is refused.
+_CRUD_ACTIONS = {"list", "retrieve", "create", "update", "partial_update", "destroy", "metadata"}
+
+
+class StaffPermission(BasePermission):
+    """Staff, with the model permissions the action needs, through a token scoped for it."""
+
+    message = "This needs a staff user's credentials."
+
+    def has_permission(self, request: Request, view: "APIView") -> bool:
+        user = request.user
+        if not (user and user.is_authenticated and user.is_active and user.is_staff):
+            return False  # 401 without credentials, 403 with someone else's
+        token = request.auth if isinstance(request.auth, StaffToken) else None
+        if token is None and not staff_session_allowed(user):
+            raise exceptions.PermissionDenied(
+                "Set up two-factor authentication in the console first.", code="two_factor_required"
+            )
+        needed = required_permissions(view, request.method or "")
+        if not user.has_perms(needed):
+            raise exceptions.PermissionDenied(
+                f"This needs the permission(s) {', '.join(needed)}.", code="permission_denied"
+            )
+        scope = required_scope(view, request.method or "")
+        if token is not None and scope not in token.scopes:
+            raise exceptions.PermissionDenied(
+                f"This staff token lacks the `{scope}` scope.", code="insufficient_scope"
+            )
+        return True
+
+
+def required_permissions(view: "APIView", method: str) -> list[str]:
+    """The Django permissions ("app.verb_model") that calling `view` with `method` needs."""
+    action = getattr(view, "action", None)
+    declared: dict[str, tuple[str, ...]] = getattr(view, "action_permissions", {})
+    if action in declared:
+        return list(declared[action])
+    if action is not None and action not in _CRUD_ACTIONS:
+        raise exceptions.PermissionDenied(f"No permission is declared for {action!r}.")
+    verb = _VERBS.get(method.upper())
+    if verb is None:
+        raise exceptions.MethodNotAllowed(method)
+    model = permission_model(view)
+    return [f"{model._meta.app_label}.{verb}_{model._meta.model_name}"]
+
+
+def required_scope(view: "APIView", method: str) -> str | None:
+    """The token scope a call needs: `read` for reads, else the view's area (None: no token
+    may make this change)."""
+    if method.upper() in SAFE_METHODS:
+        return Scope.READ.value
+    scope: str | None = getattr(view, "token_scope", None)
+    return scope
+
+
+def permission_model(view: "APIView") -> type[Model]:
+    """The model whose permissions guard the view: `permission_model`, else its queryset's."""
+    model: type[Model] | None = getattr(view, "permission_model", None)
+    if model is None:
+        queryset: Any = getattr(view, "queryset", None)
+        model = queryset.model if queryset is not None else None
+    if model is None:
+        raise exceptions.PermissionDenied("This endpoint declares no permission.")
+    return model
 
 
 class IsKeyHolder(BasePermission):
-    def has_permission(self, request: Request, view: APIView) -> bool:
+    def has_permission(self, request: Request, view: "APIView") -> bool:
         return isinstance(request.auth, ApiKey)
 
 

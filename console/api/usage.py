@@ -132,6 +132,7 @@ class StaffUsageView(UsageViewBase):
     """Every account's usage in [from, to): filter by account, tier, model; group by any."""
 
     filterset_class = StaffUsageFilter
+    permission_model = UsageRecord
 
     def records(self) -> QuerySet[UsageRecord]:
         return UsageRecord.objects.all()

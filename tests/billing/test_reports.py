@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
-from django.db.models import Sum
+from django.db.models import F, Sum
 from django.test import Client
 
 from billing.models import UsageRollup
 from billing.reports import UNALLOCATED, FinanceReport, finance_report, report_csv, report_html
 from billing.services import margins_run, rollups_run
 from gateway.services import account_create, tiers_ensure_defaults
-from metering.models import EnergyInterval
+from metering.models import EnergyInterval, UsageRecord
 from tests.billing.factories import (
     MONTH,
     NEXT_MONTH,
@@ -149,20 +149,32 @@ def test_the_total_holds_every_cost_and_hours_without_requests_are_shown_apart(
     )
 
 
-def test_ratios_are_cost_per_million_tokens_and_tokens_per_kwh(month: dict[str, int]) -> None:
+def test_ratios_divide_only_the_tokens_whose_energy_was_measured(month: dict[str, int]) -> None:
     report = finance_report(period_start=MONTH)
 
     (premium,) = [line for line in report.lines["tier"] if line.key == "premium"]
     sums = rollup_sums(tier="premium")
-    cost = sums["energy_cost"] + sums["gpu_cost"]
-    assert premium.cost_per_million_tokens == pytest.approx(cost * 1_000_000 / sums["tokens"])
+    # One record in 17 has no energy: the ratios leave its tokens out.
+    records = UsageRecord.objects.filter(
+        started_at__gte=MONTH, started_at__lt=NEXT_MONTH, tier="premium"
+    )
+    measured = records.filter(energy_joules__isnull=False).aggregate(
+        tokens=Sum(F("prompt_tokens") + F("completion_tokens"))
+    )["tokens"]
+    assert 0 < measured < sums["tokens"]
+    assert premium.measured_tokens == measured
+    assert premium.measured_token_share == pytest.approx(Decimal(measured) / sums["tokens"])
+    assert premium.cost_per_million_tokens == pytest.approx(
+        sums["energy_cost"] * 1_000_000 / measured + sums["gpu_cost"] * 1_000_000 / sums["tokens"]
+    )
     kwh = (
         UsageRollup.objects.filter(
             grain="hour", bucket__gte=MONTH, bucket__lt=NEXT_MONTH, tier="premium"
         ).aggregate(joules=Sum("energy_joules"))["joules"]
         / 3_600_000
     )
-    assert float(premium.tokens_per_kwh) == pytest.approx(sums["tokens"] / kwh, rel=1e-9)
+    assert float(premium.tokens_per_kwh) == pytest.approx(measured / kwh, rel=1e-9)
+    assert float(premium.joules_per_token) == pytest.approx(kwh * 3_600_000 / measured, rel=1e-9)
 
 
 def test_the_csv_has_every_key_unrounded(month: dict[str, int]) -> None:

@@ -74,6 +74,39 @@ def test_revoking_a_staff_token_in_the_console_stops_it_and_is_audited(
     assert "secret_hash" not in entry.after
 
 
+def test_staff_set_a_tokens_scopes_in_the_console_and_it_is_audited(
+    staff: tuple[User, Client],
+) -> None:
+    user, client = staff
+    issued = staff_token_issue(actor="test", user=user)
+    api = token_client(issued.plaintext)
+    tenant = tenant_create()
+    issue = {"account": tenant.account.pk}
+    assert api.post("/api/v1/keys/", issue, format="json").status_code == 403  # read only
+
+    page = reverse("admin:console_stafftoken_change", args=[issued.token.pk])
+    assert client.post(page, {"scopes": ["read", "keys"]}).status_code == 302
+    assert StaffToken.objects.get(pk=issued.token.pk).scopes == ["read", "keys"]
+    entry = AuditEntry.objects.get(action="update", object_type="console.stafftoken")
+    assert (entry.actor, entry.before["scopes"], entry.after["scopes"]) == (
+        "root",
+        ["read"],
+        ["read", "keys"],
+    )
+    assert api.post("/api/v1/keys/", issue, format="json").status_code == 201
+
+
+def test_a_staff_token_can_be_neither_added_nor_deleted_in_the_console(
+    staff: tuple[User, Client],
+) -> None:
+    user, client = staff
+    issued = staff_token_issue(actor="test", user=user)
+    assert client.get(reverse("admin:console_stafftoken_add")).status_code == 403
+    delete = reverse("admin:console_stafftoken_delete", args=[issued.token.pk])
+    assert client.post(delete, {"post": "yes"}).status_code == 403
+    assert StaffToken.objects.filter(pk=issued.token.pk).exists()
+
+
 def test_the_audit_log_cannot_be_edited_or_deleted(staff: tuple[User, Client]) -> None:
     _, client = staff
     tenant_create()

@@ -10,14 +10,14 @@ from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from billing.models import PlanPrice, Price
-from console.models import AuditEntry
-from console.tokens import staff_token_issue
+from console.models import AuditEntry, scopes_all
 from gateway.models import LimitOverride, Tier
 from gateway.services import account_create
 from tests.console.api_support import (
     Tenant,
     backend_create,
     price_book_create,
+    staff_token,
     tenant_create,
 )
 
@@ -283,11 +283,10 @@ def _disabled_backend() -> Any:
 def test_a_change_records_who_what_before_and_after(name: str) -> None:
     change = CHANGES[name]
     tenant = tenant_create()
-    user = User.objects.create_user("alice", is_staff=True)
+    user = User.objects.create_user("alice", is_staff=True, is_superuser=True)
     client = APIClient()
     client.credentials(
-        HTTP_AUTHORIZATION=f"Bearer {staff_token_issue(actor='test', user=user).plaintext}",
-        REMOTE_ADDR="10.1.2.3",
+        HTTP_AUTHORIZATION=f"Bearer {staff_token(user, scopes_all())}", REMOTE_ADDR="10.1.2.3"
     )
     method, url, body = change.request(tenant)
     AuditEntry.objects.all().delete()
@@ -308,7 +307,7 @@ def _json(body: dict[str, Any] | None) -> str:
 def test_a_refused_change_records_nothing() -> None:
     tenant = tenant_create()
     client = APIClient()
-    client.force_login(User.objects.create_user("bob", is_staff=True))
+    client.force_login(User.objects.create_user("bob", is_staff=True, is_superuser=True))
     response = client.patch(
         f"/api/v1/accounts/{tenant.account.pk}/", {"tier": "nope"}, format="json"
     )
@@ -320,7 +319,7 @@ def test_a_refused_change_records_nothing() -> None:
 def test_the_audit_log_is_readable_and_filterable_by_object() -> None:
     tenant = tenant_create()
     client = APIClient()
-    client.force_login(User.objects.create_user("carol", is_staff=True))
+    client.force_login(User.objects.create_user("carol", is_staff=True, is_superuser=True))
     client.post(f"/api/v1/accounts/{tenant.account.pk}/suspend/")
     client.post(f"/api/v1/accounts/{tenant.account.pk}/activate/")
     listed = client.get(

@@ -7,10 +7,15 @@ from datetime import UTC, datetime
 
 import pyarrow.parquet as pq
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 
-from console.tokens import staff_token_issue
-from tests.console.api_support import assert_error, staff_client, tenant_create, usage_create
+from tests.console.api_support import (
+    assert_error,
+    staff_client,
+    staff_token,
+    tenant_create,
+    usage_create,
+)
 from tests.http import call
 from tests.servers import Server
 
@@ -57,7 +62,8 @@ def test_an_export_streams_through_the_asgi_server(gateway: Server) -> None:
     for day in range(1, 4):
         usage_create(tenant.account, at=datetime(2030, 3, day, tzinfo=UTC), prompt=day)
     user = User.objects.create_user(f"ops-{tenant.account.pk}", is_staff=True)
-    token = staff_token_issue(actor="test", user=user).plaintext
+    user.user_permissions.add(Permission.objects.get(codename="view_usagerecord"))
+    token = staff_token(user, ["read"])
     query = urllib.parse.urlencode({**RANGE, "account": tenant.account.pk})
     reply = call("GET", f"{gateway.url}/api/v1/exports/usage/?{query}", key=token)
     assert reply.status == 200, reply.body[:300]

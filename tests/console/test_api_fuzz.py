@@ -1,4 +1,5 @@
-"""The API fuzzed from its own OpenAPI schema (schemathesis): no input yields a 5xx (P6).
+"""The API fuzzed from its own OpenAPI schema (schemathesis): no input yields a 5xx (P6), and
+every refusal is in the API's JSON error shape.
 
 Every operation is called with generated parameters and bodies, as staff (staff endpoints) or
 as a key holder (/api/v1/me/), through Django's WSGI app inside the test's transaction. Path
@@ -23,11 +24,15 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from billing.models import PlanPrice, Price
-from console.models import AuditEntry
-from console.tokens import staff_token_issue
+from console.models import AuditEntry, scopes_all
 from gateway.models import Tier
 from gateway.services import api_key_issue
-from tests.console.api_support import backend_create, price_book_create, tenant_create
+from tests.console.api_support import (
+    backend_create,
+    price_book_create,
+    staff_token,
+    tenant_create,
+)
 
 # Enough to reach every field of every operation in a CI run of a minute or two.
 EXAMPLES = 12
@@ -90,9 +95,17 @@ def tokens(wsgi_app: Any) -> Iterator[dict[str, str]]:
             "/api/v1/me/keys/": spare.key_id,
         }
     )
-    staff = User.objects.create_user("fuzzer", is_staff=True)
-    yield {"staff": staff_token_issue(actor="test", user=staff).plaintext, "own": tenant.key}
+    staff = User.objects.create_user("fuzzer", is_staff=True, is_superuser=True)
+    yield {"staff": staff_token(staff, scopes_all()), "own": tenant.key}
     EXISTING.clear()
+
+
+@schemathesis.check
+def errors_have_the_api_shape(ctx: Any, response: Any, case: Any) -> None:
+    """Every refusal is the API's one JSON error shape, never a page of HTML or text."""
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert set(error) >= {"message", "type", "param", "code"}, error
 
 
 @SCHEMA.parametrize()
@@ -100,5 +113,7 @@ def tokens(wsgi_app: Any) -> Iterator[dict[str, str]]:
 def test_no_input_makes_the_api_fail(case: Any, wsgi_app: Any, tokens: dict[str, str]) -> None:
     token = tokens["own" if case.operation.path.startswith("/api/v1/me/") else "staff"]
     case.call_and_validate(
-        app=wsgi_app, headers={"Authorization": f"Bearer {token}"}, checks=[not_a_server_error]
+        app=wsgi_app,
+        headers={"Authorization": f"Bearer {token}"},
+        checks=[not_a_server_error, errors_have_the_api_shape],
     )

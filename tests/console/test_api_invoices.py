@@ -34,7 +34,9 @@ def _priced_usage() -> Invoice:
 def test_closing_a_month_finalises_and_numbers_its_invoices_once() -> None:
     _priced_usage()
     staff = staff_client()
-    closed = staff.post("/api/v1/invoices/close/", {"period_start": "2025-03-15T00:00:00Z"})
+    closed = staff.post(
+        "/api/v1/invoices/close/", {"period_start": "2025-03-15T00:00:00Z"}, format="json"
+    )
     assert closed.status_code == 200, closed.content
     assert closed.json()["finalised"] == 1
     assert closed.json()["period_start"] == "2025-03-01T00:00:00Z"
@@ -47,14 +49,18 @@ def test_closing_a_month_finalises_and_numbers_its_invoices_once() -> None:
     assert entry.after is not None
     assert entry.after["number"] == invoice.number
     assert [line["amount_minor"] for line in entry.after["lines"]] == [400]
-    again = staff.post("/api/v1/invoices/close/", {"period_start": "2025-03-01T00:00:00Z"})
+    again = staff.post(
+        "/api/v1/invoices/close/", {"period_start": "2025-03-01T00:00:00Z"}, format="json"
+    )
     assert again.json()["finalised"] == 0
     assert AuditEntry.objects.filter(action="finalise").count() == 1
 
 
 @pytest.mark.parametrize("period_start", ["2099-01-01", "9999-12-31T23:00:00Z"])
 def test_a_month_still_open_cannot_be_closed(period_start: str) -> None:
-    response = staff_client().post("/api/v1/invoices/close/", {"period_start": period_start})
+    response = staff_client().post(
+        "/api/v1/invoices/close/", {"period_start": period_start}, format="json"
+    )
     assert_error(response, 400, "invoice_refused")
     assert not Invoice.objects.exists()
 

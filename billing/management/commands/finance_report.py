@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--period", required=True, help="the month, YYYY-MM")
         parser.add_argument("--format", dest="fmt", choices=REPORT_FORMATS, default="html")
         parser.add_argument("--currency", default="USD")
-        parser.add_argument("--output", required=True, type=Path)
+        parser.add_argument("--output", required=True, help="a file, or - for standard output")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -26,5 +27,9 @@ class Command(BaseCommand):
         body = report_render(
             period_start=period_start, currency=options["currency"].upper(), fmt=options["fmt"]
         )
-        options["output"].write_bytes(body)
+        if options["output"] == "-":
+            self.stdout.flush()
+            sys.stdout.buffer.write(body)
+            return
+        Path(options["output"]).write_bytes(body)
         self.stdout.write(f"{options['output']}: {len(body)} bytes")

@@ -5,19 +5,29 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
+from console.models import Scope
 from console.tokens import staff_token_issue
 
 
 class Command(BaseCommand):
     help = (
         "Issue a management API token for a staff user. The token is printed once and never "
-        "stored; send it as `Authorization: Bearer <token>`."
+        "stored; send it as `Authorization: Bearer <token>`. It can do what both its user's "
+        "permissions and its scopes (--scope read|keys|billing|fleet) allow."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
         parser.add_argument("--name", default="")
         parser.add_argument("--expires-in-days", type=int, default=None)
+        parser.add_argument(
+            "--scope",
+            dest="scopes",
+            action="append",
+            choices=Scope.values,
+            help="What the token may do, on top of its user's permissions; repeat for several. "
+            "Default: read only.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         user = User.objects.filter(username=options["username"]).first()
@@ -29,6 +39,7 @@ class Command(BaseCommand):
             user=user,
             name=options["name"],
             expires_at=timezone.now() + timedelta(days=days) if days else None,
+            scopes=options["scopes"],
         )
         self.stderr.write("Store this token now; it cannot be shown again.")
         self.stdout.write(issued.plaintext)

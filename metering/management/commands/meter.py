@@ -1,10 +1,17 @@
 import signal
 import threading
+import time
+from concurrent.futures import Future
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
 from metering.consumer import Meter
+
+# After a stop signal, how long the meter may take to finish its batch. One still waiting for
+# PostgreSQL then (the connection pool waits DB_POOL_TIMEOUT_SECONDS) hands the batch back,
+# unacknowledged, and the process exits without it.
+STOP_GRACE_SECONDS = 0.4
 
 
 class Command(BaseCommand):
@@ -21,4 +28,29 @@ class Command(BaseCommand):
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        meter.run(stop)
+        running = _start(meter, stop)
+        # This thread only polls: the signal handler runs on it, and setting `stop` while
+        # this thread held the event's lock (inside stop.wait) would deadlock.
+        while not stop.is_set() and not running.done():
+            time.sleep(0.05)
+        try:
+            running.result(timeout=STOP_GRACE_SECONDS)
+        except TimeoutError:
+            meter.leave()
+
+
+def _start(meter: Meter, stop: threading.Event) -> Future[None]:
+    """The meter's loop on a daemon thread, so that a stopped meter can exit while that
+    thread still waits for PostgreSQL. The future carries its outcome, errors included."""
+    running: Future[None] = Future()
+
+    def work() -> None:
+        try:
+            meter.run(stop)
+        except BaseException as exc:
+            running.set_exception(exc)
+        else:
+            running.set_result(None)
+
+    threading.Thread(target=work, name="meter", daemon=True).start()
+    return running

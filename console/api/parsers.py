@@ -1,0 +1,47 @@
+# mypy: allow-subclassing-any, allow-untyped-decorators, allow-untyped-calls
+# (DRF and django-filter have no type information installed here.)
+"""The one kind of body the API reads: JSON, no bigger than DATA_UPLOAD_MAX_MEMORY_SIZE (413,
+checked by Django as the body is read) and nested at most MAX_DEPTH deep (400).
+
+Python's decoder recurses once per level, so a body of a few thousand brackets would end in a
+RecursionError (a 500); and a structure just under that limit, once stored, could not be
+rendered back. No body of this API is deeper than a price book's prices (3).
+"""
+
+from typing import Any
+
+from rest_framework import exceptions, parsers
+
+MAX_DEPTH = 32
+
+
+class JSONParser(parsers.JSONParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise _too_deep() from None
+        if _deeper_than(data, MAX_DEPTH):
+            raise _too_deep()
+        return data
+
+
+def _too_deep() -> exceptions.ParseError:
+    return exceptions.ParseError(f"JSON nested more than {MAX_DEPTH} deep.", code="too_deep")
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether any array or object lies more than `limit` levels down (without recursing)."""
+    pending = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            children = list(value.values())
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False

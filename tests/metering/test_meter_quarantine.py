@@ -1,0 +1,254 @@
+"""Bad data never stops metering: an event the database refuses, or that cannot be read, is
+set aside with its reason, and every other event is stored and acknowledged."""
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+from django.urls import reverse
+from prometheus_client import REGISTRY
+
+from metering.consumer import Meter
+from metering.events import FINAL, LOST, USAGE_GROUP, USAGE_STREAM
+from metering.models import QuarantinedEvent, UsageRecord
+
+# These tests commit their records (live_db): an account id no tenant of another test has.
+ACCOUNT_ID = 10**12
+
+
+def usage(**overrides: Any) -> dict[str, Any]:
+    started = time.time()
+    return {
+        "request_id": str(uuid.uuid4()),
+        "account_id": ACCOUNT_ID,
+        "api_key_id": 2,
+        "tier": "free",
+        "model": "m",
+        "backend": "b",
+        "endpoint": "chat.completions",
+        "prompt_tokens": 10,
+        "cached_prompt_tokens": 0,
+        "completion_tokens": 5,
+        "reasoning_tokens": 0,
+        "tokens_estimated": False,
+        "queue_wait_ms": 0.0,
+        "ttft_ms": 12.5,
+        "latency_ms": 40.0,
+        "status_code": 200,
+        "outcome": "ok",
+        "streamed": True,
+        "started_at": started,
+        "ended_at": started + 0.04,
+        **overrides,
+    }
+
+
+def final(**overrides: Any) -> dict[bytes, bytes]:
+    return {b"kind": FINAL, b"record": orjson.dumps(usage(**overrides))}
+
+
+def put(client: redis.Redis, fields: dict[Any, Any]) -> bytes:
+    """Append an event to the usage stream, as a gateway does; returns its stream id."""
+    stream_id: Any = client.xadd(USAGE_STREAM, fields)
+    return bytes(stream_id)
+
+
+def request_id(fields: dict[bytes, bytes]) -> str:
+    return str(orjson.loads(fields[b"record"])["request_id"])
+
+
+def stored_once(events: list[dict[bytes, bytes]]) -> bool:
+    ids = [request_id(fields) for fields in events]
+    return UsageRecord.objects.filter(request_id__in=ids).count() == len(ids) and all(
+        UsageRecord.objects.filter(request_id=rid).count() == 1 for rid in ids
+    )
+
+
+def quarantined(stream_id: bytes) -> QuarantinedEvent | None:
+    return QuarantinedEvent.objects.filter(stream_id=stream_id.decode()).first()
+
+
+def pending(client: redis.Redis) -> int:
+    summary: Any = client.xpending(USAGE_STREAM, USAGE_GROUP)
+    return int(summary["pending"])
+
+
+def consumers(client: redis.Redis) -> set[str]:
+    replies: Any = client.xinfo_consumers(USAGE_STREAM, USAGE_GROUP)
+    return {reply["name"].decode() for reply in replies}
+
+
+def quarantine_count(reason: str) -> float:
+    labels = {"reason": reason}
+    return REGISTRY.get_sample_value("tf_meter_quarantined_events_total", labels) or 0.0
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def new_meter(client: redis.Redis, claim_idle_seconds: float = 30.0) -> Meter:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    return Meter(client, batch_size=100, claim_idle_seconds=claim_idle_seconds, name=name)
+
+
+@contextmanager
+def running(meter: Meter) -> Iterator[None]:
+    """The meter's long-running loop on a thread, stopped (and joined) on the way out."""
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            meter.run(stop)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+        assert not thread.is_alive(), "the meter did not stop"
+
+
+@pytest.mark.timeout(30)
+def test_drain_quarantines_a_negative_count_and_a_non_json_event_and_stores_the_rest(
+    live_db: None, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [final() for _ in range(5)]
+    negative = final(completion_tokens=-5)
+    not_json = {b"kind": FINAL, b"record": b"{not json"}
+    counted = (quarantine_count("refused"), quarantine_count("malformed"))
+    ids = [
+        put(redis_client, fields)
+        for fields in [good[0], negative, good[1], good[2], not_json, good[3], good[4]]
+    ]
+    negative_id, not_json_id = ids[1], ids[4]
+
+    with caplog.at_level(logging.ERROR, logger="metering.consumer"):
+        new_meter(redis_client).drain()
+
+    assert stored_once(good)
+    assert not UsageRecord.objects.filter(request_id=request_id(negative)).exists()
+    bad = quarantined(negative_id)
+    assert bad is not None
+    assert bad.request_id == request_id(negative)
+    assert "metering_usagerecord_completion_tokens_check" in bad.error
+    assert bad.fields == {"kind": "final", "record": negative[b"record"].decode()}
+    broken = quarantined(not_json_id)
+    assert broken is not None
+    assert (broken.request_id, broken.fields) == ("", {"kind": "final", "record": "{not json"})
+    assert broken.error.startswith("JSONDecodeError")
+    assert (quarantine_count("refused"), quarantine_count("malformed")) == (
+        counted[0] + 1,
+        counted[1] + 1,
+    )
+    assert any(
+        negative_id.decode() in record.getMessage() and request_id(negative) in record.getMessage()
+        for record in caplog.records
+    )
+    assert pending(redis_client) == 0
+    assert redis_client.xlen(USAGE_STREAM) == 0
+
+
+BAD_EVENTS = {
+    "a negative token count": (final(completion_tokens=-5), "completion_tokens_check"),
+    "a tier longer than its column": (final(tier="x" * 100), "value too long"),
+    "an object where a number belongs": (final(prompt_tokens={"n": 1}), "cannot adapt"),
+    "a missing column": (
+        {b"kind": FINAL, b"record": orjson.dumps({"started_at": 1.0, "ended_at": 2.0})},
+        "KeyError",
+    ),
+    "no record at all": ({b"kind": FINAL}, "KeyError"),
+    "a lost request with garbled progress (NUL)": (
+        {b"kind": LOST, b"record": orjson.dumps(usage()), b"progress": b"\x00\xff"},
+        "ValueError",
+    ),
+}
+
+
+def test_the_running_meter_sets_every_kind_of_bad_event_aside_and_stores_the_rest(
+    live_db: None, redis_client: redis.Redis
+) -> None:
+    good = [final() for _ in range(len(BAD_EVENTS) + 1)]
+    bad_ids: dict[str, bytes] = {}
+    for (case, (fields, _)), before in zip(BAD_EVENTS.items(), good, strict=False):
+        put(redis_client, before)
+        bad_ids[case] = put(redis_client, fields)
+    put(redis_client, good[-1])
+
+    meter = new_meter(redis_client)
+    with running(meter):
+        assert wait_until(lambda: stored_once(good)), "a bad event held the good ones back"
+        assert wait_until(lambda: pending(redis_client) == 0)
+
+    for case, (_, reason) in BAD_EVENTS.items():
+        event = quarantined(bad_ids[case])
+        assert event is not None, case
+        assert reason in event.error, (case, event.error)
+    nul = quarantined(bad_ids["a lost request with garbled progress (NUL)"])
+    assert nul is not None
+    assert nul.fields["progress"] == "\\x00\\xff"
+    assert redis_client.xlen(USAGE_STREAM) == 0
+    assert meter.name not in consumers(redis_client)
+
+
+@pytest.mark.timeout(30)
+def test_a_final_event_after_its_lost_guess_in_one_batch_leaves_the_final_record(
+    live_db: None, redis_client: redis.Redis
+) -> None:
+    """A gateway that came back settles a request the reaper already recorded as lost; both
+    events, and a copy of the final one, can reach the meter in one batch."""
+    request = usage(completion_tokens=42)
+    started = request["started_at"]
+    progress = f"3 {started + 1}".encode()
+    put(redis_client, {b"kind": LOST, b"record": orjson.dumps(request), b"progress": progress})
+    put(redis_client, {b"kind": FINAL, b"record": orjson.dumps(request)})
+    put(redis_client, {b"kind": FINAL, b"record": orjson.dumps(request)})
+
+    new_meter(redis_client).drain()
+
+    stored = UsageRecord.objects.get(request_id=request["request_id"])
+    assert (stored.outcome, stored.completion_tokens, stored.tokens_estimated) == ("ok", 42, False)
+    assert not QuarantinedEvent.objects.filter(request_id=request["request_id"]).exists()
+    assert pending(redis_client) == 0
+
+
+@pytest.mark.django_db
+def test_staff_find_a_quarantined_event_in_the_console_and_cannot_change_it(
+    redis_client: redis.Redis,
+) -> None:
+    negative = final(completion_tokens=-5)
+    stream_id = put(redis_client, negative)
+    new_meter(redis_client).drain()
+    event = QuarantinedEvent.objects.get(stream_id=stream_id.decode())
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("ops", "ops@example.com", "a passphrase"))
+
+    listed = staff.get(
+        reverse("admin:metering_quarantinedevent_changelist"), {"q": request_id(negative)}
+    )
+    assert listed.status_code == 200
+    assert stream_id in listed.content
+    assert b"completion_tokens_check" in listed.content
+    shown = staff.get(reverse("admin:metering_quarantinedevent_change", args=[event.pk]))
+    assert shown.status_code == 200
+    assert b'name="_save"' not in shown.content
+    assert staff.get(reverse("admin:metering_quarantinedevent_add")).status_code == 403
