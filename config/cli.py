@@ -468,6 +468,7 @@ def gateway_argv(options: Options) -> list[str]:
         *(PYTHON, "-m", "uvicorn", "config.asgi:application"),
         *("--host", "127.0.0.1", "--port", str(options.port), "--workers", str(options.workers)),
         *("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--lifespan", "on"),
+        *("--forwarded-allow-ips", os.environ.get("TRUSTED_PROXIES", "")),
     ]
 
 

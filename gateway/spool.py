@@ -35,7 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 from gateway import errors
 from gateway.inflight import Progress
 from metering.events import STORED_COLUMNS, record_from_event, record_row
-from metering.services import usage_insert_sql
+from metering.services import usage_insert_sql, usage_records_unique
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class UsageSpool:
                     async with cursor.copy(
                         f"COPY usage_spooled ({_COLUMN_LIST}) FROM STDIN"
                     ) as copy:
-                        for record in records:
+                        for record in usage_records_unique(records):
                             await copy.write_row(record_row(record))
                     await cursor.execute(_INSERT)
         # Another gateway's replay may have stored and deleted it meanwhile (stored once).

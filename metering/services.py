@@ -32,6 +32,20 @@ def usage_insert_sql(source: str) -> str:
 _DEFAULT = "metering_usagerecord_default"
 
 
+def usage_records_unique(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per request: ON CONFLICT cannot touch a row twice in one INSERT. The first
+    copy wins, except that a final record wins over a `gateway_lost` guess."""
+    chosen: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for record in records:
+        key = (record["request_id"], record["started_at"])
+        kept = chosen.get(key)
+        if kept is None or (
+            kept["outcome"] == "gateway_lost" and record["outcome"] != "gateway_lost"
+        ):
+            chosen[key] = record
+    return list(chosen.values())
+
+
 def usage_records_write(*, records: Sequence[dict[str, Any]]) -> int:
     """Insert records, skipping any already stored; returns how many were new or corrected.
 
@@ -46,7 +60,7 @@ def usage_records_write(*, records: Sequence[dict[str, Any]]) -> int:
             "(LIKE metering_usagerecord INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
         with cursor.copy(f"COPY usage_incoming ({_COLUMN_LIST}) FROM STDIN") as copy:
-            for record in records:
+            for record in usage_records_unique(records):
                 copy.write_row(record_row(record))
         cursor.execute(usage_insert_sql("usage_incoming"))
         return int(cursor.rowcount)

@@ -81,5 +81,8 @@ def start_gateway(env: dict[str, str], *, workers: int = 1) -> Server:
         "--lifespan",
         "on",
         "--no-access-log",
+        # As production runs it: X-Forwarded-For believed only from TRUSTED_PROXIES.
+        "--forwarded-allow-ips",
+        env.get("TRUSTED_PROXIES", ""),
     ]
     return Server(args, port=port, ready_path="/readyz", env=env)

@@ -149,12 +149,6 @@ def test_two_factor_is_required_by_default_in_production_only(profile: str, requ
     assert result.stdout.strip().splitlines()[-1] == required, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="uvicorn believes X-Forwarded-For from 127.0.0.1 unless started with "
-    "--forwarded-allow-ips (TRUSTED_PROXIES): tests/servers.py start_gateway and "
-    "config/cli.py gateway_argv must pass it; then drop this mark",
-)
 def test_through_the_asgi_server_a_spoofed_x_forwarded_for_moves_no_lockout(
     fleet: None,
 ) -> None:
