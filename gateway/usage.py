@@ -19,8 +19,8 @@ from gateway.validation import COMPLETIONS, EMBEDDINGS, MAX_TOKENS_CEILING, Infe
 
 log = logging.getLogger(__name__)
 
-# Prompt tokens a request may have beyond one per byte of its body: the chat template, and
-# images or audio fetched by URL, which count as tokens without being in the body.
+# Prompt tokens a request may have beyond its body's bound (InferenceRequest.prompt_tokens_bound):
+# images or audio fetched by URL count as tokens without being in the body.
 PROMPT_ALLOWANCE = 32_768
 # Outcomes in which the backend worked, so its answer is billed even without a usage report.
 _SERVED = ("ok", "client_disconnected")
@@ -43,23 +43,21 @@ class Counts:
 
 
 def usage_bounds(request: InferenceRequest) -> UsageBounds:
-    """From the request as sent upstream: its body size, its completion cap and its choices."""
+    """From the request as sent upstream: its body size, its completion cap and its answers."""
     # Where the client set no cap, the gateway put the plan's into the body (GatewayApp._route).
     cap = request.max_tokens if request.max_tokens is not None else request.body.get("max_tokens")
-    per_choice = cap if isinstance(cap, int) else MAX_TOKENS_CEILING
-    body_bytes = 4 * (request.prompt_tokens_estimate + 1)
-    completion = 0 if request.endpoint == EMBEDDINGS else per_choice * _choices(request)
-    return UsageBounds(prompt=body_bytes + PROMPT_ALLOWANCE, completion=completion)
+    per_answer = cap if isinstance(cap, int) else MAX_TOKENS_CEILING
+    completion = 0 if request.endpoint == EMBEDDINGS else per_answer * _answers(request)
+    return UsageBounds(prompt=request.prompt_tokens_bound + PROMPT_ALLOWANCE, completion=completion)
 
 
-def _choices(request: InferenceRequest) -> int:
+def _answers(request: InferenceRequest) -> int:
     """How many answers the request asks for: `n` for each prompt (completions take a list)."""
-    n: int = request.body.get("n") or 1
     prompt = request.body.get("prompt")
     if request.endpoint == COMPLETIONS and isinstance(prompt, list) and prompt:
         # A list of ints is one tokenised prompt; a list of strings or of lists is several.
-        return n if isinstance(prompt[0], int) else n * len(prompt)
-    return n
+        return request.choices * (1 if isinstance(prompt[0], int) else len(prompt))
+    return request.choices
 
 
 def usage_check(usage: object, bounds: UsageBounds) -> Counts | str:

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from console.models import Scope
 from console.tokens import staff_token_issue
 from gateway.models import Backend
 from gateway.network_policy import backend_url_validate
@@ -62,7 +63,8 @@ def test_every_way_of_registering_a_backend_applies_the_policy() -> None:
     with pytest.raises(CommandError, match=r"169\.254\.169\.254"):
         call_command("register_backend", "x", metadata, "--upstream-model", "m")
     admin = User.objects.create_superuser("policy-admin")
-    client = token_client(staff_token_issue(actor="test", user=admin).plaintext)
+    token = staff_token_issue(actor="test", user=admin, scopes=Scope.values)
+    client = token_client(token.plaintext)
     response = client.post(
         "/api/v1/backends/",
         {"name": "x", "base_url": metadata, "upstream_model": "m", "public_models": ["m"]},

@@ -19,6 +19,7 @@ import redis
 
 from billing.budgets import budget_alerts_record
 from billing.models import Budget, BudgetAlert, Price, PriceBook
+from gateway.validation import TEMPLATE_TOKENS
 from metering.consumer import Meter
 from metering.models import UsageRecord
 from tests.conftest import MODEL, Tenant, drain, gateway_env, tenant_create
@@ -281,9 +282,12 @@ def test_concurrent_requests_exceed_the_cap_by_at_most_one_reservation(
 
     records = stored(tenant, outcomes["ok"])
     spent = sum((cost(r) for r in records), Decimal(0))
-    # The most one request may cost: its prompt estimate as input, every completion token at
-    # the output price, and the fee.
-    one_reservation = (len(body) // 4 * Decimal("150.5") + max_tokens * Decimal("600.125")) * MICRO
+    # The most one request may cost: its prompt estimate as input, the rest of its prompt's
+    # bound (bytes + template) and every completion token at the output price, and the fee.
+    estimate, bound = len(body) // 4, len(body) + TEMPLATE_TOKENS
+    one_reservation = (
+        estimate * Decimal("150.5") + (bound - estimate + max_tokens) * Decimal("600.125")
+    ) * MICRO
     one_reservation += Decimal("0.000123")
     assert all(cost(r) <= one_reservation for r in records)
     assert spent <= limit + one_reservation

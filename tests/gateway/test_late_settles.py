@@ -115,12 +115,12 @@ def test_a_gateway_paused_past_its_lease_ends_with_the_tokens_it_delivered(
 class RedisServer:
     """A redis-server of the test's own, with or without an append-only file, restartable."""
 
-    def __init__(self, directory: Path, *, appendonly: bool) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
         self.args += ["--dir", str(directory), "--save", ""]
-        self.args += ["--appendonly", "yes" if appendonly else "no"]
+        self.args += ["--appendonly", "yes" if appendonly else "no", *extra]
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
 

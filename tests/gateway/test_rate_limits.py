@@ -89,4 +89,5 @@ def test_a_failed_request_gets_its_reservation_back(gateway: Server, simulator: 
     time.sleep(1.1)  # the failed backend is ejected for 1 s in tests
     # The next admission no longer counts the failed request's 50,000 tokens.
     second = api.chat.completions.with_raw_response.create(model=MODEL, messages=CHAT, max_tokens=1)
-    assert int(second.headers["x-ratelimit-remaining-tokens"]) > 99_900
+    # (it reserves its own prompt's bound and one token: a few hundred at most)
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) > 99_500

@@ -119,7 +119,7 @@ def test_gateways_spooling_and_replaying_at_once_lose_no_record(
     for gateway in gateways:
         gateway.start()
     for gateway in gateways:
-        gateway.join(120)
+        gateway.join(300)
     asyncio.run(replay_all(tmp_path))  # what the last replays left, e.g. files being written
     stored = UsageRecord.objects.filter(account_id=account_id)
     assert stored.count() == GATEWAYS * REQUESTS_EACH
