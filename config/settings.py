@@ -162,6 +162,9 @@ PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
 GATEWAY = {
     # Largest request body accepted; larger ones get 413 before being read in full.
     "MAX_BODY_BYTES": env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024),
+    # Production refuses a Redis without AOF (in-flight usage would vanish with it) unless this
+    # says the loss is accepted (docs/architecture.md, "Redis: what each failure loses").
+    "ALLOW_VOLATILE_REDIS": env.bool("GATEWAY_ALLOW_VOLATILE_REDIS", default=False),
     # All of a request's header names and values; more is a 431, on every path.
     "MAX_HEADER_BYTES": env.int("GATEWAY_MAX_HEADER_BYTES", default=32 * 1024),
     # How long a key lookup is trusted; a revoked key stops working within this many seconds.
