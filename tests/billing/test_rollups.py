@@ -234,7 +234,8 @@ def test_rollups_hold_every_rated_record_and_every_cost(
         hours_b = Decimal(3 * 24) + Decimal(1) / 3
         expected_gpu = 32 * 24 * 12 + hours_b * Decimal("7.5") + (32 * 24 - hours_b) * 12
         assert abs(gpu - expected_gpu) < Decimal("1e-9")
-        energy = sum(r["energy_joules"] or 0 for r in records) / KWH * 0.25
+        # Energy is summed in whole millijoules, as the rollup does (exact in any order).
+        energy = sum(round((r["energy_joules"] or 0) * 1000) for r in records) / 1000 / KWH * 0.25
         assert float(hours.aggregate(e=Sum("energy_cost"))["e"]) == pytest.approx(energy)
 
         before = table("billing_usagerollup")
