@@ -224,7 +224,10 @@ def test_an_embedding_is_priced_as_a_700_w_prefill_pass(sim: SimServer) -> None:
 
 
 async def _chat(session: aiohttp.ClientSession, sim: SimServer, key: str, **body: Any) -> None:
-    payload = {"model": MODEL, "messages": _prompt(body.pop("words", 20)), **body}
+    # Every answer exactly max_tokens long, however early the model would stop: the test
+    # compares the energy of answers of known lengths.
+    payload = {"model": MODEL, "messages": _prompt(body.pop("words", 20)), "ignore_eos": True}
+    payload |= body
     async with session.post(
         f"{sim.base_url}/chat/completions", json=payload, headers={"x-request-id": key}
     ) as response:
