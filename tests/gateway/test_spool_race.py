@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from django.conf import settings
 from psycopg_pool import AsyncConnectionPool
 
@@ -108,6 +109,9 @@ async def replay_all(directory: Path) -> None:
         await pool.close()
 
 
+# Three processes that keep both cores busy on purpose (serve_others): ~11 s on a quiet machine,
+# several times that beside other work.
+@pytest.mark.timeout(300)
 def test_gateways_spooling_and_replaying_at_once_lose_no_record(
     live_db: None, tmp_path: Path
 ) -> None:
