@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make up` (run everything locally) and `make test`.
-# Both install exactly what requirements.lock pins (hashes checked); `make lock` refreshes it.
+# Both install exactly what requirements.txt pins (hashes checked); `make lock` refreshes it.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_PROFILE ?= local
@@ -8,9 +8,9 @@ export TF_PROFILE ?= local
 
 # The project itself goes in editable, without dependencies (all of them came from the lock) and
 # without build isolation, so that its build backend is the locked setuptools too.
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --require-hashes --no-deps -r requirements.lock
+	$(VENV)/bin/pip install -q --require-hashes --no-deps -r requirements.txt
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
@@ -41,6 +41,6 @@ bench: $(VENV)/.installed
 # `make lock UPGRADE=` only adds what pyproject.toml gained, keeping every other pin.
 UPGRADE ?= --upgrade
 lock: $(VENV)/.installed
-	$(VENV)/bin/pip-compile --quiet $(UPGRADE) --all-extras --generate-hashes --allow-unsafe \
-	  --strip-extras --no-emit-index-url --no-emit-find-links --no-header \
-	  --output-file requirements.lock pyproject.toml
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet $(UPGRADE) \
+	  --all-extras --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --output-file requirements.txt pyproject.toml
