@@ -1,4 +1,3 @@
-import time
 import uuid
 from datetime import date
 from typing import Any
@@ -10,33 +9,11 @@ from django.db import connection
 from metering.events import FINAL, LOST, record_from_event
 from metering.models import UsageRecord
 from metering.services import usage_partitions_ensure, usage_records_write
+from tests.metering.factories import usage
 
 
 def record(**overrides: Any) -> dict[str, Any]:
-    started = time.time()
-    base = {
-        "request_id": str(uuid.uuid4()),
-        "account_id": 1,
-        "api_key_id": 2,
-        "tier": "free",
-        "model": "m",
-        "backend": "b",
-        "endpoint": "chat.completions",
-        "prompt_tokens": 10,
-        "cached_prompt_tokens": 0,
-        "completion_tokens": 5,
-        "reasoning_tokens": 0,
-        "tokens_estimated": False,
-        "queue_wait_ms": 0.0,
-        "ttft_ms": 12.5,
-        "latency_ms": 40.0,
-        "status_code": 200,
-        "outcome": "ok",
-        "streamed": True,
-        "started_at": started,
-        "ended_at": started + 0.04,
-    }
-    fields = {b"kind": FINAL, b"record": orjson.dumps({**base, **overrides})}
+    fields = {b"kind": FINAL, b"record": orjson.dumps(usage(**overrides))}
     return record_from_event(fields)
 
 

@@ -21,36 +21,14 @@ from prometheus_client import REGISTRY
 from metering.consumer import Meter
 from metering.events import FINAL, LOST, USAGE_GROUP, USAGE_STREAM
 from metering.models import QuarantinedEvent, UsageRecord
+from tests.metering.factories import usage as ledger_usage
 
 # These tests commit their records (live_db): an account id no tenant of another test has.
 ACCOUNT_ID = 10**12
 
 
 def usage(**overrides: Any) -> dict[str, Any]:
-    started = time.time()
-    return {
-        "request_id": str(uuid.uuid4()),
-        "account_id": ACCOUNT_ID,
-        "api_key_id": 2,
-        "tier": "free",
-        "model": "m",
-        "backend": "b",
-        "endpoint": "chat.completions",
-        "prompt_tokens": 10,
-        "cached_prompt_tokens": 0,
-        "completion_tokens": 5,
-        "reasoning_tokens": 0,
-        "tokens_estimated": False,
-        "queue_wait_ms": 0.0,
-        "ttft_ms": 12.5,
-        "latency_ms": 40.0,
-        "status_code": 200,
-        "outcome": "ok",
-        "streamed": True,
-        "started_at": started,
-        "ended_at": started + 0.04,
-        **overrides,
-    }
+    return ledger_usage(**{"account_id": ACCOUNT_ID, **overrides})
 
 
 def final(**overrides: Any) -> dict[bytes, bytes]:
