@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
@@ -21,6 +20,7 @@ from gateway.models import LimitOverride
 from gateway.spool import UsageSpool
 from metering.models import UsageRecord
 from tests.conftest import MODEL, Tenant, gateway_env, tenant_create
+from tests.metering.factories import inflight_entry, usage
 from tests.servers import ROOT, Server, free_port, start_gateway
 
 
@@ -185,8 +185,8 @@ async def test_a_dead_gateways_spooled_requests_are_stored_as_lost(
     try:
         dead = UsageSpool(tmp_path, pool)
         for request_id in (finished, cut_off):
-            await dead.open(request_id, _entry(request_id))
-        await dead._settle(finished, {**_entry(finished), **_FINISHED})
+            await dead.open(request_id, inflight_entry(request_id=request_id))
+        await dead._settle(finished, usage(request_id=finished))
         assert dead.live.keys() == {cut_off}
         assert await UsageSpool(tmp_path, pool).replay() == 0  # its writer still holds it
         assert dead._file is not None
@@ -204,33 +204,3 @@ async def test_a_dead_gateways_spooled_requests_are_stored_as_lost(
     finally:
         await pool.close()
     assert stored == {finished: "ok", cut_off: "gateway_lost"}
-
-
-_FINISHED = {
-    "prompt_tokens": 9,
-    "cached_prompt_tokens": 0,
-    "completion_tokens": 20,
-    "reasoning_tokens": 0,
-    "tokens_estimated": False,
-    "ttft_ms": 12.0,
-    "latency_ms": 80.0,
-    "status_code": 200,
-    "outcome": "ok",
-    "ended_at": time.time() + 0.08,
-}
-
-
-def _entry(request_id: str) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "account_id": 1,
-        "api_key_id": 1,
-        "tier": "free",
-        "model": MODEL,
-        "backend": "sim-a",
-        "endpoint": "chat",
-        "streamed": False,
-        "started_at": time.time(),
-        "prompt_tokens": 9,
-        "queue_wait_ms": 0.0,
-    }

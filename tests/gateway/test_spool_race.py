@@ -7,7 +7,6 @@ import random
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.conf import settings
@@ -15,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.spool import UsageSpool
 from metering.models import UsageRecord
-from tests.conftest import MODEL
+from tests.metering.factories import inflight_entry, usage
 
 GATEWAYS = 3
 REQUESTS_EACH = 100
@@ -24,37 +23,6 @@ REQUESTS_EACH = 100
 def conninfo() -> str:
     db = settings.DATABASES["default"]
     return f"dbname={db['NAME']} user={db['USER']} host={db['HOST']} port={db['PORT']}"
-
-
-def entry(request_id: str, account_id: int) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "account_id": account_id,
-        "api_key_id": 1,
-        "tier": "free",
-        "model": MODEL,
-        "backend": "sim-a",
-        "endpoint": "chat",
-        "streamed": False,
-        "started_at": time.time(),
-        "prompt_tokens": 9,
-        "queue_wait_ms": 0.0,
-    }
-
-
-def finished(request_id: str, account_id: int) -> dict[str, Any]:
-    return {
-        **entry(request_id, account_id),
-        "cached_prompt_tokens": 0,
-        "completion_tokens": 20,
-        "reasoning_tokens": 0,
-        "tokens_estimated": False,
-        "ttft_ms": 12.0,
-        "latency_ms": 80.0,
-        "status_code": 200,
-        "outcome": "ok",
-        "ended_at": time.time(),
-    }
 
 
 async def serve_and_replay(directory: Path, account_id: int) -> int:
@@ -71,8 +39,10 @@ async def serve_and_replay(directory: Path, account_id: int) -> int:
     try:
         for _ in range(REQUESTS_EACH):
             request_id = str(uuid.uuid4())
-            await spool.open(request_id, entry(request_id, account_id))
-            spool.settle(request_id, finished(request_id, account_id))
+            await spool.open(
+                request_id, inflight_entry(request_id=request_id, account_id=account_id)
+            )
+            spool.settle(request_id, usage(request_id=request_id, account_id=account_id))
             try:
                 await spool.replay()
             except Exception:

@@ -31,3 +31,25 @@ def usage(**overrides: Any) -> dict[str, Any]:
         "ended_at": started + 0.04,
         **overrides,
     }
+
+
+# What a gateway's in-flight entry holds while the request runs (gateway/inflight.py).
+INFLIGHT_FIELDS = (
+    "request_id",
+    "account_id",
+    "api_key_id",
+    "tier",
+    "model",
+    "backend",
+    "endpoint",
+    "streamed",
+    "started_at",
+    "prompt_tokens",
+    "queue_wait_ms",
+)
+
+
+def inflight_entry(**overrides: Any) -> dict[str, Any]:
+    """The in-flight entry of the request whose final usage `usage(**overrides)` is."""
+    final = usage(**overrides)
+    return {field: final[field] for field in INFLIGHT_FIELDS}
