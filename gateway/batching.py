@@ -27,8 +27,10 @@ class Script:
     sha: str
 
     @classmethod
-    def named(cls, name: str) -> "Script":
-        text = (_LUA / f"{name}.lua").read_text()
+    def named(cls, name: str, *, include: tuple[str, ...] = ()) -> "Script":
+        """lua/<name>.lua, after the files named in `include` (functions it shares with other
+        scripts: Redis runs one chunk of Lua per script, with no require)."""
+        text = "\n".join((_LUA / f"{part}.lua").read_text() for part in (*include, name))
         return cls(name, text, hashlib.sha1(text.encode()).hexdigest())  # noqa: S324 (Redis' id)
 
 

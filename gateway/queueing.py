@@ -22,8 +22,8 @@ from gateway.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-_ENTER = Script.named("queue_enter")
-_LEAVE = Script.named("queue_leave")
+_ENTER = Script.named("queue_enter", include=("queue_lapsed",))
+_LEAVE = Script.named("queue_leave", include=("queue_lapsed",))
 GRANTED, QUEUED, SHED = 1, 0, -1
 CLASSES = 3
 _CHANNELS = "{q:*}:grants"

@@ -20,19 +20,7 @@
 --       [8] queue depth limit (-1: none) [9] give up at (ms)
 -- Returns 1 (granted: the slot is held), 0 (queued: wait for a grant), -1 (queue full: shed).
 local now, class = tonumber(ARGV[1]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
--- In chunks: Lua's unpack() fails beyond a few thousand values.
-while true do
-  local lapsed = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'LIMIT', 0, 500)
-  if #lapsed == 0 then break end
-  local classes = redis.call('HMGET', KEYS[3], unpack(lapsed))
-  for i, waiting in ipairs(lapsed) do
-    if classes[i] then redis.call('ZREM', KEYS[4 + tonumber(classes[i])], waiting) end
-  end
-  redis.call('HDEL', KEYS[2], unpack(lapsed))
-  redis.call('HDEL', KEYS[3], unpack(lapsed))
-  redis.call('ZREM', KEYS[9], unpack(lapsed))
-end
+forget_lapsed(now)
 
 local ahead = 0
 for c = 0, class do ahead = ahead + redis.call('ZCARD', KEYS[4 + c]) end

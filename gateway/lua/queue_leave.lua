@@ -32,19 +32,7 @@ if id ~= '' then
   end
 end
 
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
--- In chunks: Lua's unpack() fails beyond a few thousand values.
-while true do
-  local lapsed = redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now, 'LIMIT', 0, 500)
-  if #lapsed == 0 then break end
-  local classes = redis.call('HMGET', KEYS[3], unpack(lapsed))
-  for i, waiting in ipairs(lapsed) do
-    if classes[i] then redis.call('ZREM', KEYS[4 + tonumber(classes[i])], waiting) end
-  end
-  redis.call('HDEL', KEYS[2], unpack(lapsed))
-  redis.call('HDEL', KEYS[3], unpack(lapsed))
-  redis.call('ZREM', KEYS[9], unpack(lapsed))
-end
+forget_lapsed(now)
 
 local free = tonumber(ARGV[3]) - redis.call('ZCARD', KEYS[1])
 local granted = {}
