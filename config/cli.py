@@ -668,27 +668,28 @@ def parser_build() -> argparse.ArgumentParser:
         "--workers", type=int, default=2, help="gateway worker processes (default 2)"
     )
     var_dir_argument(up_parser)
-    manage_parser = commands.add_parser(
+    manage_parser = instance_command(
+        commands,
         "manage",
         help="manage.py against the running `tf up`",
         description="Run `python manage.py ARGS` with the settings of the running `tf up`.",
     )
-    var_dir_argument(manage_parser)
     manage_parser.add_argument("args", nargs=argparse.REMAINDER, help="manage.py's arguments")
-    shell_parser = commands.add_parser(
+    instance_command(
+        commands,
         "shell",
         help="a shell whose python, manage.py and $TF_KEY reach the running `tf up`",
         description="Start $SHELL with the venv first on PATH, the running `tf up`'s settings, "
         "its gateway ($TF_BASE_URL) and its premium demo key ($TF_KEY).",
     )
-    var_dir_argument(shell_parser)
-    env_parser = commands.add_parser(
+    instance_command(
+        commands,
         "env",
         help="print the running `tf up`'s variables as export lines",
         description='Print export lines for `eval "$(tf env)"`.',
     )
-    var_dir_argument(env_parser)
-    demo_parser = commands.add_parser(
+    demo_parser = instance_command(
+        commands,
         "demo",
         help="send a minute of demo traffic to the running `tf up` and show its figures",
         description="Send a realistic, bounded mix of requests on every tier (chats, long "
@@ -702,7 +703,19 @@ def parser_build() -> argparse.ArgumentParser:
         default=60.0,
         help="how long to send new requests (default 60; at most 600)",
     )
-    var_dir_argument(demo_parser)
+    return parser
+
+
+def instance_command(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]",
+    name: str,
+    *,
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A subcommand about one instance, named by its data directory."""
+    parser = commands.add_parser(name, help=help, description=description)
+    var_dir_argument(parser)
     return parser
 
 
