@@ -43,13 +43,13 @@ def tokens_to_reserve(request: InferenceRequest, cap: int | None) -> int:
     """The most the request can use: an upper bound, so that concurrent requests cannot carry
     an account past a quota by more than one request's own use (limits_admit.lua).
 
-    The prompt's bound comes from its bytes, whatever the client put in them; each of the `n`
-    choices may use the whole completion cap.
+    The prompt's bound comes from its bytes, whatever the client put in them; each answer
+    (`n` per prompt) may use the whole completion cap.
     """
     if request.endpoint == "embeddings":
         return request.prompt_tokens_bound
     completion = cap if cap is not None else DEFAULT_COMPLETION_RESERVE
-    return request.prompt_tokens_bound + request.choices * completion
+    return request.prompt_tokens_bound + request.answers * completion
 
 
 def rate_limit_headers(limits: Limits, admission: Admission) -> Headers:

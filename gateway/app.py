@@ -121,7 +121,7 @@ class GatewayApp:
         await persistence_check(
             client,
             production=not settings.LOCAL,
-            allow_volatile=conf.get("ALLOW_VOLATILE_REDIS", False),
+            allow_volatile=conf["ALLOW_VOLATILE_REDIS"],
         )
         db = settings.DATABASES["default"]
         conninfo = make_conninfo(
@@ -278,7 +278,7 @@ class GatewayApp:
                 reserve=reserve,
                 limits=principal.limits,
                 now=now,
-                spend=_spend(principal, rate, request.prompt_tokens_estimate, reserve),
+                spend=_spend(principal, rate, request.prompt_tokens_bound, reserve),
             )
         except aioredis.RedisError as exc:
             self._abandon(acquiring)
@@ -606,7 +606,7 @@ class GatewayApp:
 
 
 def _spend(principal: Principal, rate: Rate | None, prompt: int, reserve: int) -> Spend:
-    """The most the request can cost (its prompt estimate and completion cap) and the hard cap."""
+    """The most the request can cost (its prompt's bound and completion cap) and the hard cap."""
     most = 0 if rate is None else micro_up(rate.most(prompt=prompt, completion=reserve - prompt))
     budget = principal.budget
     return Spend(principal.currency, most, None if budget is None else budget.cap)

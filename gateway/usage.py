@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.inflight import Progress
 from gateway.proxy import Forwarded
-from gateway.validation import COMPLETIONS, EMBEDDINGS, MAX_TOKENS_CEILING, InferenceRequest
+from gateway.validation import EMBEDDINGS, MAX_TOKENS_CEILING, InferenceRequest
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,8 @@ def usage_bounds(request: InferenceRequest) -> UsageBounds:
     # Where the client set no cap, the gateway put the plan's into the body (GatewayApp._route).
     cap = request.max_tokens if request.max_tokens is not None else request.body.get("max_tokens")
     per_answer = cap if isinstance(cap, int) else MAX_TOKENS_CEILING
-    completion = 0 if request.endpoint == EMBEDDINGS else per_answer * _answers(request)
+    completion = 0 if request.endpoint == EMBEDDINGS else per_answer * request.answers
     return UsageBounds(prompt=request.prompt_tokens_bound + PROMPT_ALLOWANCE, completion=completion)
-
-
-def _answers(request: InferenceRequest) -> int:
-    """How many answers the request asks for: `n` for each prompt (completions take a list)."""
-    prompt = request.body.get("prompt")
-    if request.endpoint == COMPLETIONS and isinstance(prompt, list) and prompt:
-        # A list of ints is one tokenised prompt; a list of strings or of lists is several.
-        return request.choices * (1 if isinstance(prompt[0], int) else len(prompt))
-    return request.choices
 
 
 def usage_check(usage: object, bounds: UsageBounds) -> Counts | str:
@@ -132,23 +123,10 @@ def usage_record(
 def usage_fallback(
     entry: dict[str, Any], forwarded: Forwarded, progress: Progress, arrived: float
 ) -> dict[str, Any]:
-    """A record when building the real one failed (a bug): the gateway's count, estimated.
-
-    Deliberately plain, so that it cannot fail the way the real one did.
-    """
-    elapsed = time.monotonic() - arrived
-    return {
-        **entry,
-        "cached_prompt_tokens": 0,
-        "completion_tokens": progress.completion_tokens,
-        "reasoning_tokens": 0,
-        "tokens_estimated": True,
-        "ttft_ms": None,
-        "latency_ms": elapsed * 1000,
-        "status_code": forwarded.status_code,
-        "outcome": forwarded.outcome,
-        "ended_at": entry["started_at"] + elapsed,
-    }
+    """A record when building the real one failed (a bug): the gateway's own count, estimated,
+    with no report to check."""
+    counted = Counts(entry["prompt_tokens"], 0, progress.completion_tokens, 0)
+    return _record(entry, forwarded, counted, arrived, estimated=True)
 
 
 def _record(

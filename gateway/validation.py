@@ -55,8 +55,9 @@ class InferenceRequest:
     prompt_tokens_estimate: int
     # No tokenizer can make more prompt tokens than this: what quotas and spend caps reserve.
     prompt_tokens_bound: int = 0
-    # Choices asked for (`n`): each may use up to max_tokens.
-    choices: int = 1
+    # Answers the request asks for, each of which may use up to max_tokens: `n` for each
+    # prompt (a completions request may send a list of them).
+    answers: int = 1
     # The priority class asked for with OpenAI's `service_tier` (None: the key's own).
     requested_class: int | None = None
     # The class it is served in: set at admission, never above what the key's tier allows.
@@ -79,7 +80,7 @@ def request_parse(endpoint: str, raw: bytes) -> InferenceRequest:
         max_tokens=_max_tokens(body),
         prompt_tokens_estimate=max(1, len(raw) // 4),
         prompt_tokens_bound=len(raw) + TEMPLATE_TOKENS,
-        choices=int(body.get("n") or 1),
+        answers=int(body.get("n") or 1) * _prompt_count(endpoint, body),
     )
 
 
@@ -140,6 +141,14 @@ def _field(error: jsonschema_rs.ValidationError) -> str:
         return str(error.instance_path[0])
     missing = re.match(r'^"(\w+)" is a required property', error.message)
     return missing.group(1) if missing else ""
+
+
+def _prompt_count(endpoint: str, body: dict[str, Any]) -> int:
+    """A list of token ids is one prompt; a list of strings or of id lists is several."""
+    prompt = body.get("prompt")
+    if endpoint == COMPLETIONS and isinstance(prompt, list) and not isinstance(prompt[0], int):
+        return len(prompt)
+    return 1
 
 
 def _include_usage(body: dict[str, Any], stream: bool) -> bool:

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.admission import tokens_to_reserve
-from gateway.validation import CHAT, EMBEDDINGS, request_parse
+from gateway.validation import CHAT, COMPLETIONS, EMBEDDINGS, request_parse
 from simulator.textgen import chat_prompt, count_tokens
 
 # Text a hostile client might choose: punctuation (a token a byte), multi-byte characters,
@@ -53,3 +53,11 @@ def test_n_choices_reserve_n_completions() -> None:
         {"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 128, "max_tokens": 100}
     )
     assert tokens_to_reserve(request_parse(CHAT, raw), 100) >= 12_800
+
+
+@given(prompts=st.lists(texts, min_size=1, max_size=16), n=st.integers(1, 8))
+def test_completions_reserve_every_answer_of_every_prompt(prompts: list[str], n: int) -> None:
+    """A list of prompts is as many answers as prompts, `n` each, each up to max_tokens."""
+    body = {"model": "m", "prompt": prompts, "n": n, "max_tokens": 50}
+    request = request_parse(COMPLETIONS, orjson.dumps(body))
+    assert tokens_to_reserve(request, 50) >= len(prompts) * n * 50
