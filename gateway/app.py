@@ -180,7 +180,12 @@ class GatewayApp:
             pool=pool,
             redis=client,
             session=session,
-            auth=Authenticator(pool, cache_seconds=conf["KEY_CACHE_SECONDS"], currency=currency),
+            auth=Authenticator(
+                pool,
+                cache_seconds=conf["KEY_CACHE_SECONDS"],
+                stale_seconds=conf["KEY_STALE_SECONDS"],
+                currency=currency,
+            ),
             router=router,
             prices=prices,
             batcher=batcher,

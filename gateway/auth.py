@@ -19,7 +19,6 @@ from functools import partial
 from typing import Any
 
 import psycopg
-from django.conf import settings
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.errors import ApiError, account_inactive, invalid_api_key, unavailable
@@ -100,13 +99,10 @@ class Authenticator:
         *,
         cache_seconds: float,
         currency: str,
-        stale_seconds: float | None = None,
+        stale_seconds: float,
     ) -> None:
-        """`stale_seconds` None: settings.GATEWAY["KEY_STALE_SECONDS"]."""
         self.pool = pool
         self.cache_seconds = cache_seconds
-        if stale_seconds is None:
-            stale_seconds = float(settings.GATEWAY["KEY_STALE_SECONDS"])
         self.stale_seconds = max(stale_seconds, cache_seconds)
         self.currency = currency
         self._cache: dict[str, _Entry] = {}
