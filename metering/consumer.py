@@ -25,7 +25,6 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection
 from prometheus_client import Counter
-from psycopg.errors import CardinalityViolation
 from redis.typing import StreamIdT
 
 from metering.events import USAGE_GROUP, USAGE_STREAM, record_from_event
@@ -298,12 +297,6 @@ class Meter:
 def _on_the_data(exc: Exception) -> bool:
     """Whether a write failed on the events themselves, not for want of a database, so that
     writing the batch whole again cannot help while halves of it can."""
-    psycopg_error = exc.__cause__ if isinstance(exc, DatabaseError) else exc  # Django wraps it
-    if isinstance(psycopg_error, CardinalityViolation):
-        # Two events of one request (a final after its `lost` guess, or a copy) in one INSERT:
-        # PostgreSQL will not upsert a row twice in one command. Split, they are stored one
-        # after the other, in stream order.
-        return True
     if isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None:
         # Raised before anything reached the server: psycopg cannot send a value (a JSON
         # object where a number belongs).
