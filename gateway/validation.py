@@ -25,7 +25,7 @@ ENDPOINT_PATHS = {
     EMBEDDINGS: "/v1/embeddings",
 }
 
-__all__ = ["MAX_TOKENS_CEILING", "InferenceRequest", "request_parse"]
+__all__ = ["MAX_TOKENS_CEILING", "InferenceRequest", "nested_deeper_than", "request_parse"]
 _VALIDATORS = {
     CHAT: jsonschema_rs.validator_for(request_schema.CHAT),
     COMPLETIONS: jsonschema_rs.validator_for(request_schema.COMPLETIONS),
@@ -106,18 +106,24 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _check_depth(body: dict[str, Any]) -> None:
-    """Iteratively, so that a hostile depth costs no recursion."""
-    level: list[Any] = [body]
-    for _ in range(MAX_DEPTH):
+    if nested_deeper_than(body, MAX_DEPTH):
+        raise invalid_request(f"The request body is nested deeper than {MAX_DEPTH} levels.")
+
+
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether JSON holds an array or object more than `limit` levels down (the outermost is
+    level 1). Level by level, so that a hostile depth costs no recursion."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
         level = [
             child
-            for value in level
-            for child in (value.values() if isinstance(value, dict) else value)
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
             if isinstance(child, dict | list)
         ]
         if not level:
-            return
-    raise invalid_request(f"The request body is nested deeper than {MAX_DEPTH} levels.")
+            return False
+    return True
 
 
 def _check_schema(endpoint: str, body: dict[str, Any]) -> None:

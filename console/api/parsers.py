@@ -12,6 +12,8 @@ from typing import Any
 
 from rest_framework import exceptions, parsers
 
+from gateway.validation import nested_deeper_than
+
 MAX_DEPTH = 32
 
 
@@ -21,27 +23,10 @@ class JSONParser(parsers.JSONParser):
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise _too_deep() from None
-        if _deeper_than(data, MAX_DEPTH):
+        if nested_deeper_than(data, MAX_DEPTH):
             raise _too_deep()
         return data
 
 
 def _too_deep() -> exceptions.ParseError:
     return exceptions.ParseError(f"JSON nested more than {MAX_DEPTH} deep.", code="too_deep")
-
-
-def _deeper_than(data: Any, limit: int) -> bool:
-    """Whether any array or object lies more than `limit` levels down (without recursing)."""
-    pending = [(data, 1)]
-    while pending:
-        value, depth = pending.pop()
-        if isinstance(value, dict):
-            children = list(value.values())
-        elif isinstance(value, list):
-            children = value
-        else:
-            continue
-        if depth > limit:
-            return True
-        pending.extend((child, depth + 1) for child in children)
-    return False
