@@ -412,6 +412,9 @@ def prepare(run: Run, env: dict[str, str], simulators: dict[str, int]) -> list[D
     say("tf", "seeding demo tiers, accounts, backends and keys")
     backends = [f"--backend={name}=http://127.0.0.1:{port}" for name, port in simulators.items()]
     seeded = step(run, env, "seed_demo", "--json", *backends)
+    say("tf", "seeding the demo's prices, cost models and budget where none exist")
+    costed = [f"--backend={name}" for name in simulators]
+    step(run, env, "seed_demo_billing", f"--model={DEMO_MODEL}", *costed)
     return [DemoKey(**key) for key in json.loads(seeded)]
 
 

@@ -94,8 +94,9 @@ def test_it_leaves_staff_edits_and_staffs_own_books_alone(acme: None) -> None:
     assert Budget.objects.get().monthly_limit == Decimal(900)
 
 
-def test_seed_demo_seeds_the_billing_side_too() -> None:
+def test_the_billing_seed_command_seeds_the_billing_side() -> None:
     call_command("seed_demo", "--json", "--backend=sim-x=http://127.0.0.1:9131")
+    call_command("seed_demo_billing", "--model=llama-3.1-8b-instruct", "--backend=sim-x")
 
     assert PriceBook.objects.get().name == BOOK_NAME
     assert list(CostModel.objects.values_list("backend", flat=True)) == ["sim-x"]

@@ -4,23 +4,17 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-# The one place the gateway's code reaches billing: a demo is both apps' data, and this
-# command is where `tf up` asks for it. Nothing on the request path imports billing.
-from billing.demo import demo_billing_seed
-from gateway.services import DEMO_MODEL, demo_seed
+from gateway.services import demo_seed
 
 DEFAULT_BACKENDS = ["sim-a=http://127.0.0.1:9101", "sim-b=http://127.0.0.1:9102"]
-# The premium demo account: its budget shows spend against a cap.
-BUDGET_ACCOUNT = "acme-research"
 
 
 class Command(BaseCommand):
     help = (
         "Set up demo tiers, accounts (acme-research on premium, northwind-apps on interactive, "
         "hobbyist on free) and simulated backends, and issue each demo account a new key, "
-        "revoking its earlier demo keys. The keys are printed once. Where none exist yet, "
-        "also a price book, a cost model per backend and acme-research's budget "
-        "(billing/demo.py says where the figures come from). `tf up` runs this on every start."
+        "revoking its earlier demo keys. The keys are printed once. `tf up` runs this on every "
+        "start, then seed_demo_billing for the demo's prices, costs and budget."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -36,9 +30,6 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         backend_urls = dict(_name_url(spec) for spec in options["backends"] or DEFAULT_BACKENDS)
         keys = demo_seed(backend_urls=backend_urls)
-        demo_billing_seed(
-            model=DEMO_MODEL, backends=list(backend_urls), budget_account=BUDGET_ACCOUNT
-        )
         if options["json"]:
             self.stdout.write(json.dumps([asdict(key) for key in keys]))
             return
