@@ -49,6 +49,10 @@ class Breaker:
         if self.state(now) is State.HALF_OPEN:
             self._probing = True
 
+    def abandon(self) -> None:
+        """The request left before the backend answered: no verdict, and no probe out."""
+        self._probing = False
+
     def success(self) -> None:
         self.open_until = None
         self._probing = False

@@ -1,14 +1,21 @@
 """Forwarding one admitted request to a backend and its answer back to the client.
 
-A request is retried on the next candidate backend while nothing has been sent to the client:
-connection failures, 429 and 5xx answers, and streams that fail before their first byte.
+A request goes to the next candidate backend only while nothing has reached the client and
+no backend is still working on it: the connection failed or broke, or the backend declined it
+for now (429, 503). A backend that answered 5xx, or that went silent past the read timeout
+(it may still be generating: a second backend would generate the answer twice), ends it.
+A failure of the backend's counts against its circuit breaker (gateway/breaker.py); a 4xx
+is the client's.
 Streams are passed through event by event as they arrive; the gateway always asks the backend
-for the usage chunk and forwards it only if the client asked for it.
+for the usage chunk and forwards it only if the client asked for it. A client that leaves,
+streamed or not, ends the upstream request at once.
 """
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,15 +44,24 @@ _EMPTY_MARKS = (
 )
 _USAGE_NULL = (b'"usage":null', b'"usage": null')
 _DONE = b"data: [DONE]"
+# Statuses by which a backend declines a request without starting it: another may take it.
+_DECLINED = (429, 503)
+# What of a backend's 4xx error reaches the client: its message, as OpenAI-compatible
+# engines phrase it for the client (a context too long, say); nothing else of the body.
+_SHOWN_CHARS = 300
+
+log = logging.getLogger(__name__)
 
 
-class _Retry(Exception):
-    """This backend failed before anything reached the client; try the next one."""
+class _Unserved(Exception):
+    """This backend did not serve the request and nothing reached the client. `again`: it
+    never took the request on, so the next backend may; `fault`: the backend's failure."""
 
-    def __init__(self, error: ApiError, *, eject: bool) -> None:
+    def __init__(self, error: ApiError, *, again: bool, fault: bool = True) -> None:
         super().__init__(error.message)
         self.error = error
-        self.eject = eject
+        self.again = again
+        self.fault = fault
 
 
 @dataclass(slots=True)
@@ -78,21 +94,33 @@ class Proxy:
     ) -> Forwarded:
         """Send the answer (or an error) to the client; returns what happened for metering.
 
-        `headers` go on the response whatever it is (the rate-limit state).
+        `headers` go on the response whatever it is (the rate-limit state). A client that
+        leaves ends the attempt in progress, streamed or not, waiting for headers or not.
         """
         error = backend_failed(502, "No backend could serve the request.")
-        for backend in backends[: self.max_attempts]:
-            backend.outstanding += 1
-            try:
-                return await self._attempt(
-                    request, backend, request_id, headers, send, receive, progress
-                )
-            except _Retry as retry:
-                error = retry.error
-                if retry.eject:
+        result = Forwarded(backends[0], 200)
+        async with _until_disconnect(receive) as disconnected:
+            for backend in backends[: self.max_attempts]:
+                result = Forwarded(backend, 200)
+                try:
+                    await self._attempt(request, result, request_id, headers, send, progress)
+                except _Unserved as unserved:
+                    error = unserved.error
+                    if unserved.fault:
+                        self.router.failed(backend)
+                    if unserved.again:
+                        continue
+                    break
+                if result.outcome == "backend_error":
                     self.router.failed(backend)
-            finally:
-                backend.outstanding -= 1
+                else:
+                    self.router.succeeded(backend)
+                return result
+        if disconnected.is_set():
+            # Whatever the backend had generated, the upstream request ended with the client.
+            self.router.abandoned(result.backend)
+            result.outcome, result.status_code = "client_disconnected", 499
+            return result
         await send_error(send, error, request_id, headers)
         outcome = "rejected" if error.status == 429 else "backend_error"
         return Forwarded(backends[0], error.status, outcome)
@@ -100,18 +128,37 @@ class Proxy:
     async def _attempt(
         self,
         request: InferenceRequest,
-        backend: Backend,
+        result: Forwarded,
         request_id: str,
         headers: Headers,
         send: Send,
-        receive: Receive,
         progress: Progress,
-    ) -> Forwarded:
+    ) -> None:
+        """One backend's try, filling `result`; _Unserved if nothing reached the client."""
+        backend = result.backend
         body = dict(request.body, model=backend.upstream_model)
         if backend.supports_priority:
             body["priority"] = request.served_class
         if request.stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        backend.outstanding += 1
+        self.router.attempt(backend)
+        try:
+            await self._exchange(request, result, body, request_id, headers, send, progress)
+        finally:
+            backend.outstanding -= 1
+
+    async def _exchange(
+        self,
+        request: InferenceRequest,
+        result: Forwarded,
+        body: dict[str, Any],
+        request_id: str,
+        headers: Headers,
+        send: Send,
+        progress: Progress,
+    ) -> None:
+        backend = result.backend
         try:
             response = await self.session.post(
                 backend.urls[request.endpoint],
@@ -119,76 +166,68 @@ class Proxy:
                 headers={"content-type": "application/json", "x-request-id": request_id},
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _Retry(_unreachable(backend, exc), eject=True) from _forget(exc)
+            raise _broken(backend, exc) from _forget(exc)
         try:
-            if response.status == 429 or response.status >= 500:
-                raise _Retry(
-                    await _backend_refusal(response, backend), eject=response.status >= 500
+            if response.status in _DECLINED or response.status >= 500:
+                await response.read()
+                raise _Unserved(
+                    _backend_refusal(response, backend),
+                    again=response.status in _DECLINED,
+                    fault=response.status != 429,
                 )
             rewrite = _rewriter(
                 backend.model_renames.get(request.model),
                 None if request.endpoint == EMBEDDINGS else CLASS_NAMES[request.served_class],
             )
             if response.status != 200:
-                return await _forward_client_error(response, backend, request_id, headers, send)
-            if request.stream:
-                return await _stream(
-                    response,
-                    backend,
-                    request,
-                    request_id,
-                    headers,
-                    send,
-                    receive,
-                    progress,
-                    rewrite,
+                await _forward_client_error(response, result, request_id, headers, send)
+            elif request.stream:
+                await _stream(
+                    response, result, request, request_id, headers, send, progress, rewrite
                 )
-            return await _whole(response, backend, request_id, headers, send, rewrite)
+            else:
+                await _whole(response, result, request_id, headers, send, rewrite)
         finally:
             response.release()
 
 
 async def _whole(
     response: aiohttp.ClientResponse,
-    backend: Backend,
+    result: Forwarded,
     request_id: str,
     headers: Headers,
     send: Send,
     rewrite: Callable[[bytes], bytes] | None,
-) -> Forwarded:
+) -> None:
     try:
         data = await response.read()
-        usage = orjson.loads(data).get("usage")
+        result.usage = orjson.loads(data).get("usage")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise _Retry(_unreachable(backend, exc), eject=True) from _forget(exc)
+        raise _broken(result.backend, exc) from _forget(exc)
     except (orjson.JSONDecodeError, AttributeError) as exc:
-        raise _Retry(
-            backend_failed(502, "The backend sent an unreadable answer."), eject=True
-        ) from _forget(exc)
+        unreadable = backend_failed(502, "The backend sent an unreadable answer.")
+        raise _Unserved(unreadable, again=False) from _forget(exc)
     if rewrite:
         data = rewrite(data)
     await send_body(send, 200, data, request_id, headers)
-    return Forwarded(backend, 200, usage=usage)
 
 
 async def _stream(
     response: aiohttp.ClientResponse,
-    backend: Backend,
+    result: Forwarded,
     request: InferenceRequest,
     request_id: str,
     headers: Headers,
     send: Send,
-    receive: Receive,
     progress: Progress,
     rewrite: Callable[[bytes], bytes] | None,
-) -> Forwarded:
-    result = Forwarded(backend, 200)
+) -> None:
     chunks = response.content.iter_any()
     try:
         pending = await anext(chunks)
     except (aiohttp.ClientError, TimeoutError, StopAsyncIteration) as exc:
-        # Nothing has reached the client yet, so another backend may still serve it.
-        raise _Retry(_unreachable(backend, exc), eject=True) from _forget(exc)
+        # Nothing has reached the client yet.
+        raise _broken(result.backend, exc) from _forget(exc)
     await send(
         {
             "type": "http.response.start",
@@ -196,10 +235,6 @@ async def _stream(
             "headers": [*_SSE_HEADERS, (b"x-request-id", request_id.encode()), *headers],
         }
     )
-    disconnected = asyncio.Event()
-    reader = asyncio.current_task()
-    assert reader is not None
-    watcher = asyncio.create_task(_watch_disconnect(receive, reader, disconnected))
     done = False
     try:
         buffer = b""
@@ -232,19 +267,10 @@ async def _stream(
     except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
         _forget(exc)
         done = False
-    except asyncio.CancelledError:
-        # Cancelled by the watcher (the client left) and by nobody else: the stream is over.
-        if not disconnected.is_set() or reader.uncancel() > 0:
-            raise
-    finally:
-        watcher.cancel()
-    if disconnected.is_set():
-        result.outcome, result.status_code = "client_disconnected", 499
-        return result
     if not done:
         result.outcome, result.status_code = "backend_error", 502
         error = backend_failed(
-            502, f"The backend {backend.name} failed in the middle of the answer."
+            502, f"The backend {result.backend.name} failed in the middle of the answer."
         )
         await send(
             {
@@ -254,19 +280,35 @@ async def _stream(
             }
         )
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-    return result
+
+
+@asynccontextmanager
+async def _until_disconnect(receive: Receive) -> AsyncIterator[asyncio.Event]:
+    """Run the block until it ends or the client goes away, whichever is first; the event
+    says which. Releasing the response afterwards closes the upstream connection, which
+    cancels the backend's request.
+
+    The block's task is cancelled rather than the response closed under it: closing makes
+    the pending read raise aiohttp's one module-level "Connection closed" exception, whose
+    traceback would then hold this request's frames for ever, and grow with every drop.
+    """
+    disconnected = asyncio.Event()
+    reader = asyncio.current_task()
+    assert reader is not None
+    watcher = asyncio.create_task(_watch_disconnect(receive, reader, disconnected))
+    try:
+        yield disconnected
+    except asyncio.CancelledError:
+        # Cancelled by the watcher (the client left) and by nobody else: the block is over.
+        if not disconnected.is_set() or reader.uncancel() > 0:
+            raise
+    finally:
+        watcher.cancel()
 
 
 async def _watch_disconnect(
     receive: Receive, reader: "asyncio.Task[Any]", disconnected: asyncio.Event
 ) -> None:
-    """Stop relaying as soon as the client goes away; releasing the response then closes
-    the upstream connection, which cancels the backend's request.
-
-    The reader is cancelled rather than the response closed under it: closing makes the
-    pending read raise aiohttp's one module-level "Connection closed" exception, whose
-    traceback would then hold this request's frames for ever, and grow with every drop.
-    """
     while (await receive())["type"] != "http.disconnect":
         pass
     disconnected.set()
@@ -275,24 +317,38 @@ async def _watch_disconnect(
 
 async def _forward_client_error(
     response: aiohttp.ClientResponse,
-    backend: Backend,
+    result: Forwarded,
     request_id: str,
     headers: Headers,
     send: Send,
-) -> Forwarded:
-    """The backend refused the request itself (too long a context, say): the client's to fix."""
+) -> None:
+    """The backend refused the request itself (too long a context, say): the client's to fix.
+
+    Only an OpenAI-shaped error's message is shown: whatever else the body holds (an HTML
+    page, a stack trace, another service's answer) stays in the log with the request id.
+    """
     data = await response.read()
     try:
         message = orjson.loads(data)["error"]["message"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        message = data.decode(errors="replace")[:500] or "The backend rejected the request."
-    error = invalid_request(str(message))
+        message = None
+    if not isinstance(message, str) or not message:
+        log.warning(
+            "backend refused a request without an OpenAI-shaped error",
+            extra={
+                "request_id": request_id,
+                "backend": result.backend.name,
+                "status": response.status,
+                "body": data[:2000].decode(errors="replace"),
+            },
+        )
+        message = f"The backend rejected the request (request id {request_id})."
+    error = invalid_request(message[:_SHOWN_CHARS])
     await send_error(send, error, request_id, headers)
-    return Forwarded(backend, 400, "rejected")
+    result.outcome, result.status_code = "rejected", 400
 
 
-async def _backend_refusal(response: aiohttp.ClientResponse, backend: Backend) -> ApiError:
-    await response.read()
+def _backend_refusal(response: aiohttp.ClientResponse, backend: Backend) -> ApiError:
     if response.status == 429:
         return unavailable(
             f"The backend {backend.name} is overloaded; retry shortly.",
@@ -329,6 +385,12 @@ def _forget(exc: BaseException) -> BaseException:
     """
     exc.__traceback__ = exc.__context__ = exc.__cause__ = None
     return exc
+
+
+def _broken(backend: Backend, exc: BaseException) -> _Unserved:
+    """The connection failed or broke before anything reached the client: the next backend
+    may serve the request. A timeout is different: the backend may still be generating."""
+    return _Unserved(_unreachable(backend, exc), again=not isinstance(exc, TimeoutError))
 
 
 def _unreachable(backend: Backend, exc: BaseException) -> ApiError:

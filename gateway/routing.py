@@ -82,6 +82,9 @@ class Router:
     def attempt(self, backend: Backend) -> None:
         backend.breaker.attempt(time.monotonic())
 
+    def abandoned(self, backend: Backend) -> None:
+        backend.breaker.abandon()
+
     def succeeded(self, backend: Backend) -> None:
         backend.breaker.success()
 

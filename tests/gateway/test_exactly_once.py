@@ -1,6 +1,7 @@
 """Promise P1: exactly one usage record per request that reached a backend, whatever happens."""
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -157,3 +158,84 @@ def test_a_gateway_killed_mid_stream_has_its_request_recorded_by_the_reaper(
     assert record.tokens_estimated and record.completion_tokens == 5
     assert record.status_code == 0 and record.latency_ms >= 1000
     assert UsageRecord.objects.filter(account_id=tenant.account.pk).count() == 1
+
+
+def test_a_backend_that_answers_500_has_taken_the_request_and_is_not_asked_again(
+    sim: Server, gateway: Server, tenant: Tenant
+) -> None:
+    """A 5xx may come after work began: sent again, a second backend would do it twice. One
+    request's 500 does not take the backend out of service either."""
+    arm(sim, kind="status", status=500, count=1)
+    with pytest.raises(openai.InternalServerError) as caught:
+        sdk(gateway, tenant).chat.completions.create(model=FAULT_MODEL, messages=CHAT)
+    [record] = usage_for(caught.value.response.headers["x-request-id"])
+    after = sdk(gateway, tenant).chat.completions.create(
+        model=FAULT_MODEL, messages=CHAT, max_tokens=2
+    )
+
+    assert caught.value.status_code == 502
+    assert (record.outcome, record.completion_tokens) == ("backend_error", 0)
+    assert after.usage is not None and after.usage.completion_tokens == 2
+
+
+def test_a_whole_answer_past_the_read_timeout_is_not_generated_twice(
+    sim: Server, tenant: Tenant
+) -> None:
+    impatient = start_gateway({**gateway_env(), "GATEWAY_BACKEND_READ_TIMEOUT": "0.5"})
+    try:
+        arm(sim, kind="stall", seconds=3, after_tokens=0, count=1)
+        with pytest.raises(openai.InternalServerError) as caught:
+            sdk(impatient, tenant).chat.completions.create(
+                model=FAULT_MODEL, messages=CHAT, max_tokens=3
+            )
+    finally:
+        impatient.stop()
+    assert caught.value.status_code == 504
+    [record] = usage_for(caught.value.response.headers["x-request-id"])
+    assert (record.outcome, record.status_code) == ("backend_error", 504)
+
+
+def test_a_client_that_leaves_a_whole_answer_ends_it_at_once(
+    sim: Server, gateway: Server, tenant: Tenant
+) -> None:
+    """Once billed in full after the backend finished for nobody; now it stops when the
+    client goes, and the record says so."""
+    arm(sim, kind="stall", seconds=5, after_tokens=0, count=1)
+    body = json.dumps({"model": FAULT_MODEL, "messages": CHAT, "max_tokens": 50}).encode()
+    port = int(gateway.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + f"authorization: Bearer {tenant.key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        time.sleep(0.5)
+    left = time.monotonic()
+    records = UsageRecord.objects.filter(account_id=tenant.account.pk)
+    while not records.exists() and time.monotonic() - left < 3:
+        drain()
+        time.sleep(0.05)
+
+    [record] = records
+    assert (record.outcome, record.status_code) == ("client_disconnected", 499)
+    assert record.completion_tokens == 0
+
+
+def test_a_backend_error_that_is_not_openai_shaped_is_not_shown_to_the_client(
+    gateway: Server, tenant: Tenant
+) -> None:
+    """A backend registered at the console's own URL once answered chat requests with
+    Django's HTML page. The client gets a plain message and the request id; the log the rest."""
+    backend_register(
+        name="console-page",
+        base_url=gateway.url + "/admin",
+        upstream_model="m",
+        public_models=["llama-misplaced"],
+    )
+    time.sleep(1.0)  # the gateway re-reads its backend list every 0.5 s in tests
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(gateway, tenant).chat.completions.create(model="llama-misplaced", messages=CHAT)
+
+    message = caught.value.message
+    assert "<" not in message and "html" not in message.lower()
+    assert caught.value.response.headers["x-request-id"] in message
