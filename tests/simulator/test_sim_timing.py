@@ -22,6 +22,7 @@ async def _stream_arrivals(url: str, content: str, max_tokens: int) -> tuple[flo
         "model": MODEL,
         "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
+        "ignore_eos": True,  # exactly max_tokens, whatever the (random) prompt's own length
         "stream": True,
     }
     arrivals: list[float] = []
