@@ -67,13 +67,20 @@ _STOP = _nullable(
         ]
     }
 )
-# Everything the gateway reads itself, shared by the generating endpoints.
-_COMMON: Schema = {
+# What the gateway itself reads, on every endpoint: a value of the wrong type here would
+# reach its own code, whatever the endpoint makes of the field.
+_READ: Schema = {
     "model": {"type": "string", "minLength": 1, "maxLength": 256},
     "stream": _BOOLEAN,
     "stream_options": _nullable({"type": "object", "properties": {"include_usage": _BOOLEAN}}),
     "max_tokens": _integer(1, MAX_TOKENS_CEILING),
+    "max_completion_tokens": _integer(1, MAX_TOKENS_CEILING),
     "n": _integer(1, MAX_CHOICES),
+    "service_tier": _nullable({"enum": list(SERVICE_TIERS)}),
+}
+# And what the generating endpoints' engines act on.
+_COMMON: Schema = {
+    **_READ,
     "temperature": _number(0.0, 2.0),
     "top_p": _number(0.0, 1.0),
     "presence_penalty": _number(-2.0, 2.0),
@@ -81,7 +88,6 @@ _COMMON: Schema = {
     "seed": _nullable({"type": "integer"}),
     "stop": _STOP,
     "user": _nullable({"type": "string", "maxLength": 512}),
-    "service_tier": _nullable({"enum": list(SERVICE_TIERS)}),
     "logit_bias": _nullable(
         {
             "type": "object",
@@ -100,7 +106,6 @@ CHAT: Schema = {
     "properties": {
         **_COMMON,
         "messages": {"type": "array", "minItems": 1, "items": _MESSAGE},
-        "max_completion_tokens": _integer(1, MAX_TOKENS_CEILING),
         "reasoning_effort": _nullable({"enum": list(REASONING_EFFORTS)}),
         "logprobs": _BOOLEAN,
         "top_logprobs": _integer(0, 20),
@@ -137,7 +142,7 @@ EMBEDDINGS: Schema = {
     "type": "object",
     "required": ["model", "input"],
     "properties": {
-        "model": _COMMON["model"],
+        **_READ,
         "input": _PROMPT,
         "encoding_format": _nullable({"enum": ["float", "base64"]}),
         "dimensions": _integer(1, 65_536),

@@ -77,7 +77,7 @@ def request_parse(endpoint: str, raw: bytes) -> InferenceRequest:
         body=body,
         stream=stream,
         include_usage=_include_usage(body, stream),
-        max_tokens=_max_tokens(body),
+        max_tokens=None if endpoint == EMBEDDINGS else _max_tokens(body),
         prompt_tokens_estimate=max(1, len(raw) // 4),
         prompt_tokens_bound=len(raw) + TEMPLATE_TOKENS,
         answers=int(body.get("n") or 1) * _prompt_count(endpoint, body),
@@ -88,7 +88,9 @@ CLASS_NAMES = ("priority", "default", "flex")
 
 
 def _service_tier(body: dict[str, Any]) -> int | None:
-    """The class OpenAI's `service_tier` names; decided here, so backends never see it."""
+    """The class OpenAI's `service_tier` names; decided here, so backends never see it, nor
+    an engine `priority` of the client's own (the gateway sets it from the class served)."""
+    body.pop("priority", None)
     tier = body.pop("service_tier", None)
     return None if tier is None else SERVICE_TIERS[tier]
 
