@@ -45,11 +45,14 @@ class AccountAdmin(AuditedAdmin[Account]):
     inlines = [LimitOverrideInline]
     actions = ["suspend_accounts", "activate_accounts"]
 
-    @admin.action(description="Suspend the selected accounts (their keys stop working)")
+    @admin.action(
+        description="Suspend the selected accounts (their keys stop working)",
+        permissions=["change"],
+    )
     def suspend_accounts(self, request: HttpRequest, queryset: QuerySet[Account]) -> None:
         self._set_status(request, queryset, Account.Status.SUSPENDED)
 
-    @admin.action(description="Reactivate the selected accounts")
+    @admin.action(description="Reactivate the selected accounts", permissions=["change"])
     def activate_accounts(self, request: HttpRequest, queryset: QuerySet[Account]) -> None:
         self._set_status(request, queryset, Account.Status.ACTIVE)
 
@@ -118,13 +121,16 @@ class ApiKeyAdmin(AuditedAdmin[ApiKey]):
         )
         return self._show_secrets(request, "API key issued", [issued.plaintext])
 
-    @admin.action(description="Revoke the selected keys")
+    @admin.action(description="Revoke the selected keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
             audited.api_key_revoke(actor=request.user, api_key=key, request=request)
         messages.success(request, f"{queryset.count()} key(s) revoked.")
 
-    @admin.action(description="Rotate the selected keys (new secrets, old keys revoked)")
+    @admin.action(
+        description="Rotate the selected keys (new secrets, old keys revoked)",
+        permissions=["add", "change"],
+    )
     def rotate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse:
         secrets = []
         for key in queryset.filter(revoked_at__isnull=True):
@@ -155,11 +161,14 @@ class BackendAdmin(AuditedAdmin[Backend]):
     search_fields = ["name", "base_url", "upstream_model"]
     actions = ["enable_backends", "disable_backends"]
 
-    @admin.action(description="Enable the selected backends")
+    @admin.action(description="Enable the selected backends", permissions=["change"])
     def enable_backends(self, request: HttpRequest, queryset: QuerySet[Backend]) -> None:
         self._set_enabled(request, queryset, enabled=True)
 
-    @admin.action(description="Disable the selected backends (no new requests are routed)")
+    @admin.action(
+        description="Disable the selected backends (no new requests are routed)",
+        permissions=["change"],
+    )
     def disable_backends(self, request: HttpRequest, queryset: QuerySet[Backend]) -> None:
         self._set_enabled(request, queryset, enabled=False)
 

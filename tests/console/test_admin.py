@@ -5,7 +5,7 @@ from decimal import Decimal as D
 
 import pytest
 from django.contrib import admin
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -208,3 +208,23 @@ def test_staff_credit_an_invoice_by_lines_or_by_amount(staff: tuple[User, Client
     notes = Invoice.objects.filter(kind="credit_note", corrects=invoice).order_by("pk")
     assert [(n.total_minor, n.status) for n in notes] == [(-300, "finalised"), (-150, "finalised")]
     assert AuditEntry.objects.filter(action="credit_note").count() == 2
+
+
+def test_a_viewer_cannot_suspend_an_account_or_revoke_a_key_from_the_console() -> None:
+    """The console's actions ask for the change permission, as the management API does."""
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_account", "view_apikey"])
+    )
+    client = Client()
+    client.force_login(viewer)
+    tenant = tenant_create()
+
+    client.post(
+        _page(Account), {"action": "suspend_accounts", "_selected_action": [tenant.account.pk]}
+    )
+    listed = client.get(_page(Account)).content.decode()
+
+    tenant.account.refresh_from_db()
+    assert tenant.account.status == Account.Status.ACTIVE
+    assert "suspend_accounts" not in listed
