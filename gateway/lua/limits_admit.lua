@@ -118,10 +118,10 @@ redis.call('EXPIRE', KEYS[5], tonumber(ARGV[10]) + 3600)
 redis.call('INCRBY', KEYS[6], reserve)
 redis.call('EXPIRE', KEYS[6], tonumber(ARGV[11]) + 3600)
 redis.call('ZADD', KEYS[7], now + tonumber(ARGV[9]), ARGV[2])
-if money > 0 then
-  redis.call('INCRBY', KEYS[8], ARGV[12])
-  redis.call('EXPIRE', KEYS[8], tonumber(ARGV[11]) + 3600)
-end
+-- Even at 0: a request reserved at nothing may still cost something when it settles, and a
+-- settle only counts into a period whose key lives.
+redis.call('INCRBY', KEYS[8], money)
+redis.call('EXPIRE', KEYS[8], tonumber(ARGV[11]) + 3600)
 requests = requests + 1
 tokens = tokens + reserve
 -- The window keys expire a minute after their newest entry.
