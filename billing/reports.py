@@ -238,6 +238,21 @@ def _gaps(period_start: datetime, period_end: datetime, currency: str) -> Gaps:
     )
 
 
+def month_by_tier(*, period_start: datetime, currency: str) -> dict[str, Any]:
+    """The month's report as the console's dashboard shows it: its summary, a table by tier
+    with the total, and its gaps, formatted as in the HTML form (the same rules: ratios over
+    what was measured, coverage beside them, unpriced usage as unpriced)."""
+    report = finance_report(period_start=period_start, currency=currency, top=None)
+    return {
+        "period": report.period,
+        "currency": currency,
+        "summary": _summary(report),
+        "header": ["tier", *_HEADER[1:]],
+        "rows": [_cells(line, currency) for line in [*report.lines["tier"], report.total]],
+        "gaps": report.gaps.lines(),
+    }
+
+
 def report_render(*, period_start: datetime, currency: str, fmt: ReportFormat) -> bytes:
     """The report as a file of the given form."""
     if fmt == "csv":

@@ -1,6 +1,7 @@
 """The figures behind the staff dashboard: one JSON document, polled by the page.
 
-Traffic, latency and money come from PostgreSQL (the usage ledger and the billing tables);
+Traffic, latency and money come from PostgreSQL (the usage ledger and the billing tables; the
+month so far by tier as the finance report shows it);
 queues and the fleet's power from Redis, where the gateway and the collector keep them;
 shedding from the gateway's own Prometheus counters (every worker's, in multiprocess mode).
 """
@@ -18,6 +19,8 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from billing.reports import month_by_tier
+from billing.selectors import billing_currency
 from gateway import metrics
 from gateway.models import Backend, Tier
 from gateway.queueing import CLASSES, pool_keys
@@ -55,6 +58,10 @@ def dashboard_data(*, now: datetime) -> dict[str, Any]:
             )
             for dimension in ("tier", "model")
         },
+        "month": month_by_tier(
+            period_start=now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+            currency=billing_currency(),
+        ),
         "top_accounts": _rows(_TOP_ACCOUNTS, {"since": now - timedelta(hours=24), "limit": 10}),
         "invoices": _rows(_INVOICES, {}),
     }

@@ -11,6 +11,7 @@ from django.db import connection
 
 from billing.reports import FinanceReport, Line, _cells, finance_report, report_csv, report_html
 from billing.services import margins_run, rollups_rebuild, rollups_run
+from console.dashboard import dashboard_data
 from gateway.services import account_create, tiers_ensure_defaults
 from metering.models import EnergyInterval
 from tests.billing.factories import (
@@ -194,3 +195,23 @@ def test_margin_percent_is_of_the_priced_usage(mixed: dict[str, int]) -> None:
     assert total.margin == total.revenue - total.cost
     assert total.margin_pct == exactly((total.revenue - priced_cost) * 100 / total.revenue)
     assert interactive.margin_pct is None
+
+
+def test_the_dashboard_shows_the_month_by_tier_with_its_coverage_and_gaps(
+    mixed: dict[str, int],
+) -> None:
+    month = dashboard_data(now=MONTH + timedelta(days=20))["month"]
+
+    rows = {row[0]: dict(zip(month["header"], row, strict=True)) for row in month["rows"]}
+    unallocated = "unallocated (backend hours without requests)"
+    assert list(rows) == ["premium", "interactive", unallocated, "total"]
+    assert rows["interactive"]["revenue"] == "unpriced"  # not 0.00
+    assert Decimal(rows["premium"]["revenue"].replace(",", "")) > 0
+    _, measured = ledger("tier = 'premium' AND energy_joules IS NOT NULL")
+    _, tokens = ledger("tier = 'premium'")
+    coverage = rows["premium"]["energy measured (tokens · requests)"]
+    assert coverage.startswith(f"{Decimal(measured) * 100 / tokens:.1f}% · ")
+    summary = dict(month["summary"])
+    assert summary["Energy measured"].endswith("66.7% of requests")
+    assert "No energy measured on gpu-b (no telemetry)." in month["gaps"]
+    assert "No cost model for gpu-c." in month["gaps"]

@@ -1,10 +1,9 @@
 """The staff console in a real headless Chromium (Debian's chromium + chromium-driver).
 
-Each test leaves a screenshot in var/artifacts/screenshots/ (kept by CI as artefacts).
+Each test leaves a screenshot in var/artifacts/screenshots/ (tests/browser.py).
 """
 
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,53 +15,20 @@ import pytest
 from django.contrib.auth.models import User
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
-from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from billing.models import Invoice, InvoiceLine
+from tests.browser import PASSWORD, chromium, login_page, shot, sign_in, signed_in, submit_and_wait
 from tests.conftest import MODEL, Tenant, drain, tenant_create
-from tests.servers import ROOT, Server
-
-SCREENSHOTS = ROOT / "var" / "artifacts" / "screenshots"
-PASSWORD = "correct horse battery staple"
+from tests.servers import Server
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    assert chromium and driver_path, "install Debian's chromium and chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-extensions",
-        "--window-size=1400,1100",
-    ):
-        options.add_argument(argument)
-    # No password manager: its prompts and leak checks have no place in a test browser.
-    options.add_experimental_option(
-        "prefs",
-        {
-            "credentials_enable_service": False,
-            "profile.password_manager_enabled": False,
-            "profile.password_manager_leak_detection": False,
-        },
-    )
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.implicitly_wait(5)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    yield driver
-    driver.quit()
+    with chromium() as driver:
+        yield driver
 
 
 @pytest.fixture
@@ -75,71 +41,18 @@ def staff(live_db: None) -> User:
     )
 
 
-def login_page(browser: WebDriver, gateway: Server) -> None:
-    """The sign-in form, signed out: cookies are deleted on the gateway's own origin (Selenium
-    deletes only the current page's), then the form is loaded afresh."""
-    browser.get(gateway.url + "/admin/login/")
-    browser.delete_all_cookies()
-    browser.get(gateway.url + "/admin/login/")
-    if not browser.find_elements(By.NAME, "username"):
-        shot(browser, "no-login-form")
-        raise AssertionError(f"no sign-in form at {browser.current_url}: {browser.page_source}")
-
-
-def sign_in(browser: WebDriver, gateway: Server, user: User, token: str | None = None) -> None:
-    login_page(browser, gateway)
-    browser.find_element(By.NAME, "username").send_keys(user.username)
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    if token is not None:
-        browser.find_element(By.NAME, "otp_token").send_keys(token)
-    submit_and_wait(browser)
-
-
-def _detached(element: WebElement) -> bool:
-    """Whether the page holding `element` has been replaced. While it is being replaced,
-    chromedriver answers either "stale element" or an inspector error about the node."""
-    try:
-        element.is_enabled()
-    except WebDriverException:  # StaleElementReferenceException is one
-        return True
-    return False
-
-
-def submit_and_wait(browser: WebDriver, name: str | None = None) -> None:
-    """Submit the form (by its button `name`, else its submit input) and wait for the
-    answer's page: reading the page before it has arrived reads the old one, and a navigation
-    started meanwhile cancels the form's (and a sign-in's session cookie with it)."""
-    if name is None:
-        submit = browser.find_element(By.CSS_SELECTOR, "input[type=submit]")
-    else:
-        submit = browser.find_element(By.NAME, name)
-    submit.click()
-    WebDriverWait(browser, 15).until(lambda _: _detached(submit))
-    WebDriverWait(browser, 15).until(
-        lambda b: b.execute_script("return document.readyState") == "complete"
-    )
-
-
-def signed_in(browser: WebDriver) -> bool:
-    return bool(browser.find_elements(By.ID, "logout-form"))
-
-
-def shot(browser: WebDriver, name: str) -> None:
-    browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
-
-
 def test_staff_sign_in_with_and_without_two_factor(
     browser: WebDriver, gateway: Server, staff: User
 ) -> None:
-    sign_in(browser, gateway, staff)
+    sign_in(browser, gateway.url, staff)
     assert signed_in(browser)
     shot(browser, "signed-in")
 
     device = TOTPDevice.objects.create(user=staff, name="phone", confirmed=True)
-    sign_in(browser, gateway, staff)  # the password alone is no longer enough
+    sign_in(browser, gateway.url, staff)  # the password alone is no longer enough
     assert not signed_in(browser)
     assert browser.find_elements(By.CSS_SELECTOR, ".errornote, .errorlist")
-    sign_in(browser, gateway, staff, token=f"{totp(device.bin_key):06d}")
+    sign_in(browser, gateway.url, staff, token=f"{totp(device.bin_key):06d}")
     assert signed_in(browser)
     shot(browser, "signed-in-two-factor")
 
@@ -148,11 +61,11 @@ def test_repeated_failed_sign_ins_are_throttled(
     browser: WebDriver, gateway: Server, staff: User
 ) -> None:
     for _ in range(5):
-        login_page(browser, gateway)
+        login_page(browser, gateway.url)
         browser.find_element(By.NAME, "username").send_keys(staff.username)
         browser.find_element(By.NAME, "password").send_keys("wrong")
         submit_and_wait(browser)
-    sign_in(browser, gateway, staff)  # now even the right password is refused for a while
+    sign_in(browser, gateway.url, staff)  # now even the right password is refused for a while
     assert not signed_in(browser)
     assert "locked" in browser.page_source.lower()
     shot(browser, "throttled")
@@ -170,7 +83,7 @@ def test_the_dashboard_draws_charts_from_real_traffic(
         if n < 2:
             list(answer)  # type: ignore[call-overload]
     drain()
-    sign_in(browser, gateway, staff)
+    sign_in(browser, gateway.url, staff)
     browser.get(gateway.url + "/admin/dashboard/")
 
     def points(chart: str) -> float:
@@ -190,7 +103,7 @@ def test_an_issued_key_is_shown_once_and_revoking_it_makes_the_gateway_refuse_it
     browser: WebDriver, gateway: Server, staff: User
 ) -> None:
     tenant = tenant_create("interactive")
-    sign_in(browser, gateway, staff)
+    sign_in(browser, gateway.url, staff)
     browser.get(gateway.url + "/admin/gateway/apikey/add/")
     Select(browser.find_element(By.NAME, "account")).select_by_visible_text(tenant.account.name)
     browser.find_element(By.NAME, "name").send_keys("ci")
@@ -245,7 +158,7 @@ def test_an_invoice_page_shows_its_lines(browser: WebDriver, gateway: Server, st
         usage_from=start,
         usage_to=start + timedelta(days=31),
     )
-    sign_in(browser, gateway, staff)
+    sign_in(browser, gateway.url, staff)
     browser.get(gateway.url + f"/admin/billing/invoice/{invoice.pk}/change/")
     page = browser.page_source
     assert tenant.account.name in page and "1234500" in page.replace(",", "")
