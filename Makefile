@@ -20,7 +20,8 @@ up: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy config gateway metering billing simulator bench console
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy config customers catalogue fleet audit gateway metering billing simulator bench console
 	$(PY) manage.py makemigrations --check --dry-run
 
 # The console's browser tests drive Debian's headless Chromium.

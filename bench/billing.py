@@ -226,7 +226,7 @@ def _print(phases: list[Phase]) -> None:
 def _generate(args: argparse.Namespace, month: datetime) -> None:
     from django.db import connection, transaction
 
-    from gateway.services import tiers_ensure_defaults
+    from customers.services import tiers_ensure_defaults
 
     tiers_ensure_defaults()
     end = _month_after(month)
@@ -288,27 +288,27 @@ _GENERATE = [
     "SELECT setseed(0.42)",
     # Accounts: 60% free, 30% interactive, 10% premium; 1-3 keys each.
     """
-    INSERT INTO gateway_account (name, status, tier_id, stripe_customer_id, created_at)
+    INSERT INTO customers_account (name, status, tier_id, stripe_customer_id, created_at)
     SELECT 'bench-' || g, 'active',
-           (SELECT id FROM gateway_tier WHERE slug = CASE WHEN g %% 10 < 6 THEN 'free'
+           (SELECT id FROM customers_tier WHERE slug = CASE WHEN g %% 10 < 6 THEN 'free'
                                                           WHEN g %% 10 < 9 THEN 'interactive'
                                                           ELSE 'premium' END),
            '', %(before)s
     FROM generate_series(1, %(accounts)s) g
     """,
     """
-    INSERT INTO gateway_apikey (account_id, name, key_id, secret_hash, created_at)
+    INSERT INTO customers_apikey (account_id, name, key_id, secret_hash, created_at)
     SELECT a.id, 'bench', substr(md5(a.id || '-' || k), 1, 12),
            md5(a.id || '-' || k) || md5(k || '-' || a.id), %(before)s
-    FROM gateway_account a, generate_series(0, a.id %% 3) k
+    FROM customers_account a, generate_series(0, a.id %% 3) k
     """,
     """
     CREATE TEMP TABLE bench_account ON COMMIT DROP AS
     SELECT row_number() OVER (ORDER BY a.id)::int AS n, a.id, t.slug AS tier,
            array_agg(k.id ORDER BY k.id) AS keys, 1 + a.id %% 4 AS model_n
-    FROM gateway_account a
-    JOIN gateway_tier t ON t.id = a.tier_id
-    JOIN gateway_apikey k ON k.account_id = a.id
+    FROM customers_account a
+    JOIN customers_tier t ON t.id = a.tier_id
+    JOIN customers_apikey k ON k.account_id = a.id
     GROUP BY a.id, t.slug
     """,
     "CREATE UNIQUE INDEX ON bench_account (n)",
@@ -318,17 +318,17 @@ _GENERATE = [
     """,
     # Backends, prices (changed mid-month), plans and cost models.
     """
-    INSERT INTO gateway_backend (name, base_url, upstream_model, public_models,
+    INSERT INTO fleet_backend (name, base_url, upstream_model, public_models,
         max_concurrent_sequences, supports_priority, telemetry_url, enabled, health)
     SELECT b, 'http://' || b || ':8000', b, %(models)s::text[], 256, true, '', true, 'healthy'
     FROM unnest(%(backends)s::text[] || %(spare)s::text) b
     """,
     """
-    INSERT INTO billing_pricebook (name, currency, effective_from, created_at)
+    INSERT INTO catalogue_pricebook (name, currency, effective_from, created_at)
     VALUES ('bench list', 'USD', %(before)s, now()), ('bench raise', 'USD', %(mid)s, now())
     """,
     """
-    INSERT INTO billing_price (price_book_id, tier, model, input_per_million,
+    INSERT INTO catalogue_price (price_book_id, tier, model, input_per_million,
         cached_input_per_million, output_per_million, reasoning_per_million, request_fee)
     SELECT b.id, t.tier, m.model,
            t.input * m.factor * b.factor, t.input * m.factor * b.factor / 4,
@@ -336,16 +336,16 @@ _GENERATE = [
            CASE WHEN m.model = 'deepseek-r1' THEN t.input * m.factor * b.factor * 3 END,
            t.fee
     FROM (SELECT id, CASE WHEN name = 'bench list' THEN 1.0 ELSE 1.2 END AS factor
-          FROM billing_pricebook) b
+          FROM catalogue_pricebook) b
     CROSS JOIN (VALUES ('free', 0.05, 0), ('interactive', 0.20, 0),
                        ('premium', 0.60, 0.0005)) AS t (tier, input, fee)
     CROSS JOIN (VALUES ('*', 1.0), ('llama-3.1-70b', 3.0), ('deepseek-r1', 4.0))
         AS m (model, factor)
     """,
     """
-    INSERT INTO billing_planprice (price_book_id, tier, monthly_fee, included_tokens)
+    INSERT INTO catalogue_planprice (price_book_id, tier, monthly_fee, included_tokens)
     SELECT b.id, p.tier, p.fee, p.included
-    FROM billing_pricebook b
+    FROM catalogue_pricebook b
     CROSS JOIN (VALUES ('free', 0, 100000), ('interactive', 20, 1000000),
                        ('premium', 200, 10000000)) AS p (tier, fee, included)
     """,

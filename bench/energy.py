@@ -120,7 +120,7 @@ def main() -> None:
 
 
 def _accuracy(args: argparse.Namespace) -> None:
-    from gateway.models import Backend
+    from fleet.models import Backend
     from metering.models import EnergyCalibration, EnergyInterval, GpuSample, UsageRecord
 
     name = f"bench-energy-{uuid.uuid4().hex[:6]}"
@@ -179,13 +179,9 @@ def _accuracy(args: argparse.Namespace) -> None:
 
 
 def _prepare(name: str, sim_port: int) -> list[Account]:
-    from gateway.models import LimitOverride
-    from gateway.services import (
-        account_create,
-        api_key_issue,
-        backend_register,
-        tiers_ensure_defaults,
-    )
+    from customers.models import LimitOverride
+    from customers.services import account_create, api_key_issue, tiers_ensure_defaults
+    from fleet.services import backend_register
 
     tiers_ensure_defaults()
     url = f"http://127.0.0.1:{sim_port}"

@@ -128,13 +128,9 @@ def main() -> None:
 def _prepare_fleet(sim_port: int) -> str:
     from django.core.management import call_command
 
-    from gateway.models import LimitOverride
-    from gateway.services import (
-        account_create,
-        api_key_issue,
-        backend_register,
-        tiers_ensure_defaults,
-    )
+    from customers.models import LimitOverride
+    from customers.services import account_create, api_key_issue, tiers_ensure_defaults
+    from fleet.services import backend_register
 
     call_command("migrate", verbosity=0)
     tiers_ensure_defaults()

@@ -94,11 +94,12 @@ def main() -> None:
 def _prepare(sim_port: int, capacity: int) -> dict[str, list[str]]:
     from django.core.management import call_command
 
-    from gateway.models import LimitOverride
-    from gateway.services import account_create, api_key_issue, backend_register
+    from customers.models import LimitOverride
+    from customers.services import account_create, api_key_issue
+    from fleet.services import backend_register
 
     call_command("migrate", verbosity=0)
-    from gateway.services import tiers_ensure_defaults
+    from customers.services import tiers_ensure_defaults
 
     tiers_ensure_defaults()
     backend_register(

@@ -1,10 +1,10 @@
-"""The console's billing pages: prices and costs editable until in force, the rest read-only.
+"""The console's billing pages: cost models editable until in force, the rest read-only.
 
-A price book or cost model in force has priced or costed usage already; changing it would
-change the past, so it is shown read-only and a change of prices is a new book. Rollups,
+A cost model in force has costed usage already; changing it would change the past, so it is
+shown read-only and a change of costs is a new model (price books: catalogue/admin.py). Rollups,
 margins, invoices and the Stripe mirror are written by billing's jobs alone (invoices are
-closed and credited through console.services.invoices, which audits them). Forms are audited
-by console.admin_audit.AuditedAdmin.
+closed and credited through billing.closing, which audits them). Forms are audited
+by audit.admin_base.AuditedAdmin.
 """
 
 from datetime import UTC, datetime
@@ -20,8 +20,9 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils import timezone
 
+from audit.admin_base import AuditedAdmin, ReadOnlyAdmin
+from billing import closing as audited
 from billing.models import (
-    Budget,
     BudgetAlert,
     CostModel,
     Invoice,
@@ -29,58 +30,15 @@ from billing.models import (
     InvoiceNumber,
     JobRun,
     Margin,
-    PlanPrice,
-    Price,
-    PriceBook,
     StripeEvent,
     UsageRollup,
 )
 from billing.money import to_minor
 from billing.services import InvoiceError
-from console.admin_audit import AuditedAdmin, ReadOnlyAdmin
-from console.services import invoices as audited
 
 
-def _in_force(obj: PriceBook | CostModel | None) -> bool:
+def _in_force(obj: CostModel | None) -> bool:
     return obj is not None and obj.effective_from <= timezone.now()
-
-
-class _BookItemInline(admin.TabularInline[Any, PriceBook]):
-    extra = 0
-
-    def has_add_permission(self, request: HttpRequest, obj: PriceBook | None = None) -> bool:
-        return not _in_force(obj) and super().has_add_permission(request, obj)
-
-    def has_change_permission(self, request: HttpRequest, obj: PriceBook | None = None) -> bool:
-        return not _in_force(obj) and super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request: HttpRequest, obj: PriceBook | None = None) -> bool:
-        return not _in_force(obj) and super().has_delete_permission(request, obj)
-
-
-class PriceInline(_BookItemInline):
-    model = Price
-
-
-class PlanPriceInline(_BookItemInline):
-    model = PlanPrice
-
-
-@admin.register(PriceBook)
-class PriceBookAdmin(AuditedAdmin[PriceBook]):
-    list_display = ["name", "currency", "effective_from", "in_force"]
-    list_filter = ["currency"]
-    inlines = [PriceInline, PlanPriceInline]
-
-    @admin.display(boolean=True)
-    def in_force(self, obj: PriceBook) -> bool:
-        return _in_force(obj)
-
-    def has_change_permission(self, request: HttpRequest, obj: PriceBook | None = None) -> bool:
-        return not _in_force(obj) and super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request: HttpRequest, obj: PriceBook | None = None) -> bool:
-        return not _in_force(obj) and super().has_delete_permission(request, obj)
 
 
 @admin.register(CostModel)
@@ -100,13 +58,6 @@ class CostModelAdmin(AuditedAdmin[CostModel]):
 
     def has_delete_permission(self, request: HttpRequest, obj: CostModel | None = None) -> bool:
         return not _in_force(obj) and super().has_delete_permission(request, obj)
-
-
-@admin.register(Budget)
-class BudgetAdmin(AuditedAdmin[Budget]):
-    list_display = ["account", "monthly_limit", "currency", "alert_percents", "hard_cap"]
-    list_filter = ["hard_cap", "currency"]
-    search_fields = ["account__name"]
 
 
 class InvoiceLineInline(admin.TabularInline[InvoiceLine, Invoice]):
@@ -169,7 +120,7 @@ class CreditNoteForm(forms.Form):
 @admin.register(Invoice)
 class InvoiceAdmin(ReadOnlyAdmin[Invoice]):
     """Invoices are made and finalised by closing a month, and corrected by credit notes,
-    both here (pages of their own, audited by console.services.invoices) and in the API."""
+    both here (pages of their own, audited by billing.closing) and in the API."""
 
     list_display = [
         "__str__",

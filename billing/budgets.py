@@ -44,7 +44,7 @@ def budget_alerts_record(*, now: datetime | None = None) -> list[Alert]:
     The month just ended is looked at again during the grace window, for its late usage.
     """
     now = now or datetime.now(UTC)
-    grace = timedelta(seconds=getattr(settings, "BILLING", {}).get("GRACE_SECONDS", 7200))
+    grace = timedelta(seconds=settings.BILLING.grace_seconds)
     month = _month_start(now)
     periods = [(month, _month_start(month + timedelta(days=32)))]
     if now - month < grace:

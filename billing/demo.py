@@ -32,9 +32,10 @@ from decimal import Decimal
 from django.db import transaction
 from django.utils import timezone
 
-from billing.models import Budget, CostModel, PlanPrice, Price, PriceBook
+from billing.models import CostModel
 from billing.selectors import billing_currency
-from gateway.models import Account
+from catalogue.models import PlanPrice, Price, PriceBook
+from customers.models import Account, Budget
 
 BOOK_NAME = "Demo list prices"
 # Per tier: (input, cached input, output) per 1M tokens, monthly fee, included tokens.

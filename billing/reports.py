@@ -34,7 +34,7 @@ from billing import charts
 from billing.models import Margin
 from billing.money import from_minor, to_minor
 from billing.selectors import Unpriced, usage_unpriced
-from gateway.models import Backend
+from fleet.models import Backend
 
 ReportFormat = Literal["html", "csv", "pdf"]
 REPORT_FORMATS: tuple[ReportFormat, ...] = ("html", "csv", "pdf")

@@ -9,8 +9,9 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import F, QuerySet, Sum
 
-from billing.models import InvoiceLine, Margin, PlanPrice, Price, PriceBook, UsageRollup
+from billing.models import InvoiceLine, Margin, UsageRollup
 from billing.rating import Book, Plan, PriceList, Terms
+from catalogue.models import PlanPrice, Price, PriceBook
 from metering.models import UsageRecord
 
 _SQL = Path(__file__).parent / "sql"
@@ -18,8 +19,9 @@ _USAGE_RATED = (_SQL / "usage_rated.sql").read_text()
 
 
 def billing_currency() -> str:
-    """The currency accounts are billed in (settings.BILLING["CURRENCY"], default USD)."""
-    return str(getattr(settings, "BILLING", {}).get("CURRENCY", "USD"))
+    """The currency accounts are billed in (BILLING_CURRENCY), so what an account without a
+    budget is priced in."""
+    return settings.BILLING.currency
 
 
 def price_list(*, currency: str) -> PriceList:

@@ -33,7 +33,7 @@ from billing.models import (
 from billing.money import from_minor
 from billing.rating import PriceList, Quantities
 from billing.selectors import billing_currency, price_list
-from gateway.models import Account
+from customers.models import Account
 from metering.models import EnergyInterval
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class Window:
 
 
 def grace() -> timedelta:
-    return timedelta(seconds=getattr(settings, "BILLING", {}).get("GRACE_SECONDS", 7200))
+    return timedelta(seconds=settings.BILLING.grace_seconds)
 
 
 def rollups_run(*, now: datetime | None = None, wait: bool = False) -> Window | None:
@@ -181,7 +181,7 @@ class CloseResult:
     finalised: int
     # Usage worth nothing for want of a price: (account_id, tier, model, tokens).
     unpriced: list[tuple[int, str, str, int]] = field(default_factory=list)
-    # Accounts with usage in the ledger but no longer in gateway_account: not invoiced.
+    # Accounts with usage in the ledger but no longer in customers_account: not invoiced.
     unknown_accounts: list[int] = field(default_factory=list)
 
 

@@ -20,9 +20,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from billing.models import Invoice, StripeEvent
-from console.audit import audit_record, object_type, snapshot
-from gateway.models import Account
-from gateway.services import account_status_set
+from customers.models import Account
+from customers.services import account_status_set
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +69,7 @@ def _account_suspend(invoice: Invoice, event: Payload) -> None:
     account = Account.objects.select_for_update().get(pk=invoice.account_id)
     if account.status == Account.Status.SUSPENDED:
         return
-    before = snapshot(account)
-    account_status_set(account=account, status=Account.Status.SUSPENDED)
-    audit_record(
-        actor=ACTOR,
-        action="suspend",
-        obj_type=object_type(account),
-        obj_id=account.pk,
-        before=before,
-        after=snapshot(account),
-    )
+    account_status_set(account=account, status=Account.Status.SUSPENDED, actor=ACTOR)
     log.warning(
         "account suspended: stripe gave up collecting an invoice",
         extra={"account_id": account.pk, "invoice": invoice.number, "event": event["id"]},

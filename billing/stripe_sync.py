@@ -30,7 +30,7 @@ from django.utils import timezone
 from stripe.params import InvoiceCreateParams
 
 from billing.models import Invoice, InvoiceLine
-from gateway.models import Account
+from customers.models import Account
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +71,16 @@ class Discrepancy:
 
 
 def stripe_configured() -> bool:
-    return bool(settings.STRIPE["API_KEY"])
+    return bool(settings.STRIPE.api_key)
 
 
 def stripe_client() -> stripe.StripeClient:
     conf = settings.STRIPE
-    if not conf["API_KEY"]:
+    if not conf.api_key:
         raise StripeNotConfigured("STRIPE_API_KEY is not set")
     return stripe.StripeClient(
-        conf["API_KEY"],
-        base_addresses={"api": conf["API_BASE"]} if conf["API_BASE"] else None,
+        conf.api_key,
+        base_addresses={"api": conf.api_base} if conf.api_base else None,
         max_network_retries=NETWORK_RETRIES,
     )
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 @csrf_exempt
 @require_POST
 def stripe_webhook(request: HttpRequest) -> HttpResponse:
-    secret = settings.STRIPE["WEBHOOK_SECRET"]
+    secret = settings.STRIPE.webhook_secret
     if not secret:
         # Without a secret anyone could post events; Stripe retries until one is set.
         log.error("stripe webhook refused: STRIPE_WEBHOOK_SECRET is not set")

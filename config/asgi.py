@@ -23,7 +23,7 @@ from gateway.responses import send_error  # noqa: E402
 
 gateway_app = GatewayApp()
 # The ASGI server (httptools) sets no limit on request headers; nothing here needs more.
-MAX_HEADER_BYTES = settings.GATEWAY["MAX_HEADER_BYTES"]
+MAX_HEADER_BYTES = settings.GATEWAY.max_header_bytes
 _HEADERS_TOO_LARGE = ApiError(
     431,
     f"The request's headers are larger than the limit of {MAX_HEADER_BYTES} bytes.",

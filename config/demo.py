@@ -57,7 +57,7 @@ class Workload:
     system_words: int = 0
 
 
-# Sized to each tier's limits (gateway/services.py DEFAULT_TIERS): the free worker stays under
+# Sized to each tier's limits (customers/services.py DEFAULT_TIERS): the free worker stays under
 # 20 requests and 20,000 tokens a minute, long prompts under interactive's 400,000.
 WORKLOADS = (
     Workload("free chat", "free", 1, 3.5, (10, 60), (64, 256), 0.5),

@@ -10,6 +10,17 @@ from pathlib import Path
 import django_stubs_ext
 import environ
 
+from config.app_settings import (
+    BillingSettings,
+    GatewaySettings,
+    MeteringSettings,
+    StripeSettings,
+    flag,
+    number,
+    read,
+    whole,
+)
+
 # Lets admin classes say ModelAdmin[Model] at run time, as the type checker wants.
 django_stubs_ext.monkeypatch()
 
@@ -21,7 +32,7 @@ LOCAL = PROFILE == "local"
 if PROFILE not in ("local", "production"):
     raise environ.ImproperlyConfigured(f"TF_PROFILE must be local or production, not {PROFILE!r}")
 
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = read(env, "DEBUG", flag, default=False)
 if not LOCAL and "SECRET_KEY" not in env:
     raise environ.ImproperlyConfigured(
         "Set the SECRET_KEY environment variable: TF_PROFILE=production (the default) needs it. "
@@ -47,10 +58,10 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"]["OPTIONS"] = {
     **DATABASES["default"].get("OPTIONS", {}),
     "pool": {
-        "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
-        "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
+        "min_size": read(env, "DB_POOL_MIN_SIZE", whole(minimum=0), default=1),
+        "max_size": read(env, "DB_POOL_MAX_SIZE", whole(minimum=1), default=10),
         # A request waits this long for a free connection, then fails (503 in the API).
-        "timeout": env.float("DB_POOL_TIMEOUT_SECONDS", default=10.0),
+        "timeout": read(env, "DB_POOL_TIMEOUT_SECONDS", number(inclusive=False), default=10.0),
     },
 }
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -71,8 +82,15 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "gateway",
+    # Bottom: customers, the price catalogue, the fleet and the audit log; then metering; then
+    # the gateway and billing (independent of each other); the console on top
+    # (docs/architecture.md; `make lint` checks it).
+    "customers",
+    "catalogue",
+    "fleet",
+    "audit",
     "metering",
+    "gateway",
     "billing",
     "console",
 ]
@@ -96,8 +114,8 @@ AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
-AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
-AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15.0))
+AXES_FAILURE_LIMIT = read(env, "AXES_FAILURE_LIMIT", whole(minimum=1), default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=read(env, "AXES_COOLOFF_MINUTES", number(), default=15.0))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
@@ -105,12 +123,14 @@ AXES_VERBOSE = False
 # these proxies (addresses or CIDRs): then X-Forwarded-For is followed back to the first hop
 # that is not one (console/client_ip.py). Empty: X-Forwarded-For is never believed.
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
-AXES_CLIENT_IP_CALLABLE = "console.client_ip.client_address"
+AXES_CLIENT_IP_CALLABLE = "audit.client_ip.client_address"
 OTP_TOTP_ISSUER = "Token Factory"
 # Staff must set up a TOTP device before using the console (console/two_factor.py).
-CONSOLE_REQUIRE_TWO_FACTOR = env.bool("CONSOLE_REQUIRE_TWO_FACTOR", default=not LOCAL)
+CONSOLE_REQUIRE_TWO_FACTOR = read(env, "CONSOLE_REQUIRE_TWO_FACTOR", flag, default=not LOCAL)
 # Largest request body Django reads (console forms, the management API); more is a 413.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2_621_440)
+DATA_UPLOAD_MAX_MEMORY_SIZE = read(
+    env, "DATA_UPLOAD_MAX_MEMORY_SIZE", whole(minimum=0), default=2_621_440
+)
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -147,10 +167,12 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Production hardening; `manage.py check --deploy` passes with TF_PROFILE=production.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not LOCAL)
+SECURE_SSL_REDIRECT = read(env, "SECURE_SSL_REDIRECT", flag, default=not LOCAL)
 SESSION_COOKIE_SECURE = not LOCAL
 CSRF_COOKIE_SECURE = not LOCAL
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if LOCAL else 31536000)
+SECURE_HSTS_SECONDS = read(
+    env, "SECURE_HSTS_SECONDS", whole(minimum=0), default=0 if LOCAL else 31536000
+)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not LOCAL
 SECURE_HSTS_PRELOAD = not LOCAL
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
@@ -158,86 +180,16 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 LOCAL_NETWORKS = ["127.0.0.0/8", "::1/128"]
 PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
 
-# Gateway (read once at process start by gateway.app, never at import time).
-GATEWAY = {
-    # Largest request body accepted; larger ones get 413 before being read in full.
-    "MAX_BODY_BYTES": env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024),
-    # Production refuses a Redis without AOF (in-flight usage would vanish with it) unless this
-    # says the loss is accepted (docs/architecture.md, "Redis: what each failure loses").
-    "ALLOW_VOLATILE_REDIS": env.bool("GATEWAY_ALLOW_VOLATILE_REDIS", default=False),
-    # All of a request's header names and values; more is a 431, on every path.
-    "MAX_HEADER_BYTES": env.int("GATEWAY_MAX_HEADER_BYTES", default=32 * 1024),
-    # How long a key lookup is trusted; a revoked key stops working within this many seconds.
-    "KEY_CACHE_SECONDS": env.float("GATEWAY_KEY_CACHE_SECONDS", default=5.0),
-    # While PostgreSQL is unreachable, a key looked up within this many seconds is served from
-    # the cache without waiting; past it the key gets a 503 (fails closed).
-    "KEY_STALE_SECONDS": env.float("GATEWAY_KEY_STALE_SECONDS", default=300.0),
-    # How often the backend list is re-read from PostgreSQL.
-    "BACKENDS_REFRESH_SECONDS": env.float("GATEWAY_BACKENDS_REFRESH_SECONDS", default=2.0),
-    # A backend that fails a connection is skipped for this long by this process.
-    "BACKEND_EJECT_SECONDS": env.float("GATEWAY_BACKEND_EJECT_SECONDS", default=5.0),
-    "BACKEND_CONNECT_TIMEOUT": env.float("GATEWAY_BACKEND_CONNECT_TIMEOUT", default=2.0),
-    # No byte from the backend for this long fails the request (504, or an error event).
-    "BACKEND_READ_TIMEOUT": env.float("GATEWAY_BACKEND_READ_TIMEOUT", default=120.0),
-    "MAX_ATTEMPTS": env.int("GATEWAY_MAX_ATTEMPTS", default=3),
-    # Redis connections per gateway process; every request makes two short calls.
-    "REDIS_MAX_CONNECTIONS": env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=64),
-    # In-flight lease: a request whose gateway stops renewing it for this long is reaped.
-    "LEASE_SECONDS": env.float("GATEWAY_LEASE_SECONDS", default=60.0),
-    "REAPER_INTERVAL_SECONDS": env.float("GATEWAY_REAPER_INTERVAL_SECONDS", default=5.0),
-    # "priority" (tiers in order, fair within a tier) or "fifo" (one line, first come first
-    # served), the baseline the overload benchmark compares against.
-    "ADMISSION": env.str("GATEWAY_ADMISSION", default="priority"),
-    # Tiers that fail open while Redis is unreachable are served under this per-process cap
-    # and metered through a local spool, replayed into PostgreSQL (gateway/spool.py).
-    "FAIL_OPEN_CONCURRENCY": env.int("GATEWAY_FAIL_OPEN_CONCURRENCY", default=8),
-    "FAIL_OPEN_REQUESTS_PER_MINUTE": env.int("GATEWAY_FAIL_OPEN_REQUESTS_PER_MINUTE", default=600),
-    # When set, GET /metrics requires `Authorization: Bearer <token>` (Prometheus' bearer_token).
-    "METRICS_TOKEN": env.str("GATEWAY_METRICS_TOKEN", default=""),
-    # How often each gateway re-reads the price books in force (spend caps).
-    "PRICES_REFRESH_SECONDS": env.float("GATEWAY_PRICES_REFRESH_SECONDS", default=5.0),
-    "SPOOL_DIR": Path(env.str("GATEWAY_SPOOL_DIR", default=str(VAR_DIR / "spool"))),
-    # Networks backends may be registered in although not public (gateway/network_policy.py):
-    # the GPU subnet in production; loopback and private ranges for a local instance (its
-    # simulators, a GPU box on the LAN). Link-local (cloud metadata) only when named here.
-    "BACKEND_ALLOWED_NETWORKS": env.list(
-        "GATEWAY_BACKEND_ALLOWED_NETWORKS",
-        default=[*LOCAL_NETWORKS, *PRIVATE_NETWORKS] if LOCAL else [],
-    ),
-}
-
-METERING = {
-    "BATCH_SIZE": env.int("METERING_BATCH_SIZE", default=2000),
-    # Entries unacknowledged this long (a meter consumer died) are claimed by another consumer.
-    "CLAIM_IDLE_SECONDS": env.float("METERING_CLAIM_IDLE_SECONDS", default=30.0),
-    # Energy (docs/energy.md): how often each backend's DCGM exporter and vLLM /metrics are
-    # scraped, and how long one scrape may take.
-    "TELEMETRY_SECONDS": env.float("METERING_TELEMETRY_SECONDS", default=5.0),
-    "TELEMETRY_TIMEOUT_SECONDS": env.float("METERING_TELEMETRY_TIMEOUT_SECONDS", default=2.0),
-    "ATTRIBUTION_SECONDS": env.float("METERING_ATTRIBUTION_SECONDS", default=30.0),
-    # An interval is attributed once every request active in it has its usage record, or
-    # after this long (a request still running then is left out and the interval says so).
-    "ATTRIBUTION_MAX_LAG_SECONDS": env.float(
-        "METERING_ATTRIBUTION_MAX_LAG_SECONDS", default=6 * 3600.0
-    ),
-    "CALIBRATION_SECONDS": env.float("METERING_CALIBRATION_SECONDS", default=3600.0),
-}
-
-BILLING = {
-    # Usage that arrives this late (meter lag, energy attribution lag) still lands in its hour;
-    # rollups recompute buckets this far back and a period closes this long after it ends.
-    "GRACE_SECONDS": env.float("BILLING_GRACE_SECONDS", default=2 * 3600.0),
-    # The currency price books, invoices and spend caps are in unless a row says otherwise.
-    "CURRENCY": env.str("BILLING_CURRENCY", default="USD"),
-}
-
-# Stripe (docs/billing.md, "Stripe"). API_BASE points the official library at a
-# Stripe-compatible test server; empty means api.stripe.com.
-STRIPE = {
-    "API_KEY": env.str("STRIPE_API_KEY", default=""),
-    "WEBHOOK_SECRET": env.str("STRIPE_WEBHOOK_SECRET", default=""),
-    "API_BASE": env.str("STRIPE_API_BASE", default=""),
-}
+# The apps' own settings: typed groups whose fields name their variables, defaults and allowed
+# values (config/app_settings.py); a value not allowed stops start-up with one line.
+GATEWAY = GatewaySettings.from_env(
+    env,
+    spool_dir=VAR_DIR / "spool",
+    backend_allowed_networks=(*LOCAL_NETWORKS, *PRIVATE_NETWORKS) if LOCAL else (),
+)
+METERING = MeteringSettings.from_env(env)
+BILLING = BillingSettings.from_env(env)
+STRIPE = StripeSettings.from_env(env)
 
 # Management API (docs/console.md): staff only, by session or staff token, each call checked
 # against the user's model permissions and the token's scopes; JSON in and out, one error shape.
@@ -264,7 +216,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
-        "AccountStatusEnum": "gateway.models.Account.Status",
+        "AccountStatusEnum": "customers.models.Account.Status",
         "InvoiceStatusEnum": "billing.models.Invoice.Status",
     },
 }
@@ -281,15 +233,15 @@ CELERY_BEAT_SCHEDULE = {
     },
     "metering.scrape_telemetry": {
         "task": "metering.scrape_telemetry",
-        "schedule": METERING["TELEMETRY_SECONDS"],
+        "schedule": METERING.telemetry_seconds,
     },
     "metering.attribute_energy": {
         "task": "metering.attribute_energy",
-        "schedule": METERING["ATTRIBUTION_SECONDS"],
+        "schedule": METERING.attribution_seconds,
     },
     "metering.calibrate_energy": {
         "task": "metering.calibrate_energy",
-        "schedule": METERING["CALIBRATION_SECONDS"],
+        "schedule": METERING.calibration_seconds,
     },
     "billing.rollup_usage": {"task": "billing.rollup_usage", "schedule": 300.0},
     "billing.compute_margins": {"task": "billing.compute_margins", "schedule": 900.0},
@@ -300,7 +252,7 @@ CELERY_BEAT_SCHEDULE = {
     "billing.stripe_reconcile": {"task": "billing.stripe_reconcile", "schedule": 3600.0},
     "gateway.probe_backends": {
         "task": "gateway.probe_backends",
-        "schedule": env.float("BACKEND_PROBE_SECONDS", default=5.0),
+        "schedule": read(env, "BACKEND_PROBE_SECONDS", number(inclusive=False), default=5.0),
     },
 }
 

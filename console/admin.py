@@ -1,34 +1,12 @@
-"""The console's pages for the audit log and the staff API's tokens (scopes set, revoked)."""
+"""The console's pages for the staff API's tokens (scopes set, revoked)."""
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from console.admin_audit import ReadOnlyAdmin
-from console.models import AuditEntry, Scope, StaffToken
+from console.models import Scope, StaffToken
 from console.tokens import staff_token_revoke, staff_token_scopes_set
-
-
-@admin.register(AuditEntry)
-class AuditEntryAdmin(ReadOnlyAdmin[AuditEntry]):
-    """Every change made through the console, the API or the services: append-only."""
-
-    list_display = ["at", "actor", "action", "object_type", "object_id", "remote_addr"]
-    list_filter = ["action", "object_type"]
-    search_fields = ["actor", "object_id", "object_type"]
-    date_hierarchy = "at"
-    fields = [
-        "at",
-        "actor",
-        "actor_user_id",
-        "action",
-        "object_type",
-        "object_id",
-        "remote_addr",
-        "before",
-        "after",
-    ]
 
 
 class StaffTokenForm(forms.ModelForm[StaffToken]):

@@ -21,8 +21,9 @@ from django.db import connection
 
 from billing.reports import month_by_tier
 from billing.selectors import billing_currency
+from customers.models import Tier
+from fleet.models import Backend
 from gateway import metrics
-from gateway.models import Backend, Tier
 from gateway.queueing import CLASSES, pool_keys
 
 log = logging.getLogger(__name__)

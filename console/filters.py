@@ -11,9 +11,11 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django_filters.fields import IsoDateTimeField
 
-from billing.models import Invoice, PlanPrice, Price, PriceBook
-from console.models import AuditEntry
-from gateway.models import Account, ApiKey, Backend, Tier
+from audit.models import AuditEntry
+from billing.models import Invoice
+from catalogue.models import PlanPrice, Price, PriceBook
+from customers.models import Account, ApiKey, Tier
+from fleet.models import Backend
 from metering.models import UsageRecord
 
 # Ids are bigints: larger values are refused as bad input instead of failing in PostgreSQL.

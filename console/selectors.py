@@ -15,15 +15,15 @@ from django.conf import settings
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
 
-from gateway.batching import Script
+from customers.models import Account, LimitOverride
 from gateway.limits import Limits, Standing, account_keys
-from gateway.models import Account, LimitOverride
 from metering.models import UsageRecord
+from metering.redis_scripts import SCRIPTS, run
 
 # What usage can be grouped by, and the column each group is read from.
 USAGE_GROUPS = ("day", "model", "tier", "account")
 _GROUP_FIELDS = {"model": "model", "tier": "tier", "account": "account_id"}
-_PEEK = Script.named("limits_peek")
+_PEEK = SCRIPTS["limits_peek"]
 
 
 def usage_aggregate(
@@ -67,13 +67,10 @@ def account_limits(account: Account) -> Limits:
 def account_standing(*, account_id: int, now: datetime) -> Standing:
     """Where the account stands now against its limits (Redis); raises redis.RedisError."""
     keys = account_keys(account_id, now)
-    reply = _peek()(keys=keys, args=[int(now.timestamp() * 1000)])
+    reply = run(_redis(), _PEEK, keys, (int(now.timestamp() * 1000),))
     return Standing(*(int(value) for value in reply))
 
 
 @functools.cache
-def _peek() -> Any:
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0
-    )
-    return client.register_script(_PEEK.text)
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0)

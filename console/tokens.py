@@ -13,10 +13,9 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from console.audit import AnyRequest, audit_record, object_type, snapshot
+from audit.services import AnyRequest, audit_record, object_type, object_update, snapshot
 from console.models import Scope, StaffToken, scopes_read_only
-from console.services.common import object_update
-from gateway.keys import key_hash
+from customers.keys import key_hash
 
 STAFF_PREFIX = "tfs_"
 _ID_LENGTH = 12

@@ -21,8 +21,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from customers.keys import key_id_parse, key_matches
 from gateway.errors import ApiError, account_inactive, invalid_api_key, unavailable
-from gateway.keys import key_id_parse, key_matches
 from gateway.limits import Limits
 from gateway.pricing import Budget
 
@@ -46,11 +46,11 @@ SELECT k.id, k.secret_hash, k.expires_at, k.revoked_at, a.id, a.status, t.slug, 
        coalesce(o.max_context_tokens, t.max_context_tokens),
        t.queue_timeout_seconds, t.queue_depth, t.when_redis_down = 'open',
        b.monthly_limit, b.currency, b.hard_cap
-FROM gateway_apikey k
-JOIN gateway_account a ON a.id = k.account_id
-JOIN gateway_tier t ON t.id = a.tier_id
-LEFT JOIN gateway_limitoverride o ON o.account_id = a.id
-LEFT JOIN billing_budget b ON b.account_id = a.id
+FROM customers_apikey k
+JOIN customers_account a ON a.id = k.account_id
+JOIN customers_tier t ON t.id = a.tier_id
+LEFT JOIN customers_limitoverride o ON o.account_id = a.id
+LEFT JOIN customers_budget b ON b.account_id = a.id
 WHERE k.key_id = %s
 """
 
@@ -261,7 +261,7 @@ class Authenticator:
         try:
             async with self.pool.connection(timeout=_DB_TIMEOUT) as conn:
                 await conn.execute(
-                    "UPDATE gateway_apikey SET last_used_at = now() WHERE id = %s", (api_key_id,)
+                    "UPDATE customers_apikey SET last_used_at = now() WHERE id = %s", (api_key_id,)
                 )
         except Exception:
             log.warning("could not record last use of key %s", api_key_id, exc_info=True)

@@ -5,33 +5,21 @@ through one ScriptBatcher per process. Calls made while a pipeline is in flight 
 out together in the next one, so under load N requests share a round trip and a connection;
 alone, a call goes out at the next loop turn. A settle may linger a few milliseconds to ride
 along with the next urgent call. Pipelines of EVALSHA stay Redis Cluster-friendly: each call
-keeps its keys on one slot and a cluster client routes them.
+keeps its keys on one slot and a cluster client routes them. The scripts themselves are
+defined in metering/redis_scripts.py.
 """
 
 import asyncio
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
-_LUA = Path(__file__).parent / "lua"
+from metering.redis_scripts import Script, load_async
 
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    name: str
-    text: str
-    sha: str
-
-    @classmethod
-    def named(cls, name: str, *, include: tuple[str, ...] = ()) -> "Script":
-        """lua/<name>.lua, after the files named in `include` (functions it shares with other
-        scripts: Redis runs one chunk of Lua per script, with no require)."""
-        text = "\n".join((_LUA / f"{part}.lua").read_text() for part in (*include, name))
-        return cls(name, text, hashlib.sha1(text.encode()).hexdigest())  # noqa: S324 (Redis' id)
+# Script is re-exported: its home was here (tests/gateway/test_settle_faults.py imports it).
+__all__ = ["Script", "ScriptBatcher"]
 
 
 @dataclass(slots=True)
@@ -106,8 +94,7 @@ class ScriptBatcher:
             # Redis restarted or was flushed since the scripts were loaded: load, then redo.
             # All of them, not only those missing here: were only some loaded, a later batch
             # could run a request's admission before the settle queued ahead of it.
-            for script in list(self._scripts.values()):
-                await self._client.script_load(script.text)
+            await load_async(self._client, list(self._scripts.values()))
             redone = await self._pipeline([batch[i] for i in missing])
             for i, reply in zip(missing, redone, strict=True):
                 replies[i] = reply

@@ -17,24 +17,25 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.batching import Script, ScriptBatcher
-from metering.events import USAGE_STREAM
+from gateway.batching import ScriptBatcher
+from metering.events import INFLIGHT_ENTRIES, INFLIGHT_LEASES, INFLIGHT_PROGRESS, USAGE_STREAM
+from metering.redis_scripts import SCRIPTS, run_async
 
 log = logging.getLogger(__name__)
 
-LEASES = "{meter}:inflight:leases"
-ENTRIES = "{meter}:inflight:entries"
-PROGRESS = "{meter}:inflight:progress"
-_LUA = Path(__file__).parent / "lua"
-_OPEN = Script.named("inflight_open")
-_SETTLE = Script.named("inflight_settle")
-_SETTLE_KEYS = (LEASES, ENTRIES, PROGRESS, USAGE_STREAM)
+# The journal's keys, named by the meter (metering/events.py); kept here under their old names
+# for the tests (tests/gateway/test_multiprocess.py reads LEASES).
+LEASES, ENTRIES, PROGRESS = INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS
+_OPEN = SCRIPTS["inflight_open"]
+_SETTLE = SCRIPTS["inflight_settle"]
+_RENEW = SCRIPTS["inflight_renew"]
+_REAP = SCRIPTS["inflight_reap"]
+_SETTLE_KEYS = (INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS, USAGE_STREAM)
 # A failed settle is sent again after this long, doubling up to the most.
 _RETRY_FIRST_SECONDS = 0.1
 _RETRY_MOST_SECONDS = 5.0
@@ -66,14 +67,13 @@ class InflightJournal:
         # Settles that failed and wait for their next try, by request id.
         self.unsettled: dict[str, _Settle] = {}
         self._batcher = batcher
-        self._renew = client.register_script((_LUA / "inflight_renew.lua").read_text())
-        self._reap = client.register_script((_LUA / "inflight_reap.lua").read_text())
+        self._client = client
 
     async def open(self, request_id: str, entry: dict[str, Any]) -> Progress:
         """Record that the request is in flight; returns once Redis has it."""
         expiry = time.time() + self.lease_seconds
         args = (request_id, expiry, orjson.dumps(entry))
-        await self._batcher.call(_OPEN, (LEASES, ENTRIES), args)
+        await self._batcher.call(_OPEN, (INFLIGHT_LEASES, INFLIGHT_ENTRIES), args)
         progress = self.live[request_id] = Progress()
         return progress
 
@@ -127,11 +127,12 @@ class InflightJournal:
         args: list[Any] = [now + self.lease_seconds]
         for request_id, progress in self.live.items():
             args += [request_id, f"{progress.completion_tokens} {now:.3f}"]
-        return int(await self._renew(keys=[LEASES, PROGRESS], args=args))
+        keys = (INFLIGHT_LEASES, INFLIGHT_PROGRESS)
+        return int(await run_async(self._client, _RENEW, keys, args))
 
     async def reap(self, *, limit: int = 500) -> int:
-        keys = [LEASES, ENTRIES, PROGRESS, USAGE_STREAM]
-        return int(await self._reap(keys=keys, args=[time.time(), limit]))
+        keys = (INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS, USAGE_STREAM)
+        return int(await run_async(self._client, _REAP, keys, (time.time(), limit)))
 
     async def maintain(self) -> None:
         """Renew this process's leases and reap dead peers' requests."""

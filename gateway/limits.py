@@ -13,22 +13,21 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.batching import Script, ScriptBatcher
+from gateway.batching import ScriptBatcher
 from gateway.pricing import DEFAULT_CURRENCY, month_spend
+from metering.redis_scripts import SCRIPTS
 from metering.selectors import period_totals
 
 log = logging.getLogger(__name__)
 
-_LUA = Path(__file__).parent / "lua"
-_ADMIT = Script.named("limits_admit")
-_SETTLE = Script.named("limits_settle")
-_PEEK = Script.named("limits_peek")
+_ADMIT = SCRIPTS["limits_admit"]
+_SETTLE = SCRIPTS["limits_settle"]
+_PEEK = SCRIPTS["limits_peek"]
 UNLIMITED = -1
 # Indexes into account_keys().
 _DAY, _MONTH, _SLOTS, _SPEND = 4, 5, 6, 7

@@ -21,13 +21,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
 
-# Billing's currency when settings name none (settings.BILLING["CURRENCY"]).
+# The currency when a caller names none (the gateway passes settings.BILLING.currency).
 DEFAULT_CURRENCY = "USD"
 _PICO_PER_MICRO = 10**6
 _MONTH_SPEND = (Path(__file__).parent / "sql" / "month_spend.sql").read_text()
@@ -35,10 +34,10 @@ _MONTH_SPEND = (Path(__file__).parent / "sql" / "month_spend.sql").read_text()
 _PRICES_SQL = """
 SELECT b.id, b.currency, b.effective_from, p.tier, p.model, p.input_per_million,
        p.cached_input_per_million, p.output_per_million, p.reasoning_per_million, p.request_fee
-FROM billing_pricebook b
-LEFT JOIN billing_price p ON p.price_book_id = b.id
+FROM catalogue_pricebook b
+LEFT JOIN catalogue_price p ON p.price_book_id = b.id
 WHERE b.effective_from >= coalesce(
-    (SELECT max(n.effective_from) FROM billing_pricebook n
+    (SELECT max(n.effective_from) FROM catalogue_pricebook n
      WHERE n.currency = b.currency AND n.effective_from <= now()),
     '-infinity')
 ORDER BY b.currency, b.effective_from
@@ -89,11 +88,6 @@ class Budget:
         """The hard cap in micro-units (a negative limit caps at zero), or None when the
         budget only alerts."""
         return max(0, int(self.monthly_limit * _PICO_PER_MICRO)) if self.hard_cap else None
-
-
-def billing_currency() -> str:
-    """What accounts are invoiced in, so what an account without a budget is priced in."""
-    return str(getattr(settings, "BILLING", {}).get("CURRENCY", DEFAULT_CURRENCY))
 
 
 def shown(amount: Decimal) -> str:

@@ -17,13 +17,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.batching import Script, ScriptBatcher
+from gateway.batching import ScriptBatcher
 from gateway.errors import ApiError
+from metering.redis_scripts import SCRIPTS
 
 log = logging.getLogger(__name__)
 
-_ENTER = Script.named("queue_enter", include=("queue_lapsed",))
-_LEAVE = Script.named("queue_leave", include=("queue_lapsed",))
+_ENTER = SCRIPTS["queue_enter"]
+_LEAVE = SCRIPTS["queue_leave"]
 GRANTED, QUEUED, SHED = 1, 0, -1
 CLASSES = 3
 _CHANNELS = "{q:*}:grants"

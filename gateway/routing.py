@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 _BACKENDS_SQL = """
 SELECT id, name, base_url, upstream_model, public_models, max_concurrent_sequences,
        supports_priority, health <> 'unhealthy'
-FROM gateway_backend
+FROM fleet_backend
 WHERE enabled
 ORDER BY name
 """

@@ -34,13 +34,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway import errors
 from gateway.inflight import Progress
-from metering.events import STORED_COLUMNS, record_from_event, record_row
-from metering.services import usage_insert_sql, usage_records_unique
+from metering.events import record_from_event
+from metering.services import usage_store_spooled
 
 log = logging.getLogger(__name__)
 
-_COLUMN_LIST = ", ".join(STORED_COLUMNS)
-_INSERT = usage_insert_sql("usage_spooled")
 # An empty, unlocked spool file this old has no writer (it died before its first line) and
 # holds nothing: it is deleted. Younger ones are left alone.
 _ORPHAN_SECONDS = 60.0
@@ -142,18 +140,8 @@ class UsageSpool:
         if records is None:
             return 0  # a live process is writing it
         if records:
-            async with self.pool.connection(timeout=5.0) as conn, conn.transaction():
-                await conn.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS usage_spooled "
-                    "(LIKE metering_usagerecord INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-                async with conn.cursor() as cursor:
-                    async with cursor.copy(
-                        f"COPY usage_spooled ({_COLUMN_LIST}) FROM STDIN"
-                    ) as copy:
-                        for record in usage_records_unique(records):
-                            await copy.write_row(record_row(record))
-                    await cursor.execute(_INSERT)
+            async with self.pool.connection(timeout=5.0) as conn:
+                await usage_store_spooled(conn, records)
         # Another gateway's replay may have stored and deleted it meanwhile (stored once).
         await asyncio.to_thread(path.unlink, missing_ok=True)
         log.info("replayed spooled usage", extra={"file": path.name, "records": len(records)})

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from gateway.services import backends_probe
+from fleet.services import backends_probe
 
 
 @shared_task(name="gateway.probe_backends", ignore_result=True)

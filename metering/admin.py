@@ -10,7 +10,7 @@ from django.forms import ModelForm
 from django.http import HttpRequest
 from django.utils import timezone
 
-from console.admin_audit import AuditedAdmin, ReadOnlyAdmin
+from audit.admin_base import AuditedAdmin, ReadOnlyAdmin
 from metering.models import (
     EnergyCalibration,
     EnergyInterval,

@@ -135,7 +135,7 @@ class CalibrationPolicy:
     def from_settings(cls) -> "CalibrationPolicy":
         return cls(
             lookback=timedelta(hours=1),
-            max_lag=timedelta(seconds=settings.METERING["ATTRIBUTION_MAX_LAG_SECONDS"]),
+            max_lag=timedelta(seconds=settings.METERING.attribution_max_lag_seconds),
         )
 
 

@@ -29,6 +29,7 @@ from redis.typing import StreamIdT
 
 from metering.events import USAGE_GROUP, USAGE_STREAM, record_from_event
 from metering.models import QuarantinedEvent
+from metering.redis_scripts import SCRIPTS, run
 from metering.services import usage_records_write
 
 log = logging.getLogger(__name__)
@@ -57,33 +58,9 @@ QUARANTINED = Counter(
     ["reason"],
 )
 
-# Removes one consumer from the meter's group, in one step with the check that it may go: a
-# consumer's pending events are dropped with it, so one that holds any (or that read again
-# since it was looked at) stays.
-# KEYS[1] the usage stream
-# ARGV[1] the group
-# ARGV[2] the consumer
-# ARGV[3] the least idle time (ms) it must have
-# Returns 1 if the consumer is gone (removed now, or not there, or no such stream or group),
-# 0 if it stays.
-_FORGET_LUA = """
-local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-if consumers.err then
-  return 1
-end
-for _, fields in ipairs(consumers) do
-  local consumer = {}
-  for i = 1, #fields, 2 do consumer[fields[i]] = fields[i + 1] end
-  if consumer.name == ARGV[2] then
-    if consumer.pending == 0 and consumer.idle >= tonumber(ARGV[3]) then
-      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-      return 1
-    end
-    return 0
-  end
-end
-return 1
-"""
+# Removes a consumer from the meter's group unless it holds events or read lately
+# (metering/lua/meter_forget.lua).
+_FORGET = SCRIPTS["meter_forget"]
 
 
 class Meter:
@@ -99,15 +76,14 @@ class Meter:
         self.batch_size = batch_size
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        self._forget_script = client.register_script(_FORGET_LUA)
         self._sweep_at = 0.0
 
     @classmethod
     def from_settings(cls) -> "Meter":
         return cls(
             redis.Redis.from_url(settings.REDIS_URL),
-            batch_size=settings.METERING["BATCH_SIZE"],
-            claim_idle_seconds=settings.METERING["CLAIM_IDLE_SECONDS"],
+            batch_size=settings.METERING.batch_size,
+            claim_idle_seconds=settings.METERING.claim_idle_seconds,
         )
 
     def ensure_group(self) -> None:
@@ -197,7 +173,7 @@ class Meter:
     def _forget(self, consumer: str, idle_ms: int) -> bool:
         """Remove the consumer unless it holds events or was active within `idle_ms`; returns
         whether it is gone."""
-        gone = self._forget_script(keys=[USAGE_STREAM], args=[USAGE_GROUP, consumer, idle_ms])
+        gone = run(self.client, _FORGET, (USAGE_STREAM,), (USAGE_GROUP, consumer, idle_ms))
         return bool(gone)
 
     def _store(self, entries: _Entries, stop: threading.Event) -> int:

@@ -5,7 +5,9 @@ see gateway/lua/inflight_settle.lua); the reaper appends a `lost` event for a re
 gateway died. The meter consumer turns both into UsageRecord rows. Field values are JSON with
 timestamps as Unix seconds (UTC).
 
-Every key shares the `{meter}` hash tag so the Lua scripts stay on one Redis Cluster slot.
+The Redis keys both sides use are named here, and only here: the usage stream and the
+in-flight journal's keys. Every one shares the `{meter}` hash tag so the Lua scripts stay on
+one Redis Cluster slot.
 """
 
 from datetime import UTC, datetime
@@ -15,9 +17,14 @@ import orjson
 from psycopg.types.json import Jsonb
 
 USAGE_STREAM = "{meter}:usage"
-# The gateway's in-flight journal (gateway/inflight.py): request id -> JSON entry with at least
-# "backend" and "started_at". Energy attribution reads it to know which records are still due.
+# The gateway's in-flight journal (gateway/inflight.py, gateway/lua/inflight_*.lua):
+# request id -> lease expiry (Unix seconds), a sorted set;
+INFLIGHT_LEASES = "{meter}:inflight:leases"
+# request id -> JSON entry with at least "backend" and "started_at". Energy attribution reads
+# it to know which records are still due;
 INFLIGHT_ENTRIES = "{meter}:inflight:entries"
+# request id -> "<completion tokens so far> <Unix seconds seen>", from lease renewals.
+INFLIGHT_PROGRESS = "{meter}:inflight:progress"
 USAGE_GROUP = "meter"
 
 FINAL = b"final"

@@ -5,6 +5,7 @@ from datetime import date
 from typing import Any
 
 from django.db import connection, transaction
+from psycopg import AsyncConnection
 
 from metering.events import STORED_COLUMNS, record_row
 
@@ -64,6 +65,27 @@ def usage_records_write(*, records: Sequence[dict[str, Any]]) -> int:
                 copy.write_row(record_row(record))
         cursor.execute(usage_insert_sql("usage_incoming"))
         return int(cursor.rowcount)
+
+
+_SPOOLED_INSERT = usage_insert_sql("usage_spooled")
+
+
+async def usage_store_spooled(conn: AsyncConnection[Any], records: Sequence[dict[str, Any]]) -> int:
+    """usage_records_write for the gateway's usage spool (gateway/spool.py), on its own asyncio
+    connection, in one transaction; returns how many records were new or corrected."""
+    if not records:
+        return 0
+    async with conn.transaction():
+        await conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS usage_spooled "
+            "(LIKE metering_usagerecord INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        async with conn.cursor() as cursor:
+            async with cursor.copy(f"COPY usage_spooled ({_COLUMN_LIST}) FROM STDIN") as copy:
+                for record in usage_records_unique(records):
+                    await copy.write_row(record_row(record))
+            await cursor.execute(_SPOOLED_INSERT)
+            return int(cursor.rowcount)
 
 
 def usage_partitions_ensure(*, today: date, months_ahead: int = 3) -> list[str]:

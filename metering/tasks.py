@@ -14,10 +14,10 @@ def ensure_usage_partitions() -> list[str]:
 
 @shared_task(name="metering.scrape_telemetry", ignore_result=True)
 def scrape_telemetry() -> dict[str, Outcome]:
-    seconds = settings.METERING["TELEMETRY_SECONDS"]
+    seconds = settings.METERING.telemetry_seconds
     # Half a period: a tick that runs late still scrapes, a burst of queued ticks does not.
     return telemetry_scrape(
-        timeout=settings.METERING["TELEMETRY_TIMEOUT_SECONDS"], min_gap=seconds / 2
+        timeout=settings.METERING.telemetry_timeout_seconds, min_gap=seconds / 2
     )
 
 

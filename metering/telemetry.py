@@ -34,7 +34,7 @@ import redis
 from django.conf import settings
 from django.db import connection, transaction
 
-from gateway.models import Backend
+from fleet.models import Backend
 from metering.models import EnergyInterval, GpuSample
 from metering.prometheus import GpuReading, TokenTotals, dcgm_readings, vllm_token_totals
 

@@ -12,13 +12,9 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import setup_databases, teardown_databases
 
-from gateway.models import Account
-from gateway.services import (
-    account_create,
-    api_key_issue,
-    backend_register,
-    tiers_ensure_defaults,
-)
+from customers.models import Account
+from customers.services import account_create, api_key_issue, tiers_ensure_defaults
+from fleet.services import backend_register
 from metering.consumer import Meter
 from metering.models import UsageRecord
 from tests.servers import ROOT, Server, start_gateway, start_simulator

@@ -9,9 +9,10 @@ import openai
 import psutil
 import pytest
 
-from gateway.keys import key_id_parse
-from gateway.models import ApiKey, Backend
-from gateway.services import demo_seed
+from customers.keys import key_id_parse
+from customers.models import ApiKey
+from fleet.models import Backend
+from gateway.demo import demo_seed
 from tests.tfup import (
     READY_TIMEOUT_SECONDS,
     STOP_TIMEOUT_SECONDS,

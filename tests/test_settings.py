@@ -45,7 +45,7 @@ def test_the_spool_lives_under_the_instances_var_dir(tmp_path: Path) -> None:
         "shell",
         "--no-imports",
         "-c",
-        "from django.conf import settings; print(settings.GATEWAY['SPOOL_DIR'])",
+        "from django.conf import settings; print(settings.GATEWAY.spool_dir)",
         TF_PROFILE="local",
         TF_VAR_DIR=str(tmp_path),
     )

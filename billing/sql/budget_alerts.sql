@@ -13,13 +13,13 @@ WITH budgets AS (
     SELECT account_id, currency, monthly_limit, alert_percents,
            CASE WHEN currency = %(billing_currency)s THEN %(rolled)s::timestamptz
                 ELSE %(period_start)s::timestamptz END AS ledger_from
-    FROM billing_budget
+    FROM customers_budget
     WHERE cardinality(alert_percents) > 0
 ),
 books AS (
     SELECT id, currency, effective_from,
            lead(effective_from, 1, 'infinity') OVER w AS until
-    FROM billing_pricebook
+    FROM catalogue_pricebook
     WINDOW w AS (PARTITION BY currency ORDER BY effective_from)
 ),
 rolled AS (
@@ -64,7 +64,7 @@ fresh AS (
            + sum(us.requests * p.request_fee) AS spent
     FROM usage us
     CROSS JOIN LATERAL (
-        SELECT * FROM billing_price p
+        SELECT * FROM catalogue_price p
         WHERE p.price_book_id = us.book_id AND p.tier = us.tier AND p.model IN (us.model, '*')
         ORDER BY p.model = '*'
         LIMIT 1

@@ -15,7 +15,7 @@ SELECT i.id AS invoice_id, i.number, i.kind, i.status, i.account_id, a.name AS a
        to_char(l.usage_from AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS usage_from,
        to_char(l.usage_to AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS usage_to
 FROM billing_invoice i
-JOIN gateway_account a ON a.id = i.account_id
+JOIN customers_account a ON a.id = i.account_id
 LEFT JOIN billing_invoice corrected ON corrected.id = i.corrects_id
 LEFT JOIN billing_invoiceline l ON l.invoice_id = i.id
 WHERE i.period_start >= %(since)s AND i.period_start < %(until)s

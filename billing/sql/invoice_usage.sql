@@ -6,7 +6,7 @@
 WITH books AS (
     SELECT id, effective_from,
            lead(effective_from, 1, 'infinity') OVER (ORDER BY effective_from) AS effective_to
-    FROM billing_pricebook
+    FROM catalogue_pricebook
     WHERE currency = %(currency)s
 )
 SELECT u.account_id, u.tier, u.model, b.id AS book_id,

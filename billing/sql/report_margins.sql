@@ -55,6 +55,6 @@ SELECT r.dimension, r.key, a.name AS account_name, r.keys, r.tokens, r.energy_kw
        r.measured_requests::numeric / nullif(r.requests, 0) AS measured_request_share,
        r.costed_tokens::numeric / nullif(r.tokens, 0) AS costed_token_share
 FROM rows r
-LEFT JOIN gateway_account a ON r.dimension = 'account' AND a.id::text = r.key
+LEFT JOIN customers_account a ON r.dimension = 'account' AND a.id::text = r.key
 ORDER BY array_position(ARRAY['total', 'tier', 'model', 'backend', 'account'], r.dimension),
          r.rank, r.key

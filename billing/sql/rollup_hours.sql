@@ -22,7 +22,7 @@
 WITH books AS (
     SELECT id, effective_from,
            lead(effective_from, 1, 'infinity') OVER (ORDER BY effective_from) AS effective_to
-    FROM billing_pricebook
+    FROM catalogue_pricebook
     WHERE currency = %(currency)s
 ),
 costs AS (
@@ -76,11 +76,11 @@ usage AS (
            coalesce(sum(l.measured_tokens) FILTER (WHERE l.cost_id IS NOT NULL), 0)
                AS costed_measured_tokens
     FROM ledger l
-    LEFT JOIN billing_price pe ON pe.price_book_id = l.book_id AND pe.tier = l.tier
+    LEFT JOIN catalogue_price pe ON pe.price_book_id = l.book_id AND pe.tier = l.tier
                               AND pe.model = l.model
-    LEFT JOIN billing_price ps ON ps.price_book_id = l.book_id AND ps.tier = l.tier
+    LEFT JOIN catalogue_price ps ON ps.price_book_id = l.book_id AND ps.tier = l.tier
                               AND ps.model = '*'
-    LEFT JOIN billing_price p ON p.id = coalesce(pe.id, ps.id)
+    LEFT JOIN catalogue_price p ON p.id = coalesce(pe.id, ps.id)
     LEFT JOIN costs c ON c.id = l.cost_id
     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 ),
@@ -147,7 +147,7 @@ SELECT 'hour', s.bucket, s.account_id, s.api_key_id, s.tier, s.model, s.backend,
        s.share * coalesce(o.gpu_cost, 0),
        s.measured_requests, s.measured_tokens, s.costed_tokens, s.costed_measured_tokens
 FROM shared s
-LEFT JOIN billing_price p ON p.id = s.price_id
+LEFT JOIN catalogue_price p ON p.id = s.price_id
 LEFT JOIN overhead o ON o.bucket = s.bucket AND o.backend = s.backend
 UNION ALL
 SELECT 'hour', o.bucket, 0, 0, '', '', o.backend, NULL, 0, 0, 0, 0, 0, o.idle_j::float8, 0,

@@ -9,7 +9,7 @@
 WITH books AS (
     SELECT id, effective_from,
            lead(effective_from, 1, 'infinity') OVER (ORDER BY effective_from) AS effective_to
-    FROM billing_pricebook
+    FROM catalogue_pricebook
     WHERE currency = %(currency)s
 )
 SELECT u.request_id, u.started_at, u.account_id, u.tier, u.model,
@@ -26,7 +26,7 @@ SELECT u.request_id, u.started_at, u.account_id, u.tier, u.model,
 FROM metering_usagerecord u
 LEFT JOIN books b ON u.started_at >= b.effective_from AND u.started_at < b.effective_to
 LEFT JOIN LATERAL (
-    SELECT * FROM billing_price p
+    SELECT * FROM catalogue_price p
     WHERE p.price_book_id = b.id AND p.tier = u.tier AND p.model IN (u.model, '*')
     ORDER BY p.model = '*'
     LIMIT 1

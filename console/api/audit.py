@@ -4,8 +4,8 @@
 
 from rest_framework import serializers, viewsets
 
+from audit.models import AuditEntry
 from console.filters import AuditEntryFilter
-from console.models import AuditEntry
 
 
 class AuditEntrySerializer(serializers.ModelSerializer[AuditEntry]):

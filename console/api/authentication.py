@@ -17,8 +17,8 @@ from rest_framework.request import Request
 
 from console.models import StaffToken
 from console.tokens import STAFF_PREFIX, staff_token_id_parse
-from gateway.keys import key_id_parse, key_matches
-from gateway.models import Account, ApiKey
+from customers.keys import key_id_parse, key_matches
+from customers.models import Account, ApiKey
 
 
 def _bearer(request: Request) -> str | None:

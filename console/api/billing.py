@@ -2,7 +2,7 @@
 # (DRF and django-filter have no type information installed here.)
 """Staff endpoints for money: price books with their prices and plans, invoices.
 
-A price book is immutable once in force (console/services/pricing.py refuses with 400); a
+A price book is immutable once in force (catalogue/services.py refuses with 400); a
 book is created whole, with its prices and plans, and edited only while it is a draft.
 """
 
@@ -15,13 +15,15 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from billing.models import Invoice, InvoiceLine, PlanPrice, Price, PriceBook
+from billing import closing as invoices
+from billing.models import Invoice, InvoiceLine
 from billing.services import InvoiceError
+from catalogue import services as pricing
+from catalogue.models import PlanPrice, Price, PriceBook
 from console.api.common import actor
 from console.filters import InvoiceFilter, PlanPriceFilter, PriceBookFilter, PriceFilter
 from console.models import Scope
-from console.services import invoices, pricing
-from gateway.models import Tier
+from customers.models import Tier
 
 _MONEY = {"min_value": 0}
 

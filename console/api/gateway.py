@@ -2,8 +2,8 @@
 # (DRF and django-filter have no type information installed here.)
 """Staff endpoints for tenancy and the fleet: accounts, API keys, tiers, backends.
 
-Views parse input, call one service (console/services/gateway.py or common.py, each of which
-records the change in the audit log) and serialise the result.
+Views parse input, call one service (customers.services, fleet.services or audit.services,
+each of which records the change in the audit log) and serialise the result.
 """
 
 from datetime import datetime
@@ -16,13 +16,15 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from audit.services import object_create, object_delete, object_update
 from console.api.common import actor
 from console.filters import AccountFilter, ApiKeyFilter, BackendFilter, TierFilter
 from console.models import Scope
-from console.services import gateway as services
-from console.services.common import object_create, object_delete, object_update
-from gateway.models import Account, ApiKey, Backend, LimitOverride, Tier
-from gateway.services import IssuedKey
+from customers import services
+from customers.models import Account, ApiKey, LimitOverride, Tier
+from customers.services import IssuedKey
+from fleet.models import Backend
+from fleet.services import backend_enabled_set
 
 _LIMIT_FIELDS = [
     "requests_per_minute",
@@ -70,14 +72,14 @@ class AccountViewSet(viewsets.ModelViewSet[Account]):
     filterset_class = AccountFilter
     token_scope = Scope.BILLING
     action_permissions = {
-        "suspend": ("gateway.change_account",),
-        "activate": ("gateway.change_account",),
+        "suspend": ("customers.change_account",),
+        "activate": ("customers.change_account",),
     }
 
     def perform_create(self, serializer: AccountSerializer) -> None:
         data = dict(serializer.validated_data)
         limits = data.pop("limits", None)
-        serializer.instance = services.account_create(
+        serializer.instance = services.account_open(
             actor=actor(self.request), data=data, limits=limits, request=self.request
         )
 
@@ -107,7 +109,7 @@ class AccountViewSet(viewsets.ModelViewSet[Account]):
         return self._status(Account.Status.ACTIVE)
 
     def _status(self, status_: str) -> Response:
-        account = services.account_status_change(
+        account = services.account_status_set(
             actor=actor(self.request),
             account=self.get_object(),
             status=status_,
@@ -175,9 +177,9 @@ class ApiKeyViewSet(
     lookup_field = "key_id"
     token_scope = Scope.KEYS
     action_permissions = {
-        "revoke": ("gateway.change_apikey",),
+        "revoke": ("customers.change_apikey",),
         # A new key replaces the old one, which is revoked.
-        "rotate": ("gateway.add_apikey", "gateway.change_apikey"),
+        "rotate": ("customers.add_apikey", "customers.change_apikey"),
     }
 
     @extend_schema(request=ApiKeySerializer, responses={201: IssuedKeySerializer})
@@ -198,7 +200,7 @@ class ApiKeyViewSet(
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, key_id: str) -> Response:
         revoked = services.api_key_revoke(
-            actor=actor(request), api_key=self.get_object(), request=request
+            actor=actor(request), key_id=self.get_object().key_id, request=request
         )
         return Response(ApiKeySerializer(revoked).data)
 
@@ -206,13 +208,13 @@ class ApiKeyViewSet(
     @action(detail=True, methods=["post"])
     def rotate(self, request: Request, key_id: str) -> Response:
         issued = services.api_key_rotate(
-            actor=actor(request), api_key=self.get_object(), request=request
+            actor=actor(request), key_id=self.get_object().key_id, request=request
         )
         return Response(_issued(issued), status=status.HTTP_201_CREATED)
 
 
 class AuditedModelViewSet(viewsets.ModelViewSet[Any]):
-    """Create, update and delete through the audited services of console/services/common.py."""
+    """Create, update and delete through the audited services of audit/services.py."""
 
     def perform_create(self, serializer: serializers.BaseSerializer[Any]) -> None:
         serializer.instance = object_create(
@@ -291,8 +293,8 @@ class BackendViewSet(AuditedModelViewSet):
     filterset_class = BackendFilter
     token_scope = Scope.FLEET
     action_permissions = {
-        "enable": ("gateway.change_backend",),
-        "disable": ("gateway.change_backend",),
+        "enable": ("fleet.change_backend",),
+        "disable": ("fleet.change_backend",),
     }
 
     @extend_schema(request=None, responses=BackendSerializer)
@@ -306,7 +308,7 @@ class BackendViewSet(AuditedModelViewSet):
         return self._enabled(False)
 
     def _enabled(self, enabled: bool) -> Response:
-        backend = services.backend_enabled_change(
+        backend = backend_enabled_set(
             actor=actor(self.request),
             backend=self.get_object(),
             enabled=enabled,

@@ -28,8 +28,8 @@ from console.api.errors import Unavailable
 from console.api.permissions import IsKeyHolder, key_holder
 from console.api.usage import UsagePage, UsageViewBase, usage_parameters
 from console.selectors import account_limits, account_standing
-from console.services import gateway as services
-from gateway.models import ApiKey
+from customers import services
+from customers.models import ApiKey
 from metering.models import UsageRecord
 
 
@@ -168,6 +168,6 @@ class MeKeyViewSet(
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, key_id: str) -> Response:
         revoked = services.api_key_revoke(
-            actor=actor(request), api_key=self.get_object(), request=request
+            actor=actor(request), key_id=self.get_object().key_id, request=request
         )
         return Response(MeKeySerializer(revoked).data)

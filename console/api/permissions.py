@@ -5,7 +5,7 @@ holders under /me/.
 
 A staff request needs, all at once: an active staff user; the model permissions of what it
 does (`view` for every read, `add`/`change`/`delete` for writes, named per action where the
-action is not plain CRUD: issuing a key is `gateway.add_apikey`, closing a month
+action is not plain CRUD: issuing a key is `customers.add_apikey`, closing a month
 `billing.change_invoice`, ...); and, through a staff token, the token's scope (`read` for
 reads, the view's `token_scope` for writes). A session has no scopes but must have passed
 two-factor where the console requires it. Details: docs/console.md.
@@ -20,7 +20,7 @@ from rest_framework.request import Request
 
 from console.models import Scope, StaffToken
 from console.two_factor import staff_session_allowed
-from gateway.models import ApiKey
+from customers.models import ApiKey
 
 if TYPE_CHECKING:
     # Only for types: DRF imports this module (DEFAULT_PERMISSION_CLASSES) while its views

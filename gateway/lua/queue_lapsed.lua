@@ -1,6 +1,7 @@
--- Shared by queue_enter.lua and queue_leave.lua (prepended by Script.named): forget what a
--- dead gateway left in the pool, slots whose lease lapsed and waiters whose lease lapsed, so
--- that neither counts against capacity nor is ever granted. KEYS as in queue_enter.lua.
+-- Shared by queue_enter.lua and queue_leave.lua (prepended to each: metering/redis_scripts.py):
+-- forget what a dead gateway left in the pool, slots whose lease lapsed and waiters whose lease
+-- lapsed, so that neither counts against capacity nor is ever granted. KEYS as in
+-- queue_enter.lua.
 local function forget_lapsed(now)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   -- In chunks: Lua's unpack() fails beyond a few thousand values.

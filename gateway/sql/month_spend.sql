@@ -7,7 +7,7 @@
 WITH books AS (
     SELECT id, currency, effective_from,
            lead(effective_from, 1, 'infinity') OVER w AS until
-    FROM billing_pricebook
+    FROM catalogue_pricebook
     WINDOW w AS (PARTITION BY currency ORDER BY effective_from)
 ),
 -- Summed before pricing: one row per account, book, tier and model.
@@ -19,7 +19,7 @@ usage AS (
            sum(u.completion_tokens - u.reasoning_tokens) AS output,
            sum(u.reasoning_tokens) AS reasoning
     FROM metering_usagerecord u
-    LEFT JOIN billing_budget bu ON bu.account_id = u.account_id
+    LEFT JOIN customers_budget bu ON bu.account_id = u.account_id
     JOIN books bk ON bk.currency = coalesce(bu.currency, %(default_currency)s)
                  AND u.started_at >= bk.effective_from AND u.started_at < bk.until
     WHERE u.started_at >= %(month)s
@@ -34,7 +34,7 @@ SELECT us.account_id, us.currency,
            + us.requests * p.request_fee * 1000000) AS micro
 FROM usage us
 CROSS JOIN LATERAL (
-    SELECT * FROM billing_price p
+    SELECT * FROM catalogue_price p
     WHERE p.price_book_id = us.book_id AND p.tier = us.tier AND p.model IN (us.model, '*')
     ORDER BY p.model = '*'
     LIMIT 1

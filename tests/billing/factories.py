@@ -11,9 +11,10 @@ from typing import Any
 from django.db import connection, transaction
 from hypothesis import strategies as st
 
-from billing.models import CostModel, PlanPrice, Price, PriceBook
-from gateway.models import Account
-from gateway.services import account_create, tiers_ensure_defaults
+from billing.models import CostModel
+from catalogue.models import PlanPrice, Price, PriceBook
+from customers.models import Account
+from customers.services import account_create, tiers_ensure_defaults
 from metering.services import usage_records_write
 
 # A month in the past: periods close at once (its grace window is long over).

@@ -8,8 +8,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from billing.models import CostModel, Invoice, PriceBook
+from billing.models import CostModel, Invoice
 from billing.services import invoices_close
+from catalogue.models import PriceBook
 from tests.billing.factories import (
     MONTH,
     NEXT_MONTH,
@@ -49,12 +50,12 @@ def book_form(book: PriceBook, **changes: str) -> dict[str, str]:
 
 def test_a_book_in_force_is_shown_but_not_changed(staff: Client) -> None:
     book = book_create(BookSpec(MONTH, PRICES))
-    page = f"/admin/billing/pricebook/{book.pk}/change/"
+    page = f"/admin/catalogue/pricebook/{book.pk}/change/"
 
     assert staff.get(page).status_code == 200
     assert staff.post(page, book_form(book, name="cheaper")).status_code == 403
     assert (
-        staff.post(f"/admin/billing/pricebook/{book.pk}/delete/", {"post": "yes"}).status_code
+        staff.post(f"/admin/catalogue/pricebook/{book.pk}/delete/", {"post": "yes"}).status_code
         == 403
     )
     book.refresh_from_db()
@@ -65,7 +66,7 @@ def test_a_book_not_in_force_yet_can_still_change(staff: Client) -> None:
     book = book_create(BookSpec(timezone.now() + timedelta(days=3), PRICES))
 
     response = staff.post(
-        f"/admin/billing/pricebook/{book.pk}/change/",
+        f"/admin/catalogue/pricebook/{book.pk}/change/",
         book_form(book, name="next month"),
     )
 

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from billing.budgets import budget_alerts_record
-from billing.models import Budget, BudgetAlert, Price, PriceBook
+from billing.models import BudgetAlert
 from billing.services import rollups_run
-from gateway.models import Account
-from gateway.services import account_create, tiers_ensure_defaults
+from catalogue.models import Price, PriceBook
+from customers.models import Account, Budget
+from customers.services import account_create, tiers_ensure_defaults
 from metering.models import UsageRecord
 
 pytestmark = pytest.mark.django_db

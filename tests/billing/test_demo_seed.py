@@ -7,8 +7,10 @@ import pytest
 from django.core.management import call_command
 
 from billing.demo import BOOK_NAME, demo_billing_seed
-from billing.models import Budget, CostModel, PlanPrice, Price, PriceBook
-from gateway.services import account_create, tiers_ensure_defaults
+from billing.models import CostModel
+from catalogue.models import PlanPrice, Price, PriceBook
+from customers.models import Budget
+from customers.services import account_create, tiers_ensure_defaults
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 12, 5, 9, 30, tzinfo=UTC)

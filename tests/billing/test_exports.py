@@ -15,8 +15,8 @@ from django.core.management import call_command
 
 from billing.exports import CHUNK_BYTES, export_stream
 from billing.models import Invoice, InvoiceLine
-from gateway.models import Account
-from gateway.services import account_create, tiers_ensure_defaults
+from customers.models import Account
+from customers.services import account_create, tiers_ensure_defaults
 from metering.events import COLUMNS
 from metering.models import UsageRecord
 from metering.services import usage_records_write

@@ -22,7 +22,7 @@ from billing.services import (
     margins_run,
     rollups_run,
 )
-from gateway.models import Account
+from customers.models import Account
 from tests.billing.factories import (
     MONTH,
     NEXT_MONTH,

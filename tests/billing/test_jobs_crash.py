@@ -20,17 +20,10 @@ import pytest
 from django.conf import settings
 from django.db import connection, transaction
 
-from billing.models import (
-    CostModel,
-    Invoice,
-    InvoiceNumber,
-    JobRun,
-    Margin,
-    PriceBook,
-    UsageRollup,
-)
+from billing.models import CostModel, Invoice, InvoiceNumber, JobRun, Margin, UsageRollup
 from billing.services import invoices_close, margins_run, rollups_run
-from gateway.models import Account
+from catalogue.models import PriceBook
+from customers.models import Account
 from tests.billing.factories import (
     MONTH,
     NEXT_MONTH,

@@ -12,7 +12,7 @@ from django.db import connection
 from billing.reports import FinanceReport, Line, _cells, finance_report, report_csv, report_html
 from billing.services import margins_run, rollups_rebuild, rollups_run
 from console.dashboard import dashboard_data
-from gateway.services import account_create, tiers_ensure_defaults
+from customers.services import account_create, tiers_ensure_defaults
 from metering.models import EnergyInterval
 from tests.billing.factories import (
     MONTH,

@@ -17,7 +17,7 @@ from django.test import Client
 from billing.models import UsageRollup
 from billing.reports import UNALLOCATED, FinanceReport, finance_report, report_csv, report_html
 from billing.services import margins_run, rollups_run
-from gateway.services import account_create, tiers_ensure_defaults
+from customers.services import account_create, tiers_ensure_defaults
 from metering.models import EnergyInterval, UsageRecord
 from tests.billing.factories import (
     MONTH,

@@ -20,6 +20,7 @@ from django.db.models import Max
 from django.test import Client
 from django.utils import timezone
 
+from audit.models import AuditEntry
 from billing.models import Invoice, InvoiceLine, StripeEvent
 from billing.services import credit_note_issue, invoices_close
 from billing.stripe_sync import (
@@ -30,8 +31,7 @@ from billing.stripe_sync import (
     stripe_invoices_push_pending,
     stripe_invoices_reconcile,
 )
-from console.models import AuditEntry
-from gateway.models import Account
+from customers.models import Account
 from tests.billing.factories import (
     MONTH,
     NEXT_MONTH,
@@ -608,8 +608,10 @@ def test_when_stripe_gives_up_the_account_is_suspended_and_its_keys_refused(
     assert post_event(signed(event)).status_code == 200
 
     assert Account.objects.get(pk=pushed.account_id).status == Account.Status.SUSPENDED
-    entry = AuditEntry.objects.get(object_type="gateway.account", object_id=str(pushed.account_id))
-    assert (entry.actor, entry.action, entry.after["status"]) == ("stripe", "suspend", "suspended")
+    entry = AuditEntry.objects.get(
+        object_type="customers.account", object_id=str(pushed.account_id), actor="stripe"
+    )
+    assert (entry.action, entry.after["status"]) == ("suspend", "suspended")
     deadline = time.monotonic() + 10
     while (status := chat(gateway, tenant.key)) == 200 and time.monotonic() < deadline:
         time.sleep(0.2)

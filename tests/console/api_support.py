@@ -11,11 +11,13 @@ from django.contrib.auth.models import User
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
-from billing.models import Invoice, InvoiceLine, PriceBook
+from billing.models import Invoice, InvoiceLine
+from catalogue.models import PriceBook
 from console.models import scopes_all
 from console.tokens import staff_token_issue
-from gateway.models import Account, ApiKey, Backend
-from gateway.services import account_create, api_key_issue, tiers_ensure_defaults
+from customers.models import Account, ApiKey
+from customers.services import account_create, api_key_issue, tiers_ensure_defaults
+from fleet.models import Backend
 from metering.models import UsageRecord
 
 

@@ -10,11 +10,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from audit.models import AuditEntry
 from billing.models import Invoice
 from billing.services import invoices_close
-from console.models import AuditEntry, StaffToken
+from console.models import StaffToken
 from console.tokens import staff_token_issue
-from gateway.models import Account
+from customers.models import Account
 from metering.models import EnergyCalibration
 from tests.billing.factories import (
     MONTH,
@@ -113,8 +114,8 @@ def test_the_audit_log_cannot_be_edited_or_deleted(staff: tuple[User, Client]) -
     entry = AuditEntry.objects.create(
         actor="system", action="create", object_type="x", object_id="1"
     )
-    change = reverse("admin:console_auditentry_change", args=[entry.pk])
-    delete = reverse("admin:console_auditentry_delete", args=[entry.pk])
+    change = reverse("admin:audit_auditentry_change", args=[entry.pk])
+    delete = reverse("admin:audit_auditentry_delete", args=[entry.pk])
     assert client.post(change, {"actor": "someone else"}).status_code == 403
     assert client.post(delete, {"post": "yes"}).status_code == 403
     entry.refresh_from_db()

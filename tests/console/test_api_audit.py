@@ -9,10 +9,11 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
-from billing.models import PlanPrice, Price
-from console.models import AuditEntry, scopes_all
-from gateway.models import LimitOverride, Tier
-from gateway.services import account_create
+from audit.models import AuditEntry
+from catalogue.models import PlanPrice, Price
+from console.models import scopes_all
+from customers.models import LimitOverride, Tier
+from customers.services import account_create
 from tests.console.api_support import (
     Tenant,
     backend_create,
@@ -54,13 +55,13 @@ def _draft_plan(t: Tenant) -> PlanPrice:
 CHANGES = {
     "account create": Change(
         "create",
-        "gateway.account",
+        "customers.account",
         lambda t: ("POST", "/api/v1/accounts/", {"name": "new-co", "tier": "free"}),
         lambda before, after: before is None and after is not None and after["name"] == "new-co",
     ),
     "account update with limits": Change(
         "update",
-        "gateway.account",
+        "customers.account",
         lambda t: (
             "PATCH",
             f"/api/v1/accounts/{t.account.pk}/",
@@ -77,7 +78,7 @@ CHANGES = {
     ),
     "account suspend": Change(
         "suspend",
-        "gateway.account",
+        "customers.account",
         lambda t: ("POST", f"/api/v1/accounts/{t.account.pk}/suspend/", None),
         lambda before, after: (
             (before or {})["status"] == "active" and (after or {})["status"] == "suspended"
@@ -85,7 +86,7 @@ CHANGES = {
     ),
     "account delete": Change(
         "delete",
-        "gateway.account",
+        "customers.account",
         lambda t: (
             "DELETE",
             f"/api/v1/accounts/{account_create(name='gone', tier_slug='free').pk}/",
@@ -95,13 +96,13 @@ CHANGES = {
     ),
     "key issue": Change(
         "issue",
-        "gateway.apikey",
+        "customers.apikey",
         lambda t: ("POST", "/api/v1/keys/", {"account": t.account.pk}),
         lambda before, after: before is None and after is not None and after["revoked_at"] is None,
     ),
     "key revoke": Change(
         "revoke",
-        "gateway.apikey",
+        "customers.apikey",
         lambda t: ("POST", f"/api/v1/keys/{t.api_key.key_id}/revoke/", None),
         lambda before, after: (
             (before or {})["revoked_at"] is None and (after or {})["revoked_at"] is not None
@@ -109,7 +110,7 @@ CHANGES = {
     ),
     "key rotate": Change(
         "rotate",
-        "gateway.apikey",
+        "customers.apikey",
         lambda t: ("POST", f"/api/v1/keys/{t.api_key.key_id}/rotate/", None),
         lambda before, after: (
             (before or {})["revoked_at"] is None and (after or {})["revoked_at"] is not None
@@ -117,13 +118,13 @@ CHANGES = {
     ),
     "tier create": Change(
         "create",
-        "gateway.tier",
+        "customers.tier",
         lambda t: ("POST", "/api/v1/tiers/", {"slug": "research", "name": "R", "priority": 0}),
         lambda before, after: before is None and (after or {})["slug"] == "research",
     ),
     "tier update": Change(
         "update",
-        "gateway.tier",
+        "customers.tier",
         lambda t: ("PATCH", f"/api/v1/tiers/{t.account.tier.pk}/", {"requests_per_minute": 7}),
         lambda before, after: (
             (before or {})["requests_per_minute"] == 6000
@@ -132,7 +133,7 @@ CHANGES = {
     ),
     "tier delete": Change(
         "delete",
-        "gateway.tier",
+        "customers.tier",
         lambda t: (
             "DELETE",
             f"/api/v1/tiers/{Tier.objects.create(slug='x', name='x', priority=9).pk}/",
@@ -142,7 +143,7 @@ CHANGES = {
     ),
     "backend create": Change(
         "create",
-        "gateway.backend",
+        "fleet.backend",
         lambda t: (
             "POST",
             "/api/v1/backends/",
@@ -159,7 +160,7 @@ CHANGES = {
     ),
     "backend update": Change(
         "update",
-        "gateway.backend",
+        "fleet.backend",
         lambda t: (
             "PATCH",
             f"/api/v1/backends/{backend_create('gpu-2').pk}/",
@@ -172,7 +173,7 @@ CHANGES = {
     ),
     "backend disable": Change(
         "disable",
-        "gateway.backend",
+        "fleet.backend",
         lambda t: ("POST", f"/api/v1/backends/{backend_create().pk}/disable/", None),
         lambda before, after: (
             (before or {})["enabled"] is True and (after or {})["enabled"] is False
@@ -180,7 +181,7 @@ CHANGES = {
     ),
     "backend enable": Change(
         "enable",
-        "gateway.backend",
+        "fleet.backend",
         lambda t: (
             "POST",
             f"/api/v1/backends/{_disabled_backend().pk}/enable/",
@@ -192,13 +193,13 @@ CHANGES = {
     ),
     "backend delete": Change(
         "delete",
-        "gateway.backend",
+        "fleet.backend",
         lambda t: ("DELETE", f"/api/v1/backends/{backend_create().pk}/", None),
         lambda before, after: before is not None and after is None,
     ),
     "price book create": Change(
         "create",
-        "billing.pricebook",
+        "catalogue.pricebook",
         lambda t: (
             "POST",
             "/api/v1/price-books/",
@@ -219,7 +220,7 @@ CHANGES = {
     ),
     "price book update": Change(
         "update",
-        "billing.pricebook",
+        "catalogue.pricebook",
         lambda t: (
             "PATCH",
             f"/api/v1/price-books/{price_book_create(in_force=False).pk}/",
@@ -231,13 +232,13 @@ CHANGES = {
     ),
     "price book delete": Change(
         "delete",
-        "billing.pricebook",
+        "catalogue.pricebook",
         lambda t: ("DELETE", f"/api/v1/price-books/{_draft_price(t).price_book_id}/", None),
         lambda before, after: len((before or {})["prices"]) == 1 and after is None,
     ),
     "price create": Change(
         "create",
-        "billing.price",
+        "catalogue.price",
         lambda t: (
             "POST",
             "/api/v1/prices/",
@@ -247,7 +248,7 @@ CHANGES = {
     ),
     "price update": Change(
         "update",
-        "billing.price",
+        "catalogue.price",
         lambda t: ("PATCH", f"/api/v1/prices/{_draft_price(t).pk}/", {"request_fee": "0.01"}),
         lambda before, after: (
             (before or {})["request_fee"] == "0.000000"
@@ -256,13 +257,13 @@ CHANGES = {
     ),
     "price delete": Change(
         "delete",
-        "billing.price",
+        "catalogue.price",
         lambda t: ("DELETE", f"/api/v1/prices/{_draft_price(t).pk}/", None),
         lambda before, after: before is not None and after is None,
     ),
     "plan price update": Change(
         "update",
-        "billing.planprice",
+        "catalogue.planprice",
         lambda t: ("PATCH", f"/api/v1/plan-prices/{_draft_plan(t).pk}/", {"monthly_fee": "20"}),
         lambda before, after: (
             (before or {})["monthly_fee"] == "0.000000"
@@ -308,11 +309,12 @@ def test_a_refused_change_records_nothing() -> None:
     tenant = tenant_create()
     client = APIClient()
     client.force_login(User.objects.create_user("bob", is_staff=True, is_superuser=True))
+    entries = AuditEntry.objects.count()  # the tenant's creation, by the system
     response = client.patch(
         f"/api/v1/accounts/{tenant.account.pk}/", {"tier": "nope"}, format="json"
     )
     assert response.status_code == 400
-    assert not AuditEntry.objects.exists()
+    assert AuditEntry.objects.count() == entries
     assert not LimitOverride.objects.exists()
 
 
@@ -324,7 +326,7 @@ def test_the_audit_log_is_readable_and_filterable_by_object() -> None:
     client.post(f"/api/v1/accounts/{tenant.account.pk}/activate/")
     listed = client.get(
         "/api/v1/audit-entries/",
-        {"object_type": "gateway.account", "object_id": str(tenant.account.pk)},
+        {"object_type": "customers.account", "object_id": str(tenant.account.pk)},
     ).json()
-    assert [entry["action"] for entry in listed["results"]] == ["activate", "suspend"]
+    assert [entry["action"] for entry in listed["results"]] == ["activate", "suspend", "create"]
     assert listed["results"][0]["actor"] == "carol"

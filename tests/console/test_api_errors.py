@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from console.api.errors import bad_request, page_not_found, server_error
 from console.api.parsers import MAX_DEPTH
-from gateway.models import Account
+from customers.models import Account
 from tests.console.api_support import assert_error, staff_client, staff_token, superuser_create
 from tests.http import call
 from tests.servers import Server

@@ -23,10 +23,11 @@ from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from billing.models import PlanPrice, Price
-from console.models import AuditEntry, scopes_all
-from gateway.models import Tier
-from gateway.services import api_key_issue
+from audit.models import AuditEntry
+from catalogue.models import PlanPrice, Price
+from console.models import scopes_all
+from customers.models import Tier
+from customers.services import api_key_issue
 from tests.console.api_support import (
     backend_create,
     price_book_create,

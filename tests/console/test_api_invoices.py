@@ -5,8 +5,9 @@ from decimal import Decimal
 
 import pytest
 
-from billing.models import Invoice, Price, PriceBook
-from console.models import AuditEntry
+from audit.models import AuditEntry
+from billing.models import Invoice
+from catalogue.models import Price, PriceBook
 from tests.console.api_support import assert_error, staff_client, tenant_create, usage_create
 
 pytestmark = pytest.mark.django_db

@@ -7,8 +7,8 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 
+from customers.models import LimitOverride
 from gateway.limits import account_keys
-from gateway.models import LimitOverride
 from tests.console.api_support import Tenant, staff_client, tenant_create, usage_create
 
 pytestmark = pytest.mark.django_db

@@ -104,7 +104,7 @@ def test_an_issued_key_is_shown_once_and_revoking_it_makes_the_gateway_refuse_it
 ) -> None:
     tenant = tenant_create("interactive")
     sign_in(browser, gateway.url, staff)
-    browser.get(gateway.url + "/admin/gateway/apikey/add/")
+    browser.get(gateway.url + "/admin/customers/apikey/add/")
     Select(browser.find_element(By.NAME, "account")).select_by_visible_text(tenant.account.name)
     browser.find_element(By.NAME, "name").send_keys("ci")
     submit_and_wait(browser, "_save")
@@ -116,7 +116,7 @@ def test_an_issued_key_is_shown_once_and_revoking_it_makes_the_gateway_refuse_it
     assert [model.id for model in api.models.list()] == [MODEL]
 
     key_id = secret.split("_")[1]
-    browser.get(gateway.url + "/admin/gateway/apikey/")
+    browser.get(gateway.url + "/admin/customers/apikey/")
     assert key_id in browser.page_source and secret not in browser.page_source
     browser.refresh()
     assert secret not in browser.page_source  # never again

@@ -17,9 +17,9 @@ from django.test import Client, RequestFactory, override_settings
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from console.client_ip import client_address
-from console.models import AuditEntry
-from console.services.gateway import account_status_change
+from audit.client_ip import client_address
+from audit.models import AuditEntry
+from customers.services import account_status_set
 from tests.conftest import gateway_env
 from tests.console.api_support import tenant_create
 from tests.servers import start_gateway
@@ -101,7 +101,7 @@ def test_the_client_address_follows_trusted_proxies_only(
 def test_the_audit_log_records_the_client_behind_a_trusted_proxy(staff: User) -> None:
     account = tenant_create().account
     request = RequestFactory().post("/", REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR="203.0.113.5")
-    account_status_change(actor=staff, account=account, status="suspended", request=request)
+    account_status_set(actor=staff, account=account, status="suspended", request=request)
     assert AuditEntry.objects.get(action="suspend").remote_addr == "203.0.113.5"
 
 
@@ -109,7 +109,7 @@ def test_the_audit_log_records_the_client_behind_a_trusted_proxy(staff: User) ->
 def test_with_two_factor_required_staff_without_a_device_set_one_up_first(staff: User) -> None:
     client = Client()
     assert _sign_in(client, PASSWORD, LOCAL)
-    for page in ("/admin/", "/admin/dashboard/", "/admin/dashboard/data.json", "/admin/gateway/"):
+    for page in ("/admin/", "/admin/dashboard/", "/admin/dashboard/data.json", "/admin/customers/"):
         response = client.get(page)
         assert (response.status_code, response["Location"]) == (302, "/admin/two-factor/"), page
     setup = client.get("/admin/two-factor/")

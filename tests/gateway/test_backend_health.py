@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from gateway.models import Backend
-from gateway.services import backend_register, backends_probe
+from fleet.models import Backend
+from fleet.services import backend_register, backends_probe
 from tests.conftest import UPSTREAM_MODEL, Tenant, gateway_env, usage_for
 from tests.http import call
 from tests.servers import Server, start_gateway, start_simulator

@@ -18,7 +18,9 @@ import pytest
 import redis
 
 from billing.budgets import budget_alerts_record
-from billing.models import Budget, BudgetAlert, Price, PriceBook
+from billing.models import BudgetAlert
+from catalogue.models import Price, PriceBook
+from customers.models import Budget
 from gateway.validation import TEMPLATE_TOKENS
 from metering.consumer import Meter
 from metering.models import UsageRecord

@@ -10,7 +10,7 @@ import openai
 import pytest
 from django.utils import timezone
 
-from gateway.services import api_key_issue, api_key_revoke
+from customers.services import api_key_issue, api_key_revoke
 from metering.models import UsageRecord
 from tests.conftest import MODEL, Tenant, drain, gateway_env, tenant_create
 from tests.http import Reply, call

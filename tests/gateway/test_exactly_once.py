@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from gateway.services import backend_register
+from fleet.services import backend_register
 from metering.models import UsageRecord
 from tests.conftest import UPSTREAM_MODEL, Tenant, drain, gateway_env, usage_for
 from tests.http import call, stream_request

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings
 
-from gateway.services import api_key_revoke
+from customers.services import api_key_revoke
 from tests.conftest import MODEL, Tenant, gateway_env
 from tests.faults import TcpProxy
 from tests.http import Reply, call

@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.keys import key_generate, key_hash, key_id_parse, key_matches
+from customers.keys import key_generate, key_hash, key_id_parse, key_matches
 
 
 def test_a_new_key_parses_and_matches_its_hash() -> None:

@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 import redis
 
+from customers.models import LimitOverride
 from gateway.inflight import LEASES
 from gateway.limits import account_keys
-from gateway.models import LimitOverride
 from gateway.queueing import pool_keys
 from metering.models import UsageRecord
 from tests.conftest import MODEL, Tenant, drain, gateway_env, tenant_create

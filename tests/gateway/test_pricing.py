@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from billing import rating
-from billing.models import Price, PriceBook
+from catalogue.models import Price, PriceBook
 from gateway.pricing import PriceList, Rate, _rate, micro_nearest, micro_up
 
 # A currency of this module's own: books are shared by the whole test session.

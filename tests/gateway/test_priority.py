@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from gateway.models import Backend
-from gateway.services import backend_register
+from fleet.models import Backend
+from fleet.services import backend_register
 from tests.conftest import MODEL, UPSTREAM_MODEL, Tenant, tenant_create, usage_for
 from tests.http import call, stream_request
 from tests.servers import Server

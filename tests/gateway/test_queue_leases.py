@@ -13,10 +13,10 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from fleet.models import Backend
+from fleet.services import backend_register
 from gateway.batching import ScriptBatcher
-from gateway.models import Backend
 from gateway.queueing import AdmissionQueue, pool_keys
-from gateway.services import backend_register
 from tests.conftest import UPSTREAM_MODEL, Tenant, gateway_env, tenant_create
 from tests.http import call, stream_request
 from tests.servers import Server, start_gateway

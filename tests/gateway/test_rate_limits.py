@@ -5,7 +5,7 @@ import time
 import openai
 import pytest
 
-from gateway.models import LimitOverride
+from customers.models import LimitOverride
 from tests.conftest import MODEL, Tenant, tenant_create
 from tests.http import call
 from tests.servers import Server

@@ -16,7 +16,7 @@ import redis
 from django.conf import settings
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.models import LimitOverride
+from customers.models import LimitOverride
 from gateway.spool import UsageSpool
 from metering.models import UsageRecord
 from tests.conftest import MODEL, Tenant, gateway_env, tenant_create

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from gateway.models import LimitOverride
+from customers.models import LimitOverride
 from tests.conftest import MODEL, Tenant, drain, gateway_env, tenant_create
 from tests.servers import Server, start_gateway
 

@@ -3,7 +3,7 @@
 import openai
 import pytest
 
-from gateway.models import LimitOverride
+from customers.models import LimitOverride
 from tests.conftest import MODEL, Tenant, tenant_create, usage_for
 from tests.http import call
 from tests.servers import Server

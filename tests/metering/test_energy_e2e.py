@@ -24,8 +24,9 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from gateway.models import Backend, LimitOverride
-from gateway.services import backend_register
+from customers.models import LimitOverride
+from fleet.models import Backend
+from fleet.services import backend_register
 from metering.attribution import (
     CalibrationPolicy,
     attribution_horizons,

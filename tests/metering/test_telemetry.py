@@ -20,8 +20,8 @@ import pytest
 import redis
 from django.db import connection
 
-from gateway.models import Backend
-from gateway.services import backend_register
+from fleet.models import Backend
+from fleet.services import backend_register
 from metering.models import EnergyInterval, GpuSample
 from metering.prometheus import GpuReading, TokenTotals, dcgm_readings, vllm_token_totals
 from metering.tasks import scrape_telemetry

@@ -96,7 +96,7 @@ def _scrape_while_traffic(seconds: float, every: float, stop: threading.Event) -
 
 
 def _scrape(*, min_gap: float) -> None:
-    telemetry_scrape(timeout=settings.METERING["TELEMETRY_TIMEOUT_SECONDS"], min_gap=min_gap)
+    telemetry_scrape(timeout=settings.METERING.telemetry_timeout_seconds, min_gap=min_gap)
 
 
 def _attribute_until(ended: datetime, *, deadline: float) -> list[str]:

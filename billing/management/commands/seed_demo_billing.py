@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from billing.demo import demo_billing_seed
 
-# The premium demo account (gateway.services.DEMO_ACCOUNTS): its budget shows spend against a
+# The premium demo account (gateway.demo.DEMO_ACCOUNTS): its budget shows spend against a
 # cap.
 BUDGET_ACCOUNT = "acme-research"
 

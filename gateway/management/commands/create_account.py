@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from gateway.services import account_create, tiers_ensure_defaults
+from customers.services import account_create, tiers_ensure_defaults
 
 
 class Command(BaseCommand):

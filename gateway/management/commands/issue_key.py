@@ -4,8 +4,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from gateway.models import Account
-from gateway.services import api_key_issue
+from customers.models import Account
+from customers.services import api_key_issue
 
 
 class Command(BaseCommand):

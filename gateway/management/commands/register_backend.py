@@ -3,8 +3,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway.models import Backend
-from gateway.services import backend_register
+from fleet.models import Backend
+from fleet.services import backend_register
 
 
 class Command(BaseCommand):

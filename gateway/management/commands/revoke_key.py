@@ -2,9 +2,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway.keys import key_id_parse
-from gateway.models import ApiKey
-from gateway.services import api_key_revoke
+from customers.keys import key_id_parse
+from customers.models import ApiKey
+from customers.services import api_key_revoke
 
 
 class Command(BaseCommand):

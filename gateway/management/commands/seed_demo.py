@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway.services import demo_seed
+from gateway.demo import demo_seed
 
 DEFAULT_BACKENDS = ["sim-a=http://127.0.0.1:9101", "sim-b=http://127.0.0.1:9102"]
 

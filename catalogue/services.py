@@ -12,9 +12,16 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from billing.models import PlanPrice, Price, PriceBook
-from console.audit import AnyRequest, audit_record, object_type, snapshot
-from console.services.common import object_create, object_delete, object_update
+from audit.services import (
+    AnyRequest,
+    audit_record,
+    object_create,
+    object_delete,
+    object_type,
+    object_update,
+    snapshot,
+)
+from catalogue.models import PlanPrice, Price, PriceBook
 
 
 def price_book_snapshot(book: PriceBook) -> dict[str, Any]:

@@ -1,13 +1,19 @@
-"""Who may call the gateway (tiers, accounts, keys) and where calls go (backends).
+"""Who may call the gateway: tiers, accounts, their limit overrides, API keys and budgets.
 
-These tables are read by the gateway's hot path through small cached SQL queries
-(gateway/auth.py, gateway/routing.py), never through the ORM per request.
+The bottom of the layers: the gateway, metering, billing and the console all read these. The
+gateway's hot path reads them through small cached SQL queries (gateway/auth.py), never
+through the ORM per request; every write goes through customers.services (audited).
 """
+
+from typing import Any
 
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
-from gateway.network_policy import backend_url_validate
+
+def _price(**options: Any) -> "models.DecimalField[Any, Any]":
+    """An amount of money, to 6 places."""
+    return models.DecimalField(max_digits=18, decimal_places=6, **options)
 
 
 class Tier(models.Model):
@@ -99,31 +105,18 @@ class ApiKey(models.Model):
         return f"tf_{self.key_id}_…"
 
 
-class Backend(models.Model):
-    """An OpenAI-compatible inference engine (vLLM, SGLang, TGI, NIM, Dynamo, the simulator)."""
+class Budget(models.Model):
+    """An account's spend cap per calendar month: alerts at thresholds, optionally a hard stop.
 
-    class Health(models.TextChoices):
-        UNKNOWN = "unknown"
-        HEALTHY = "healthy"
-        UNHEALTHY = "unhealthy"
+    The hard cap is enforced by the gateway with the same Redis reservations as the token
+    quotas (gateway/lua/limits_admit.lua).
+    """
 
-    name = models.SlugField(max_length=64, unique=True)
-    base_url = models.URLField(
-        help_text="Root URL, without /v1, e.g. http://10.0.0.5:8000",
-        validators=[backend_url_validate],
-    )
-    # The model name the engine knows; clients use the public names.
-    upstream_model = models.CharField(max_length=200)
-    public_models = ArrayField(models.CharField(max_length=128))
-    max_concurrent_sequences = models.PositiveIntegerField(default=256)
-    # vLLM with --scheduling-policy priority (and the simulator) take a request `priority`.
-    supports_priority = models.BooleanField(default=False)
-    telemetry_url = models.URLField(
-        blank=True, help_text="DCGM exporter /metrics URL", validators=[backend_url_validate]
-    )
-    enabled = models.BooleanField(default=True)
-    health = models.CharField(max_length=16, choices=Health.choices, default=Health.UNKNOWN)
-    health_checked_at = models.DateTimeField(null=True, blank=True)
+    account = models.OneToOneField(Account, on_delete=models.CASCADE, related_name="budget")
+    monthly_limit = _price()
+    currency = models.CharField(max_length=3, default="USD")
+    alert_percents = ArrayField(models.PositiveSmallIntegerField(), default=list, blank=True)
+    hard_cap = models.BooleanField(default=False)
 
     def __str__(self) -> str:
-        return self.name
+        return f"budget of {self.account}"

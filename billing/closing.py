@@ -11,9 +11,9 @@ from typing import Any
 
 from django.db import transaction
 
+from audit.services import AnyRequest, audit_record, object_type, snapshot
 from billing import services as billing
 from billing.models import Invoice, InvoiceLine
-from console.audit import AnyRequest, audit_record, object_type, snapshot
 
 
 def invoice_snapshot(invoice: Invoice) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from django.db.models import Model
 from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest
 
-from console.audit import audit_record, object_type, snapshot
+from audit.services import audit_record, object_type, snapshot
 
 M = TypeVar("M", bound=Model)
 

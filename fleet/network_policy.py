@@ -40,13 +40,15 @@ def _addresses(host: str) -> list[Address]:
         found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except OSError as exc:
         raise ValidationError(f"{host} does not resolve: {exc}", code="unresolvable") from None
+    except UnicodeError:  # a label over 63 characters, say
+        raise ValidationError(f"{host} is not a valid host name.", code="invalid") from None
     return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
 
 
 def _allowed(address: Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    allowed = settings.GATEWAY["BACKEND_ALLOWED_NETWORKS"]
+    allowed = settings.GATEWAY.backend_allowed_networks
     if any(address in ipaddress.ip_network(network) for network in allowed):
         return True
     return address.is_global and not address.is_multicast

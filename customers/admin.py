@@ -1,7 +1,7 @@
-"""The console's pages for tiers, accounts, keys and backends, with their actions.
+"""The console's pages for tiers, accounts, keys and budgets, with their actions.
 
-Forms are audited by console.admin_audit.AuditedAdmin; actions call the audited services of
-console.services.gateway, shared with the management API.
+Forms are audited by audit.admin_base.AuditedAdmin; actions call the audited services of
+customers.services, shared with the management API.
 """
 
 from typing import Any
@@ -12,9 +12,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from console.admin_audit import AuditedAdmin
-from console.services import gateway as audited
-from gateway.models import Account, ApiKey, Backend, LimitOverride, Tier
+from audit.admin_base import AuditedAdmin
+from customers import services as audited
+from customers.models import Account, ApiKey, Budget, LimitOverride, Tier
 
 
 @admin.register(Tier)
@@ -58,7 +58,7 @@ class AccountAdmin(AuditedAdmin[Account]):
 
     def _set_status(self, request: HttpRequest, queryset: QuerySet[Account], status: str) -> None:
         for account in queryset:
-            audited.account_status_change(
+            audited.account_status_set(
                 actor=request.user, account=account, status=status, request=request
             )
         messages.success(request, f"{queryset.count()} account(s) now {status}.")
@@ -124,7 +124,7 @@ class ApiKeyAdmin(AuditedAdmin[ApiKey]):
     @admin.action(description="Revoke the selected keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
-            audited.api_key_revoke(actor=request.user, api_key=key, request=request)
+            audited.api_key_revoke(actor=request.user, key_id=key.key_id, request=request)
         messages.success(request, f"{queryset.count()} key(s) revoked.")
 
     @admin.action(
@@ -134,7 +134,7 @@ class ApiKeyAdmin(AuditedAdmin[ApiKey]):
     def rotate_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse:
         secrets = []
         for key in queryset.filter(revoked_at__isnull=True):
-            issued = audited.api_key_rotate(actor=request.user, api_key=key, request=request)
+            issued = audited.api_key_rotate(actor=request.user, key_id=key.key_id, request=request)
             secrets.append(issued.plaintext)
         return self._show_secrets(request, "API keys rotated", secrets)
 
@@ -146,39 +146,8 @@ class ApiKeyAdmin(AuditedAdmin[ApiKey]):
         return response
 
 
-@admin.register(Backend)
-class BackendAdmin(AuditedAdmin[Backend]):
-    list_display = [
-        "name",
-        "base_url",
-        "upstream_model",
-        "max_concurrent_sequences",
-        "enabled",
-        "health",
-        "health_checked_at",
-    ]
-    list_filter = ["enabled", "health"]
-    search_fields = ["name", "base_url", "upstream_model"]
-    actions = ["enable_backends", "disable_backends"]
-
-    @admin.action(description="Enable the selected backends", permissions=["change"])
-    def enable_backends(self, request: HttpRequest, queryset: QuerySet[Backend]) -> None:
-        self._set_enabled(request, queryset, enabled=True)
-
-    @admin.action(
-        description="Disable the selected backends (no new requests are routed)",
-        permissions=["change"],
-    )
-    def disable_backends(self, request: HttpRequest, queryset: QuerySet[Backend]) -> None:
-        self._set_enabled(request, queryset, enabled=False)
-
-    def _set_enabled(
-        self, request: HttpRequest, queryset: QuerySet[Backend], *, enabled: bool
-    ) -> None:
-        for backend in queryset:
-            audited.backend_enabled_change(
-                actor=request.user, backend=backend, enabled=enabled, request=request
-            )
-        messages.success(
-            request, f"{queryset.count()} backend(s) {'en' if enabled else 'dis'}abled."
-        )
+@admin.register(Budget)
+class BudgetAdmin(AuditedAdmin[Budget]):
+    list_display = ["account", "monthly_limit", "currency", "alert_percents", "hard_cap"]
+    list_filter = ["hard_cap", "currency"]
+    search_fields = ["account__name"]

@@ -1,0 +1,247 @@
+"""Every change to tiers, accounts, their limits, API keys and budgets, audited.
+
+The one way to write these tables: the console, the management API, the self-serve API and
+the `manage.py` commands all call these functions, each of which records its audit entry in
+the same transaction as the change (`actor` None is the system, e.g. a command). Gateways
+apply a change within GATEWAY_KEY_CACHE_SECONDS.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import AnyRequest, audit_record, object_type, snapshot
+from customers.keys import key_generate
+from customers.models import Account, ApiKey, LimitOverride, Tier
+
+# The three tiers the product sells, as created on a fresh install. Staff edit the rows after.
+DEFAULT_TIERS = (
+    {
+        "slug": "premium",
+        "name": "Premium",
+        "priority": 0,
+        "requests_per_minute": 6000,
+        "tokens_per_minute": 2_000_000,
+        "max_concurrent_requests": 256,
+        "max_tokens_per_request": 32768,
+        "queue_timeout_seconds": 60.0,
+    },
+    {
+        "slug": "interactive",
+        "name": "Interactive",
+        "priority": 1,
+        "requests_per_minute": 600,
+        "tokens_per_minute": 400_000,
+        "max_concurrent_requests": 64,
+        "max_tokens_per_request": 8192,
+        "queue_timeout_seconds": 10.0,
+    },
+    {
+        "slug": "free",
+        "name": "Free",
+        "priority": 2,
+        "requests_per_minute": 20,
+        "tokens_per_minute": 20_000,
+        "tokens_per_day": 200_000,
+        "max_concurrent_requests": 4,
+        "max_tokens_per_request": 1024,
+        "queue_timeout_seconds": 2.0,
+        "queue_depth": 100,
+        "when_redis_down": "open",
+    },
+)
+
+
+def tiers_ensure_defaults() -> list[Tier]:
+    """Create the default tiers that do not exist yet; never overwrites staff edits."""
+    return [
+        Tier.objects.get_or_create(slug=spec["slug"], defaults=spec)[0] for spec in DEFAULT_TIERS
+    ]
+
+
+def account_snapshot(account: Account) -> dict[str, Any]:
+    """The account's fields and its limit override (null when it has none)."""
+    override = LimitOverride.objects.filter(account=account).first()
+    data = snapshot(account)
+    assert data is not None
+    return {**data, "limits": _limits_snapshot(override)}
+
+
+def _limits_snapshot(override: LimitOverride | None) -> dict[str, Any] | None:
+    data = snapshot(override)
+    if data is None:
+        return None
+    return {k: v for k, v in data.items() if k not in ("id", "account_id")}
+
+
+def account_create(
+    *, name: str, tier_slug: str, actor: object = None, request: AnyRequest | None = None
+) -> Account:
+    """A new account on the tier `tier_slug`."""
+    tier = Tier.objects.get(slug=tier_slug)
+    return account_open(actor=actor, data={"name": name, "tier": tier}, request=request)
+
+
+def account_open(
+    *,
+    actor: object,
+    data: Mapping[str, Any],
+    limits: Mapping[str, Any] | None = None,
+    request: AnyRequest | None = None,
+) -> Account:
+    """A new account from its fields (`tier` a Tier) and, optionally, its limit override."""
+    with transaction.atomic():
+        account = Account.objects.create(**data)
+        if limits is not None:
+            LimitOverride.objects.create(account=account, **limits)
+        _record(actor, "create", account, None, account_snapshot(account), request)
+    return account
+
+
+_UNSET: Any = object()
+
+
+def account_update(
+    *,
+    actor: object,
+    account: Account,
+    data: Mapping[str, Any],
+    limits: Mapping[str, Any] | None = _UNSET,
+    request: AnyRequest | None = None,
+) -> Account:
+    """Change fields; `limits` None removes the override, a mapping sets its fields."""
+    with transaction.atomic():
+        account = Account.objects.select_for_update().get(pk=account.pk)
+        before = account_snapshot(account)
+        for name, value in data.items():
+            setattr(account, name, value)
+        account.save()
+        if limits is None:
+            LimitOverride.objects.filter(account=account).delete()
+        elif limits is not _UNSET:
+            LimitOverride.objects.update_or_create(account=account, defaults=dict(limits))
+        _record(actor, "update", account, before, account_snapshot(account), request)
+    return account
+
+
+def account_delete(*, actor: object, account: Account, request: AnyRequest | None = None) -> None:
+    """Delete an account and its keys; refused (ProtectedError) once it has invoices."""
+    with transaction.atomic():
+        before = account_snapshot(account)
+        pk = account.pk
+        account.delete()
+        audit_record(
+            actor=actor,
+            action="delete",
+            obj_type=object_type(Account),
+            obj_id=pk,
+            before=before,
+            after=None,
+            request=request,
+        )
+
+
+def account_status_set(
+    *, account: Account, status: str, actor: object = None, request: AnyRequest | None = None
+) -> Account:
+    """Suspend or reactivate: `status` is "suspended" or "active"."""
+    if status not in Account.Status.values:
+        raise ValueError(f"unknown account status {status!r}")
+    with transaction.atomic():
+        locked = Account.objects.select_for_update().get(pk=account.pk)
+        before = account_snapshot(locked)
+        locked.status = status
+        locked.save(update_fields=["status"])
+        action = "suspend" if status == Account.Status.SUSPENDED else "activate"
+        _record(actor, action, locked, before, account_snapshot(locked), request)
+    account.status = status
+    return locked
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    # Shown once to the caller; not stored anywhere.
+    plaintext: str
+
+
+def api_key_issue(
+    *,
+    account: Account,
+    name: str = "",
+    expires_at: datetime | None = None,
+    actor: object = None,
+    request: AnyRequest | None = None,
+) -> IssuedKey:
+    """A new key; its plaintext is in the result only, for the caller to show once."""
+    new = key_generate()
+    with transaction.atomic():
+        api_key = ApiKey.objects.create(
+            account=account,
+            name=name,
+            key_id=new.key_id,
+            secret_hash=new.secret_hash,
+            expires_at=expires_at,
+        )
+        _record(actor, "issue", api_key, None, snapshot(api_key), request)
+    return IssuedKey(api_key=api_key, plaintext=new.plaintext)
+
+
+def api_key_revoke(
+    *, key_id: str, actor: object = None, request: AnyRequest | None = None
+) -> ApiKey:
+    """Revoke a key (a revoked key stays revoked from the first time)."""
+    with transaction.atomic():
+        api_key = ApiKey.objects.select_for_update().get(key_id=key_id)
+        before = snapshot(api_key)
+        if api_key.revoked_at is None:
+            api_key.revoked_at = timezone.now()
+            api_key.save(update_fields=["revoked_at"])
+        _record(actor, "revoke", api_key, before, snapshot(api_key), request)
+    return api_key
+
+
+def api_key_rotate(
+    *, key_id: str, actor: object = None, request: AnyRequest | None = None
+) -> IssuedKey:
+    """A new key for the same account and name; the old one is revoked at once.
+
+    Two entries: the old key's revocation (action "rotate") and the new key's issue.
+    """
+    with transaction.atomic():
+        old = ApiKey.objects.select_for_update().get(key_id=key_id)
+        before = snapshot(old)
+        if old.revoked_at is None:
+            old.revoked_at = timezone.now()
+            old.save(update_fields=["revoked_at"])
+        _record(actor, "rotate", old, before, snapshot(old), request)
+        return api_key_issue(
+            account=old.account,
+            name=old.name,
+            expires_at=old.expires_at,
+            actor=actor,
+            request=request,
+        )
+
+
+def _record(
+    actor: object,
+    action: str,
+    instance: Account | ApiKey,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    request: AnyRequest | None,
+) -> None:
+    audit_record(
+        actor=actor,
+        action=action,
+        obj_type=object_type(instance),
+        obj_id=instance.pk,
+        before=before,
+        after=after,
+        request=request,
+    )
