@@ -1,10 +1,9 @@
 """Staff API tokens: `tfs_<token_id>_<secret>`, stored as their public id and SHA-256.
 
-The same construction as API keys (gateway/keys.py): 256 random bits of secret make a fast
-hash as safe as a slow one, and the id finds the row without touching the secret.
+The same format as API keys with another prefix (customers/keys.py): 256 random bits of secret
+make a fast hash as safe as a slow one, and the id finds the row without touching the secret.
 """
 
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,11 +14,9 @@ from django.utils import timezone
 
 from audit.services import AnyRequest, audit_record, object_type, object_update, snapshot
 from console.models import Scope, StaffToken, scopes_read_only
-from customers.keys import key_hash
+from customers.keys import SecretFormat
 
-STAFF_PREFIX = "tfs_"
-_ID_LENGTH = 12
-_LENGTH = len(STAFF_PREFIX) + _ID_LENGTH + 1 + 43
+STAFF_TOKEN = SecretFormat("tfs_")
 
 
 @dataclass(frozen=True)
@@ -38,14 +35,13 @@ def staff_token_issue(
     scopes: Iterable[str] | None = None,
 ) -> IssuedToken:
     """A new token for `user`; read-only unless `scopes` says otherwise."""
-    token_id = secrets.token_hex(_ID_LENGTH // 2)
-    plaintext = f"{STAFF_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+    new = STAFF_TOKEN.generate()
     with transaction.atomic():
         token = StaffToken.objects.create(
             user=user,
             name=name,
-            token_id=token_id,
-            secret_hash=key_hash(plaintext),
+            token_id=new.key_id,
+            secret_hash=new.secret_hash,
             expires_at=expires_at,
             scopes=scopes_read_only() if scopes is None else scopes_clean(scopes),
         )
@@ -57,7 +53,7 @@ def staff_token_issue(
             before=None,
             after=snapshot(token),
         )
-    return IssuedToken(token=token, plaintext=plaintext)
+    return IssuedToken(token=token, plaintext=new.plaintext)
 
 
 def scopes_clean(scopes: Iterable[str]) -> list[str]:
@@ -91,17 +87,3 @@ def staff_token_revoke(
         request=request,
         action="revoke",
     )
-
-
-def staff_token_id_parse(plaintext: str) -> str | None:
-    """The public id of a well-formed staff token, or None; looks at the format only."""
-    if len(plaintext) != _LENGTH or not plaintext.startswith(STAFF_PREFIX):
-        return None
-    token_id = plaintext[len(STAFF_PREFIX) : len(STAFF_PREFIX) + _ID_LENGTH]
-    if plaintext[len(STAFF_PREFIX) + _ID_LENGTH] != "_":
-        return None
-    try:
-        int(token_id, 16)
-    except ValueError:
-        return None
-    return token_id

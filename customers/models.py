@@ -16,7 +16,35 @@ def _price(**options: Any) -> "models.DecimalField[Any, Any]":
     return models.DecimalField(max_digits=18, decimal_places=6, **options)
 
 
-class Tier(models.Model):
+class LimitFields(models.Model):
+    """The limits a tier sets and an account may override; null is "unlimited" on a tier and
+    "as the tier" on an override. Their names, in this order, are LIMIT_FIELDS: the gateway's
+    key lookup, its `Limits`, /v1/usage and the APIs all follow it."""
+
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
+    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    tokens_per_month = models.PositiveBigIntegerField(null=True, blank=True)
+    max_concurrent_requests = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens_per_request = models.PositiveIntegerField(null=True, blank=True)
+    max_context_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+LIMIT_FIELDS = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "tokens_per_day",
+    "tokens_per_month",
+    "max_concurrent_requests",
+    "max_tokens_per_request",
+    "max_context_tokens",
+)
+
+
+class Tier(LimitFields):
     """A kind of token the factory sells. Rows, not code: staff edit them.
 
     Every limit is null for "unlimited". The limits are enforced by the admission layer.
@@ -26,13 +54,6 @@ class Tier(models.Model):
     name = models.CharField(max_length=64)
     # Lower runs first: premium 0, interactive 1, free 2. Also sent to vLLM as `priority`.
     priority = models.PositiveSmallIntegerField()
-    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
-    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
-    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
-    tokens_per_month = models.PositiveBigIntegerField(null=True, blank=True)
-    max_concurrent_requests = models.PositiveIntegerField(null=True, blank=True)
-    max_tokens_per_request = models.PositiveIntegerField(null=True, blank=True)
-    max_context_tokens = models.PositiveIntegerField(null=True, blank=True)
     # Public model names this tier may use; empty means every model the fleet serves.
     allowed_models = ArrayField(models.CharField(max_length=128), default=list, blank=True)
     queue_timeout_seconds = models.FloatField(default=30.0)
@@ -68,17 +89,10 @@ class Account(models.Model):
         return self.name
 
 
-class LimitOverride(models.Model):
+class LimitOverride(LimitFields):
     """One account's exceptions to its tier's limits; a null field means "as the tier"."""
 
     account = models.OneToOneField(Account, on_delete=models.CASCADE, related_name="limits")
-    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
-    tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
-    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
-    tokens_per_month = models.PositiveBigIntegerField(null=True, blank=True)
-    max_concurrent_requests = models.PositiveIntegerField(null=True, blank=True)
-    max_tokens_per_request = models.PositiveIntegerField(null=True, blank=True)
-    max_context_tokens = models.PositiveIntegerField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"limits of {self.account}"

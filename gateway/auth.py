@@ -21,7 +21,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from customers.keys import key_id_parse, key_matches
+from customers.keys import key_id_parse, key_matches, key_refusal
+from customers.models import LIMIT_FIELDS
 from gateway.errors import ApiError, account_inactive, invalid_api_key, unavailable
 from gateway.limits import Limits
 from gateway.pricing import Budget
@@ -31,19 +32,18 @@ log = logging.getLogger(__name__)
 _LAST_USED_EVERY = 60.0
 _CACHE_MAX = 100_000
 _DB_TIMEOUT = 2.0
+_REFUSED = {
+    "revoked": "This API key has been revoked.",
+    "expired": "This API key has expired.",
+}
 # How long a request with an expired entry waits for its lookup while PostgreSQL answers
 # (a lookup takes a millisecond); past it the request is served the entry it has.
 _LOOKUP_PATIENCE = 0.2
-_KEY_SQL = """
+# The override's limits, else the tier's, in the order of `Limits` (names from the code only).
+_KEY_SQL = f"""
 SELECT k.id, k.secret_hash, k.expires_at, k.revoked_at, a.id, a.status, t.slug, t.priority,
        t.allowed_models,
-       coalesce(o.requests_per_minute, t.requests_per_minute),
-       coalesce(o.tokens_per_minute, t.tokens_per_minute),
-       coalesce(o.tokens_per_day, t.tokens_per_day),
-       coalesce(o.tokens_per_month, t.tokens_per_month),
-       coalesce(o.max_concurrent_requests, t.max_concurrent_requests),
-       coalesce(o.max_tokens_per_request, t.max_tokens_per_request),
-       coalesce(o.max_context_tokens, t.max_context_tokens),
+       {", ".join(f"coalesce(o.{name}, t.{name})" for name in LIMIT_FIELDS)},
        t.queue_timeout_seconds, t.queue_depth, t.when_redis_down = 'open',
        b.monthly_limit, b.currency, b.hard_cap
 FROM customers_apikey k
@@ -52,7 +52,7 @@ JOIN customers_tier t ON t.id = a.tier_id
 LEFT JOIN customers_limitoverride o ON o.account_id = a.id
 LEFT JOIN customers_budget b ON b.account_id = a.id
 WHERE k.key_id = %s
-"""
+"""  # noqa: S608
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +126,11 @@ class Authenticator:
         principal = entry.principal
         if principal is None or not key_matches(plaintext, principal.secret_hash):
             raise invalid_api_key("Incorrect API key provided.")
-        if principal.revoked:
-            raise invalid_api_key("This API key has been revoked.")
-        if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
-            raise invalid_api_key("This API key has expired.")
+        refusal = key_refusal(
+            revoked=principal.revoked, expires_at=principal.expires_at, now=datetime.now(UTC)
+        )
+        if refusal is not None:
+            raise invalid_api_key(_REFUSED[refusal])
         if not principal.active:
             raise account_inactive()
         self._note_use(entry, principal.api_key_id)
@@ -240,7 +241,7 @@ class Authenticator:
             tier=row[6],
             priority=row[7],
             allowed_models=frozenset(row[8]),
-            limits=Limits(*row[9:16]),
+            limits=Limits(*row[9 : 9 + len(LIMIT_FIELDS)]),
             queue_timeout=row[16],
             queue_depth=row[17],
             fail_open=row[18],

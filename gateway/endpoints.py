@@ -13,6 +13,7 @@ import psycopg
 import redis.asyncio as aioredis
 from psycopg_pool import PoolTimeout
 
+from customers.models import LIMIT_FIELDS
 from gateway import errors, metrics
 from gateway.auth import Principal
 from gateway.clients import Clients
@@ -103,15 +104,7 @@ async def _usage(c: Clients, principal: Principal) -> dict[str, Any]:
     return {
         "object": "usage",
         "tier": principal.tier,
-        "limits": {
-            "requests_per_minute": limits.requests_per_minute,
-            "tokens_per_minute": limits.tokens_per_minute,
-            "tokens_per_day": limits.tokens_per_day,
-            "tokens_per_month": limits.tokens_per_month,
-            "max_concurrent_requests": limits.max_concurrent_requests,
-            "max_tokens_per_request": limits.max_tokens_per_request,
-            "max_context_tokens": limits.max_context_tokens,
-        },
+        "limits": {name: getattr(limits, name) for name in LIMIT_FIELDS},
         "remaining": {
             "requests_per_minute": _left(limits.requests_per_minute, standing.requests_last_minute),
             "tokens_per_minute": _left(limits.tokens_per_minute, standing.tokens_last_minute),

@@ -7,7 +7,6 @@ Both tokens travel as `Authorization: Bearer ...`; each class only claims its ow
 """
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
@@ -16,8 +15,8 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
 from console.models import StaffToken
-from console.tokens import STAFF_PREFIX, staff_token_id_parse
-from customers.keys import key_id_parse, key_matches
+from console.tokens import STAFF_TOKEN
+from customers.keys import key_id_parse, key_matches, key_refusal
 from customers.models import Account, ApiKey
 
 
@@ -34,9 +33,9 @@ class StaffTokenAuthentication(BaseAuthentication):
 
     def authenticate(self, request: Request) -> tuple[AbstractBaseUser, StaffToken] | None:
         plaintext = _bearer(request)
-        if plaintext is None or not plaintext.startswith(STAFF_PREFIX):
+        if plaintext is None or not plaintext.startswith(STAFF_TOKEN.prefix):
             return None
-        token_id = staff_token_id_parse(plaintext)
+        token_id = STAFF_TOKEN.id_parse(plaintext)
         token = (
             StaffToken.objects.select_related("user").filter(token_id=token_id).first()
             if token_id
@@ -44,10 +43,11 @@ class StaffTokenAuthentication(BaseAuthentication):
         )
         if token is None or not key_matches(plaintext, token.secret_hash):
             raise exceptions.AuthenticationFailed("Incorrect staff token provided.")
-        if token.revoked_at is not None:
-            raise exceptions.AuthenticationFailed("This staff token has been revoked.")
-        if _expired(token.expires_at):
-            raise exceptions.AuthenticationFailed("This staff token has expired.")
+        refusal = key_refusal(
+            revoked=token.revoked_at is not None, expires_at=token.expires_at, now=timezone.now()
+        )
+        if refusal is not None:
+            raise exceptions.AuthenticationFailed(f"This staff token has {_PAST[refusal]}.")
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed("This staff token's user is inactive.")
         return token.user, token
@@ -93,10 +93,13 @@ class ApiKeyAuthentication(BaseAuthentication):
         )
         if api_key is None or not key_matches(plaintext, api_key.secret_hash):
             raise exceptions.AuthenticationFailed("Incorrect API key provided.")
-        if api_key.revoked_at is not None:
-            raise exceptions.AuthenticationFailed("This API key has been revoked.")
-        if _expired(api_key.expires_at):
-            raise exceptions.AuthenticationFailed("This API key has expired.")
+        refusal = key_refusal(
+            revoked=api_key.revoked_at is not None,
+            expires_at=api_key.expires_at,
+            now=timezone.now(),
+        )
+        if refusal is not None:
+            raise exceptions.AuthenticationFailed(f"This API key has {_PAST[refusal]}.")
         if api_key.account.status != Account.Status.ACTIVE:
             raise exceptions.PermissionDenied(
                 "This account is suspended. Contact your administrator.", code="account_inactive"
@@ -107,5 +110,4 @@ class ApiKeyAuthentication(BaseAuthentication):
         return 'Bearer realm="api"'
 
 
-def _expired(expires_at: datetime | None) -> bool:
-    return expires_at is not None and expires_at <= timezone.now()
+_PAST = {"revoked": "been revoked", "expired": "expired"}

@@ -21,20 +21,10 @@ from console.api.common import actor
 from console.filters import AccountFilter, ApiKeyFilter, BackendFilter, TierFilter
 from console.models import Scope
 from customers import services
-from customers.models import Account, ApiKey, LimitOverride, Tier
+from customers.models import LIMIT_FIELDS, Account, ApiKey, LimitOverride, Tier
 from customers.services import IssuedKey
 from fleet.models import Backend
 from fleet.services import backend_enabled_set
-
-_LIMIT_FIELDS = [
-    "requests_per_minute",
-    "tokens_per_minute",
-    "tokens_per_day",
-    "tokens_per_month",
-    "max_concurrent_requests",
-    "max_tokens_per_request",
-    "max_context_tokens",
-]
 
 
 class LimitsSerializer(serializers.ModelSerializer[LimitOverride]):
@@ -42,7 +32,7 @@ class LimitsSerializer(serializers.ModelSerializer[LimitOverride]):
 
     class Meta:
         model = LimitOverride
-        fields = _LIMIT_FIELDS
+        fields = list(LIMIT_FIELDS)
 
 
 class AccountSerializer(serializers.ModelSerializer[Account]):
@@ -244,7 +234,7 @@ class TierSerializer(serializers.ModelSerializer[Tier]):
             "slug",
             "name",
             "priority",
-            *_LIMIT_FIELDS,
+            *LIMIT_FIELDS,
             "allowed_models",
             "queue_timeout_seconds",
             "queue_depth",

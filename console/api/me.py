@@ -29,7 +29,7 @@ from console.api.permissions import IsKeyHolder, key_holder
 from console.api.usage import UsagePage, UsageViewBase, usage_parameters
 from console.selectors import account_limits, account_standing
 from customers import services
-from customers.models import ApiKey
+from customers.models import LIMIT_FIELDS, ApiKey
 from metering.models import UsageRecord
 
 
@@ -40,13 +40,10 @@ class KeyHolderMixin:
 
 
 class EffectiveLimitsSerializer(serializers.Serializer[Any]):
-    requests_per_minute = serializers.IntegerField(allow_null=True)
-    tokens_per_minute = serializers.IntegerField(allow_null=True)
-    tokens_per_day = serializers.IntegerField(allow_null=True)
-    tokens_per_month = serializers.IntegerField(allow_null=True)
-    max_concurrent_requests = serializers.IntegerField(allow_null=True)
-    max_tokens_per_request = serializers.IntegerField(allow_null=True)
-    max_context_tokens = serializers.IntegerField(allow_null=True)
+    """Each of LIMIT_FIELDS: the override's value, else the tier's; null is unlimited."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        return {name: serializers.IntegerField(allow_null=True) for name in LIMIT_FIELDS}
 
 
 class RemainingSerializer(serializers.Serializer[Any]):
