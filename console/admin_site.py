@@ -77,6 +77,11 @@ class ConsoleAdminSite(admin.AdminSite):
 
     def get_urls(self) -> list[URLResolver | URLPattern]:
         return [
+            *(
+                path(f"{old}/{rest}", self.admin_view(_moved_to(old, new)))
+                for old, new in _MOVED.items()
+                for rest in ("", "<path:rest>")
+            ),
             path("dashboard/", self.admin_view(self.dashboard), name="dashboard"),
             path(
                 "dashboard/data.json", self.admin_view(self.dashboard_json), name="dashboard-data"
@@ -116,6 +121,29 @@ class ConsoleAdminSite(admin.AdminSite):
             "secret": base64.b32encode(device.bin_key).decode() if device and not confirmed else "",
         }
         return TemplateResponse(request, "console/two_factor.html", context)
+
+
+# Pages whose models moved to the bottom apps (docs/architecture.md): old bookmarks still work.
+_MOVED = {
+    f"{app}/{model}": f"{new}/{model}"
+    for app, new, models in (
+        ("gateway", "customers", ("tier", "account", "limitoverride", "apikey")),
+        ("gateway", "fleet", ("backend",)),
+        ("billing", "catalogue", ("pricebook", "price", "planprice")),
+        ("billing", "customers", ("budget",)),
+        ("console", "audit", ("auditentry",)),
+    )
+    for model in models
+}
+
+
+def _moved_to(old: str, new: str) -> Callable[..., HttpResponse]:
+    def moved(request: HttpRequest, rest: str = "") -> HttpResponse:
+        query = request.META.get("QUERY_STRING", "")
+        to = request.path.replace(f"/{old}/", f"/{new}/", 1)
+        return redirect(to + (f"?{query}" if query else ""), permanent=True)
+
+    return moved
 
 
 def _qr_svg(data: str) -> str:
