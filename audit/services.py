@@ -149,10 +149,15 @@ def object_update(
 
 
 def object_delete(
-    *, actor: object, instance: models.Model, request: AnyRequest | None = None
+    *,
+    actor: object,
+    instance: models.Model,
+    request: AnyRequest | None = None,
+    before: dict[str, Any] | None = None,
 ) -> None:
+    """Delete, recording `before` (by default the instance's snapshot)."""
     with transaction.atomic():
-        before = snapshot(instance)
+        before = snapshot(instance) if before is None else before
         pk = instance.pk
         instance.delete()
         audit_record(

@@ -72,19 +72,9 @@ def price_book_delete(*, actor: object, book: PriceBook, request: AnyRequest | N
     with transaction.atomic():
         book = _locked_draft(book.pk)
         before = price_book_snapshot(book)
-        pk = book.pk
         book.prices.all().delete()
         book.plans.all().delete()
-        book.delete()
-        audit_record(
-            actor=actor,
-            action="delete",
-            obj_type=object_type(PriceBook),
-            obj_id=pk,
-            before=before,
-            after=None,
-            request=request,
-        )
+        object_delete(actor=actor, instance=book, request=request, before=before)
 
 
 def book_item_create(

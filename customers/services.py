@@ -14,7 +14,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import AnyRequest, audit_record, object_type, snapshot
+from audit.services import AnyRequest, audit_record, object_delete, object_type, snapshot
 from customers.keys import key_generate
 from customers.models import Account, ApiKey, LimitOverride, Tier
 
@@ -130,19 +130,7 @@ def account_update(
 
 def account_delete(*, actor: object, account: Account, request: AnyRequest | None = None) -> None:
     """Delete an account and its keys; refused (ProtectedError) once it has invoices."""
-    with transaction.atomic():
-        before = account_snapshot(account)
-        pk = account.pk
-        account.delete()
-        audit_record(
-            actor=actor,
-            action="delete",
-            obj_type=object_type(Account),
-            obj_id=pk,
-            before=before,
-            after=None,
-            request=request,
-        )
+    object_delete(actor=actor, instance=account, request=request, before=account_snapshot(account))
 
 
 def account_status_set(
