@@ -1,8 +1,8 @@
 """Audit logging for what staff change in the console's forms (who, when, what, before, after).
 
-The console's actions (suspend, revoke, rotate, enable, finalise, ...) call the audited
-services in console/services; this covers the plain add, change and delete forms, inlines
-included. The admin runs each form in a transaction, so an entry commits with its change.
+The console's actions (suspend, revoke, rotate, enable, finalise, ...) call each app's audited
+services (customers, fleet, catalogue, billing.closing); this covers the plain add, change and
+delete forms, inlines included. The admin runs each form in a transaction, so an entry commits with its change.
 """
 
 from typing import Any, TypeVar
