@@ -2,7 +2,8 @@
 
 The console's actions (suspend, revoke, rotate, enable, finalise, ...) call each app's audited
 services (customers, fleet, catalogue, billing.closing); this covers the plain add, change and
-delete forms, inlines included. The admin runs each form in a transaction, so an entry commits with its change.
+delete forms, inlines included. The admin runs each form in a transaction, so an entry commits
+with its change.
 """
 
 from typing import Any, TypeVar

@@ -1,173 +1,53 @@
-"""Billing's jobs and writes: rollups, margins, invoices and credit notes (docs/billing.md).
+"""Billing's invoices: closing a month, the invoice in progress, and credit notes
+(docs/billing.md, "Invoices").
 
-Each job takes a PostgreSQL advisory lock for its scope and rebuilds whole buckets in one
-transaction (DELETE the buckets, INSERT ... SELECT them again), so a second run, concurrent or
-later, computes the same rows, and a worker killed mid-job leaves the previous state. JobRun
-keeps each job's watermark: the next run starts a grace window before it, so usage that
-arrives late (meter lag, energy attribution) still lands in its hour.
+Closing a month takes the month's advisory lock (billing/jobs.py) and computes every account's
+draft from the ledger (billing/invoicing.py builds each), stores, numbers and finalises it in
+one transaction: a second run finalises nothing, and a worker killed mid-close leaves no draft
+and no number taken. billing/closing.py runs these with an audit entry of their own.
 """
 
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import MAXYEAR, UTC, datetime, timedelta
+from datetime import MAXYEAR, datetime
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Min, QuerySet, Sum
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
 from billing.invoicing import AccountPlan, Draft, Line, Period, UsageSum, draft_build
-from billing.models import (
-    CostModel,
-    Invoice,
-    InvoiceLine,
-    InvoiceNumber,
-    JobRun,
-    Margin,
-    UsageRollup,
+from billing.jobs import (
+    DAY,
+    grace,
+    job_start,
+    month_start,
+    next_month,
+    watermark,
+    watermark_set,
 )
+from billing.models import Invoice, InvoiceLine, InvoiceNumber
 from billing.money import from_minor
 from billing.rating import PriceList, Quantities
+
+# Re-exported for tests/billing/test_jobs_crash.py, whose worker process (a string it runs)
+# reaches the jobs as attributes of this module.
+from billing.rollups import rollups_run  # noqa: F401
 from billing.selectors import billing_currency, price_list
 from customers.models import Account
-from metering.models import EnergyInterval
 
 log = logging.getLogger(__name__)
 
 _SQL = Path(__file__).parent / "sql"
-_ROLLUP_HOURS = (_SQL / "rollup_hours.sql").read_text()
-_ROLLUP_DAYS = (_SQL / "rollup_days.sql").read_text()
-_MARGINS = (_SQL / "margins.sql").read_text()
 _INVOICE_USAGE = (_SQL / "invoice_usage.sql").read_text()
 _INVOICE_INCLUDED = (_SQL / "invoice_included.sql").read_text()
 _LINE_COLUMNS = (
     "invoice_id, item, tier, model, price_book_id, quantity, unit_price, amount, amount_minor, "
     "usage_from, usage_to, stripe_item_id"
 )
-_FIRST_USAGE = "SELECT min(started_at) FROM metering_usagerecord"
-HOUR = timedelta(hours=1)
-DAY = timedelta(days=1)
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """The buckets a job run rebuilt: [since, until)."""
-
-    since: datetime
-    until: datetime
-
-
-def grace() -> timedelta:
-    return timedelta(seconds=settings.BILLING.grace_seconds)
-
-
-def rollups_run(*, now: datetime | None = None, wait: bool = False) -> Window | None:
-    """Roll up the ledger's complete hours since the last run, a grace window back.
-
-    Returns the hours rebuilt; None when another run holds the lock (unless `wait`) or there
-    is nothing to roll up yet.
-    """
-    until = _hour(now or timezone.now())
-    with transaction.atomic():
-        if not _job_start("billing.rollups", wait=wait):
-            return None
-        watermark = _watermark("rollups")
-        since = _hour(watermark - grace()) if watermark else _first_hour()
-        if since is None or since >= until:
-            return None
-        _rollups_rebuild(since, until)
-        _watermark_set("rollups", until)
-    return Window(since, until)
-
-
-def rollups_rebuild(*, since: datetime, until: datetime) -> Window:
-    """Rebuild the rollups of the hours [since, until) whatever the watermark: usage that
-    arrived after its grace window (a long outage's spool) is counted once this has run."""
-    window = Window(_hour(since), _hour(until + HOUR - timedelta(microseconds=1)))
-    with transaction.atomic():
-        _job_start("billing.rollups", wait=True)
-        _rollups_rebuild(window.since, window.until)
-        # The margins of those hours are stale: the next margins run starts from them.
-        JobRun.objects.filter(job="margins", watermark__gt=window.since).update(
-            watermark=window.since
-        )
-    return window
-
-
-def _rollups_rebuild(since: datetime, until: datetime) -> None:
-    """Rebuild the hours [since, until) and their days; `until` may fall inside an hour."""
-    days_since, days_until = _day(since), _day(until - timedelta(microseconds=1)) + DAY
-    hours = UsageRollup.objects.filter(grain=UsageRollup.Grain.HOUR)
-    hours.filter(bucket__gte=since, bucket__lt=until).delete()
-    days = UsageRollup.objects.filter(grain=UsageRollup.Grain.DAY)
-    days.filter(bucket__gte=days_since, bucket__lt=days_until).delete()
-    with connection.cursor() as cursor:
-        params: dict[str, Any] = {"since": since, "until": until, "currency": billing_currency()}
-        cursor.execute(_ROLLUP_HOURS, params)
-        cursor.execute(_ROLLUP_DAYS, {"since": days_since, "until": days_until})
-
-
-def margins_run(*, now: datetime | None = None, wait: bool = False) -> Window | None:
-    """Rebuild the margins of the months the rollups changed since the last run.
-
-    Margins follow the rollups' watermark, not the clock: they never get ahead of the usage
-    rolled up. Returns the months rebuilt, or None (locked, or no rollups yet).
-    """
-    with transaction.atomic():
-        if not _job_start("billing.margins", wait=wait):
-            return None
-        rolled = _watermark("rollups")
-        if rolled is None:
-            return None
-        watermark = _watermark("margins")
-        start = watermark - grace() if watermark else _first_rollup()
-        window = Window(_month(min(start, rolled - HOUR)), _next_month(rolled - HOUR))
-        _margins_rebuild(window)
-        _watermark_set("margins", rolled)
-    return window
-
-
-def _margins_rebuild(window: Window) -> None:
-    """Rebuild the day and month margins of the whole months [since, until)."""
-    Margin.objects.filter(
-        grain__in=[Margin.Grain.DAY, Margin.Grain.MONTH],
-        bucket__gte=window.since,
-        bucket__lt=window.until,
-    ).delete()
-    with connection.cursor() as cursor:
-        params: dict[str, Any] = {
-            "since": window.since,
-            "until": window.until,
-            "currency": billing_currency(),
-        }
-        cursor.execute(_MARGINS, params)
-
-
-def figures_refresh(*, now: datetime | None = None) -> Window:
-    """Rollups and margins up to `now`, the hour in progress included: the figures at once.
-
-    The beat's jobs roll up whole hours only, minutes apart, so usage shows in the margins an
-    hour later at the latest; this is for someone who wants to see it now (`manage.py
-    refresh_figures`, which `tf demo` runs). The hour in progress is rolled up to `now`, its
-    GPU time too, outside the watermark: budgets and the jobs read rollups only up to the
-    watermark, and the next rollup run after the hour ends rebuilds it whole (it is within
-    the grace window). Returns `now`'s month up to `now`.
-    """
-    now = now or timezone.now()
-    rollups_run(now=now, wait=True)
-    margins_run(now=now, wait=True)
-    month = month_of(now)
-    with transaction.atomic():
-        _job_start("billing.rollups", wait=True)
-        _rollups_rebuild(_hour(now), now)
-    with transaction.atomic():
-        _job_start("billing.margins", wait=True)
-        _margins_rebuild(Window(month.start, month.end))
-    return Window(month.start, now)
 
 
 class InvoiceError(Exception):
@@ -189,7 +69,7 @@ def month_of(at: datetime) -> Period:
     """The calendar month (UTC) holding `at`: invoices' period."""
     if (at.year, at.month) == (MAXYEAR, 12):
         raise InvoiceError(f"{MAXYEAR}-12 ends past the last date there is")
-    return Period(_month(at), _next_month(at))
+    return Period(month_start(at), next_month(at))
 
 
 def invoices_close(*, period_start: datetime, now: datetime | None = None) -> CloseResult:
@@ -206,7 +86,7 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
         raise InvoiceError(f"{period.start:%Y-%m} is open until {period.end + grace()}")
     invoices = Invoice.objects.filter(kind=Invoice.Kind.INVOICE, period_start=period.start)
     with transaction.atomic():
-        _job_start(f"billing.invoices:{period.start:%Y-%m}", wait=True)
+        job_start(f"billing.invoices:{period.start:%Y-%m}", wait=True)
         closed = set(
             invoices.filter(status=Invoice.Status.FINALISED).values_list("account_id", flat=True)
         )
@@ -220,9 +100,9 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
         billable = [d for d in drafts if d.lines and d.account_id in still_open]
         _drafts_store(period, billable)
         finalised = _finalise(invoices.filter(status=Invoice.Status.DRAFT), now=now)
-        closed_until = _watermark("invoices")
+        closed_until = watermark("invoices")
         if closed_until is None or closed_until < period.end:
-            _watermark_set("invoices", period.end)
+            watermark_set("invoices", period.end)
     unpriced = [(d.account_id, *item) for d in drafts for item in d.unpriced]
     for account_id, tier, model, tokens in unpriced:
         log.warning(
@@ -238,8 +118,8 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
 def invoices_close_due(*, now: datetime | None = None) -> CloseResult | None:
     """Close the last month once its grace window has passed; None when it is closed already."""
     now = now or timezone.now()
-    due = month_of(_month(now - grace()) - DAY)
-    closed_until = _watermark("invoices")
+    due = month_of(month_start(now - grace()) - DAY)
+    closed_until = watermark("invoices")
     if closed_until is not None and closed_until >= due.end:
         return None
     return invoices_close(period_start=due.start, now=now)
@@ -486,62 +366,3 @@ def _finalise(drafts: QuerySet[Invoice], *, now: datetime) -> int:
             [now, ids, numbers],
         )
     return len(ids)
-
-
-def _job_start(name: str, *, wait: bool) -> bool:
-    """Take the job's advisory lock, held until the transaction ends (so a dead worker's is
-    freed); False when another holds it and we do not `wait`.
-
-    A job's statements read up to a month of the ledger at once: they get the memory to sort
-    and hash it without spilling to disk, and no JIT (compiling them took seconds, saving none).
-    """
-    with connection.cursor() as cursor:
-        function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
-        cursor.execute(f"SELECT {function}(hashtext(%s))::text", [name])
-        row = cursor.fetchone()
-        if not wait and row[0] != "true":
-            return False
-        cursor.execute("SET LOCAL jit = off")
-        cursor.execute("SET LOCAL work_mem = '256MB'")
-    return True
-
-
-def _watermark(job: str) -> datetime | None:
-    run = JobRun.objects.filter(job=job, scope="").first()
-    return run.watermark if run else None
-
-
-def _watermark_set(job: str, watermark: datetime) -> None:
-    JobRun.objects.update_or_create(job=job, scope="", defaults={"watermark": watermark})
-
-
-def _first_hour() -> datetime | None:
-    """Where rollups begin: the first usage, energy interval or cost model, whichever first."""
-    with connection.cursor() as cursor:
-        cursor.execute(_FIRST_USAGE)
-        starts = [cursor.fetchone()[0]]
-    starts.append(EnergyInterval.objects.aggregate(first=Min("started_at"))["first"])
-    starts.append(CostModel.objects.aggregate(first=Min("effective_from"))["first"])
-    known = [start for start in starts if start is not None]
-    return _hour(min(known)) if known else None
-
-
-def _first_rollup() -> datetime:
-    first = UsageRollup.objects.aggregate(first=Min("bucket"))["first"]
-    return first or datetime.max.replace(tzinfo=UTC)
-
-
-def _hour(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def _day(at: datetime) -> datetime:
-    return _hour(at).replace(hour=0)
-
-
-def _month(at: datetime) -> datetime:
-    return _day(at).replace(day=1)
-
-
-def _next_month(at: datetime) -> datetime:
-    return _month(_month(at) + timedelta(days=32))

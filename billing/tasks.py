@@ -7,7 +7,9 @@ from celery import shared_task
 from django.utils import timezone
 
 from billing.budgets import budget_alerts_record
-from billing.services import invoices_close_due, margins_run, rollups_run
+from billing.margins import margins_run
+from billing.rollups import rollups_run
+from billing.services import invoices_close_due
 from billing.stripe_sync import (
     stripe_configured,
     stripe_invoices_push_pending,

@@ -30,16 +30,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CURRENCY = "USD"
 _PICO_PER_MICRO = 10**6
 _MONTH_SPEND = (Path(__file__).parent / "sql" / "month_spend.sql").read_text()
-# Every book in force now or later, with its prices (a book without any is still in force).
+# Every book in force now or later, with its prices (a book without any is still in force):
+# those whose span (catalogue_book_span, catalogue/migrations/0002) has not ended.
 _PRICES_SQL = """
 SELECT b.id, b.currency, b.effective_from, p.tier, p.model, p.input_per_million,
        p.cached_input_per_million, p.output_per_million, p.reasoning_per_million, p.request_fee
-FROM catalogue_pricebook b
+FROM catalogue_book_span b
 LEFT JOIN catalogue_price p ON p.price_book_id = b.id
-WHERE b.effective_from >= coalesce(
-    (SELECT max(n.effective_from) FROM catalogue_pricebook n
-     WHERE n.currency = b.currency AND n.effective_from <= now()),
-    '-infinity')
+WHERE b.effective_to > now()
 ORDER BY b.currency, b.effective_from
 """
 

@@ -13,7 +13,7 @@ from customers.keys import key_id_parse
 from customers.models import ApiKey
 from fleet.models import Backend
 from gateway.demo import demo_seed
-from tests.tfup import (
+from tests.support.tfup import (
     READY_TIMEOUT_SECONDS,
     STOP_TIMEOUT_SECONDS,
     TfUp,

@@ -17,8 +17,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from billing.reports import _CSV_HEADER
 from config import demo as demo_traffic
-from tests.browser import PASSWORD, chromium, shot, sign_in
-from tests.tfup import READY_TIMEOUT_SECONDS, TF, make_env, tf_up_running
+from tests.support.browser import PASSWORD, chromium, shot, sign_in
+from tests.support.tfup import READY_TIMEOUT_SECONDS, TF, make_env, tf_up_running
 
 DEMO_SECONDS = 20
 # ML.ENERGY's Llama-3.1-8B on one H100: roughly 2-13 tokens per joule, 7.2-46.8M per kWh.

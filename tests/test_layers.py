@@ -7,7 +7,7 @@ import re
 import pytest
 from django.apps import apps
 
-from tests.servers import ROOT
+from tests.support.servers import ROOT
 
 # Lowest first; apps in one layer are independent of each other.
 LAYERS = [

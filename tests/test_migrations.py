@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from django.conf import settings
 
-from tests.servers import ROOT
+from tests.support.servers import ROOT
 
 # The last migrations before the move.
 BEFORE_THE_MOVE = [

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT
-from tests.tfup import READY_TIMEOUT_SECONDS, TF, TfUp, make_env, tf_up_running
+from tests.support.servers import ROOT
+from tests.support.tfup import READY_TIMEOUT_SECONDS, TF, TfUp, make_env, tf_up_running
 
 README = (ROOT / "README.md").read_text()
 PRINTED_GATEWAY = "http://127.0.0.1:8000"

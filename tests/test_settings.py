@@ -1,24 +1,9 @@
 """The production profile is safe to expose; the local one works with no configuration."""
 
-import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.servers import ROOT
-
-
-def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("TF_PROFILE", "SECRET_KEY", "DEBUG")}
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.support.manage import manage
 
 
 def test_the_production_profile_passes_the_deploy_checks() -> None:

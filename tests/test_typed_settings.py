@@ -15,7 +15,7 @@ from config.app_settings import (
     MeteringSettings,
     StripeSettings,
 )
-from tests.test_settings import manage
+from tests.support.manage import manage
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@
 -- counts nothing. Budgets in billing's currency read the rollups where they exist (whole days
 -- before day_rolled, hours before rolled: the same rule, already summed) and the ledger after
 -- them; budgets in another currency read the ledger for the whole month.
+-- The book in force and its price row: catalogue_book_span and catalogue_price_in_force
+-- (catalogue/migrations/0002).
 -- Parameters: period_start, period_end, day_rolled <= rolled (both within the period),
 -- billing_currency.
 -- Returns the alerts recorded now: account_id, percent, spent, monthly_limit, currency.
@@ -15,12 +17,6 @@ WITH budgets AS (
                 ELSE %(period_start)s::timestamptz END AS ledger_from
     FROM customers_budget
     WHERE cardinality(alert_percents) > 0
-),
-books AS (
-    SELECT id, currency, effective_from,
-           lead(effective_from, 1, 'infinity') OVER w AS until
-    FROM catalogue_pricebook
-    WINDOW w AS (PARTITION BY currency ORDER BY effective_from)
 ),
 rolled AS (
     SELECT r.account_id, sum(r.revenue) AS spent
@@ -49,8 +45,8 @@ usage AS (
           AND u.started_at >= bu.ledger_from AND u.started_at < %(period_end)s
         OFFSET 0
     ) u
-    JOIN books bk ON bk.currency = bu.currency
-                 AND u.started_at >= bk.effective_from AND u.started_at < bk.until
+    JOIN catalogue_book_span bk ON bk.currency = bu.currency
+        AND u.started_at >= bk.effective_from AND u.started_at < bk.effective_to
     GROUP BY 1, 2, 3, 4
 ),
 -- Exact: prices have 6 decimal places, and multiplying adds scales (no division).
@@ -63,12 +59,7 @@ fresh AS (
               ) * 0.000001
            + sum(us.requests * p.request_fee) AS spent
     FROM usage us
-    CROSS JOIN LATERAL (
-        SELECT * FROM catalogue_price p
-        WHERE p.price_book_id = us.book_id AND p.tier = us.tier AND p.model IN (us.model, '*')
-        ORDER BY p.model = '*'
-        LIMIT 1
-    ) p
+    CROSS JOIN LATERAL catalogue_price_in_force(us.book_id, us.tier, us.model) p
     GROUP BY us.account_id
 ),
 spend AS (

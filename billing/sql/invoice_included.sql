@@ -4,14 +4,9 @@
 -- request_id), and within a record its classes in the order input, cached input, output,
 -- reasoning, until it runs out (billing/rating.py: cover_included). Records of other tiers use
 -- none. Parameters: since, until, currency, and three arrays of the same length: accounts
--- (ids), tiers (the plan's tier) and allowances (included tokens).
-WITH books AS (
-    SELECT id, effective_from,
-           lead(effective_from, 1, 'infinity') OVER (ORDER BY effective_from) AS effective_to
-    FROM catalogue_pricebook
-    WHERE currency = %(currency)s
-),
-plans AS (
+-- (ids), tiers (the plan's tier) and allowances (included tokens). The book in force:
+-- catalogue_book_span (catalogue/migrations/0002).
+WITH plans AS (
     SELECT *
     FROM unnest(%(accounts)s::bigint[], %(tiers)s::text[], %(allowances)s::bigint[])
         AS p(account_id, tier, allowance)
@@ -27,7 +22,8 @@ records AS (
                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS used_before
     FROM plans p
     JOIN metering_usagerecord u ON u.account_id = p.account_id AND u.tier = p.tier
-    LEFT JOIN books b ON u.started_at >= b.effective_from AND u.started_at < b.effective_to
+    LEFT JOIN catalogue_book_span b ON b.currency = %(currency)s
+        AND u.started_at >= b.effective_from AND u.started_at < b.effective_to
     WHERE u.started_at >= %(since)s AND u.started_at < %(until)s
 ),
 covered AS (

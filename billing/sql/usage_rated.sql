@@ -1,17 +1,13 @@
 -- The usage records that started in [since, until), of one account or all (account_id null),
 -- each rated by the rule of docs/billing.md ("Rating"), as billing/rating.py rates it: the
 -- book of `currency` in force at its started_at, that book's (tier, model) price row, else its
--- (tier, '*') row. An unpriced record has a null book and zero amounts. Amounts are exact:
--- prices have 6 places and multiplying by 0.000001 adds 6 (no division, nothing rounded).
+-- (tier, '*') row (catalogue_book_span and catalogue_price_in_force,
+-- catalogue/migrations/0002). An unpriced record has a null book and zero amounts. Amounts
+-- are exact: prices have 6 places and multiplying by 0.000001 adds 6 (no division, nothing
+-- rounded).
 -- Parameters: since, until, currency, account_id.
 -- Returns per record: request_id, started_at, account_id, tier, model, price_book_id, and the
 -- amounts input, cached_input, output, reasoning, request_fee.
-WITH books AS (
-    SELECT id, effective_from,
-           lead(effective_from, 1, 'infinity') OVER (ORDER BY effective_from) AS effective_to
-    FROM catalogue_pricebook
-    WHERE currency = %(currency)s
-)
 SELECT u.request_id, u.started_at, u.account_id, u.tier, u.model,
        CASE WHEN p.id IS NOT NULL THEN b.id END AS price_book_id,
        coalesce((u.prompt_tokens - u.cached_prompt_tokens) * p.input_per_million * 0.000001, 0)
@@ -24,13 +20,9 @@ SELECT u.request_id, u.started_at, u.account_id, u.tier, u.model,
                 * 0.000001, 0) AS reasoning,
        coalesce(p.request_fee, 0) AS request_fee
 FROM metering_usagerecord u
-LEFT JOIN books b ON u.started_at >= b.effective_from AND u.started_at < b.effective_to
-LEFT JOIN LATERAL (
-    SELECT * FROM catalogue_price p
-    WHERE p.price_book_id = b.id AND p.tier = u.tier AND p.model IN (u.model, '*')
-    ORDER BY p.model = '*'
-    LIMIT 1
-) p ON true
+LEFT JOIN catalogue_book_span b ON b.currency = %(currency)s
+    AND u.started_at >= b.effective_from AND u.started_at < b.effective_to
+LEFT JOIN LATERAL catalogue_price_in_force(b.id, u.tier, u.model) p ON true
 WHERE u.started_at >= %(since)s AND u.started_at < %(until)s
   AND (%(account_id)s::bigint IS NULL OR u.account_id = %(account_id)s::bigint)
 ORDER BY u.started_at, u.request_id

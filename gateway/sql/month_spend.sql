@@ -2,16 +2,12 @@
 -- lost them (gateway/limits.py). Every request is rated by the rule of docs/billing.md
 -- ("Rating") with the price book in force when it started, in the account's currency (its
 -- budget's, else the default); usage without a price counts nothing.
+-- The book in force and its price row: catalogue_book_span and catalogue_price_in_force
+-- (catalogue/migrations/0002).
 -- Parameters: month (start of the UTC month), default_currency.
 -- Returns account_id, currency, spend in micro-units (exact: 6 decimal places).
-WITH books AS (
-    SELECT id, currency, effective_from,
-           lead(effective_from, 1, 'infinity') OVER w AS until
-    FROM catalogue_pricebook
-    WINDOW w AS (PARTITION BY currency ORDER BY effective_from)
-),
 -- Summed before pricing: one row per account, book, tier and model.
-usage AS (
+WITH usage AS (
     SELECT u.account_id, bk.currency, bk.id AS book_id, u.tier, u.model,
            count(*) AS requests,
            sum(u.prompt_tokens - u.cached_prompt_tokens) AS input,
@@ -20,8 +16,8 @@ usage AS (
            sum(u.reasoning_tokens) AS reasoning
     FROM metering_usagerecord u
     LEFT JOIN customers_budget bu ON bu.account_id = u.account_id
-    JOIN books bk ON bk.currency = coalesce(bu.currency, %(default_currency)s)
-                 AND u.started_at >= bk.effective_from AND u.started_at < bk.until
+    JOIN catalogue_book_span bk ON bk.currency = coalesce(bu.currency, %(default_currency)s)
+        AND u.started_at >= bk.effective_from AND u.started_at < bk.effective_to
     WHERE u.started_at >= %(month)s
     GROUP BY 1, 2, 3, 4, 5
 )
@@ -33,10 +29,5 @@ SELECT us.account_id, us.currency,
            + us.reasoning * coalesce(p.reasoning_per_million, p.output_per_million)
            + us.requests * p.request_fee * 1000000) AS micro
 FROM usage us
-CROSS JOIN LATERAL (
-    SELECT * FROM catalogue_price p
-    WHERE p.price_book_id = us.book_id AND p.tier = us.tier AND p.model IN (us.model, '*')
-    ORDER BY p.model = '*'
-    LIMIT 1
-) p
+CROSS JOIN LATERAL catalogue_price_in_force(us.book_id, us.tier, us.model) p
 GROUP BY us.account_id, us.currency

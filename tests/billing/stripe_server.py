@@ -30,8 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.faults import TcpProxy
-from tests.servers import Server, free_port
+from tests.support.faults import TcpProxy
+from tests.support.servers import Server, free_port
 
 
 def start_stripe() -> Server:

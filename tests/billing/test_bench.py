@@ -8,7 +8,7 @@ import sys
 import pytest
 from django.conf import settings
 
-from tests.servers import ROOT
+from tests.support.servers import ROOT
 
 
 @pytest.mark.timeout(300)

@@ -10,7 +10,7 @@ import pytest
 
 from billing.budgets import budget_alerts_record
 from billing.models import BudgetAlert
-from billing.services import rollups_run
+from billing.rollups import rollups_run
 from catalogue.models import Price, PriceBook
 from customers.models import Account, Budget
 from customers.services import account_create, tiers_ensure_defaults

@@ -8,8 +8,9 @@ import pytest
 from django.core.management import call_command
 from django.db.models import Sum
 
+from billing.margins import figures_refresh
 from billing.models import JobRun, Margin, UsageRollup
-from billing.services import figures_refresh, rollups_run
+from billing.rollups import rollups_run
 from tests.billing.factories import (
     MONTH,
     BookSpec,

@@ -9,9 +9,11 @@ from django.db import IntegrityError, transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from billing.margins import margins_run
 from billing.models import Invoice, InvoiceLine
 from billing.money import to_minor
 from billing.rating import PriceList, Quantities, cover_included, rate
+from billing.rollups import rollups_run
 from billing.selectors import invoice_line_usage, price_list, usage_rated
 from billing.services import (
     InvoiceError,
@@ -19,8 +21,6 @@ from billing.services import (
     invoice_preview,
     invoices_close,
     invoices_close_due,
-    margins_run,
-    rollups_run,
 )
 from customers.models import Account
 from tests.billing.factories import (

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -20,8 +19,10 @@ import pytest
 from django.conf import settings
 from django.db import connection, transaction
 
+from billing.margins import margins_run
 from billing.models import CostModel, Invoice, InvoiceNumber, JobRun, Margin, UsageRollup
-from billing.services import invoices_close, margins_run, rollups_run
+from billing.rollups import rollups_run
+from billing.services import invoices_close
 from catalogue.models import PriceBook
 from customers.models import Account
 from tests.billing.factories import (
@@ -37,7 +38,8 @@ from tests.billing.factories import (
     usage,
     usage_write,
 )
-from tests.servers import ROOT
+from tests.support.servers import ROOT
+from tests.support.waiting import wait_until
 
 CLOSE = NEXT_MONTH + timedelta(hours=3)
 TABLES = ("billing_usagerollup", "billing_margin", "billing_invoice", "billing_invoiceline")
@@ -135,9 +137,9 @@ def held(sql: str) -> psycopg.Connection[Any]:
 
 def wait_until_blocked(process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Until the worker's session waits for a lock: its job has done its writes by then."""
-    deadline = time.monotonic() + timeout
     with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
+
+        def blocked() -> bool:
             if process.poll() is not None:
                 assert process.stderr is not None
                 raise AssertionError(process.stderr.read().decode())
@@ -146,23 +148,21 @@ def wait_until_blocked(process: subprocess.Popen[bytes], timeout: float = 60.0) 
                 "WHERE application_name = %s AND wait_event_type = 'Lock'",
                 [APP],
             )
-            if cursor.fetchone()[0]:
-                return
-            time.sleep(0.05)
-    raise AssertionError("the worker never got to its last step")
+            return bool(cursor.fetchone()[0])
+
+        wait_until(blocked, timeout=timeout, what="the worker to get to its last step")
 
 
 def wait_until_gone(timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
     with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
+
+        def gone() -> bool:
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [APP]
             )
-            if not cursor.fetchone()[0]:
-                return
-            time.sleep(0.05)
-    raise AssertionError("the killed worker's session lingers")
+            return not cursor.fetchone()[0]
+
+        wait_until(gone, timeout=timeout, what="the killed worker's session to end")
 
 
 def kill_at_last_step(job: str, now: datetime, lock_sql: str) -> None:

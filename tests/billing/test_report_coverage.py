@@ -9,8 +9,9 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 
+from billing.margins import margins_run
 from billing.reports import FinanceReport, Line, _cells, finance_report, report_csv, report_html
-from billing.services import margins_run, rollups_rebuild, rollups_run
+from billing.rollups import rollups_rebuild, rollups_run
 from console.dashboard import dashboard_data
 from customers.services import account_create, tiers_ensure_defaults
 from metering.models import EnergyInterval

@@ -14,9 +14,10 @@ from django.core.management import call_command
 from django.db.models import F, Sum
 from django.test import Client
 
+from billing.margins import margins_run
 from billing.models import UsageRollup
 from billing.reports import UNALLOCATED, FinanceReport, finance_report, report_csv, report_html
-from billing.services import margins_run, rollups_run
+from billing.rollups import rollups_run
 from customers.services import account_create, tiers_ensure_defaults
 from metering.models import EnergyInterval, UsageRecord
 from tests.billing.factories import (

@@ -8,10 +8,11 @@ import pytest
 from django.db.models import Sum
 from hypothesis import HealthCheck, given, settings
 
+from billing.margins import margins_run
 from billing.models import Margin, UsageRollup
 from billing.rating import Quantities
+from billing.rollups import rollups_rebuild, rollups_run
 from billing.selectors import price_list, usage_unpriced
-from billing.services import margins_run, rollups_rebuild, rollups_run
 from metering.models import EnergyInterval
 from tests.billing.factories import (
     MONTH,

@@ -43,9 +43,10 @@ from tests.billing.factories import (
     usage_write,
 )
 from tests.billing.stripe_server import ResponseDropper, start_stripe
-from tests.conftest import MODEL, Tenant, tenant_create
-from tests.http import call
-from tests.servers import Server
+from tests.support.http import call
+from tests.support.servers import Server
+from tests.support.tenants import MODEL, Tenant, tenant_create
+from tests.support.waiting import wait_until
 
 # Tests run in a transaction rolled back after them (django_db), but for the two that need
 # what they write seen by other connections (threads, a gateway): those clean up after them.
@@ -612,9 +613,14 @@ def test_when_stripe_gives_up_the_account_is_suspended_and_its_keys_refused(
         object_type="customers.account", object_id=str(pushed.account_id), actor="stripe"
     )
     assert (entry.action, entry.after["status"]) == ("suspend", "suspended")
-    deadline = time.monotonic() + 10
-    while (status := chat(gateway, tenant.key)) == 200 and time.monotonic() < deadline:
-        time.sleep(0.2)
+
+    def refused() -> int | None:
+        status = chat(gateway, tenant.key)
+        return None if status == 200 else status
+
+    status = wait_until(
+        refused, timeout=10, interval=0.2, what="the gateway to refuse the suspended key"
+    )
     assert status == 403
 
 

@@ -14,8 +14,8 @@ from console.api.errors import bad_request, page_not_found, server_error
 from console.api.parsers import MAX_DEPTH
 from customers.models import Account
 from tests.console.api_support import assert_error, staff_client, staff_token, superuser_create
-from tests.http import call
-from tests.servers import Server
+from tests.support.http import call
+from tests.support.servers import Server
 
 # Each test but the last runs in a transaction; the last needs committed rows, which the
 # ASGI server's own connections can see.

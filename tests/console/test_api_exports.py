@@ -16,8 +16,8 @@ from tests.console.api_support import (
     tenant_create,
     usage_create,
 )
-from tests.http import call
-from tests.servers import Server
+from tests.support.http import call
+from tests.support.servers import Server
 
 RANGE = {"from": "2030-03-01T00:00:00Z", "to": "2030-04-01T00:00:00Z"}
 

@@ -15,9 +15,8 @@ import aiohttp
 import psutil
 from django.db import connection
 
-from tests.conftest import gateway_env
 from tests.console.api_support import staff_token, superuser_create
-from tests.servers import start_gateway
+from tests.support.servers import gateway_env, start_gateway
 
 POOL_MAX = 4
 # The gateway's own psycopg AsyncConnectionPool (key lookups, refreshers; gateway/app.py).

@@ -20,10 +20,9 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.client_ip import client_address
 from audit.models import AuditEntry
 from customers.services import account_status_set
-from tests.conftest import gateway_env
 from tests.console.api_support import tenant_create
-from tests.servers import start_gateway
-from tests.test_settings import manage
+from tests.support.manage import manage
+from tests.support.servers import gateway_env, start_gateway
 
 PASSWORD = "correct horse battery staple"
 LOCAL = "127.0.0.1"

@@ -1,7 +1,7 @@
 """Backend health: the prober's verdict steers routing; silent backends time out as 504."""
 
 import json
-import time
+import uuid
 from collections.abc import Iterator
 
 import openai
@@ -9,9 +9,11 @@ import pytest
 
 from fleet.models import Backend
 from fleet.services import backend_register, backends_probe
-from tests.conftest import UPSTREAM_MODEL, Tenant, gateway_env, usage_for
-from tests.http import call
-from tests.servers import Server, start_gateway, start_simulator
+from tests.support.gateway import wait_routable
+from tests.support.http import call
+from tests.support.ledger import usage_for
+from tests.support.servers import Server, gateway_env, start_gateway, start_simulator
+from tests.support.tenants import UPSTREAM_MODEL, Tenant
 
 LONELY_MODEL = "llama-lonely"
 CHAT = [{"role": "user", "content": "hi"}]
@@ -53,8 +55,13 @@ def test_the_prober_marks_a_backend_that_fails_its_health_check(
 def test_a_model_whose_backends_are_all_unhealthy_gets_503_with_retry_after(
     gateway: Server, tenant: Tenant, lonely: Backend
 ) -> None:
-    Backend.objects.filter(pk=lonely.pk).update(health="unhealthy")
-    time.sleep(1.0)  # the gateway re-reads its backend list every 0.5 s in tests
+    # The verdict goes in with a name of the backend's that is new: once the gateway routes
+    # that name, it has read the verdict too.
+    alias = f"{LONELY_MODEL}-{uuid.uuid4().hex[:8]}"
+    Backend.objects.filter(pk=lonely.pk).update(
+        health="unhealthy", public_models=[LONELY_MODEL, alias]
+    )
+    wait_routable(gateway, tenant.key, alias)
     api = openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
     with pytest.raises(openai.InternalServerError) as caught:
         api.chat.completions.create(model=LONELY_MODEL, messages=CHAT)

@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,10 +23,12 @@ from customers.models import Budget
 from gateway.validation import TEMPLATE_TOKENS
 from metering.consumer import Meter
 from metering.models import UsageRecord
-from tests.conftest import MODEL, Tenant, drain, gateway_env, tenant_create
-from tests.gateway.test_redis_restart import RedisServer
-from tests.http import call, stream_request
-from tests.servers import Server, start_gateway
+from tests.support.http import call, stream_request
+from tests.support.ledger import drain
+from tests.support.redis_server import RedisServer
+from tests.support.servers import Server, gateway_env, start_gateway
+from tests.support.tenants import MODEL, Tenant, tenant_create
+from tests.support.waiting import wait_until
 
 # ISO 4217's code for tests: no other test's prices or budgets are in it.
 CURRENCY = "XTS"
@@ -101,11 +102,12 @@ def sdk(gateway: Server, tenant: Tenant) -> openai.OpenAI:
 
 def stored(tenant: Tenant, count: int) -> list[UsageRecord]:
     records = UsageRecord.objects.filter(account_id=tenant.account.pk)
-    deadline = time.monotonic() + 10
-    drain()
-    while records.count() < count and time.monotonic() < deadline:
-        time.sleep(0.05)
+
+    def enough() -> bool:
         drain()
+        return records.count() >= count
+
+    wait_until(enough, what=f"{count} usage records")
     assert records.count() == count
     return list(records.order_by("started_at"))
 
@@ -199,9 +201,11 @@ def test_settling_swaps_the_reservation_for_what_the_request_cost(
     assert in_flight >= Decimal(2000 * 2400) / 1_000_000
     (record,) = stored(tenant, 1)
     assert record.completion_tokens == 2000 and record.reasoning_tokens == 0
-    deadline = time.monotonic() + 2
-    while month_spend(gateway, tenant) == in_flight and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(
+        lambda: month_spend(gateway, tenant) != in_flight,
+        timeout=2,
+        what="the settle to refund the reservation",
+    )
     # Output tokens are charged at the output price: three quarters come back.
     assert month_spend(gateway, tenant) == charged([record]) < in_flight
 
@@ -303,7 +307,7 @@ def test_concurrent_requests_exceed_the_cap_by_at_most_one_reservation(
 def own_redis() -> Iterator[RedisServer]:
     server = RedisServer()
     yield server
-    server.stop()
+    server.kill()
 
 
 def test_a_spent_budget_stays_spent_when_redis_comes_back_empty(
@@ -323,12 +327,13 @@ def test_a_spent_budget_stays_spent_when_redis_comes_back_empty(
         meter.drain()
         spent = charged(stored(tenant, served))
 
-        own_redis.stop()
+        own_redis.kill()
         own_redis.start()  # empty: no persistence
-        deadline = time.monotonic() + 10
-        while not redis.Redis.from_url(own_redis.url).exists("{limits}:epoch"):
-            assert time.monotonic() < deadline, "counters not rebuilt"
-            time.sleep(0.1)
+        wait_until(
+            lambda: redis.Redis.from_url(own_redis.url).exists("{limits}:epoch"),
+            interval=0.1,
+            what="the counters to be rebuilt",
+        )
         with pytest.raises(openai.RateLimitError) as still_spent:
             api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=20)
         assert still_spent.value.code == "insufficient_quota"

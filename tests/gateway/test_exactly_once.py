@@ -7,12 +7,18 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+import redis
+from django.db import transaction
+from django.db.models import QuerySet
 
 from fleet.services import backend_register
 from metering.models import UsageRecord
-from tests.conftest import UPSTREAM_MODEL, Tenant, drain, gateway_env, usage_for
-from tests.http import call, stream_request
-from tests.servers import Server, start_gateway
+from tests.support.gateway import progress_reported, wait_routable
+from tests.support.http import call, read_until, stream_request, stream_start
+from tests.support.ledger import drain, usage_for
+from tests.support.servers import Server, gateway_env, start_gateway
+from tests.support.tenants import UPSTREAM_MODEL, Tenant, tenant_create
+from tests.support.waiting import wait_until
 
 FAULT_MODEL = "llama-faulty"
 CHAT = [{"role": "user", "content": "Tell me a long story."}]
@@ -23,20 +29,23 @@ pytestmark = pytest.mark.usefixtures("gateway")
 @pytest.fixture(scope="module")
 def two_backends(simulator: Server, gateway: Server) -> None:
     """Two backend rows on one simulator, so a fault armed there hits whichever goes first."""
-    for name in ("fault-a", "fault-b"):
-        backend_register(
-            name=name,
-            base_url=simulator.url,
-            upstream_model=UPSTREAM_MODEL,
-            public_models=[FAULT_MODEL],
-        )
-    time.sleep(1.0)  # the gateway re-reads its backend list every 0.5 s in tests
+    with transaction.atomic():  # the gateway reads both at once, or neither
+        for name in ("fault-a", "fault-b"):
+            backend_register(
+                name=name,
+                base_url=simulator.url,
+                upstream_model=UPSTREAM_MODEL,
+                public_models=[FAULT_MODEL],
+            )
+    wait_routable(gateway, tenant_create().key, FAULT_MODEL)
 
 
 @pytest.fixture
 def sim(simulator: Server, two_backends: None) -> Iterator[Server]:
     call("DELETE", simulator.url + "/_sim/faults")
-    time.sleep(1.1)  # let any ejection from the previous test lapse
+    # Kept a sleep, the scenario: any ejection from the previous test lapses (1 s in tests);
+    # a gateway's breakers show nowhere outside it.
+    time.sleep(1.1)
     yield simulator
     call("DELETE", simulator.url + "/_sim/faults")
 
@@ -45,15 +54,29 @@ def arm(sim: Server, **fault: object) -> None:
     assert call("POST", sim.url + "/_sim/faults", json.dumps(fault).encode()).status == 200
 
 
+def stored(records: QuerySet[UsageRecord]) -> bool:
+    """Whether any of `records` is stored, once the meter has stored what is queued."""
+    drain()
+    return records.exists()
+
+
+def sim_chats(sim: Server) -> int:
+    """Chat requests the backend has received."""
+    requests = json.loads(call("GET", sim.url + "/_sim/stats").body)["requests"]
+    return int(requests.get("/v1/chat/completions", 0))
+
+
 def sdk(gateway: Server, tenant: Tenant) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
 
 
 def wait_for_record(request_id: str, timeout: float = 15.0) -> UsageRecord:
-    deadline = time.monotonic() + timeout
-    while not (records := usage_for(request_id)):
-        assert time.monotonic() < deadline, f"no usage record for {request_id}"
-        time.sleep(0.25)
+    records = wait_until(
+        lambda: usage_for(request_id, timeout=0),
+        timeout=timeout,
+        interval=0.25,
+        what=f"a usage record for {request_id}",
+    )
     assert len(records) == 1
     return records[0]
 
@@ -122,38 +145,54 @@ def test_a_client_disconnect_cancels_the_backend_and_bills_what_was_sent(
 ) -> None:
     arm(sim, kind="stall", seconds=30, after_tokens=5, count=1)
     before = json.loads(call("GET", sim.url + "/_sim/stats").body)["aborted"]
-    sock, request_id = stream_request(gateway.url, tenant.key, FAULT_MODEL)
-    time.sleep(0.3)
+    sock, request_id, head = stream_start(gateway.url, tenant.key, FAULT_MODEL)
+    read_until(
+        sock,
+        lambda data: data.count(b'"content":') >= 5,
+        what="the 5 tokens before the stall",
+        received=head,
+    )
     sock.close()
     record = wait_for_record(request_id)
     assert (record.outcome, record.tokens_estimated) == ("client_disconnected", True)
     assert record.completion_tokens == 5
-    deadline = time.monotonic() + 5
-    while json.loads(call("GET", sim.url + "/_sim/stats").body)["aborted"] == before:
-        assert time.monotonic() < deadline, "the backend request was not cancelled"
-        time.sleep(0.1)
+    wait_until(
+        lambda: json.loads(call("GET", sim.url + "/_sim/stats").body)["aborted"] != before,
+        timeout=5,
+        interval=0.1,
+        what="the backend request to be cancelled",
+    )
 
 
 def test_a_gateway_killed_mid_stream_has_its_request_recorded_by_the_reaper(
-    sim: Server, gateway: Server, tenant: Tenant
+    sim: Server, gateway: Server, tenant: Tenant, redis_client: redis.Redis
 ) -> None:
     doomed = start_gateway(gateway_env())
     try:
         arm(sim, kind="stall", seconds=30, after_tokens=5, count=1)
         sock, _ = stream_request(doomed.url, tenant.key, FAULT_MODEL)
-        time.sleep(1.5)  # a lease renewal reports the 5 tokens streamed so far
+        wait_until(
+            lambda: (
+                [
+                    (tokens, after >= 1.0)
+                    for tokens, after in progress_reported(redis_client, tenant.account.pk)
+                ]
+                == [(5, True)]
+            ),
+            what="a lease renewal a second in to report the 5 tokens streamed so far",
+        )
         doomed.kill()
         sock.close()
     finally:
         doomed.stop()
     # The surviving gateway's reaper records it once the 3 s lease has lapsed.
-    deadline = time.monotonic() + 15
-    while True:
-        drain()
-        lost = UsageRecord.objects.filter(account_id=tenant.account.pk, outcome="gateway_lost")
-        if lost.exists() or time.monotonic() > deadline:
-            break
-        time.sleep(0.25)
+    lost = UsageRecord.objects.filter(account_id=tenant.account.pk, outcome="gateway_lost")
+    wait_until(
+        lambda: stored(lost),
+        timeout=15,
+        interval=0.25,
+        what="the reaper's gateway_lost record",
+    )
     [record] = lost
     assert record.tokens_estimated and record.completion_tokens == 5
     assert record.status_code == 0 and record.latency_ms >= 1000
@@ -203,18 +242,16 @@ def test_a_client_that_leaves_a_whole_answer_ends_it_at_once(
     arm(sim, kind="stall", seconds=5, after_tokens=0, count=1)
     body = json.dumps({"model": FAULT_MODEL, "messages": CHAT, "max_tokens": 50}).encode()
     port = int(gateway.url.rsplit(":", 1)[1])
+    before = sim_chats(sim)
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
             + f"authorization: Bearer {tenant.key}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        time.sleep(0.5)
-    left = time.monotonic()
+        wait_until(lambda: sim_chats(sim) > before, what="the request to reach the backend")
     records = UsageRecord.objects.filter(account_id=tenant.account.pk)
-    while not records.exists() and time.monotonic() - left < 3:
-        drain()
-        time.sleep(0.05)
+    wait_until(lambda: stored(records), timeout=3, what="the request's usage record")
 
     [record] = records
     assert (record.outcome, record.status_code) == ("client_disconnected", 499)
@@ -232,7 +269,7 @@ def test_a_backend_error_that_is_not_openai_shaped_is_not_shown_to_the_client(
         upstream_model="m",
         public_models=["llama-misplaced"],
     )
-    time.sleep(1.0)  # the gateway re-reads its backend list every 0.5 s in tests
+    wait_routable(gateway, tenant.key, "llama-misplaced")
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(gateway, tenant).chat.completions.create(model="llama-misplaced", messages=CHAT)
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import MODEL, Tenant, tenant_create
-from tests.http import call
-from tests.servers import Server
+from tests.support.http import call
+from tests.support.servers import Server
+from tests.support.tenants import MODEL, Tenant, tenant_create
 
 pytestmark = pytest.mark.usefixtures("gateway")
 
@@ -83,4 +83,4 @@ def test_no_body_gets_a_5xx_or_an_error_in_another_shape(
     if reply.status >= 400:
         error = reply.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["message"]
-    time.sleep(0.01)
+    time.sleep(0.01)  # kept a sleep: paces the examples, as a load generator would

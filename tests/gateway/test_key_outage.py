@@ -8,10 +8,10 @@ import pytest
 from django.conf import settings
 
 from customers.services import api_key_revoke
-from tests.conftest import MODEL, Tenant, gateway_env
-from tests.faults import TcpProxy
-from tests.http import Reply, call
-from tests.servers import Server, start_gateway
+from tests.support.faults import TcpProxy
+from tests.support.http import Reply, call
+from tests.support.servers import Server, gateway_env, start_gateway
+from tests.support.tenants import MODEL, Tenant
 
 pytestmark = pytest.mark.usefixtures("fleet")
 
@@ -58,7 +58,7 @@ def timed_chats(
         answers.append((status, time.monotonic() - started, time.monotonic()))
         if status == until_status:
             break
-        time.sleep(0.05)
+        time.sleep(0.05)  # kept a sleep: paces the client, one chat after another
     return answers
 
 
@@ -92,7 +92,9 @@ def test_a_key_cached_longer_ago_than_the_staleness_bound_fails_closed(
     try:
         assert chat(gateway, tenant.key).status == 200
         postgres_proxy.cut()
-        time.sleep(2.5)  # the last lookup was before the cut
+        # Kept a sleep, the scenario: the cached key goes stale past the 2 s bound (its
+        # last lookup was before the cut).
+        time.sleep(2.5)
         refused = chat(gateway, tenant.key)
         assert refused.status == 503
         assert refused.json()["error"]["code"] == "auth_unavailable"

@@ -7,9 +7,8 @@ whose Redis restarts while its requests finish retries their settles until Redis
 
 import json
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,9 +19,13 @@ from django.conf import settings
 from metering.consumer import Meter
 from metering.models import UsageRecord
 from simulator.testing import parse_sse
-from tests.conftest import MODEL, Tenant, drain, gateway_env
-from tests.http import Reply, call
-from tests.servers import Server, free_port, start_gateway
+from tests.support.gateway import in_flight, progress_reported
+from tests.support.http import Reply, call
+from tests.support.ledger import drain
+from tests.support.redis_server import RedisServer
+from tests.support.servers import Server, gateway_env, start_gateway
+from tests.support.tenants import MODEL, Tenant
+from tests.support.waiting import wait_until
 
 TOKENS = 40
 STREAMS = 8
@@ -58,13 +61,6 @@ def delivered(reply: Reply) -> int:
     return sum(1 for e in events[:-2] if e["choices"][0]["delta"].get("content"))
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
-
-
 @pytest.fixture
 def sim(simulator: Server) -> Iterator[Server]:
     call("DELETE", simulator.url + "/_sim/faults")
@@ -73,7 +69,7 @@ def sim(simulator: Server) -> Iterator[Server]:
 
 
 def test_a_gateway_paused_past_its_lease_ends_with_the_tokens_it_delivered(
-    sim: Server, gateway: Server, tenant: Tenant
+    sim: Server, gateway: Server, tenant: Tenant, redis_client: redis.Redis
 ) -> None:
     """SIGSTOP for longer than the lease: the other gateway reaps the streams as lost with
     the 5 tokens last reported; after SIGCONT they finish and the ledger holds what the
@@ -84,7 +80,13 @@ def test_a_gateway_paused_past_its_lease_ends_with_the_tokens_it_delivered(
         arm_stall(sim, seconds=4, count=STREAMS)
         with ThreadPoolExecutor(STREAMS) as pool:
             replies = start_streams(pool, paused, tenant)
-            time.sleep(1.5)  # every stream has sent 5 tokens and a renewal reported them
+            wait_until(
+                lambda: (
+                    [tokens for tokens, _ in progress_reported(redis_client, tenant.account.pk)]
+                    == [5] * STREAMS
+                ),
+                what="every stream to send 5 tokens and a renewal to report them",
+            )
             paused.process.send_signal(signal.SIGSTOP)
             try:
 
@@ -92,7 +94,9 @@ def test_a_gateway_paused_past_its_lease_ends_with_the_tokens_it_delivered(
                     drain()
                     return records.filter(outcome="gateway_lost").count() == STREAMS
 
-                wait_until(all_lost, "the paused gateway's streams were not reaped")
+                wait_until(
+                    all_lost, timeout=20, interval=0.2, what="the paused gateway's streams reaped"
+                )
                 assert set(records.values_list("completion_tokens", flat=True)) == {5}
             finally:
                 paused.process.send_signal(signal.SIGCONT)
@@ -103,45 +107,18 @@ def test_a_gateway_paused_past_its_lease_ends_with_the_tokens_it_delivered(
             drain()
             return records.filter(outcome="ok").count() == STREAMS
 
-        wait_until(all_final, "the final records did not replace the gateway_lost ones")
+        wait_until(
+            all_final,
+            timeout=20,
+            interval=0.2,
+            what="the final records to replace the gateway_lost ones",
+        )
         assert records.count() == STREAMS
         assert {(r.completion_tokens, r.tokens_estimated, r.status_code) for r in records} == {
             (TOKENS, False, 200)
         }
     finally:
         paused.stop()
-
-
-class RedisServer:
-    """A redis-server of the test's own, with or without an append-only file, restartable."""
-
-    def __init__(self, directory: Path, *, appendonly: bool, extra: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        self.args += ["--dir", str(directory), "--save", ""]
-        self.args += ["--appendonly", "yes" if appendonly else "no", *extra]
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        client.close()
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
 
 
 @pytest.mark.parametrize("appendonly", [True, False], ids=["aof", "no-persistence"])
@@ -159,25 +136,34 @@ def test_settles_that_fail_while_redis_restarts_are_retried_until_it_answers(
         claim_idle_seconds=settings.METERING["CLAIM_IDLE_SECONDS"],
     )
     records = UsageRecord.objects.filter(account_id=tenant.account.pk)
+    client = redis.Redis.from_url(own.url)
     try:
         arm_stall(sim, seconds=2, count=STREAMS)
         with ThreadPoolExecutor(STREAMS) as pool:
             replies = start_streams(pool, gateway, tenant)
-            time.sleep(1.0)  # all in flight, stalled after 5 tokens
+            wait_until(
+                lambda: len(in_flight(client, tenant.account.pk)) == STREAMS,
+                what="every stream to be in flight (they stall 2 s after 5 tokens)",
+            )
             own.kill()
             tokens = [delivered(reply.result(timeout=30)) for reply in replies]
         assert tokens == [TOKENS] * STREAMS  # answered in full while Redis was away
-        time.sleep(1.0)  # settles fail meanwhile
+        # Kept a sleep, the scenario: Redis stays away a while after the streams ended, and
+        # the settles fail meanwhile.
+        time.sleep(1.0)
         own.start()
 
         def all_final() -> bool:
             meter.drain()
             return records.filter(outcome="ok").count() == STREAMS
 
-        wait_until(all_final, "the settles were not retried")
+        wait_until(
+            all_final, timeout=20, interval=0.2, what="the settles to be retried until stored"
+        )
         assert records.count() == STREAMS
         assert {(r.completion_tokens, r.tokens_estimated) for r in records} == {(TOKENS, False)}
     finally:
         gateway.stop()
         meter.client.close()
+        client.close()
         own.kill()

@@ -4,22 +4,10 @@ import json
 
 import openai
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MODEL, Tenant
-from tests.http import call
-from tests.servers import Server
-
-
-def scrape(gateway: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    reply = call("GET", gateway.url + "/metrics")
-    assert reply.status == 200
-    assert reply.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(reply.body.decode())
-        for sample in family.samples
-    }
+from tests.support.gateway import scrape
+from tests.support.servers import Server
+from tests.support.tenants import MODEL, Tenant
 
 
 def test_requests_and_tokens_are_counted_by_tier(gateway: Server, tenant: Tenant) -> None:

@@ -11,15 +11,18 @@ from datetime import UTC, datetime
 import aiohttp
 import pytest
 import redis
+from django.db.models import QuerySet
 
 from customers.models import LimitOverride
 from gateway.inflight import LEASES
 from gateway.limits import account_keys
 from gateway.queueing import pool_keys
 from metering.models import UsageRecord
-from tests.conftest import MODEL, Tenant, drain, gateway_env, tenant_create
-from tests.http import call, stream_request
-from tests.servers import Server, start_gateway
+from tests.support.http import call, stream_request
+from tests.support.ledger import drain
+from tests.support.servers import Server, gateway_env, start_gateway
+from tests.support.tenants import MODEL, Tenant, tenant_create
+from tests.support.waiting import wait_until
 
 GATEWAYS = 4
 REQUESTS = 240
@@ -71,11 +74,28 @@ def wait_until_quiet(client: redis.Redis, tenant: Tenant) -> None:
         "backend slots": pool_keys(MODEL)[0],
         "in-flight entries": LEASES,
     }
-    deadline = time.monotonic() + 5
-    while any(client.zcard(key) for key in holdings.values()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for what, key in holdings.items():
-        assert client.zcard(key) == 0, f"{what} left behind"
+
+    def left_behind() -> list[str]:
+        return [what for what, key in holdings.items() if client.zcard(key)]
+
+    wait_until(
+        lambda: not left_behind(),
+        timeout=5,
+        what="every slot and in-flight entry to be given back",
+        explain=lambda: f"left behind: {', '.join(left_behind())}",
+    )
+
+
+def stored(tenant: Tenant, count: int) -> QuerySet[UsageRecord]:
+    """The tenant's usage records, once `count` are stored."""
+    records = UsageRecord.objects.filter(account_id=tenant.account.pk)
+
+    def enough() -> bool:
+        drain()
+        return records.count() >= count
+
+    wait_until(enough, timeout=5, interval=0.1, what=f"{count} usage records")
+    return records
 
 
 def test_the_request_rate_limit_holds_across_gateways(
@@ -96,12 +116,7 @@ def test_a_token_quota_is_exceeded_by_at_most_one_reservation(
     assert statuses[200] > 0 and statuses[429] > 0 and set(statuses) == {200, 429}
     # Refusals start once reservations reach the quota; settling then refunds what was not
     # used, so the tokens used end below the quota or above it by at most one reservation.
-    drain()
-    deadline = time.monotonic() + 5
-    records = UsageRecord.objects.filter(account_id=tenant.account.pk)
-    while records.count() < statuses[200] and time.monotonic() < deadline:
-        time.sleep(0.1)
-        drain()
+    records = stored(tenant, statuses[200])
     assert records.count() == statuses[200]
     used = sum(r.prompt_tokens + r.completion_tokens for r in records)
     one_reservation = max_tokens + 30  # completion cap + the prompt estimate of this body
@@ -118,12 +133,7 @@ def test_prompts_of_the_clients_choosing_cannot_carry_a_quota_past_one_request(
     tenant = limited(tokens_per_day=quota)
     statuses = asyncio.run(flood(gateways, tenant, 40, max_tokens=20, content="!" * 2000))
     assert statuses[200] > 0 and statuses[429] > 0 and set(statuses) == {200, 429}
-    drain()
-    deadline = time.monotonic() + 5
-    records = UsageRecord.objects.filter(account_id=tenant.account.pk)
-    while records.count() < statuses[200] and time.monotonic() < deadline:
-        time.sleep(0.1)
-        drain()
+    records = stored(tenant, statuses[200])
     totals = [r.prompt_tokens + r.completion_tokens for r in records]
     assert len(totals) == statuses[200] and min(totals) > 2_000
     assert sum(totals) <= quota + max(totals)
@@ -145,9 +155,12 @@ def test_a_killed_gateways_concurrency_slot_comes_back_within_its_lease(
         doomed.kill()
         killed_at = time.monotonic()
         assert asyncio.run(flood(gateways[:1], tenant, 1, max_tokens=1)) == {429: 1}
-        while asyncio.run(flood(gateways[:1], tenant, 1, max_tokens=1)) != {200: 1}:
-            assert time.monotonic() - killed_at < 3 + 2, "slot not freed within the 3 s lease"
-            time.sleep(0.2)
+        wait_until(
+            lambda: asyncio.run(flood(gateways[:1], tenant, 1, max_tokens=1)) == {200: 1},
+            timeout=3 + 2 - (time.monotonic() - killed_at),
+            interval=0.2,
+            what="the slot to be freed within the 3 s lease",
+        )
         sock.close()
     finally:
         doomed.stop()

@@ -3,8 +3,9 @@
 import openai
 import pytest
 
-from tests.conftest import MODEL, Tenant, usage_for
-from tests.servers import Server
+from tests.support.ledger import usage_for
+from tests.support.servers import Server
+from tests.support.tenants import MODEL, Tenant
 
 pytestmark = pytest.mark.usefixtures("gateway")
 

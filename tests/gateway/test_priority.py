@@ -7,12 +7,18 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+import redis
+from django.conf import settings
 
 from fleet.models import Backend
 from fleet.services import backend_register
-from tests.conftest import MODEL, UPSTREAM_MODEL, Tenant, tenant_create, usage_for
-from tests.http import call, stream_request
-from tests.servers import Server
+from gateway.queueing import CLASSES, pool_keys
+from tests.support.gateway import wait_routable
+from tests.support.http import call, stream_request
+from tests.support.ledger import usage_for
+from tests.support.servers import Server
+from tests.support.tenants import MODEL, UPSTREAM_MODEL, Tenant, tenant_create
+from tests.support.waiting import wait_until
 
 NARROW = "llama-narrow"  # served by one backend that runs one sequence at a time
 CHAT = [{"role": "user", "content": "hi"}]
@@ -28,9 +34,15 @@ def narrow(simulator: Server, gateway: Server) -> Iterator[None]:
         public_models=[NARROW],
         max_concurrent_sequences=1,
     )
-    time.sleep(1.0)  # the gateway re-reads its backend list every 0.5 s in tests
+    wait_routable(gateway, tenant_create().key, NARROW)
     yield
     Backend.objects.filter(pk=backend.pk).update(enabled=False)
+
+
+def wait_queued(client: redis.Redis, count: int, what: str) -> None:
+    """Until `count` requests wait in the narrow model's queue (in any priority class)."""
+    classes = pool_keys(NARROW)[3 : 3 + CLASSES]
+    wait_until(lambda: sum(client.zcard(key) for key in classes) == count, what=what)
 
 
 def sdk(gateway: Server, tenant: Tenant) -> openai.OpenAI:
@@ -48,6 +60,7 @@ def test_premium_waiting_behind_a_full_backend_goes_before_free(
         json.dumps({"kind": "stall", "seconds": 30, "after_tokens": 1}).encode(),
     )
     holder, _ = stream_request(gateway.url, tenant_create("premium").key, NARROW)
+    queue = redis.Redis.from_url(settings.REDIS_URL)
     finished: list[tuple[str, str]] = []
 
     def ask(name: str, tenant: Tenant) -> None:
@@ -58,10 +71,13 @@ def test_premium_waiting_behind_a_full_backend_goes_before_free(
 
     threads = [threading.Thread(target=ask, args=("free", free))]
     threads[0].start()
-    time.sleep(0.3)
+    wait_queued(queue, 1, "the free request to queue")
     threads.append(threading.Thread(target=ask, args=("premium", premium)))
     threads[1].start()
-    time.sleep(0.5)
+    wait_queued(queue, 2, "the premium request to queue behind it")
+    queue.close()
+    # Kept a sleep, the scenario: both wait a while, which their records' queue_wait_ms show.
+    time.sleep(0.2)
     holder.close()  # the stalled stream ends; its slot goes to the queue
     for thread in threads:
         thread.join(10)

@@ -17,9 +17,11 @@ from fleet.models import Backend
 from fleet.services import backend_register
 from gateway.batching import ScriptBatcher
 from gateway.queueing import AdmissionQueue, pool_keys
-from tests.conftest import UPSTREAM_MODEL, Tenant, gateway_env, tenant_create
-from tests.http import call, stream_request
-from tests.servers import Server, start_gateway
+from tests.support.http import call, stream_request
+from tests.support.queues import queued, wait_listening
+from tests.support.servers import Server, gateway_env, start_gateway
+from tests.support.tenants import UPSTREAM_MODEL, Tenant, tenant_create
+from tests.support.waiting import wait_until, wait_until_async
 
 FOUR = "llama-four"  # served by one backend that runs four sequences at once
 SLOTS, WAITERS = 4, 36
@@ -30,12 +32,13 @@ PREMIUM = 0
 @pytest.fixture
 async def queues() -> AsyncIterator[tuple[AdmissionQueue, AdmissionQueue]]:
     """Two gateways' queues on one Redis: one lives on, the other is left to die."""
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    name = f"test-queues-{uuid.uuid4().hex[:8]}"
+    client = aioredis.Redis.from_url(settings.REDIS_URL, client_name=name)
     batcher = ScriptBatcher(client, linger=0.001)
     live = AdmissionQueue(client, batcher, lease_seconds=1.0)
     doomed = AdmissionQueue(client, batcher, lease_seconds=1.0)
     listener = asyncio.create_task(live.listen())
-    await asyncio.sleep(0.05)  # subscribed
+    await wait_listening(client, name)
     yield live, doomed
     listener.cancel()
     await batcher.idle()
@@ -65,18 +68,29 @@ async def test_a_dead_gateways_waiters_are_never_granted_a_slot(
     holder = ask(doomed)
     await holder
     dead = [ask(doomed) for _ in range(5)]
-    await asyncio.sleep(0.1)  # queued
+
+    async def all_queued() -> bool:
+        return await queued(live.client, pool, PREMIUM) == 5
+
+    await wait_until_async(all_queued, what="the 5 doomed waiters to queue")
     doomed.held.clear()  # its gateway dies: nobody renews its slot or its places
     doomed._waiters.clear()
     fresh = ask(live)  # same account: queued behind every dead waiter
     started = time.monotonic()
-    while not fresh.done() and time.monotonic() - started < 10:
-        await live.maintain()
-        await asyncio.sleep(0.2)
-    waited = time.monotonic() - started
-    for task in [fresh, *dead]:
-        task.cancel()
-    await asyncio.gather(fresh, *dead, return_exceptions=True)
+
+    async def granted() -> bool:
+        await live.maintain()  # what the gateway does every so often
+        return fresh.done()
+
+    try:
+        await wait_until_async(
+            granted, timeout=10, interval=0.2, what="the live gateway's waiter to be granted"
+        )
+        waited = time.monotonic() - started
+    finally:
+        for task in [fresh, *dead]:
+            task.cancel()
+        await asyncio.gather(fresh, *dead, return_exceptions=True)
     # One lease for the slot and the places to lapse, not one lease per dead waiter.
     assert waited < 1.0 + 0.5
 
@@ -126,10 +140,11 @@ async def chats(gateway: Server, tenant: Tenant, count: int) -> list[tuple[int, 
 
 def wait_for_waiters(client: redis.Redis, count: int) -> None:
     waiting = pool_keys(FOUR)[3 + PREMIUM]
-    deadline = time.monotonic() + 10
-    while client.zcard(waiting) < count:
-        assert time.monotonic() < deadline, f"{client.zcard(waiting)} of {count} queued"
-        time.sleep(0.05)
+    wait_until(
+        lambda: client.zcard(waiting) >= count,
+        what=f"{count} requests to queue",
+        explain=lambda: f"{client.zcard(waiting)} queued",
+    )
 
 
 @pytest.mark.usefixtures("four")

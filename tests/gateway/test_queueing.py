@@ -10,22 +10,36 @@ from django.conf import settings
 
 from gateway.batching import ScriptBatcher
 from gateway.errors import ApiError
-from gateway.queueing import AdmissionQueue, Slot
+from gateway.queueing import AdmissionQueue, Slot, pool_keys
+from tests.support.queues import queued, wait_listening
+from tests.support.waiting import wait_until_async
 
 PREMIUM, FREE = 0, 2
 
 
 @pytest.fixture
 async def queue() -> AsyncIterator[AdmissionQueue]:
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    name = f"test-queue-{uuid.uuid4().hex[:8]}"
+    client = aioredis.Redis.from_url(settings.REDIS_URL, client_name=name)
     batcher = ScriptBatcher(client, linger=0.001)
     admission = AdmissionQueue(client, batcher, lease_seconds=2.0)
     listener = asyncio.create_task(admission.listen())
-    await asyncio.sleep(0.05)  # subscribed
+    await wait_listening(client, name)
     yield admission
     listener.cancel()
     await batcher.idle()  # the last releases are still on their way
     await client.aclose()
+
+
+async def wait_queued(queue: AdmissionQueue, pool: str, klass: int, count: int) -> None:
+    await wait_until_async(
+        lambda: has_queued(queue, pool, klass, count),
+        what=f"{count} requests of class {klass} to queue",
+    )
+
+
+async def has_queued(queue: AdmissionQueue, pool: str, klass: int, count: int) -> bool:
+    return await queued(queue.client, pool, klass) == count
 
 
 def model() -> str:
@@ -63,9 +77,9 @@ async def test_premium_is_served_before_free_waiting_longer(queue: AdmissionQueu
     pool = model()
     holder = await acquire(queue, pool, FREE, 1)
     free = asyncio.create_task(acquire(queue, pool, FREE, 2))
-    await asyncio.sleep(0.05)
+    await wait_queued(queue, pool, FREE, 1)
     premium = asyncio.create_task(acquire(queue, pool, PREMIUM, 3))
-    await asyncio.sleep(0.05)
+    await wait_queued(queue, pool, PREMIUM, 1)
     queue.release(holder)
     first = await asyncio.wait_for(premium, 2)
     assert not free.done()
@@ -81,13 +95,13 @@ async def test_a_flooding_account_cannot_starve_another(queue: AdmissionQueue) -
     async def ask(account: int) -> None:
         slot = await acquire(queue, pool, FREE, account, patience=20)
         order.append(account)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # kept a sleep, the scenario: the request holds its slot
         queue.release(slot)
 
     flood = [asyncio.create_task(ask(7)) for _ in range(10)]
-    await asyncio.sleep(0.1)
+    await wait_queued(queue, pool, FREE, 10)
     quiet = asyncio.create_task(ask(8))
-    await asyncio.sleep(0.05)
+    await wait_queued(queue, pool, FREE, 11)
     queue.release(holder)
     await asyncio.wait_for(asyncio.gather(quiet, *flood), 10)
     # Fair queuing: the quiet account waits for at most one of the flood's requests.
@@ -113,11 +127,16 @@ async def test_a_backlogged_accounts_share_stays_within_the_fair_queuing_bound(
             order.append(account)
             if len(order) >= 80:
                 done.set()
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # kept a sleep, the scenario: it holds its slot
             queue.release(slot)
 
+    async def flood_in_pool() -> bool:
+        # All 20 flood requests hold the slot or wait for it.
+        held = int(await queue.client.zcard(pool_keys(pool)[0]))
+        return held + await queued(queue.client, pool, FREE) == 20
+
     flood = [asyncio.create_task(keep_asking(7)) for _ in range(20)]
-    await asyncio.sleep(0.05)  # the flood is queued first
+    await wait_until_async(flood_in_pool, what="the flood to queue first")
     joined = len(order)
     quiet = [asyncio.create_task(keep_asking(8)) for _ in range(2)]
     await asyncio.wait_for(done.wait(), 30)
@@ -137,7 +156,7 @@ async def test_a_full_queue_sheds_with_429(queue: AdmissionQueue) -> None:
     pool = model()
     holder = await acquire(queue, pool, FREE, 1)
     waiting = asyncio.create_task(acquire(queue, pool, FREE, 2, depth=1))
-    await asyncio.sleep(0.05)
+    await wait_queued(queue, pool, FREE, 1)
     with pytest.raises(ApiError) as shed:
         await acquire(queue, pool, FREE, 3, depth=1)
     assert shed.value.status == 429 and dict(shed.value.headers)[b"retry-after"] == b"1"
@@ -164,7 +183,7 @@ async def test_a_dead_holders_slot_comes_back_after_its_lease(queue: AdmissionQu
     await acquire(queue, pool, FREE, 1)
     queue.held.clear()  # as if its gateway died: nobody renews or releases it
     waiter = asyncio.create_task(acquire(queue, pool, PREMIUM, 2, patience=10))
-    await asyncio.sleep(2.2)  # the 2 s lease lapses
+    await asyncio.sleep(2.2)  # kept a sleep, the scenario: the 2 s lease lapses
     await queue.maintain()
     slot = await asyncio.wait_for(waiter, 2)
     assert slot.waited_ms >= 2000

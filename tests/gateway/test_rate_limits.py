@@ -6,9 +6,9 @@ import openai
 import pytest
 
 from customers.models import LimitOverride
-from tests.conftest import MODEL, Tenant, tenant_create
-from tests.http import call
-from tests.servers import Server
+from tests.support.http import call
+from tests.support.servers import Server
+from tests.support.tenants import MODEL, Tenant, tenant_create
 
 pytestmark = pytest.mark.usefixtures("gateway")
 CHAT = [{"role": "user", "content": "hi"}]
@@ -86,7 +86,9 @@ def test_a_failed_request_gets_its_reservation_back(gateway: Server, simulator: 
     with pytest.raises(openai.InternalServerError) as caught:
         api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=50_000)
     assert int(caught.value.response.headers["x-ratelimit-remaining-tokens"]) < 50_000
-    time.sleep(1.1)  # the failed backend is ejected for 1 s in tests
+    # Kept a sleep, the scenario: the failed backend's ejection (1 s in tests) lapses; a
+    # gateway's breakers show nowhere outside it.
+    time.sleep(1.1)
     # The next admission no longer counts the failed request's 50,000 tokens.
     second = api.chat.completions.with_raw_response.create(model=MODEL, messages=CHAT, max_tokens=1)
     # (it reserves its own prompt's bound and one token: a few hundred at most)

@@ -13,9 +13,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.inflight import VolatileRedis, persistence_check
-from tests.conftest import gateway_env
-from tests.gateway.test_late_settles import RedisServer
-from tests.servers import ROOT, free_port, start_gateway
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ROOT, free_port, gateway_env, start_gateway
 
 
 @pytest.fixture

@@ -19,57 +19,19 @@ from psycopg_pool import AsyncConnectionPool
 from customers.models import LimitOverride
 from gateway.spool import UsageSpool
 from metering.models import UsageRecord
-from tests.conftest import MODEL, Tenant, gateway_env, tenant_create
-from tests.metering.factories import inflight_entry, usage
-from tests.servers import ROOT, Server, free_port, start_gateway
-
-
-class RedisServer:
-    """A throwaway redis-server without persistence, which the test can stop and restart."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
+from tests.support.events import inflight_entry, usage
+from tests.support.gateway import slots_held
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ROOT, Server, gateway_env, start_gateway
+from tests.support.tenants import MODEL, Tenant, tenant_create
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     server = RedisServer()
     yield server
-    server.stop()
+    server.kill()
 
 
 def test_quotas_survive_redis_coming_back_empty_and_no_usage_is_lost(
@@ -81,6 +43,7 @@ def test_quotas_survive_redis_coming_back_empty_and_no_usage_is_lost(
     gateway: Server = start_gateway(env)
     meter = subprocess.Popen([sys.executable, "manage.py", "meter"], cwd=ROOT, env=env)
     api = openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
+    client = redis.Redis.from_url(own_redis.url)
 
     def ask() -> None:
         api.chat.completions.create(
@@ -95,25 +58,26 @@ def test_quotas_survive_redis_coming_back_empty_and_no_usage_is_lost(
                 served += 1
                 # Settling runs after the answer: let it land, so that the refusal comes from
                 # tokens used, not from a reservation still held.
-                time.sleep(0.5)
+                wait_until(
+                    lambda: slots_held(client, tenant.account.pk) == 0,
+                    what="the request's settle to land",
+                )
         assert spent.value.code == "insufficient_quota" and served >= 1
         records = UsageRecord.objects.filter(account_id=tenant.account.pk)
-        deadline = time.monotonic() + 10
-        while records.count() < served:
-            assert time.monotonic() < deadline, "usage not stored"
-            time.sleep(0.1)
+        wait_until(lambda: records.count() >= served, interval=0.1, what=f"{served} records stored")
 
-        own_redis.stop()
+        own_redis.kill()
         with pytest.raises(openai.InternalServerError) as closed:
             ask()  # a paid tier fails closed while its limits cannot be checked
         assert closed.value.status_code == 503
         assert "retry-after" in closed.value.response.headers
 
         own_redis.start()  # empty: no persistence
-        deadline = time.monotonic() + 10
-        while not redis.Redis.from_url(own_redis.url).exists("{limits}:epoch"):
-            assert time.monotonic() < deadline, "counters not rebuilt"
-            time.sleep(0.1)
+        wait_until(
+            lambda: redis.Redis.from_url(own_redis.url).exists("{limits}:epoch"),
+            interval=0.1,
+            what="the counters to be rebuilt",
+        )
         with pytest.raises(openai.RateLimitError) as still_spent:
             ask()
         assert still_spent.value.code == "insufficient_quota"
@@ -122,6 +86,7 @@ def test_quotas_survive_redis_coming_back_empty_and_no_usage_is_lost(
         meter.terminate()
         meter.wait(10)
         gateway.stop()
+        client.close()
 
 
 def test_free_tier_fails_open_under_the_local_cap_and_its_usage_reaches_the_ledger(
@@ -150,7 +115,7 @@ def test_free_tier_fails_open_under_the_local_cap_and_its_usage_reaches_the_ledg
 
     try:
         ask(free)  # warms the key cache: PostgreSQL is up, only Redis goes
-        own_redis.stop()
+        own_redis.kill()
         assert ask(premium) == 503  # a paid tier fails closed
         # Under load: 4 callers against a cap of 2 at once and 12 a minute.
         with ThreadPoolExecutor(4) as callers:
@@ -159,11 +124,14 @@ def test_free_tier_fails_open_under_the_local_cap_and_its_usage_reaches_the_ledg
         assert 1 <= served <= 12 and answers.count(503) == 16 - served
         # Every answered request reaches the ledger through the spool, exactly once.
         records = UsageRecord.objects.filter(account_id=free.account.pk)
-        deadline = time.monotonic() + 10
-        while records.count() < served:
-            assert time.monotonic() < deadline, "spooled usage not stored"
-            time.sleep(0.1)
-        time.sleep(1.5)  # another replay round stores nothing twice
+        wait_until(
+            lambda: records.count() >= served,
+            interval=0.1,
+            what=f"{served} spooled records stored",
+        )
+        # Kept a sleep, the scenario: another replay round goes by, and stores nothing twice
+        # (an absence: nothing to poll for).
+        time.sleep(1.5)
         assert records.count() == served
         assert set(records.values_list("outcome", flat=True)) == {"ok"}
         assert not UsageRecord.objects.filter(account_id=premium.account.pk).exists()

@@ -23,9 +23,11 @@ from gateway.inflight import InflightJournal
 from gateway.limits import Limiter
 from metering.models import UsageRecord
 from simulator.testing import parse_sse
-from tests.conftest import MODEL, Tenant, drain
-from tests.http import call
-from tests.servers import free_port
+from tests.support.http import call
+from tests.support.ledger import drain
+from tests.support.servers import free_port
+from tests.support.tenants import MODEL, Tenant
+from tests.support.waiting import wait_until
 
 LEASE_SECONDS = 1.0
 
@@ -40,10 +42,12 @@ class InProcessGateway:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.05)
+
+        def started() -> bool:
+            assert self.thread.is_alive(), "the gateway's thread ended"
+            return bool(self.server.started)
+
+        wait_until(started, timeout=15, what="the in-process gateway to start")
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -101,11 +105,14 @@ def stream(gateway: InProcessGateway, tenant: Tenant) -> tuple[str, int]:
 def the_one_record(tenant: Tenant) -> UsageRecord:
     """The tenant's only usage record, once it exists and a few leases later (no second)."""
     records = UsageRecord.objects.filter(account_id=tenant.account.pk)
-    deadline = time.monotonic() + 10
-    while not records.exists():
-        assert time.monotonic() < deadline, "no usage record"
-        time.sleep(0.1)
+
+    def stored() -> bool:
         drain()
+        return records.exists()
+
+    wait_until(stored, timeout=10, interval=0.1, what="a usage record")
+    # Kept a sleep, the scenario: a few leases lapse, so that a second record would be there
+    # by now (an absence: nothing to poll for).
     time.sleep(3 * LEASE_SECONDS)
     drain()
     [record] = records

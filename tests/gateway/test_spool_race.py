@@ -20,7 +20,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.spool import UsageSpool, _created, _finished_records
 from metering.models import UsageRecord
-from tests.metering.factories import inflight_entry, usage
+from tests.support.events import inflight_entry, usage
+from tests.support.waiting import wait_until_async
 
 GATEWAYS = 3
 REQUESTS_EACH = 100
@@ -58,8 +59,9 @@ async def serve_and_replay(directory: Path, account_id: int, served: Synchronize
             except Exception:
                 failed += 1
         # Settles are fire-and-forget: wait until they are written.
-        while spool.live:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+        await wait_until_async(
+            lambda: not spool.live, timeout=30, interval=0.01, what="the settles to be written"
+        )
         await spool.replay()  # hands the last records over
     finally:
         busy.cancel()
@@ -73,7 +75,7 @@ async def serve_others() -> None:
     starves the writer thread for seconds a step on some kernels, which no gateway does.)"""
     for step in itertools.count():
         sum(range(20_000))
-        await asyncio.sleep(0.001 if step % 10 == 0 else 0)
+        await asyncio.sleep(0.001 if step % 10 == 0 else 0)  # kept a sleep: paces the work
 
 
 def gateway_process(directory: Path, account_id: int, served: Synchronized[int]) -> None:

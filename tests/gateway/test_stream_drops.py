@@ -9,8 +9,9 @@ import psutil
 import pytest
 
 from customers.models import LimitOverride
-from tests.conftest import MODEL, Tenant, drain, gateway_env, tenant_create
-from tests.servers import Server, start_gateway
+from tests.support.ledger import drain
+from tests.support.servers import Server, gateway_env, start_gateway
+from tests.support.tenants import MODEL, Tenant, tenant_create
 
 WARM_UP = 1000  # drops before the first measure: caches, pools and arenas reach their size
 # 5,000 in CI (~7 s); TF_SOAK_DROPS=20000 for the full soak.

@@ -4,9 +4,10 @@ import openai
 import pytest
 
 from customers.models import LimitOverride
-from tests.conftest import MODEL, Tenant, tenant_create, usage_for
-from tests.http import call
-from tests.servers import Server
+from tests.support.http import call
+from tests.support.ledger import usage_for
+from tests.support.servers import Server
+from tests.support.tenants import MODEL, Tenant, tenant_create
 
 pytestmark = pytest.mark.usefixtures("gateway")
 

@@ -10,10 +10,11 @@ import pytest
 
 from gateway.usage import PROMPT_ALLOWANCE, Counts, UsageBounds, usage_check
 from simulator.testing import parse_sse
-from tests.conftest import MODEL, Tenant, usage_for
-from tests.gateway.test_metrics import scrape
-from tests.http import call
-from tests.servers import Server
+from tests.support.gateway import scrape
+from tests.support.http import call
+from tests.support.ledger import usage_for
+from tests.support.servers import Server
+from tests.support.tenants import MODEL, Tenant
 
 pytestmark = pytest.mark.usefixtures("gateway")
 

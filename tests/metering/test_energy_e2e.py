@@ -35,9 +35,11 @@ from metering.attribution import (
 )
 from metering.models import EnergyCalibration, EnergyInterval, GpuSample, UsageRecord
 from metering.telemetry import telemetry_scrape
-from tests.conftest import UPSTREAM_MODEL, Tenant, drain, tenant_create
-from tests.http import call
-from tests.servers import Server, free_port
+from tests.support.gateway import wait_routable
+from tests.support.http import call
+from tests.support.ledger import drain
+from tests.support.servers import Server, free_port
+from tests.support.tenants import UPSTREAM_MODEL, Tenant, tenant_create
 
 SCRAPE_SECONDS = 0.2
 SPEEDUP = 5
@@ -164,17 +166,6 @@ def fleet_factory(live_db: None, gateway: Server) -> Iterator[Callable[[], Fleet
             table.objects.filter(backend=fleet.name).delete()
 
 
-def wait_routable(fleet: Fleet, key: str) -> None:
-    """Gateways re-read the backend list every half second in tests."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        reply = call("GET", fleet.gateway.url + "/v1/models", key=key)
-        if fleet.model in {m["id"] for m in reply.json()["data"]}:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{fleet.model} never became routable")
-
-
 def send_all(fleet: Fleet, account: Account, seed: int) -> list[threading.Thread]:
     assert account.tenant is not None
     key = account.tenant.key
@@ -183,7 +174,7 @@ def send_all(fleet: Fleet, account: Account, seed: int) -> list[threading.Thread
 
     def worker(share: list[tuple[int, int, bool]], rng: random.Random) -> None:
         for prompt_words, max_tokens, stream in share:
-            time.sleep(rng.expovariate(1 / account.gap))
+            time.sleep(rng.expovariate(1 / account.gap))  # kept a sleep: paces the load
             messages = [{"role": "user", "content": " ".join(rng.choices(WORDS, k=prompt_words))}]
             if system:
                 messages.insert(0, {"role": "system", "content": system})
@@ -230,12 +221,12 @@ def run(
             tokens_per_minute=10**9,
             tokens_per_day=10**10,
         )
-    wait_routable(fleet, accounts[0].tenant.key)  # type: ignore[union-attr]
+    wait_routable(fleet.gateway, accounts[0].tenant.key, fleet.model)  # type: ignore[union-attr]
     scraper = Scraper(fleet.name)
     before = fleet.truth()
     scraper.once()
     scraper.start()
-    time.sleep(0.5)
+    time.sleep(0.5)  # kept a sleep, the scenario: scrapes of an idle stretch before the load
     threads = [t for n, a in enumerate(accounts) for t in send_all(fleet, a, seed=100 * n)]
     for thread in threads:
         thread.start()
@@ -243,7 +234,7 @@ def run(
         faults(scraper)
     for thread in threads:
         thread.join()
-    time.sleep(0.5)
+    time.sleep(0.5)  # kept a sleep, the scenario: and of an idle stretch after it
     scraper.stop.set()
     scraper.join()
     scraper.once()
@@ -371,6 +362,7 @@ def test_counter_reset_missed_scrapes_and_a_backend_restart_mid_interval(
     ]
 
     def faults(scraper: Scraper) -> None:
+        # Kept sleeps, the scenario: a timeline of faults placed in the middle of the load.
         time.sleep(1.5)
         reply = call("POST", fleet.server.url + "/_sim/faults", b'{"energy_counter_reset": true}')
         assert reply.status == 200

@@ -9,7 +9,7 @@ from django.db import connection
 from metering.events import FINAL, LOST, record_from_event
 from metering.models import UsageRecord
 from metering.services import usage_partitions_ensure, usage_records_write
-from tests.metering.factories import usage
+from tests.support.events import usage
 
 
 def record(**overrides: Any) -> dict[str, Any]:

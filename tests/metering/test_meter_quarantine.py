@@ -2,54 +2,29 @@
 set aside with its reason, and every other event is stored and acknowledged."""
 
 import logging
-import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import orjson
 import pytest
 import redis
 from django.contrib.auth.models import User
-from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from prometheus_client import REGISTRY
 
-from metering.consumer import Meter
 from metering.events import FINAL, LOST, USAGE_GROUP, USAGE_STREAM
 from metering.models import QuarantinedEvent, UsageRecord
-from tests.metering.factories import usage as ledger_usage
-
-# These tests commit their records (live_db): an account id no tenant of another test has.
-ACCOUNT_ID = 10**12
-
-
-def usage(**overrides: Any) -> dict[str, Any]:
-    return ledger_usage(**{"account_id": ACCOUNT_ID, **overrides})
-
-
-def final(**overrides: Any) -> dict[bytes, bytes]:
-    return {b"kind": FINAL, b"record": orjson.dumps(usage(**overrides))}
-
-
-def put(client: redis.Redis, fields: dict[Any, Any]) -> bytes:
-    """Append an event to the usage stream, as a gateway does; returns its stream id."""
-    stream_id: Any = client.xadd(USAGE_STREAM, fields)
-    return bytes(stream_id)
-
-
-def request_id(fields: dict[bytes, bytes]) -> str:
-    return str(orjson.loads(fields[b"record"])["request_id"])
-
-
-def stored_once(events: list[dict[bytes, bytes]]) -> bool:
-    ids = [request_id(fields) for fields in events]
-    return UsageRecord.objects.filter(request_id__in=ids).count() == len(ids) and all(
-        UsageRecord.objects.filter(request_id=rid).count() == 1 for rid in ids
-    )
+from tests.support.meter import (
+    consumers,
+    final,
+    new_meter,
+    put,
+    request_id,
+    running,
+    stored_once,
+    usage,
+)
+from tests.support.waiting import wait_until
 
 
 def quarantined(stream_id: bytes) -> QuarantinedEvent | None:
@@ -61,49 +36,9 @@ def pending(client: redis.Redis) -> int:
     return int(summary["pending"])
 
 
-def consumers(client: redis.Redis) -> set[str]:
-    replies: Any = client.xinfo_consumers(USAGE_STREAM, USAGE_GROUP)
-    return {reply["name"].decode() for reply in replies}
-
-
 def quarantine_count(reason: str) -> float:
     labels = {"reason": reason}
     return REGISTRY.get_sample_value("tf_meter_quarantined_events_total", labels) or 0.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def new_meter(client: redis.Redis, claim_idle_seconds: float = 30.0) -> Meter:
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    return Meter(client, batch_size=100, claim_idle_seconds=claim_idle_seconds, name=name)
-
-
-@contextmanager
-def running(meter: Meter) -> Iterator[None]:
-    """The meter's long-running loop on a thread, stopped (and joined) on the way out."""
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            meter.run(stop)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=work)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(10)
-        assert not thread.is_alive(), "the meter did not stop"
 
 
 @pytest.mark.timeout(30)
@@ -174,8 +109,10 @@ def test_the_running_meter_sets_every_kind_of_bad_event_aside_and_stores_the_res
 
     meter = new_meter(redis_client)
     with running(meter):
-        assert wait_until(lambda: stored_once(good)), "a bad event held the good ones back"
-        assert wait_until(lambda: pending(redis_client) == 0)
+        wait_until(
+            lambda: stored_once(good), timeout=15, what="the good events (a bad one held them)"
+        )
+        wait_until(lambda: pending(redis_client) == 0, timeout=15, what="no event pending")
 
     for case, (_, reason) in BAD_EVENTS.items():
         event = quarantined(bad_ids[case])

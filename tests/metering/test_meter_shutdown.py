@@ -14,18 +14,10 @@ import redis
 from django.conf import settings
 
 from metering.events import USAGE_GROUP, USAGE_STREAM
-from tests.conftest import gateway_env
-from tests.faults import TcpProxy
-from tests.metering.test_meter_quarantine import (
-    consumers,
-    final,
-    new_meter,
-    put,
-    running,
-    stored_once,
-    wait_until,
-)
-from tests.servers import ROOT
+from tests.support.faults import TcpProxy
+from tests.support.meter import consumers, final, new_meter, put, running, stored_once
+from tests.support.servers import ROOT, gateway_env
+from tests.support.waiting import wait_until
 
 
 def start_meter(env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -34,8 +26,11 @@ def start_meter(env: dict[str, str]) -> subprocess.Popen[bytes]:
         [sys.executable, "manage.py", "meter"], cwd=ROOT, env={**os.environ, **env}
     )
     client = redis.Redis.from_url(settings.REDIS_URL)
-    ready = wait_until(lambda: consumer_of(meter) in known_consumers(client), timeout=30)
-    assert ready, "the meter did not start reading"
+    wait_until(
+        lambda: consumer_of(meter) in known_consumers(client),
+        timeout=30,
+        what="the meter to start reading",
+    )
     return meter
 
 
@@ -75,7 +70,7 @@ def test_sigterm_stops_the_meter_within_a_second_and_removes_its_consumer(
     meter = start_meter(gateway_env())
     event = final()
     put(redis_client, event)
-    assert wait_until(lambda: stored_once([event]))
+    wait_until(lambda: stored_once([event]), timeout=15, what="the event to be stored once")
 
     took = terminate(meter)
 
@@ -96,10 +91,16 @@ def test_a_meter_stopped_while_postgres_is_away_hands_its_batch_to_another_at_on
     event = final()
     put(redis_client, event)
     name = consumer_of(meter)
-    assert wait_until(lambda: bool(redis_client.xpending_range(
-        USAGE_STREAM, USAGE_GROUP, min="-", max="+", count=1, consumername=name
-    )))  # fmt: skip
-    time.sleep(0.3)  # the write has failed and the meter waits to retry
+    wait_until(
+        lambda: redis_client.xpending_range(
+            USAGE_STREAM, USAGE_GROUP, min="-", max="+", count=1, consumername=name
+        ),
+        timeout=15,
+        what="the meter to read the event",
+    )
+    # Kept a sleep: the failed write and the wait to retry show nowhere outside the meter's
+    # process; give the write through the cut proxy time to fail.
+    time.sleep(0.3)
 
     took = terminate(meter)
 
@@ -108,7 +109,7 @@ def test_a_meter_stopped_while_postgres_is_away_hands_its_batch_to_another_at_on
     assert took < 2.0, f"the meter took {took:.1f}s to stop"
     assert name in consumers(redis_client), "its batch is still pending on it"
     with running(new_meter(redis_client, claim_idle_seconds=30)):
-        assert wait_until(lambda: stored_once([event]), timeout=5), "nobody took the batch"
+        wait_until(lambda: stored_once([event]), timeout=5, what="another meter to take the batch")
 
 
 def test_a_live_meter_removes_a_dead_meters_consumer_after_claiming_its_events(
@@ -120,10 +121,17 @@ def test_a_live_meter_removes_a_dead_meters_consumer_after_claiming_its_events(
     for fields in events:
         put(redis_client, fields)
     redis_client.xreadgroup(USAGE_GROUP, "dead-meter", {USAGE_STREAM: ">"}, count=10)
-    time.sleep(0.6)  # the dead meter's events are claimable
+    # Kept a sleep, the scenario: the dead meter's events go idle past claim_idle_seconds.
+    time.sleep(0.6)
 
     with running(meter):
-        assert wait_until(lambda: stored_once(events)), "the dead meter's events were lost"
-        assert wait_until(lambda: "dead-meter" not in consumers(redis_client), timeout=5)
+        wait_until(
+            lambda: stored_once(events), timeout=15, what="the dead meter's events to be stored"
+        )
+        wait_until(
+            lambda: "dead-meter" not in consumers(redis_client),
+            timeout=5,
+            what="the dead meter's consumer to be removed",
+        )
         assert meter.name in consumers(redis_client)
     assert meter.name not in consumers(redis_client)

@@ -10,9 +10,10 @@ import pytest
 from django.conf import settings
 
 from metering.models import UsageRecord
-from tests.conftest import MODEL, Tenant, gateway_env
-from tests.faults import TcpProxy
-from tests.servers import ROOT, Server, start_gateway
+from tests.support.faults import TcpProxy
+from tests.support.servers import ROOT, Server, gateway_env, start_gateway
+from tests.support.tenants import MODEL, Tenant
+from tests.support.waiting import wait_until
 
 OUTAGE_SECONDS = 4.0
 
@@ -29,10 +30,13 @@ def records_of(tenant: Tenant) -> int:
 
 
 def wait_for(tenant: Tenant, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while records_of(tenant) < count:
-        assert time.monotonic() < deadline, f"{records_of(tenant)} of {count} records stored"
-        time.sleep(0.2)
+    wait_until(
+        lambda: records_of(tenant) >= count,
+        timeout=timeout,
+        interval=0.2,
+        what=f"{count} records stored",
+        explain=lambda: f"{records_of(tenant)} stored",
+    )
 
 
 @pytest.mark.usefixtures("fleet")
@@ -60,12 +64,13 @@ def test_usage_made_while_postgres_is_down_is_stored_once_it_is_back(
         outage_started = time.monotonic()
         for _ in range(10):
             ask()  # served: the key is known, usage goes to the stream
+        # Kept a sleep, the scenario: the outage lasts OUTAGE_SECONDS.
         time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - outage_started)))
         assert records_of(tenant) == 5, "nothing can be stored while PostgreSQL is away"
 
         postgres_proxy.restore()
         wait_for(tenant, 15, timeout=30)
-        time.sleep(1.0)
+        time.sleep(1.0)  # kept a sleep: a duplicate would be stored by now (an absence)
         assert records_of(tenant) == 15
     finally:
         meter.terminate()

@@ -33,9 +33,9 @@ from metering.telemetry import (
     telemetry_scrape,
     token_delta,
 )
-from tests.conftest import UPSTREAM_MODEL
-from tests.http import call
-from tests.servers import Server, free_port, start_simulator
+from tests.support.http import call
+from tests.support.servers import Server, free_port, start_simulator
+from tests.support.tenants import UPSTREAM_MODEL
 
 # mJ counters: each GPU's reading is rounded to the millijoule.
 ROUNDING_J = 0.001

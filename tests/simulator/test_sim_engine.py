@@ -171,7 +171,7 @@ async def test_a_stalled_sequence_gets_no_tokens_until_resumed(
     eng.submit(seq)
     await _until(seq, lambda: seq.stalled)
 
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # kept a sleep: no token may come meanwhile (an absence)
     assert seq.num_generated == 2
 
     eng.resume(seq)

@@ -13,6 +13,7 @@ import pytest
 from simulator import SimServer
 from simulator.config import DEFAULT_MODEL as MODEL
 from simulator.testing import http
+from tests.support.waiting import wait_until
 
 HELLO = [{"role": "user", "content": "Hello"}]
 STREAM_BODY = orjson.dumps({"model": MODEL, "messages": HELLO, "stream": True})
@@ -23,11 +24,18 @@ def _chat(client: openai.OpenAI, **extra: Any) -> Any:
 
 
 def _wait_for(sim: SimServer, key: str, value: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 5
-    while (stats := sim.stats())[key] != value:
-        assert time.monotonic() < deadline, f"{key} stayed {stats[key]}, wanted {value}"
-        time.sleep(0.02)
-    return stats
+
+    def reached() -> dict[str, Any] | None:
+        stats = sim.stats()
+        return stats if stats[key] == value else None
+
+    return wait_until(
+        reached,
+        timeout=5,
+        interval=0.02,
+        what=f"{key} to be {value}",
+        explain=lambda: f"it stayed {sim.stats()[key]}",
+    )
 
 
 @pytest.mark.parametrize(

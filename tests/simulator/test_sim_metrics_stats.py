@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+from typing import Any
 
 import aiohttp
 import openai
@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from simulator import SimServer
 from simulator.config import DEFAULT_MODEL as MODEL
 from simulator.testing import http
+from tests.support.waiting import wait_until_async
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -67,6 +68,11 @@ def test_stats_tell_what_reached_the_backend(sim: SimServer, client: openai.Open
     assert sim.stats()["recent"] == []
 
 
+def _with(stats: dict[str, Any], key: str, value: int) -> dict[str, Any] | None:
+    """The stats, if `key` is `value` in them."""
+    return stats if stats[key] == value else None
+
+
 @pytest.mark.asyncio
 async def test_a_client_leaving_mid_stream_aborts_its_sequence(realtime: SimServer) -> None:
     body = {"model": MODEL, "messages": HELLO, "max_tokens": 500, "stream": True}
@@ -81,10 +87,12 @@ async def test_a_client_leaving_mid_stream_aborts_its_sequence(realtime: SimServ
                 break
     # Leaving the block without reading on closes the connection under the stream.
 
-    deadline = time.monotonic() + 5
-    while (stats := realtime.stats())["aborted"] != 1:
-        assert time.monotonic() < deadline, "the sequence was not aborted"
-        await asyncio.sleep(0.02)
+    stats = await wait_until_async(
+        lambda: _with(realtime.stats(), "aborted", 1),
+        timeout=5,
+        interval=0.02,
+        what="the sequence to be aborted",
+    )
     assert stats["engines"][MODEL] == {"running": 0, "waiting": 0}
     assert 3 <= stats["generation_tokens"] < 500
     samples = _samples(realtime)
@@ -100,8 +108,10 @@ async def test_a_client_giving_up_on_a_non_streamed_request_aborts_it(
         with pytest.raises(asyncio.TimeoutError):
             await session.post(f"{realtime.base_url}/chat/completions", json=body)
 
-    deadline = time.monotonic() + 5
-    while (stats := realtime.stats())["aborted"] != 1:
-        assert time.monotonic() < deadline, "the sequence was not aborted"
-        await asyncio.sleep(0.02)
+    stats = await wait_until_async(
+        lambda: _with(realtime.stats(), "aborted", 1),
+        timeout=5,
+        interval=0.02,
+        what="the sequence to be aborted",
+    )
     assert stats["engines"][MODEL] == {"running": 0, "waiting": 0}

@@ -14,6 +14,7 @@ import pytest
 
 from simulator import SimServer, TimingModel
 from simulator.config import DEFAULT_MODEL as MODEL
+from tests.support.waiting import wait_until_async
 
 
 async def _stream_arrivals(url: str, content: str, max_tokens: int) -> tuple[float, list[float]]:
@@ -77,19 +78,26 @@ async def test_a_full_batch_admits_by_priority_then_arrival(single_seq: SimServe
                 await response.read()
             finished.append(name)
 
-        async def waiting() -> int:
+        async def engine() -> dict[str, int]:
             async with session.get(f"{single_seq.url}/_sim/stats") as response:
-                return int((await response.json())["engines"][MODEL]["waiting"])
+                return dict((await response.json())["engines"][MODEL])
 
-        # The only batch slot is taken for ~100 ms while the others queue behind it.
+        async def arrived(running: int, waiting: int) -> bool:
+            return await engine() == {"running": running, "waiting": waiting}
+
+        # The only batch slot is taken for ~100 ms while the others queue behind it, each
+        # after the one before (the order of arrival breaks ties).
         tasks = [asyncio.create_task(ask("blocker", 0, 30))]
-        for name, priority in [("low", 5), ("zero-a", 0), ("zero-b", 0), ("urgent", -1)]:
-            await asyncio.sleep(0.005)
+        await wait_until_async(lambda: arrived(1, 0), interval=0.002, what="the blocker")
+        for waiting, (name, priority) in enumerate(
+            [("low", 5), ("zero-a", 0), ("zero-b", 0), ("urgent", -1)], 1
+        ):
             tasks.append(asyncio.create_task(ask(name, priority, 2)))
-        for _ in range(500):
-            if await waiting() == 4:
-                break
-            await asyncio.sleep(0.002)
+            await wait_until_async(
+                lambda waiting=waiting: arrived(1, waiting),
+                interval=0.002,
+                what=f"{name} to queue behind the blocker",
+            )
         await asyncio.gather(*tasks)
 
     assert finished == ["blocker", "urgent", "zero-a", "zero-b", "low"]

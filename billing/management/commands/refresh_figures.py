@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from billing.services import figures_refresh
+from billing.margins import figures_refresh
 from metering.attribution import energy_attribute_ready
 from metering.models import EnergyCalibration, EnergyInterval
 from metering.telemetry import telemetry_scrape

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.servers import ROOT, free_port
+from tests.support.servers import ROOT, free_port
+from tests.support.waiting import wait_until
 
 READY_TIMEOUT_SECONDS = 90
 STOP_TIMEOUT_SECONDS = 30
@@ -47,15 +47,19 @@ class TfUp:
             self.lines.append(line.rstrip("\n"))
 
     def wait_for_line(self, prefix: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = next((line for line in self.lines if line.startswith(prefix)), None)
-            if found is not None:
-                return found
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        pytest.fail(f"no line starting with {prefix!r}; output:\n" + self.output())
+        def found() -> str | None:
+            line = next((line for line in self.lines if line.startswith(prefix)), None)
+            if line is None and self.process.poll() is not None:
+                pytest.fail(f"exited, no line starting with {prefix!r}; output:\n" + self.output())
+            return line
+
+        return wait_until(
+            found,
+            timeout=timeout,
+            interval=0.1,
+            what=f"a line starting with {prefix!r}",
+            explain=lambda: "output:\n" + self.output(),
+        )
 
     def children(self, *, recursive: bool) -> list[psutil.Process]:
         return psutil.Process(self.process.pid).children(recursive=recursive)

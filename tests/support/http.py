@@ -1,11 +1,15 @@
 """Raw HTTP for tests that send what no SDK would (malformed bodies, missing keys)."""
 
+import contextlib
 import json
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -41,6 +45,14 @@ def stream_request(
 
     Returns the socket and the request id once the response has started.
     """
+    sock, request_id, _ = stream_start(base_url, key, model, max_tokens)
+    return sock, request_id
+
+
+def stream_start(
+    base_url: str, key: str, model: str, max_tokens: int = 200
+) -> tuple[socket.socket, str, bytes]:
+    """stream_request, and what came with the response's head (maybe some of its events)."""
     body = json.dumps(
         {
             "model": model,
@@ -61,5 +73,30 @@ def stream_request(
     assert head.startswith(b"HTTP/1.1 200"), head
     for line in head.split(b"\r\n"):
         if line.lower().startswith(b"x-request-id:"):
-            return sock, line.split(b":", 1)[1].strip().decode()
+            return sock, line.split(b":", 1)[1].strip().decode(), head
     raise AssertionError("no x-request-id")
+
+
+def read_until(
+    sock: socket.socket,
+    enough: Callable[[bytes], bool],
+    *,
+    what: str,
+    timeout: float = 10.0,
+    received: bytes = b"",
+) -> bytes:
+    """Read from `sock` until what came so far (after `received`, read already) is `enough`;
+    returns all of it."""
+    data = bytearray(received)
+
+    def more() -> bool:
+        with contextlib.suppress(TimeoutError):  # nothing more yet
+            data.extend(sock.recv(65536))
+        return enough(bytes(data))
+
+    sock.settimeout(0.05)
+    try:
+        wait_until(more, timeout=timeout, interval=0.01, what=what)
+    finally:
+        sock.settimeout(None)
+    return bytes(data)

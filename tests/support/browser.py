@@ -16,7 +16,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.servers import ROOT
+from tests.support.servers import ROOT
 
 SCREENSHOTS = ROOT / "var" / "artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"

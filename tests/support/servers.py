@@ -5,12 +5,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from django.conf import settings
+
+from tests.support.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def free_port() -> int:
@@ -32,19 +35,20 @@ class Server:
         self._wait_ready(ready_path)
 
     def _wait_ready(self, path: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.process.args} exited: see {self.log.name}")
             try:
                 with urllib.request.urlopen(self.url + path, timeout=1) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
+                    return bool(response.status == 200)
             except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.process.args} not ready after {timeout}s")
+                return False
+
+        try:
+            wait_until(ready, timeout=timeout, what=f"{self.url}{path} to answer 200")
+        except AssertionError as error:
+            self.stop()
+            raise RuntimeError(f"{self.process.args} not ready: see {self.log.name}") from error
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as when a machine or the OOM killer takes it."""
@@ -59,6 +63,24 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.log.close()
+
+
+def gateway_env() -> dict[str, str]:
+    """The environment of a gateway (or meter) process on the test database and Redis, with
+    the short periods of tests."""
+    db = settings.DATABASES["default"]
+    return {
+        "TF_PROFILE": "local",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+        "GATEWAY_KEY_CACHE_SECONDS": "1",
+        "GATEWAY_BACKENDS_REFRESH_SECONDS": "0.5",
+        "GATEWAY_BACKEND_EJECT_SECONDS": "1",
+        "GATEWAY_LEASE_SECONDS": "3",
+        "GATEWAY_REAPER_INTERVAL_SECONDS": "0.5",
+        "GATEWAY_MAX_BODY_BYTES": "65536",
+        "LOG_LEVEL": "WARNING",
+    }
 
 
 def start_simulator(*extra: str) -> Server:

@@ -1,0 +1,52 @@
+"""A redis-server of a test's own, which the test can kill and start again."""
+
+import subprocess
+from pathlib import Path
+
+import redis
+
+from tests.support.servers import free_port
+from tests.support.waiting import wait_until
+
+
+class RedisServer:
+    """Without persistence by default: started again, it comes back empty. With `directory`
+    it keeps its files there, and with `appendonly` an append-only file it reloads."""
+
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        appendonly: bool = False,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        if directory is not None:
+            self.args += ["--dir", str(directory)]
+        self.args += ["--save", "", "--appendonly", "yes" if appendonly else "no", *extra]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                return False
+
+        try:
+            wait_until(answers, what=f"redis-server on port {self.port} to answer")
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: nothing is saved on the way out."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
