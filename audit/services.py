@@ -74,6 +74,26 @@ def audit_record(
     )
 
 
+def audit_change(
+    actor: object,
+    action: str,
+    instance: models.Model,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    request: AnyRequest | None = None,
+) -> AuditEntry:
+    """Append one entry about `instance`, filed under its type and primary key."""
+    return audit_record(
+        actor=actor,
+        action=action,
+        obj_type=object_type(instance),
+        obj_id=instance.pk,
+        before=before,
+        after=after,
+        request=request,
+    )
+
+
 def object_type(instance_or_model: models.Model | type[models.Model]) -> str:
     """The name an object's entries are filed under: "<app_label>.<model>"."""
     return instance_or_model._meta.label_lower

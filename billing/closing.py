@@ -11,7 +11,7 @@ from typing import Any
 
 from django.db import transaction
 
-from audit.services import AnyRequest, audit_record, object_type, snapshot
+from audit.services import AnyRequest, audit_change, snapshot
 from billing import services as billing
 from billing.models import Invoice, InvoiceLine
 
@@ -69,12 +69,4 @@ def _record(
     before: dict[str, Any] | None,
     request: AnyRequest | None,
 ) -> None:
-    audit_record(
-        actor=actor,
-        action=action,
-        obj_type=object_type(invoice),
-        obj_id=invoice.pk,
-        before=before,
-        after=invoice_snapshot(invoice),
-        request=request,
-    )
+    audit_change(actor, action, invoice, before, invoice_snapshot(invoice), request)

@@ -14,10 +14,9 @@ from django.utils import timezone
 
 from audit.services import (
     AnyRequest,
-    audit_record,
+    audit_change,
     object_create,
     object_delete,
-    object_type,
     object_update,
     snapshot,
 )
@@ -46,7 +45,7 @@ def price_book_create(
         book = PriceBook.objects.create(**data)
         Price.objects.bulk_create(Price(price_book=book, **price) for price in prices)
         PlanPrice.objects.bulk_create(PlanPrice(price_book=book, **plan) for plan in plans)
-        _record(actor, "create", book, None, price_book_snapshot(book), request)
+        audit_change(actor, "create", book, None, price_book_snapshot(book), request)
     return book
 
 
@@ -64,7 +63,7 @@ def price_book_update(
         for name, value in data.items():
             setattr(book, name, value)
         book.save()
-        _record(actor, "update", book, before, price_book_snapshot(book), request)
+        audit_change(actor, "update", book, before, price_book_snapshot(book), request)
     return book
 
 
@@ -123,22 +122,3 @@ def _locked_draft(book_id: int) -> PriceBook:
             code="price_book_in_force",
         )
     return book
-
-
-def _record(
-    actor: object,
-    action: str,
-    book: PriceBook,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-    request: AnyRequest | None,
-) -> None:
-    audit_record(
-        actor=actor,
-        action=action,
-        obj_type=object_type(book),
-        obj_id=book.pk,
-        before=before,
-        after=after,
-        request=request,
-    )

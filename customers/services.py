@@ -14,7 +14,12 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import AnyRequest, audit_record, object_delete, object_type, snapshot
+from audit.services import (
+    AnyRequest,
+    audit_change,
+    object_delete,
+    snapshot,
+)
 from customers.keys import key_generate
 from customers.models import Account, ApiKey, LimitOverride, Tier
 
@@ -98,7 +103,7 @@ def account_open(
         account = Account.objects.create(**data)
         if limits is not None:
             LimitOverride.objects.create(account=account, **limits)
-        _record(actor, "create", account, None, account_snapshot(account), request)
+        audit_change(actor, "create", account, None, account_snapshot(account), request)
     return account
 
 
@@ -124,7 +129,7 @@ def account_update(
             LimitOverride.objects.filter(account=account).delete()
         elif limits is not _UNSET:
             LimitOverride.objects.update_or_create(account=account, defaults=dict(limits))
-        _record(actor, "update", account, before, account_snapshot(account), request)
+        audit_change(actor, "update", account, before, account_snapshot(account), request)
     return account
 
 
@@ -145,7 +150,7 @@ def account_status_set(
         locked.status = status
         locked.save(update_fields=["status"])
         action = "suspend" if status == Account.Status.SUSPENDED else "activate"
-        _record(actor, action, locked, before, account_snapshot(locked), request)
+        audit_change(actor, action, locked, before, account_snapshot(locked), request)
     account.status = status
     return locked
 
@@ -175,7 +180,7 @@ def api_key_issue(
             secret_hash=new.secret_hash,
             expires_at=expires_at,
         )
-        _record(actor, "issue", api_key, None, snapshot(api_key), request)
+        audit_change(actor, "issue", api_key, None, snapshot(api_key), request)
     return IssuedKey(api_key=api_key, plaintext=new.plaintext)
 
 
@@ -189,7 +194,7 @@ def api_key_revoke(
         if api_key.revoked_at is None:
             api_key.revoked_at = timezone.now()
             api_key.save(update_fields=["revoked_at"])
-        _record(actor, "revoke", api_key, before, snapshot(api_key), request)
+        audit_change(actor, "revoke", api_key, before, snapshot(api_key), request)
     return api_key
 
 
@@ -206,7 +211,7 @@ def api_key_rotate(
         if old.revoked_at is None:
             old.revoked_at = timezone.now()
             old.save(update_fields=["revoked_at"])
-        _record(actor, "rotate", old, before, snapshot(old), request)
+        audit_change(actor, "rotate", old, before, snapshot(old), request)
         return api_key_issue(
             account=old.account,
             name=old.name,
@@ -214,22 +219,3 @@ def api_key_rotate(
             actor=actor,
             request=request,
         )
-
-
-def _record(
-    actor: object,
-    action: str,
-    instance: Account | ApiKey,
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-    request: AnyRequest | None,
-) -> None:
-    audit_record(
-        actor=actor,
-        action=action,
-        obj_type=object_type(instance),
-        obj_id=instance.pk,
-        before=before,
-        after=after,
-        request=request,
-    )

@@ -9,7 +9,7 @@ import urllib.request
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import AnyRequest, audit_record, object_type, snapshot
+from audit.services import AnyRequest, audit_change, snapshot
 from fleet.models import Backend
 from fleet.network_policy import backend_url_validate
 
@@ -57,15 +57,8 @@ def backend_enabled_set(
         before = snapshot(locked)
         locked.enabled = enabled
         locked.save(update_fields=["enabled"])
-        audit_record(
-            actor=actor,
-            action="enable" if enabled else "disable",
-            obj_type=object_type(locked),
-            obj_id=locked.pk,
-            before=before,
-            after=snapshot(locked),
-            request=request,
-        )
+        action = "enable" if enabled else "disable"
+        audit_change(actor, action, locked, before, snapshot(locked), request)
     backend.enabled = enabled
     return locked
 
