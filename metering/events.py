@@ -58,6 +58,11 @@ COLUMNS = (
 # usage report (null unless the gateway found it wrong).
 STORED_COLUMNS = (*COLUMNS, "usage_anomaly")
 
+# The request fee is for an answered request: one that failed on every backend (outcome
+# backend_error) pays none, though any tokens it was sent are billed (docs/billing.md,
+# "Policies"). Billing's SQL and the gateway's spend counter both apply it.
+FEE_EXEMPT_OUTCOMES = frozenset({"backend_error"})
+
 
 def record_row(record: dict[str, Any]) -> list[Any]:
     """A record's values in STORED_COLUMNS order, ready for COPY."""
