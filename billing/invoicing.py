@@ -1,17 +1,21 @@
 """An invoice's lines from the period's usage sums: pure, so a preview and a close agree.
 
-Lines per tier, model, price book and token class (plus the request fee), each with the
-[usage_from, usage_to) of the ledger records behind it; a negative "included" line per tier,
-model and book for the plan's included tokens, valued at the rated price of the tokens they
-cover; the plan's monthly fee. Rounded once, by billing.money.allocate (docs/billing.md).
+Lines per usage month, tier, model, price book and token class (plus the request fee), each
+with the [usage_from, usage_to) of the ledger records behind it: the period's own usage, and
+usage of earlier months that arrived after they were closed (prior-period lines, dated in their
+month); a negative "included" line per month, tier, model and book for the plan's included
+tokens, valued at the rated price of the tokens they cover; the plan's monthly fee, prorated
+to the second over the time the account was open. Rounded once, by billing.money.allocate
+(docs/billing.md).
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from billing.money import allocate, per_million
+from billing.jobs import next_month
+from billing.money import allocate, per_million, share_of
 from billing.rating import Plan, PriceList, Quantities, rate
 
 
@@ -25,9 +29,11 @@ class Period:
 
 @dataclass(frozen=True, slots=True)
 class UsageSum:
-    """An account's usage of one tier and model under one book (None: before any book)."""
+    """An account's usage of one month (its start), tier and model under one book (None:
+    before any book)."""
 
     account_id: int
+    month: datetime
     tier: str
     model: str
     book_id: int | None
@@ -36,12 +42,14 @@ class UsageSum:
 
 @dataclass(frozen=True, slots=True)
 class AccountPlan:
-    """The plan an account's invoice applies: its tier's PlanPrice in the period's book."""
+    """The plan an account's invoice applies: its tier's PlanPrice in the period's book, and
+    the time the account was open in the period (from its creation, not suspended)."""
 
     account_id: int
     tier: str
     book_id: int
     plan: Plan
+    open: "OpenTime"
 
 
 @dataclass
@@ -66,6 +74,9 @@ class Draft:
     lines: list[Line] = field(default_factory=list)
     # Usage with no price (worth nothing): (tier, model, tokens), to report.
     unpriced: list[tuple[str, str, int]] = field(default_factory=list)
+    # Usage of earlier months billed here (it arrived after they closed): (month, tier,
+    # model, tokens), to report.
+    late: list[tuple[datetime, str, str, int]] = field(default_factory=list)
     amount: Decimal = Decimal(0)
     total_minor: int = 0
 
@@ -83,13 +94,16 @@ def draft_build(
     """The account's lines for the period, rounded: sum(amount_minor) == total_minor."""
     draft = Draft(account_id, period, currency)
     for used in usage:
-        draft.lines += _usage_lines(used, period, prices, draft.unpriced)
+        draft.lines += _usage_lines(used, prices, draft.unpriced)
+        if used.month < period.start:
+            draft.late.append((used.month, used.tier, used.model, used.quantities.tokens))
     for cover in covered:
-        draft.lines += _included_lines(cover, period, prices)
-    if plan is not None and plan.plan.monthly_fee:
-        fee = plan.plan.monthly_fee
+        draft.lines += _included_lines(cover, prices)
+    if plan is not None and plan.plan.monthly_fee and plan.open.microseconds:
+        fee, open_ = plan.plan.monthly_fee, plan.open
+        amount = share_of(fee, open_.microseconds, _microseconds(period.end - period.start))
         draft.lines.append(
-            Line("plan_fee", plan.tier, "", plan.book_id, 1, fee, fee, period.start, period.end)
+            Line("plan_fee", plan.tier, "", plan.book_id, 1, fee, amount, open_.start, open_.end)
         )
     allocation = allocate([line.amount for line in draft.lines], currency)
     for line, minor in zip(draft.lines, allocation.lines_minor, strict=True):
@@ -99,15 +113,59 @@ def draft_build(
     return draft
 
 
+@dataclass(frozen=True, slots=True)
+class OpenTime:
+    """How long an account was open in a period (microseconds), from `start` to `end`."""
+
+    microseconds: int
+    start: datetime
+    end: datetime
+
+
+def open_time(
+    period: Period,
+    created_at: datetime,
+    suspensions: Iterable[tuple[datetime, bool]],
+    suspended_now: bool,
+) -> OpenTime:
+    """The time of `period` an account was open: from its creation on, less the time it was
+    suspended. `suspensions` are its status changes in order, (when, suspended after it); the
+    state before the first is the opposite of the first's, and without any it is today's.
+    """
+    changes = sorted(suspensions)
+    start = max(period.start, created_at)
+    before = [suspended for at, suspended in changes if at <= start]
+    if before:
+        suspended = before[-1]
+    elif changes:
+        suspended = not changes[0][1]
+    else:
+        suspended = suspended_now
+    total, first, last, since = 0, None, None, start
+    for at, becomes in [
+        *((at, s) for at, s in changes if start < at < period.end),
+        (period.end, True),
+    ]:
+        if not suspended and at > since:
+            total += _microseconds(at - since)
+            first, last = first or since, at
+        suspended, since = becomes, at
+    return OpenTime(total, first or start, last or start)
+
+
+def _microseconds(span: timedelta) -> int:
+    return span // timedelta(microseconds=1)
+
+
 def _usage_lines(
-    used: UsageSum, period: Period, prices: PriceList, unpriced: list[tuple[str, str, int]]
+    used: UsageSum, prices: PriceList, unpriced: list[tuple[str, str, int]]
 ) -> list[Line]:
     book = prices.book(used.book_id) if used.book_id is not None else None
     terms = book.terms(used.tier, used.model) if book else None
     if book is None or terms is None:
         unpriced.append((used.tier, used.model, used.quantities.tokens))
         return []
-    usage_from, usage_to = _book_span(prices, used.book_id, period)
+    usage_from, usage_to = _book_span(prices, used.book_id, _month(used))
     rated = rate(used.quantities, terms)
     return [
         Line(
@@ -127,13 +185,13 @@ def _usage_lines(
     ]
 
 
-def _included_lines(cover: UsageSum, period: Period, prices: PriceList) -> list[Line]:
+def _included_lines(cover: UsageSum, prices: PriceList) -> list[Line]:
     book = prices.book(cover.book_id) if cover.book_id is not None else None
     terms = book.terms(cover.tier, cover.model) if book else None
     if book is None or terms is None or not cover.quantities.tokens:
         return []  # Covering unpriced usage is worth nothing.
     value = rate(cover.quantities, terms).total
-    usage_from, usage_to = _book_span(prices, cover.book_id, period)
+    usage_from, usage_to = _book_span(prices, cover.book_id, _month(cover))
     tokens = cover.quantities.tokens
     return [
         Line(
@@ -148,6 +206,10 @@ def _included_lines(cover: UsageSum, period: Period, prices: PriceList) -> list[
             usage_to,
         )
     ]
+
+
+def _month(used: UsageSum) -> Period:
+    return Period(used.month, next_month(used.month))
 
 
 def _book_span(prices: PriceList, book_id: int | None, period: Period) -> tuple[datetime, datetime]:

@@ -20,6 +20,7 @@ from billing.models import JobRun
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
+LONG_AGO = datetime(1, 1, 2, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,31 @@ def watermark(job: str) -> datetime | None:
 
 def watermark_set(job: str, at: datetime) -> None:
     JobRun.objects.update_or_create(job=job, scope="", defaults={"watermark": at})
+
+
+def month_close(month: datetime) -> datetime | None:
+    """The cutoff of the close of the month starting at `month`: usage that reached the ledger
+    by then is on the month's invoices, later arrivals on the next close's (docs/billing.md,
+    "Late usage"). None while the month is open.
+
+    A month closed before arrivals were recorded (its end at or before the invoices'
+    watermark, no cutoff of its own) has the earliest cutoff there is: every record stored
+    since carries its arrival and came after that close.
+    """
+    run = JobRun.objects.filter(job="invoices", scope=f"{month:%Y-%m}").first()
+    if run is not None:
+        return run.watermark
+    closed_until = watermark("invoices")
+    if closed_until is not None and next_month(month) <= closed_until:
+        return LONG_AGO
+    return None
+
+
+def month_close_set(month: datetime, cutoff: datetime) -> None:
+    JobRun.objects.create(job="invoices", scope=f"{month:%Y-%m}", watermark=cutoff)
+    closed_until = watermark("invoices")
+    if closed_until is None or closed_until < next_month(month):
+        watermark_set("invoices", next_month(month))
 
 
 def hour_start(at: datetime) -> datetime:

@@ -81,6 +81,12 @@ def per_million(total: Decimal, quantity: int) -> Decimal:
     return price.quantize(Decimal(1).scaleb(-PRICE_PLACES), context=CONTEXT)
 
 
+def share_of(amount: Decimal, part: int, whole: int) -> Decimal:
+    """`part`/`whole` of `amount` (a prorated fee), at the 12 places amounts are kept to."""
+    share = CONTEXT.divide(CONTEXT.multiply(amount, Decimal(part)), Decimal(whole))
+    return share.quantize(Decimal(1).scaleb(-AMOUNT_PLACES), context=CONTEXT)
+
+
 def total_of(amounts: Iterable[Decimal]) -> Decimal:
     """The exact sum of unrounded amounts."""
     with localcontext(CONTEXT):

@@ -6,7 +6,7 @@ A pure function of an immutable usage record and the price book in force when it
     cached_input = cached tokens x cached_input_per_million / 1e6
     output       = (completion - reasoning) tokens x output_per_million / 1e6
     reasoning    = reasoning tokens x (reasoning_per_million, else output_per_million) / 1e6
-    request_fee  = requests x request_fee
+    request_fee  = requests x request_fee  (none for a request that failed on every backend)
 
 The price row is the book's (tier, model) row, else its (tier, "*") row; without either the
 usage is unpriced (worth nothing, and reported). Amounts are exact Decimals: a price has 6
@@ -22,11 +22,19 @@ from datetime import datetime
 from decimal import Decimal, localcontext
 
 from billing.money import CONTEXT
+from metering.events import FEE_EXEMPT_OUTCOMES
 
 PER_TOKEN = Decimal("0.000001")
 # Token classes in the order a request's tokens use its plan's included tokens.
 TOKEN_ITEMS = ("input", "cached_input", "output", "reasoning")
 ITEMS = (*TOKEN_ITEMS, "request_fee")
+# Outcomes that pay no request fee (metering.events), as the SQL's `fee_exempt` parameter.
+FEE_EXEMPT = sorted(FEE_EXEMPT_OUTCOMES)
+
+
+def fee_requests(outcome: str) -> int:
+    """The requests a record pays a fee for: none when it failed on every backend."""
+    return 0 if outcome in FEE_EXEMPT_OUTCOMES else 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from billing.jobs import (
     watermark_set,
 )
 from billing.models import CostModel, JobRun, UsageRollup
+from billing.rating import FEE_EXEMPT
 from billing.selectors import billing_currency
 from metering.models import EnergyInterval
 
@@ -77,7 +78,12 @@ def buckets_rebuild(since: datetime, until: datetime) -> None:
     days = UsageRollup.objects.filter(grain=UsageRollup.Grain.DAY)
     days.filter(bucket__gte=days_since, bucket__lt=days_until).delete()
     with connection.cursor() as cursor:
-        params: dict[str, Any] = {"since": since, "until": until, "currency": billing_currency()}
+        params: dict[str, Any] = {
+            "since": since,
+            "until": until,
+            "currency": billing_currency(),
+            "fee_exempt": FEE_EXEMPT,
+        }
         cursor.execute(_ROLLUP_HOURS, params)
         cursor.execute(_ROLLUP_DAYS, {"since": days_since, "until": days_until})
 

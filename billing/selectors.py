@@ -1,16 +1,17 @@
 """Reads for billing: price lists, rated usage, unpriced usage, margins."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import F, QuerySet, Sum
+from django.db.models import F, Q, QuerySet, Sum
 
+from billing.jobs import LONG_AGO, month_close, month_start
 from billing.models import InvoiceLine, Margin, UsageRollup
-from billing.rating import Book, Plan, PriceList, Terms
+from billing.rating import FEE_EXEMPT, Book, Plan, PriceList, Terms
 from catalogue.models import PlanPrice, Price, PriceBook
 from metering.models import UsageRecord
 
@@ -67,6 +68,7 @@ def usage_rated(
         "until": until,
         "account_id": account_id,
         "currency": currency or billing_currency(),
+        "fee_exempt": FEE_EXEMPT,
     }
     with connection.cursor() as cursor:
         cursor.execute(_USAGE_RATED, params)
@@ -110,13 +112,25 @@ def margins_for(
 
 def invoice_line_usage(*, line: InvoiceLine) -> QuerySet[UsageRecord]:
     """The ledger records an invoice line bills: its account's requests of its tier and model
-    that started while its book was in force in the period (none for a fee or a credit)."""
+    that started while its book was in force in [usage_from, usage_to) and reached the ledger
+    in the close's window: by the close's cutoff for the period's own usage, between the
+    previous close and this one for a prior-period line (none for a fee or a credit)."""
     if line.item in (InvoiceLine.Item.PLAN_FEE, InvoiceLine.Item.CREDIT):
         return UsageRecord.objects.none()
-    return UsageRecord.objects.filter(
+    period_start = line.invoice.period_start
+    records = UsageRecord.objects.filter(
         account_id=line.invoice.account_id,
         tier=line.tier,
         model=line.model,
         started_at__gte=line.usage_from,
         started_at__lt=line.usage_to,
-    ).order_by("started_at", "request_id")
+    )
+    cutoff = month_close(period_start)
+    if line.usage_from < period_start:
+        late_since = month_close(month_start(period_start - timedelta(days=1)))
+        records = records.filter(stored_at__gt=late_since or LONG_AGO)
+        if cutoff is not None:
+            records = records.filter(stored_at__lte=cutoff)
+    elif cutoff is not None:
+        records = records.filter(Q(stored_at__isnull=True) | Q(stored_at__lte=cutoff))
+    return records.order_by("started_at", "request_id")

@@ -1,43 +1,57 @@
 """Billing's invoices: closing a month, the invoice in progress, and credit notes
 (docs/billing.md, "Invoices").
 
-Closing a month takes the month's advisory lock (billing/jobs.py) and computes every account's
-draft from the ledger (billing/invoicing.py builds each), stores, numbers and finalises it in
-one transaction: a second run finalises nothing, and a worker killed mid-close leaves no draft
-and no number taken. billing/closing.py runs these with an audit entry of their own.
+Months close in order, each once: the close takes the invoices' advisory lock
+(billing/jobs.py), fixes a cutoff of the ledger's arrivals, and computes every account's draft
+from the ledger (billing/invoicing.py builds each): the month's usage that arrived by the
+cutoff, and earlier months' usage that arrived since the previous close (prior-period lines).
+It stores, numbers and finalises the drafts in one transaction: a second run finalises
+nothing, and a worker killed mid-close leaves no draft and no number taken.
+billing/closing.py runs these with an audit entry of their own.
 """
 
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import MAXYEAR, datetime
+from datetime import MAXYEAR, UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import QuerySet, Sum
+from django.db.models import Min, QuerySet, Sum
 from django.utils import timezone
 
-from billing.invoicing import AccountPlan, Draft, Line, Period, UsageSum, draft_build
+from audit.models import AuditEntry
+from audit.services import object_type
+from billing.invoicing import (
+    AccountPlan,
+    Draft,
+    Line,
+    Period,
+    UsageSum,
+    draft_build,
+    open_time,
+)
 from billing.jobs import (
     DAY,
     grace,
     job_start,
+    month_close,
+    month_close_set,
     month_start,
     next_month,
-    watermark,
-    watermark_set,
 )
-from billing.models import Invoice, InvoiceLine, InvoiceNumber
+from billing.models import Invoice, InvoiceLine, InvoiceNumber, JobRun
 from billing.money import from_minor
-from billing.rating import PriceList, Quantities
+from billing.rating import FEE_EXEMPT, PriceList, Quantities
 
 # Re-exported for tests/billing/test_jobs_crash.py, whose worker process (a string it runs)
 # reaches the jobs as attributes of this module.
 from billing.rollups import rollups_run  # noqa: F401
 from billing.selectors import billing_currency, price_list
 from customers.models import Account
+from metering.services import arrivals_cutoff
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +69,40 @@ class InvoiceError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class LateUsage:
+    """Usage of a closed month that reached the ledger after the month's close."""
+
+    account_id: int
+    month: datetime
+    tier: str
+    model: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class CloseResult:
     period: Period
-    # Invoices finalised by this run (0 when a previous run closed every account).
+    # Invoices finalised by this run (0 when the month was closed before).
     finalised: int
     # Usage worth nothing for want of a price: (account_id, tier, model, tokens).
     unpriced: list[tuple[int, str, str, int]] = field(default_factory=list)
     # Accounts with usage in the ledger but no longer in customers_account: not invoiced.
     unknown_accounts: list[int] = field(default_factory=list)
+    # Late usage of earlier months billed by this close as prior-period lines.
+    late: list[LateUsage] = field(default_factory=list)
+    # When the month was closed before: late usage that arrived since the last close, which
+    # the next close will bill.
+    late_pending: list[LateUsage] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DueCloses:
+    """What invoices_close_due did: each due month closed, in order, and the first it could
+    not close (the months after it wait for it)."""
+
+    closed: list[CloseResult] = field(default_factory=list)
+    failed: Period | None = None
+    error: str = ""
 
 
 def month_of(at: datetime) -> Period:
@@ -75,34 +115,49 @@ def month_of(at: datetime) -> Period:
 def invoices_close(*, period_start: datetime, now: datetime | None = None) -> CloseResult:
     """Invoice every account with usage or a plan fee in the month of `period_start`.
 
-    Once the grace window after the month has passed, in one transaction: compute each
-    account's draft from the ledger, store it, number it from the gap-free counter and
-    finalise it. Accounts already closed are left as they are, so a second run finalises
-    nothing, and a run killed before its commit leaves no draft and no number taken.
+    Once the grace window after the month has passed and the month before it is closed (or
+    none is): fix a cutoff of the ledger's arrivals, then in one transaction compute each
+    account's draft, its month's usage that arrived by the cutoff and its late usage of
+    earlier months (arrived since the previous close), store it, number it from the gap-free
+    counter and finalise it. A month closes once: a second run finalises nothing and reports
+    the late usage waiting for the next close. A run killed before its commit leaves no draft
+    and no number taken.
     """
     now = now or timezone.now()
     period = month_of(period_start)
     if now < period.end + grace():
         raise InvoiceError(f"{period.start:%Y-%m} is open until {period.end + grace()}")
-    invoices = Invoice.objects.filter(kind=Invoice.Kind.INVOICE, period_start=period.start)
+    cutoff = arrivals_cutoff()
     with transaction.atomic():
-        job_start(f"billing.invoices:{period.start:%Y-%m}", wait=True)
+        job_start("billing.invoices", wait=True)
+        if month_close(period.start) is not None:
+            return CloseResult(period, 0, late_pending=_late_pending())
+        previous = month_start(period.start - DAY)
+        late_since = month_close(previous)
+        if late_since is None and JobRun.objects.filter(job="invoices").exists():
+            raise InvoiceError(
+                f"{previous:%Y-%m} is not closed: months close in order, close it first"
+            )
+        drafts = _drafts_compute(period, until=period.end, arrived_by=cutoff, late_since=late_since)
+        invoices = Invoice.objects.filter(kind=Invoice.Kind.INVOICE, period_start=period.start)
         closed = set(
             invoices.filter(status=Invoice.Status.FINALISED).values_list("account_id", flat=True)
         )
-        drafts = _drafts_compute(period, until=period.end)
         known = set(
             Account.objects.filter(pk__in=[d.account_id for d in drafts]).values_list(
                 "pk", flat=True
             )
         )
-        still_open = known - closed
-        billable = [d for d in drafts if d.lines and d.account_id in still_open]
+        billable = [d for d in drafts if d.lines and d.account_id in known - closed]
         _drafts_store(period, billable)
         finalised = _finalise(invoices.filter(status=Invoice.Status.DRAFT), now=now)
-        closed_until = watermark("invoices")
-        if closed_until is None or closed_until < period.end:
-            watermark_set("invoices", period.end)
+        month_close_set(period.start, cutoff)
+    return _close_reported(period, finalised, drafts, known)
+
+
+def _close_reported(
+    period: Period, finalised: int, drafts: Sequence[Draft], known: set[int]
+) -> CloseResult:
     unpriced = [(d.account_id, *item) for d in drafts for item in d.unpriced]
     for account_id, tier, model, tokens in unpriced:
         log.warning(
@@ -112,24 +167,98 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
     unknown = [d.account_id for d in drafts if d.account_id not in known]
     for account_id in unknown:
         log.warning("usage of an unknown account", extra={"account_id": account_id})
-    return CloseResult(period, finalised, unpriced, unknown)
+    late = [
+        LateUsage(d.account_id, *item) for d in drafts if d.account_id in known for item in d.late
+    ]
+    for usage in late:
+        log.warning(
+            "late usage billed on the next invoice",
+            extra={
+                "account_id": usage.account_id,
+                "usage_month": f"{usage.month:%Y-%m}",
+                "period": f"{period.start:%Y-%m}",
+                "tier": usage.tier,
+                "model": usage.model,
+                "tokens": usage.tokens,
+            },
+        )
+    return CloseResult(period, finalised, unpriced, unknown, late)
 
 
-def invoices_close_due(*, now: datetime | None = None) -> CloseResult | None:
-    """Close the last month once its grace window has passed; None when it is closed already."""
+def _late_pending() -> list[LateUsage]:
+    """Usage of closed months that arrived after the last close: the next close bills it."""
+    last = JobRun.objects.filter(job="invoices").exclude(scope="").order_by("-scope").first()
+    if last is None:
+        return []
+    after = next_month(datetime.strptime(last.scope, "%Y-%m").replace(tzinfo=UTC))
+    pending = _usage_sums(
+        _INVOICE_USAGE,
+        since=after,
+        until=after,
+        arrived_by=None,
+        late_since=last.watermark,
+        currency=billing_currency(),
+        account_id=None,
+    )
+    late = [LateUsage(u.account_id, u.month, u.tier, u.model, u.quantities.tokens) for u in pending]
+    for usage in late:
+        log.warning(
+            "late usage waiting for the next close",
+            extra={
+                "account_id": usage.account_id,
+                "usage_month": f"{usage.month:%Y-%m}",
+                "tier": usage.tier,
+                "model": usage.model,
+                "tokens": usage.tokens,
+            },
+        )
+    return late
+
+
+def invoices_close_due(*, now: datetime | None = None) -> DueCloses:
+    """Close every month whose grace window has passed, in order, from the one after the last
+    closed (or the first with usage or an account); stop at the first that fails, log it and
+    report it: the months after it wait for it."""
     now = now or timezone.now()
-    due = month_of(month_start(now - grace()) - DAY)
-    closed_until = watermark("invoices")
-    if closed_until is not None and closed_until >= due.end:
-        return None
-    return invoices_close(period_start=due.start, now=now)
+    last_due = month_of(month_start(now - grace()) - DAY)
+    result = DueCloses()
+    month = _first_open_month()
+    while month is not None and month <= last_due.start:
+        try:
+            result.closed.append(invoices_close(period_start=month, now=now))
+        except Exception as error:
+            log.exception("a month could not be closed", extra={"period": f"{month:%Y-%m}"})
+            return DueCloses(result.closed, month_of(month), str(error) or type(error).__name__)
+        month = next_month(month)
+    return result
+
+
+def _first_open_month() -> datetime | None:
+    """The month after the last closed one; before the first close, the first month with
+    usage or an account."""
+    last = JobRun.objects.filter(job="invoices").exclude(scope="").order_by("-scope").first()
+    if last is not None:
+        return next_month(datetime.strptime(last.scope, "%Y-%m").replace(tzinfo=UTC))
+    closed_until = JobRun.objects.filter(job="invoices", scope="").first()
+    if closed_until is not None:
+        return month_start(closed_until.watermark)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT min(started_at) FROM metering_usagerecord")
+        first_usage = cursor.fetchone()[0]
+    first_account = Account.objects.aggregate(first=Min("created_at"))["first"]
+    starts = [at for at in (first_usage, first_account) if at is not None]
+    return month_start(min(starts)) if starts else None
 
 
 def invoice_preview(*, account: Account, now: datetime | None = None) -> Draft:
-    """The current month's invoice of `account` as it stands at `now`; nothing is stored."""
+    """The current month's invoice of `account` as it stands at `now`: its usage so far and
+    the late usage of closed months the close will add; nothing is stored."""
     now = now or timezone.now()
     period = month_of(now)
-    drafts = _drafts_compute(period, until=now, account_id=account.pk)
+    late_since = month_close(month_start(period.start - DAY))
+    drafts = _drafts_compute(
+        period, until=now, arrived_by=None, late_since=late_since, account_id=account.pk
+    )
     return drafts[0] if drafts else Draft(account.pk, period, billing_currency())
 
 
@@ -221,30 +350,42 @@ def _credit_amount(invoice: Invoice, amount_minor: int) -> list[Line]:
 
 
 def _drafts_compute(
-    period: Period, *, until: datetime, account_id: int | None = None
+    period: Period,
+    *,
+    until: datetime,
+    arrived_by: datetime | None,
+    late_since: datetime | None,
+    account_id: int | None = None,
 ) -> list[Draft]:
-    """Every draft of the period from the ledger's [period.start, until), or one account's."""
+    """Every draft of the period, or one account's: the usage that started in
+    [period.start, until) and reached the ledger by `arrived_by` (None: all of it), and, when
+    `late_since` is set, earlier months' usage that reached it in (late_since, arrived_by]."""
     currency = billing_currency()
     prices = price_list(currency=currency)
-    usage = _usage_sums(_INVOICE_USAGE, period.start, until, currency, account_id=account_id)
+    window = {"arrived_by": arrived_by, "late_since": late_since, "currency": currency}
+    usage = _usage_sums(
+        _INVOICE_USAGE, since=period.start, until=until, account_id=account_id, **window
+    )
     plans = _account_plans(period, prices, account_id)
     used = {u.account_id for u in usage}
-    allowances = [p for p in plans.values() if p.plan.included_tokens and p.account_id in used]
+    allowances = _allowances(period, prices, plans, usage)
     covered = _usage_sums(
         _INVOICE_INCLUDED,
-        period.start,
-        until,
-        currency,
-        accounts=[p.account_id for p in allowances],
-        tiers=[p.tier for p in allowances],
-        allowances=[p.plan.included_tokens for p in allowances],
+        since=period.start,
+        until=until,
+        earliest=min((a[1] for a in allowances), default=period.start),
+        accounts=[a[0] for a in allowances],
+        months=[a[1] for a in allowances],
+        tiers=[a[2] for a in allowances],
+        allowances=[a[3] for a in allowances],
+        **window,
     )
     usage_of, covered_of = defaultdict(list), defaultdict(list)
     for row in usage:
         usage_of[row.account_id].append(row)
     for row in covered:
         covered_of[row.account_id].append(row)
-    fees = {a for a, plan in plans.items() if plan.plan.monthly_fee}
+    fees = {a for a, plan in plans.items() if plan.plan.monthly_fee and plan.open.microseconds}
     return [
         draft_build(
             account_id=account,
@@ -259,13 +400,57 @@ def _drafts_compute(
     ]
 
 
-def _usage_sums(
-    sql: str, since: datetime, until: datetime, currency: str, **params: Any
-) -> list[UsageSum]:
+def _allowances(
+    period: Period, prices: PriceList, plans: dict[int, AccountPlan], usage: Sequence[UsageSum]
+) -> list[tuple[int, datetime, str, int]]:
+    """(account, month, tier, included tokens left) for each month of `usage` with a plan:
+    the period's whole allowance; for an earlier month (late usage), its plan's allowance
+    less what the month's invoices already covered."""
+    allowances = []
+    months = sorted({(u.account_id, u.month) for u in usage})
+    late = [(account, month) for account, month in months if month < period.start]
+    covered = _included_already(late)
+    tiers = dict(
+        Account.objects.filter(pk__in={a for a, _ in late}).values_list("pk", "tier__slug")
+    )
+    for account, month in months:
+        if month >= period.start:
+            plan = plans.get(account)
+            if plan is not None and plan.plan.included_tokens:
+                allowances.append((account, month, plan.tier, plan.plan.included_tokens))
+            continue
+        book = prices.book_at(month)
+        tier = tiers.get(account)
+        month_plan = book.plans.get(tier) if book is not None and tier is not None else None
+        if tier is not None and month_plan is not None and month_plan.included_tokens:
+            left = month_plan.included_tokens - covered.get((account, month), 0)
+            if left > 0:
+                allowances.append((account, month, tier, left))
+    return allowances
+
+
+def _included_already(months: Sequence[tuple[int, datetime]]) -> dict[tuple[int, datetime], int]:
+    """Included tokens the invoices already applied to each (account, usage month)."""
+    if not months:
+        return {}
+    lines = InvoiceLine.objects.filter(
+        item=InvoiceLine.Item.INCLUDED,
+        invoice__kind=Invoice.Kind.INVOICE,
+        invoice__status=Invoice.Status.FINALISED,
+        invoice__account_id__in={a for a, _ in months},
+        usage_from__gte=min(m for _, m in months),
+    ).values_list("invoice__account_id", "usage_from", "quantity")
+    covered: dict[tuple[int, datetime], int] = defaultdict(int)
+    for account, usage_from, quantity in lines:
+        covered[(account, month_start(usage_from))] += quantity
+    return covered
+
+
+def _usage_sums(sql: str, **params: Any) -> list[UsageSum]:
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"since": since, "until": until, "currency": currency, **params})
+        cursor.execute(sql, {"fee_exempt": FEE_EXEMPT, **params})
         return [
-            UsageSum(row[0], row[1], row[2], row[3], Quantities(*(int(n) for n in row[4:])))
+            UsageSum(row[0], row[1], row[2], row[3], row[4], Quantities(*(int(n) for n in row[5:])))
             for row in cursor.fetchall()
         ]
 
@@ -273,19 +458,42 @@ def _usage_sums(
 def _account_plans(
     period: Period, prices: PriceList, account_id: int | None
 ) -> dict[int, AccountPlan]:
-    """Each account's plan: its tier's PlanPrice in the book in force at the period's start."""
+    """Each account's plan: its tier's PlanPrice in the book in force at the period's start,
+    and the time of the period it was open (the fee is prorated over it, to the
+    microsecond: from its creation, less the time it was suspended; docs/billing.md)."""
     book = prices.book_at(period.start)
     if book is None or not book.plans:
         return {}
     accounts = Account.objects.filter(created_at__lt=period.end)
     if account_id is not None:
         accounts = accounts.filter(pk=account_id)
+    rows = list(accounts.values_list("pk", "tier__slug", "created_at", "status"))
+    changes = _status_changes([pk for pk, *_ in rows], until=period.end)
     plans = {}
-    for account, tier in accounts.values_list("pk", "tier__slug"):
+    for account, tier, created_at, status in rows:
         plan = book.plans.get(tier)
         if plan is not None and (plan.monthly_fee or plan.included_tokens):
-            plans[account] = AccountPlan(account, tier, book.id, plan)
+            suspended_now = status == Account.Status.SUSPENDED
+            opened = open_time(period, created_at, changes.get(account, []), suspended_now)
+            plans[account] = AccountPlan(account, tier, book.id, plan, opened)
     return plans
+
+
+def _status_changes(
+    accounts: list[int], *, until: datetime
+) -> dict[int, list[tuple[datetime, bool]]]:
+    """Each account's suspensions and reactivations before `until`, from the audit log:
+    (when, suspended after it), in order."""
+    entries = AuditEntry.objects.filter(
+        object_type=object_type(Account),
+        object_id__in=[str(pk) for pk in accounts],
+        action__in=("suspend", "activate"),
+        at__lt=until,
+    ).order_by("at", "id")
+    changes: dict[int, list[tuple[datetime, bool]]] = defaultdict(list)
+    for object_id, action, at in entries.values_list("object_id", "action", "at"):
+        changes[int(object_id)].append((at, action == "suspend"))
+    return changes
 
 
 def _drafts_store(period: Period, drafts: Sequence[Draft]) -> None:

@@ -9,7 +9,7 @@ from django.utils import timezone
 from billing.budgets import budget_alerts_record
 from billing.margins import margins_run
 from billing.rollups import rollups_run
-from billing.services import invoices_close_due
+from billing.services import InvoiceError, invoices_close_due
 from billing.stripe_sync import (
     stripe_configured,
     stripe_invoices_push_pending,
@@ -32,9 +32,12 @@ def compute_margins() -> str | None:
 
 @shared_task(name="billing.close_invoices", ignore_result=True)
 def close_invoices() -> int:
-    """Finalise last month's invoices once its grace window has passed (once: then a no-op)."""
-    closed = invoices_close_due()
-    return closed.finalised if closed else 0
+    """Close every month whose grace window has passed, in order (each once); a month that
+    cannot be closed fails the task, after the months before it are closed."""
+    due = invoices_close_due()
+    if due.failed is not None:
+        raise InvoiceError(f"{due.failed.start:%Y-%m} could not be closed: {due.error}")
+    return sum(closed.finalised for closed in due.closed)
 
 
 @shared_task(name="billing.budget_alerts", ignore_result=True)

@@ -42,6 +42,13 @@ class UsageRecord(models.Model):
     streamed = models.BooleanField()
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField()
+    # When the record reached the ledger (the database's clock at the insert; null for records
+    # stored before migration 0008): billing bills usage by arrival (docs/billing.md, "Late
+    # usage"). A correction of a `gateway_lost` guess keeps the guess's arrival.
+    stored_at = models.DateTimeField(
+        null=True,
+        db_default=models.Func(function="clock_timestamp", output_field=models.DateTimeField()),
+    )
     # Filled by energy attribution; null until then.
     energy_joules = models.FloatField(null=True)
     # The backend's own usage report when the gateway refused it (negative, not a number, out

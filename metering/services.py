@@ -1,7 +1,7 @@
 """Writes to the usage ledger."""
 
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from django.db import connection, transaction
@@ -31,6 +31,23 @@ def usage_insert_sql(source: str) -> str:
 
 
 _DEFAULT = "metering_usagerecord_default"
+
+
+def arrivals_cutoff() -> datetime:
+    """An instant that splits the ledger's arrivals cleanly: every record stored at or before
+    it (`stored_at`) is committed and visible to any statement run after this returns, and
+    every record stored later gets a later `stored_at`.
+
+    It waits for the writers in progress to commit (a SHARE lock conflicts with their ROW
+    EXCLUSIVE one) and reads the clock while new writers wait; a writer then reads
+    `clock_timestamp()` for its rows after the lock is released. Held for milliseconds when
+    called outside a transaction, as billing's close and rollups do; inside one, until it ends.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("LOCK TABLE metering_usagerecord IN SHARE MODE")
+        cursor.execute("SELECT clock_timestamp()")
+        cutoff: datetime = cursor.fetchone()[0]
+    return cutoff
 
 
 def usage_records_unique(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@
 -- time then counts up to `until`. The caller deletes the same hours first, in the same
 -- transaction. docs/billing.md:
 --   revenue:     the rule of "Rating" (billing/rating.py), on token sums: rating is linear and
---                exact, so it equals the sum of the records' own ratings;
+--                exact, so it equals the sum of the records' own ratings; a request that
+--                failed on every backend pays no request fee (fee_exempt outcomes);
 --   energy_cost: each record's energy (kWh) x electricity_per_kwh x pue of the backend's cost
 --                model in force at its started_at, plus its share of the hour's idle energy
 --                cost;
@@ -20,7 +21,7 @@
 -- Energy is summed in whole millijoules, integers: exact, whatever order rows are read in.
 -- The book in force: catalogue_book_span; its price row: catalogue_price_in_force's rule
 -- (catalogue/migrations/0002).
--- Parameters: since, until, currency.
+-- Token sums are 64-bit. Parameters: since, until, currency, fee_exempt.
 WITH costs AS (
     SELECT id, backend, electricity_per_kwh, pue, gpu_cost_per_hour, effective_from,
            lead(effective_from, 1, 'infinity')
@@ -35,15 +36,16 @@ ledger AS (
            u.account_id, u.api_key_id, u.tier, u.model, u.backend,
            b.id AS book_id, c.id AS cost_id,
            count(*) AS requests,
+           count(*) FILTER (WHERE u.outcome <> ALL (%(fee_exempt)s::text[])) AS fee_requests,
            sum(u.prompt_tokens) AS prompt_tokens,
            sum(u.cached_prompt_tokens) AS cached_prompt_tokens,
            sum(u.completion_tokens) AS completion_tokens,
            sum(u.reasoning_tokens) AS reasoning_tokens,
            coalesce(sum((u.energy_joules * 1000)::bigint), 0) AS energy_mj,
            count(*) FILTER (WHERE u.energy_joules IS NOT NULL
-                              OR u.prompt_tokens + u.completion_tokens = 0)
+                              OR u.prompt_tokens::bigint + u.completion_tokens = 0)
                AS measured_requests,
-           coalesce(sum(u.prompt_tokens + u.completion_tokens)
+           coalesce(sum(u.prompt_tokens::bigint + u.completion_tokens)
                         FILTER (WHERE u.energy_joules IS NOT NULL), 0) AS measured_tokens
     FROM metering_usagerecord u
     LEFT JOIN catalogue_book_span b ON b.currency = %(currency)s
@@ -62,6 +64,7 @@ usage AS (
     SELECT l.bucket, l.account_id, l.api_key_id, l.tier, l.model, l.backend,
            p.price_book_id, p.id AS price_id,
            sum(l.requests) AS requests,
+           sum(l.fee_requests) AS fee_requests,
            sum(l.prompt_tokens) AS prompt_tokens,
            sum(l.cached_prompt_tokens) AS cached_prompt_tokens,
            sum(l.completion_tokens) AS completion_tokens,
@@ -142,7 +145,7 @@ SELECT 'hour', s.bucket, s.account_id, s.api_key_id, s.tier, s.model, s.backend,
                 + (s.completion_tokens - s.reasoning_tokens) * p.output_per_million
                 + s.reasoning_tokens * coalesce(p.reasoning_per_million, p.output_per_million),
                 0) * 0.000001
-       + coalesce(s.requests * p.request_fee, 0),
+       + coalesce(s.fee_requests * p.request_fee, 0),
        s.own_energy_cost + s.share * coalesce(o.idle_cost, 0),
        s.share * coalesce(o.gpu_cost, 0),
        s.measured_requests, s.measured_tokens, s.costed_tokens, s.costed_measured_tokens

@@ -4,8 +4,8 @@
 -- (tier, '*') row (catalogue_book_span and catalogue_price_in_force,
 -- catalogue/migrations/0002). An unpriced record has a null book and zero amounts. Amounts
 -- are exact: prices have 6 places and multiplying by 0.000001 adds 6 (no division, nothing
--- rounded).
--- Parameters: since, until, currency, account_id.
+-- rounded). A request that failed on every backend pays no request fee (fee_exempt).
+-- Parameters: since, until, currency, account_id, fee_exempt.
 -- Returns per record: request_id, started_at, account_id, tier, model, price_book_id, and the
 -- amounts input, cached_input, output, reasoning, request_fee.
 SELECT u.request_id, u.started_at, u.account_id, u.tier, u.model,
@@ -18,7 +18,8 @@ SELECT u.request_id, u.started_at, u.account_id, u.tier, u.model,
            AS output,
        coalesce(u.reasoning_tokens * coalesce(p.reasoning_per_million, p.output_per_million)
                 * 0.000001, 0) AS reasoning,
-       coalesce(p.request_fee, 0) AS request_fee
+       CASE WHEN u.outcome = ANY (%(fee_exempt)s::text[]) THEN 0
+            ELSE coalesce(p.request_fee, 0) END AS request_fee
 FROM metering_usagerecord u
 LEFT JOIN catalogue_book_span b ON b.currency = %(currency)s
     AND u.started_at >= b.effective_from AND u.started_at < b.effective_to

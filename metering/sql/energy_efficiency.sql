@@ -5,7 +5,7 @@
 SELECT date_trunc('hour', started_at) AS hour, backend, model, tier,
        count(*) FILTER (WHERE energy_joules IS NOT NULL) AS requests,
        count(*) FILTER (WHERE energy_joules IS NULL
-                          AND prompt_tokens + completion_tokens > 0) AS unattributed,
+                          AND prompt_tokens::bigint + completion_tokens > 0) AS unattributed,
        coalesce(sum(prompt_tokens) FILTER (WHERE energy_joules IS NOT NULL), 0) AS prompt_tokens,
        coalesce(sum(completion_tokens) FILTER (WHERE energy_joules IS NOT NULL), 0)
            AS completion_tokens,

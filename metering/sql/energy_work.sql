@@ -55,7 +55,7 @@ record AS MATERIALIZED (
         ON m.backend = u.backend
     WHERE u.started_at >= %(lower)s AND u.started_at < %(upper)s
         AND u.ended_at >= %(after)s
-        AND u.prompt_tokens - u.cached_prompt_tokens + u.completion_tokens > 0
+        AND u.prompt_tokens::bigint - u.cached_prompt_tokens + u.completion_tokens > 0
 ),
 -- On the GPUs from the computation of its prompt (the pass just before its first token) to
 -- its end; before that it only travelled and waited. Without a known prefill rate the whole

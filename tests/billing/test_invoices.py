@@ -1,6 +1,6 @@
 """Invoices: what a customer is billed adds up, to the cent, to their rated usage (P3)."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +15,7 @@ from billing.money import to_minor
 from billing.rating import PriceList, Quantities, cover_included, rate
 from billing.rollups import rollups_run
 from billing.selectors import invoice_line_usage, price_list, usage_rated
+from billing import services
 from billing.services import (
     InvoiceError,
     credit_note_issue,
@@ -187,15 +188,53 @@ def test_closing_again_changes_nothing(premium: Account) -> None:
     assert after == before
 
 
-def test_the_due_month_is_closed_once(premium: Account) -> None:
-    # Inside March's grace window the month due is February.
+def test_every_due_month_is_closed_once_in_order(premium: Account) -> None:
+    # Inside March's grace window the months due end with February (the account opened on
+    # the last day of 2024).
     early = invoices_close_due(now=NEXT_MONTH + timedelta(hours=1))
-    assert early is not None and early.period.end == MONTH
+    assert early.failed is None
+    assert [c.period.start.month for c in early.closed] == [12, 1, 2]
     assert not Invoice.objects.filter(period_start=MONTH).exists()
 
     closed = invoices_close_due(now=CLOSE)
-    assert closed is not None and closed.period.start == MONTH and closed.finalised == 1
-    assert invoices_close_due(now=CLOSE + timedelta(hours=1)) is None
+    assert [c.period.start for c in closed.closed] == [MONTH] and closed.closed[0].finalised == 1
+    assert invoices_close_due(now=CLOSE + timedelta(hours=1)).closed == []
+
+
+def test_a_worker_down_for_months_closes_every_month_it_missed(premium: Account) -> None:
+    invoices_close_due(now=CLOSE)
+    later = CLOSE + timedelta(days=95)  # the worker comes back in July
+
+    due = invoices_close_due(now=later)
+
+    assert [f"{c.period.start:%Y-%m}" for c in due.closed] == ["2025-04", "2025-05", "2025-06"]
+    fees = Invoice.objects.filter(account=premium, period_start__gte=NEXT_MONTH)
+    assert fees.count() == 3 and {i.total_minor for i in fees} == {2000}
+
+
+def test_a_month_that_cannot_close_is_reported_and_holds_back_the_later_ones(
+    premium: Account, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    invoices_close_due(now=CLOSE)
+    compute = services._drafts_compute
+
+    def failing(period: Any, **kwargs: Any) -> Any:
+        if period.start.month == 5:
+            raise InvoiceError("the price list could not be read")
+        return compute(period, **kwargs)
+
+    monkeypatch.setattr(services, "_drafts_compute", failing)
+    due = invoices_close_due(now=CLOSE + timedelta(days=95))
+
+    assert [f"{c.period.start:%Y-%m}" for c in due.closed] == ["2025-04"]
+    assert due.failed is not None and f"{due.failed.start:%Y-%m}" == "2025-05"
+    assert "price list" in due.error
+    assert "a month could not be closed" in caplog.text
+    assert not Invoice.objects.filter(period_start__gte=datetime(2025, 5, 1, tzinfo=UTC)).exists()
+    with pytest.raises(InvoiceError, match="close it first"):
+        invoices_close(
+            period_start=datetime(2025, 6, 1, tzinfo=UTC), now=CLOSE + timedelta(days=95)
+        )
 
 
 def test_numbers_are_gap_free_across_invoices_and_credit_notes(premium: Account) -> None:
