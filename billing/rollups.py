@@ -1,7 +1,8 @@
 """The usage rollups: the ledger summed per hour and per day, rated and costed (docs/billing.md).
 
 Run by the beat every few minutes (billing.tasks.rollup_usage): whole hours since the last
-run, a grace window back (billing/jobs.py). Rebuilt on demand over any hours.
+run, a grace window back (billing/jobs.py), and any earlier hour whose usage arrived since
+the last run (by the ledger's `stored_at`). Rebuilt on demand over any hours.
 """
 
 from datetime import datetime, timedelta
@@ -27,20 +28,30 @@ from billing.models import CostModel, JobRun, UsageRollup
 from billing.rating import FEE_EXEMPT
 from billing.selectors import billing_currency
 from metering.models import EnergyInterval
+from metering.services import arrivals_cutoff
 
 _SQL = Path(__file__).parent / "sql"
 _ROLLUP_HOURS = (_SQL / "rollup_hours.sql").read_text()
 _ROLLUP_DAYS = (_SQL / "rollup_days.sql").read_text()
 _FIRST_USAGE = "SELECT min(started_at) FROM metering_usagerecord"
+_LATE_HOURS = (
+    "SELECT DISTINCT date_trunc('hour', started_at, 'UTC') FROM metering_usagerecord "
+    "WHERE stored_at > %(after)s AND stored_at <= %(arrived_by)s AND started_at < %(before)s "
+    "ORDER BY 1"
+)
 
 
 def rollups_run(*, now: datetime | None = None, wait: bool = False) -> Window | None:
-    """Roll up the ledger's complete hours since the last run, a grace window back.
+    """Roll up the ledger's complete hours since the last run, a grace window back, and every
+    earlier hour that records reached the ledger for since the last run (usage that arrived
+    late: a spool replayed after an outage, a reaped lease), so the margins and the report
+    count it without anyone rebuilding by hand.
 
-    Returns the hours rebuilt; None when another run holds the lock (unless `wait`) or there
-    is nothing to roll up yet.
+    Returns the hours rebuilt since the watermark; None when another run holds the lock
+    (unless `wait`) or there is nothing to roll up yet.
     """
     until = hour_start(now or timezone.now())
+    arrived_by = arrivals_cutoff()
     with transaction.atomic():
         if not job_start("billing.rollups", wait=wait):
             return None
@@ -48,9 +59,35 @@ def rollups_run(*, now: datetime | None = None, wait: bool = False) -> Window | 
         since = hour_start(rolled - grace()) if rolled else _first_hour()
         if since is None or since >= until:
             return None
+        arrived_after = watermark("rollups.arrivals")
+        if arrived_after is not None:
+            for late in _late_hours(arrived_after, arrived_by, before=since):
+                buckets_rebuild(late.since, late.until)
+                _margins_redo_from(late.since)
         buckets_rebuild(since, until)
         watermark_set("rollups", until)
+        watermark_set("rollups.arrivals", arrived_by)
     return Window(since, until)
+
+
+def _late_hours(after: datetime, arrived_by: datetime, *, before: datetime) -> list[Window]:
+    """The hours before `before` that records reached the ledger for in (after, arrived_by],
+    as runs of consecutive hours."""
+    with connection.cursor() as cursor:
+        cursor.execute(_LATE_HOURS, {"after": after, "arrived_by": arrived_by, "before": before})
+        hours = [row[0] for row in cursor.fetchall()]
+    runs: list[Window] = []
+    for hour in hours:
+        if runs and runs[-1].until == hour:
+            runs[-1] = Window(runs[-1].since, hour + HOUR)
+        else:
+            runs.append(Window(hour, hour + HOUR))
+    return runs
+
+
+def _margins_redo_from(since: datetime) -> None:
+    """The margins from `since` on are stale: the next margins run starts from there."""
+    JobRun.objects.filter(job="margins", watermark__gt=since).update(watermark=since)
 
 
 def rollups_rebuild(*, since: datetime, until: datetime) -> Window:
@@ -60,10 +97,7 @@ def rollups_rebuild(*, since: datetime, until: datetime) -> Window:
     with transaction.atomic():
         job_start("billing.rollups", wait=True)
         buckets_rebuild(window.since, window.until)
-        # The margins of those hours are stale: the next margins run starts from them.
-        JobRun.objects.filter(job="margins", watermark__gt=window.since).update(
-            watermark=window.since
-        )
+        _margins_redo_from(window.since)
     return window
 
 

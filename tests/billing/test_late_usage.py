@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.models import Invoice, InvoiceLine
+from billing.margins import margins_run
+from billing.models import Invoice, InvoiceLine, Margin, UsageRollup
 from billing.money import to_minor
 from billing.rating import Quantities, cover_included, fee_requests
 from billing.rollups import rollups_run
@@ -230,3 +231,21 @@ def test_any_arrival_order_bills_every_record_once_to_the_minor_unit(
                 assert billed == to_minor(total, "USD")
         waiting = sum(u.tokens for u in pending.late_pending)
         assert waiting == sum(quantities(r).tokens for r in batches[3])
+
+
+def test_rollups_and_margins_pick_up_late_usage_by_its_arrival(account: Account) -> None:
+    usage_write([usage(MONTH + timedelta(days=9), account_id=account.pk)])
+    rollups_run(now=CLOSE[MONTH])
+    margins_run(now=CLOSE[MONTH])
+    late = usage(
+        MONTH + timedelta(days=28), account_id=account.pk, prompt=1_000_000, completion=1_000_000
+    )
+    usage_write([late])  # days after its hour left the grace window
+
+    rollups_run(now=CLOSE[MONTH] + timedelta(days=10))
+    margins_run(now=CLOSE[MONTH] + timedelta(days=10))
+
+    hour = UsageRollup.objects.get(grain="hour", bucket=late["started_at"], account_id=account.pk)
+    assert (hour.requests, hour.revenue) == (1, Decimal("1.17"))
+    month = Margin.objects.get(grain="month", bucket=MONTH, dimension="tier", key="premium")
+    assert month.revenue == Decimal("1.17") + Decimal("0.000360")

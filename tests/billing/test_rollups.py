@@ -9,7 +9,7 @@ from django.db.models import Sum
 from hypothesis import HealthCheck, given, settings
 
 from billing.margins import margins_run
-from billing.models import Margin, UsageRollup
+from billing.models import JobRun, Margin, UsageRollup
 from billing.rating import Quantities
 from billing.rollups import rollups_rebuild, rollups_run
 from billing.selectors import price_list, usage_unpriced
@@ -122,20 +122,30 @@ def test_late_usage_inside_the_grace_window_lands_in_its_hour(hour_of_two: None)
     assert [r.account_id for r in rows("hour", bucket=HOUR)] == [1, 2, 3]
 
 
-def test_usage_later_than_the_grace_window_waits_for_a_rebuild(hour_of_two: None) -> None:
+def test_usage_later_than_the_grace_window_is_rolled_up_by_its_arrival(hour_of_two: None) -> None:
     now = HOUR + timedelta(hours=5)
     rollups_run(now=now)
+    margins_run(now=now)
     usage_write([usage(HOUR + timedelta(minutes=5), account_id=3, prompt=1_000_000)])
 
     rollups_run(now=now + timedelta(minutes=5))
-    assert [r.account_id for r in rows("hour", bucket=HOUR)] == [1, 2]
 
-    margins_run(now=now)
-    rollups_rebuild(since=HOUR, until=HOUR + timedelta(hours=1))
     assert [r.account_id for r in rows("hour", bucket=HOUR)] == [1, 2, 3]
     assert [r.account_id for r in rows("day", bucket=MONTH, account_id__gt=0)] == [1, 2, 3]
     margins_run(now=now + timedelta(minutes=10))
     assert Margin.objects.filter(grain="day", bucket=MONTH, dimension="account", key="3").exists()
+
+
+def test_a_rebuild_redoes_any_hours_and_their_margins(hour_of_two: None) -> None:
+    now = HOUR + timedelta(hours=5)
+    rollups_run(now=now)
+    margins_run(now=now)
+    UsageRollup.objects.filter(grain="hour", bucket=HOUR, account_id=2).delete()
+
+    rollups_rebuild(since=HOUR, until=HOUR + timedelta(hours=1))
+
+    assert [r.account_id for r in rows("hour", bucket=HOUR)] == [1, 2]
+    assert JobRun.objects.get(job="margins").watermark == HOUR
 
 
 def test_usage_without_a_price_is_worth_nothing_and_reported(hour_of_two: None) -> None:
