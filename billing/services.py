@@ -272,9 +272,10 @@ def credit_note_issue(
 ) -> Invoice:
     """Correct a finalised invoice: a finalised, numbered, negative document linked to it.
 
-    Either whole `lines` of the invoice, whose charged minor units are reversed exactly, or
-    an `amount_minor` (positive) credited as one line. The credits of an invoice never exceed
-    its total.
+    Either whole `lines` of the invoice, whose charged minor units are reversed exactly, each
+    at most once, or an `amount_minor` (positive) credited as one line. The credits of an
+    invoice never exceed its total. Notes of one invoice are issued one at a time (its row
+    is locked), so two issued at once cannot both reverse a line.
     """
     if (lines is None) == (amount_minor is None):
         raise InvoiceError("credit either whole lines or an amount")
@@ -286,7 +287,7 @@ def credit_note_issue(
         credit_lines = (
             _credit_amount(invoice, amount_minor)
             if amount_minor is not None
-            else _credit_lines(invoice, lines or [])
+            else _credit_lines(invoice, _uncredited(invoice, lines or []))
         )
         total_minor = sum(line.amount_minor for line in credit_lines)
         credited = invoice.credit_notes.aggregate(total=Sum("total_minor"))["total"] or 0
@@ -309,9 +310,35 @@ def credit_note_issue(
     return note
 
 
-def _credit_lines(invoice: Invoice, lines: Sequence[InvoiceLine]) -> list[Line]:
+def _uncredited(invoice: Invoice, lines: Sequence[InvoiceLine]) -> list[InvoiceLine]:
+    """`lines` as stored, each refused if a credit note of the invoice reversed it already.
+
+    A credit note's line reverses the invoice's line with the same item, tier, model, book
+    and usage span (an invoice has one line of each); the caller holds the invoice's row
+    lock, so two notes issued at once see each other.
+    """
     if not lines or any(line.invoice_id != invoice.pk for line in lines):
         raise InvoiceError("credit lines must be lines of the invoice corrected")
+    stored = list(invoice.lines.filter(pk__in={line.pk for line in lines}).order_by("pk"))
+    if len(stored) != len({line.pk for line in lines}):
+        raise InvoiceError("credit lines must be lines of the invoice corrected")
+    reversed_ = set(
+        InvoiceLine.objects.filter(
+            invoice__corrects=invoice, invoice__status=Invoice.Status.FINALISED
+        ).values_list(*_LINE_KEY)
+    )
+    for line in stored:
+        if tuple(getattr(line, field) for field in _LINE_KEY) in reversed_:
+            raise InvoiceError(
+                f"the {line.item} line of {line.tier}/{line.model or '-'} was credited already"
+            )
+    return stored
+
+
+_LINE_KEY = ("item", "tier", "model", "price_book_id", "usage_from", "usage_to")
+
+
+def _credit_lines(invoice: Invoice, lines: Sequence[InvoiceLine]) -> list[Line]:
     return [
         Line(
             line.item,

@@ -268,6 +268,21 @@ def test_a_credit_note_reverses_whole_lines_exactly(premium: Account) -> None:
     assert note.total_minor == -charged.amount_minor
 
 
+def test_a_line_is_credited_once(premium: Account) -> None:
+    usage_write([usage(MONTH + timedelta(days=1), account_id=premium.pk, prompt=3_333_333)])
+    invoices_close(period_start=MONTH, now=CLOSE)
+    invoice = Invoice.objects.get(account=premium)
+    charged = invoice.lines.get(item="input")
+    credit_note_issue(invoice=invoice, memo="wrong model", lines=[charged], now=CLOSE)
+
+    with pytest.raises(InvoiceError, match="credited already"):
+        credit_note_issue(invoice=invoice, memo="again", lines=[charged], now=CLOSE)
+    other = invoice.lines.get(item="plan_fee")
+    with pytest.raises(InvoiceError, match="credited already"):
+        credit_note_issue(invoice=invoice, memo="both", lines=[other, charged], now=CLOSE)
+    assert Invoice.objects.filter(kind="credit_note").count() == 1
+
+
 def test_credits_never_exceed_the_invoice(premium: Account) -> None:
     invoices_close(period_start=MONTH, now=CLOSE)
     invoice = Invoice.objects.get(account=premium)
