@@ -170,6 +170,19 @@ class InvoiceAdmin(ReadOnlyAdmin[Invoice]):
                     messages.warning(
                         request, f"Account {account}: {tokens} {tier}/{model} tokens had no price."
                     )
+                for late in result.late:
+                    messages.info(
+                        request,
+                        f"Account {late.account_id}: {late.tokens} {late.tier}/{late.model} "
+                        f"tokens of {late.month:%Y-%m} arrived after it closed: billed now.",
+                    )
+                for late in result.late_pending:
+                    messages.warning(
+                        request,
+                        f"Account {late.account_id}: {late.tokens} {late.tier}/{late.model} "
+                        f"tokens of {late.month:%Y-%m} arrived after it closed: the next close "
+                        "bills them.",
+                    )
                 return redirect("admin:billing_invoice_changelist")
         return self._form_page(request, "Close a month", form)
 

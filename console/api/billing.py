@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from billing import closing as invoices
 from billing.models import Invoice, InvoiceLine
-from billing.services import InvoiceError
+from billing.services import InvoiceError, LateUsage
 from catalogue import services as pricing
 from catalogue.models import PlanPrice, Price, PriceBook
 from console.api.common import actor
@@ -262,6 +262,16 @@ class MonthClosedSerializer(serializers.Serializer[Any]):
     unpriced = serializers.ListField(
         child=serializers.DictField(), help_text="Usage billed at zero for want of a price."
     )
+    late = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="Usage of earlier months that arrived after they closed, billed now as "
+        "prior-period lines.",
+    )
+    late_pending = serializers.ListField(
+        child=serializers.DictField(),
+        help_text="Month closed before: usage of closed months that arrived since the last "
+        "close, which the next close bills.",
+    )
 
 
 class CreditNoteSerializer(serializers.Serializer[Any]):
@@ -324,6 +334,8 @@ class InvoiceViewSet(
                 "period_end": result.period.end,
                 "finalised": result.finalised,
                 "unpriced": unpriced,
+                "late": [_late(usage) for usage in result.late],
+                "late_pending": [_late(usage) for usage in result.late_pending],
             }
         )
 
@@ -352,3 +364,13 @@ class InvoiceViewSet(
         except InvoiceError as exc:
             raise serializers.ValidationError(str(exc), code="invoice_refused") from exc
         return Response(InvoiceDetailSerializer(note).data, status=status.HTTP_201_CREATED)
+
+
+def _late(usage: LateUsage) -> dict[str, Any]:
+    return {
+        "account": usage.account_id,
+        "month": f"{usage.month:%Y-%m}",
+        "tier": usage.tier,
+        "model": usage.model,
+        "tokens": usage.tokens,
+    }
