@@ -2,7 +2,6 @@
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
 
@@ -21,30 +20,10 @@ from tests.billing.factories import (
     usage,
     usage_write,
 )
+from tests.support.invoices import seal_lifted
 
 pytestmark = pytest.mark.django_db(transaction=True)
 LLAMA = PriceSpec("premium", "llama", Decimal(3), Decimal("0.3"), Decimal(15))
-
-
-@contextmanager
-def seal_lifted() -> Iterator[None]:
-    """The owner's maintenance path: the invoices' triggers off for one transaction, then
-    back exactly as they were."""
-    tables = ("billing_invoice", "billing_invoiceline")
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger "
-            "WHERE tgrelid = ANY(%s::regclass[]) AND NOT tgisinternal",
-            [list(tables)],
-        )
-        triggers = cursor.fetchall()
-        for table in tables:
-            cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
-        yield
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks first, then DDL
-        modes = {"A": "ENABLE ALWAYS", "O": "ENABLE", "R": "ENABLE REPLICA", "D": "DISABLE"}
-        for table, name, mode in triggers:
-            cursor.execute(f'ALTER TABLE {table} {modes[mode]} TRIGGER "{name}"')
 
 
 @pytest.fixture
