@@ -81,6 +81,14 @@ def month_close(month: datetime) -> datetime | None:
     return None
 
 
+def month_closed_last() -> tuple[datetime, datetime] | None:
+    """The last month closed with a cutoff of its own, and that cutoff; None before."""
+    run = JobRun.objects.filter(job="invoices").exclude(scope="").order_by("-scope").first()
+    if run is None:
+        return None
+    return datetime.strptime(run.scope, "%Y-%m").replace(tzinfo=UTC), run.watermark
+
+
 def month_close_set(month: datetime, cutoff: datetime) -> None:
     JobRun.objects.create(job="invoices", scope=f"{month:%Y-%m}", watermark=cutoff)
     closed_until = watermark("invoices")

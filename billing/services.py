@@ -14,7 +14,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import MAXYEAR, UTC, datetime
+from datetime import MAXYEAR, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,10 @@ from billing.jobs import (
     job_start,
     month_close,
     month_close_set,
+    month_closed_last,
     month_start,
     next_month,
+    watermark,
 )
 from billing.models import Invoice, InvoiceLine, InvoiceNumber, JobRun
 from billing.money import from_minor
@@ -187,16 +189,16 @@ def _close_reported(
 
 def _late_pending() -> list[LateUsage]:
     """Usage of closed months that arrived after the last close: the next close bills it."""
-    last = JobRun.objects.filter(job="invoices").exclude(scope="").order_by("-scope").first()
+    last = month_closed_last()
     if last is None:
         return []
-    after = next_month(datetime.strptime(last.scope, "%Y-%m").replace(tzinfo=UTC))
+    after, cutoff = next_month(last[0]), last[1]
     pending = _usage_sums(
         _INVOICE_USAGE,
         since=after,
         until=after,
         arrived_by=None,
-        late_since=last.watermark,
+        late_since=cutoff,
         currency=billing_currency(),
         account_id=None,
     )
@@ -236,12 +238,12 @@ def invoices_close_due(*, now: datetime | None = None) -> DueCloses:
 def _first_open_month() -> datetime | None:
     """The month after the last closed one; before the first close, the first month with
     usage or an account."""
-    last = JobRun.objects.filter(job="invoices").exclude(scope="").order_by("-scope").first()
+    last = month_closed_last()
     if last is not None:
-        return next_month(datetime.strptime(last.scope, "%Y-%m").replace(tzinfo=UTC))
-    closed_until = JobRun.objects.filter(job="invoices", scope="").first()
+        return next_month(last[0])
+    closed_until = watermark("invoices")  # closed before months had cutoffs
     if closed_until is not None:
-        return month_start(closed_until.watermark)
+        return month_start(closed_until)
     with connection.cursor() as cursor:
         cursor.execute("SELECT min(started_at) FROM metering_usagerecord")
         first_usage = cursor.fetchone()[0]
