@@ -5,7 +5,7 @@ with the [usage_from, usage_to) of the ledger records behind it: the period's ow
 usage of earlier months that arrived after they were closed (prior-period lines, dated in their
 month); a negative "included" line per month, tier, model and book for the plan's included
 tokens, valued at the rated price of the tokens they cover; the plan's monthly fee, prorated
-to the second over the time the account was open. Rounded once, by billing.money.allocate
+to the microsecond over the time the account was open. Rounded once, by billing.money.allocate
 (docs/billing.md).
 """
 
