@@ -35,6 +35,7 @@ from billing.invoicing import (
 )
 from billing.jobs import (
     DAY,
+    LONG_AGO,
     grace,
     job_start,
     month_close,
@@ -195,10 +196,11 @@ def _late_pending() -> list[LateUsage]:
     after, cutoff = next_month(last[0]), last[1]
     pending = _usage_sums(
         _INVOICE_USAGE,
-        since=after,
+        since=LONG_AGO,
         until=after,
+        month=None,
+        stored_after=cutoff,
         arrived_by=None,
-        late_since=cutoff,
         currency=billing_currency(),
         account_id=None,
     )
@@ -391,24 +393,47 @@ def _drafts_compute(
     `late_since` is set, earlier months' usage that reached it in (late_since, arrived_by]."""
     currency = billing_currency()
     prices = price_list(currency=currency)
-    window = {"arrived_by": arrived_by, "late_since": late_since, "currency": currency}
     usage = _usage_sums(
-        _INVOICE_USAGE, since=period.start, until=until, account_id=account_id, **window
-    )
-    plans = _account_plans(period, prices, account_id)
-    used = {u.account_id for u in usage}
-    allowances = _allowances(period, prices, plans, usage)
-    covered = _usage_sums(
-        _INVOICE_INCLUDED,
+        _INVOICE_USAGE,
         since=period.start,
         until=until,
-        earliest=min((a[1] for a in allowances), default=period.start),
-        accounts=[a[0] for a in allowances],
-        months=[a[1] for a in allowances],
-        tiers=[a[2] for a in allowances],
-        allowances=[a[3] for a in allowances],
-        **window,
+        month=period.start,
+        stored_after=None,
+        arrived_by=arrived_by,
+        currency=currency,
+        account_id=account_id,
     )
+    if late_since is not None:
+        usage += _usage_sums(
+            _INVOICE_USAGE,
+            since=LONG_AGO,
+            until=period.start,
+            month=None,
+            stored_after=late_since,
+            arrived_by=arrived_by,
+            currency=currency,
+            account_id=account_id,
+        )
+    plans = _account_plans(period, prices, account_id)
+    used = {u.account_id for u in usage}
+    by_month: dict[datetime, list[tuple[int, str, int]]] = defaultdict(list)
+    for account, month, tier, allowance in _allowances(period, prices, plans, usage):
+        by_month[month].append((account, tier, allowance))
+    covered = []
+    for month, allowances in sorted(by_month.items()):
+        own = month == period.start
+        covered += _usage_sums(
+            _INVOICE_INCLUDED,
+            since=month,
+            until=until if own else next_month(month),
+            month=month,
+            stored_after=None if own else late_since,
+            arrived_by=arrived_by,
+            currency=currency,
+            accounts=[a[0] for a in allowances],
+            tiers=[a[1] for a in allowances],
+            allowances=[a[2] for a in allowances],
+        )
     usage_of, covered_of = defaultdict(list), defaultdict(list)
     for row in usage:
         usage_of[row.account_id].append(row)

@@ -1,47 +1,42 @@
 -- The usage a plan's included tokens cover (docs/billing.md, "Included tokens", "Late
--- usage"), per account, usage month, tier, model and book in force, by token class. Each
--- plan row is an account's allowance for one month: the period's own, for its usage that
--- started in [since, until) and reached the ledger by `arrived_by` (null: all); or what was
--- left of an earlier month's, for that month's usage that arrived in (late_since,
--- arrived_by], after the month was closed. A month's records of the plan's tier use its
--- allowance in the order they were made (started_at, then request_id), and within a record
--- its classes in the order input, cached input, output, reasoning, until it runs out
--- (billing/rating.py: cover_included). Records of other tiers use none. Token sums are 64-bit.
--- Parameters: since, until, arrived_by, late_since, currency, earliest (the first month of
--- the plan rows), and four arrays of the same length: accounts (ids), months (starts), tiers
--- (the plan's tier) and allowances (included tokens left). The book in force:
--- catalogue_book_span (catalogue/migrations/0002).
+-- usage"), in one month (`month`): its records that started in [since, until) and reached
+-- the ledger in (stored_after, arrived_by] (as in invoice_usage.sql), per account, tier, model
+-- and book in force, by token class. Each account's records of its plan's tier use its
+-- allowance (the month's whole allowance for the period's own usage, what the month left for
+-- its late usage) in the order they were made (started_at, then request_id), and within a
+-- record its classes in the order input, cached input, output, reasoning, until it runs out
+-- (billing/rating.py: cover_included). Records of other tiers use none. Token sums are
+-- 64-bit. Parameters: since, until, month, stored_after, arrived_by, currency, and three
+-- arrays of the same length: accounts (ids), tiers (the plan's tier) and allowances (included
+-- tokens left). The book in force: catalogue_book_span (catalogue/migrations/0002).
 WITH plans AS (
     SELECT *
-    FROM unnest(%(accounts)s::bigint[], %(months)s::timestamptz[], %(tiers)s::text[],
-                %(allowances)s::bigint[]) AS p(account_id, month, tier, allowance)
+    FROM unnest(%(accounts)s::bigint[], %(tiers)s::text[], %(allowances)s::bigint[])
+        AS p(account_id, tier, allowance)
 ),
 records AS (
-    SELECT u.account_id, p.month, u.tier, u.model, b.id AS book_id, p.allowance,
+    SELECT u.account_id, u.tier, u.model, b.id AS book_id, p.allowance,
            u.prompt_tokens - u.cached_prompt_tokens AS input,
            u.cached_prompt_tokens AS cached_input,
            u.completion_tokens - u.reasoning_tokens AS output,
            u.reasoning_tokens AS reasoning,
-           coalesce(sum(u.prompt_tokens::bigint + u.completion_tokens) OVER (
-               PARTITION BY u.account_id, p.month ORDER BY u.started_at, u.request_id
-               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS used_before
+           -- Two sums of integer columns: each is bigint, so is their sum (a sum of their
+           -- per-row total would overflow 32 bits, and one of bigints is a slower numeric).
+           coalesce(sum(u.prompt_tokens) OVER before + sum(u.completion_tokens) OVER before, 0)
+               AS used_before
     FROM plans p
     JOIN metering_usagerecord u ON u.account_id = p.account_id AND u.tier = p.tier
-        AND u.started_at >= p.month AND u.started_at < p.month + interval '1 month'
     LEFT JOIN catalogue_book_span b ON b.currency = %(currency)s
         AND u.started_at >= b.effective_from AND u.started_at < b.effective_to
-    WHERE u.started_at >= %(earliest)s AND u.started_at < %(until)s
-      AND CASE WHEN p.month = %(since)s::timestamptz
-               THEN %(arrived_by)s::timestamptz IS NULL OR u.stored_at IS NULL
-                    OR u.stored_at <= %(arrived_by)s::timestamptz
-               ELSE u.stored_at > %(late_since)s::timestamptz
-                    AND (%(arrived_by)s::timestamptz IS NULL
-                         OR u.stored_at <= %(arrived_by)s::timestamptz)
-          END
+    WHERE u.started_at >= %(since)s AND u.started_at < %(until)s
+      AND (%(stored_after)s::timestamptz IS NULL OR u.stored_at > %(stored_after)s::timestamptz)
+      AND (%(arrived_by)s::timestamptz IS NULL OR u.stored_at IS NULL
+           OR u.stored_at <= %(arrived_by)s::timestamptz)
+    WINDOW before AS (PARTITION BY u.account_id ORDER BY u.started_at, u.request_id
+                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
 ),
 covered AS (
-    SELECT r.account_id, r.month, r.tier, r.model, r.book_id, ci.input, cc.cached_input,
-           co.output,
+    SELECT r.account_id, r.tier, r.model, r.book_id, ci.input, cc.cached_input, co.output,
            least(r.reasoning, l.left_over - ci.input - cc.cached_input - co.output) AS reasoning
     FROM records r
     CROSS JOIN LATERAL (SELECT r.allowance - r.used_before AS left_over) l
@@ -51,7 +46,7 @@ covered AS (
         SELECT least(r.output, l.left_over - ci.input - cc.cached_input) AS output) co
     WHERE r.used_before < r.allowance
 )
-SELECT account_id, month, tier, model, book_id, sum(input) AS input,
+SELECT account_id, %(month)s::timestamptz AS month, tier, model, book_id, sum(input) AS input,
        sum(cached_input) AS cached_input, sum(output) AS output, sum(reasoning) AS reasoning
 FROM covered
 GROUP BY 1, 2, 3, 4, 5
