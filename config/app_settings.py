@@ -281,6 +281,14 @@ class MeteringSettings(_Group):
     calibration_seconds: float = setting(
         "METERING_CALIBRATION_SECONDS", number(inclusive=False), 3600.0
     )
+    # The most tokens one request can read (prompt, cached) and write (completion, reasoning),
+    # whatever the model: the meter quarantines a record that claims more for review, unbilled
+    # (docs/architecture.md, "Bad data is not an outage"). Above today's longest context windows
+    # (1M) and the gateway's own completion ceiling (gateway.request_schema.MAX_TOKENS_CEILING).
+    max_prompt_tokens: int = setting("METERING_MAX_PROMPT_TOKENS", whole(minimum=1), 2_000_000)
+    max_completion_tokens: int = setting(
+        "METERING_MAX_COMPLETION_TOKENS", whole(minimum=1), 1_048_576
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

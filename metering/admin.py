@@ -1,11 +1,12 @@
 """The console's pages for the usage ledger, the meter's quarantine and the energy telemetry:
 read-only, since the meter and the energy jobs write them, except a backend's configured
-energy model."""
+energy model and the release of a quarantined event into the ledger."""
 
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 from django.utils import timezone
@@ -18,6 +19,7 @@ from metering.models import (
     QuarantinedEvent,
     UsageRecord,
 )
+from metering.services import ReleaseError, quarantined_event_release
 
 
 @admin.register(UsageRecord)
@@ -43,11 +45,34 @@ class UsageRecordAdmin(ReadOnlyAdmin[UsageRecord]):
 @admin.register(QuarantinedEvent)
 class QuarantinedEventAdmin(ReadOnlyAdmin[QuarantinedEvent]):
     """Usage events the meter could not store, kept whole with the reason, for staff to
-    investigate (the request they belong to has no usage record until one is written)."""
+    investigate (the request they belong to has no usage record until one is written).
+    Staff who may change them can release one into the ledger as it was recorded
+    (metering.services.quarantined_event_release), e.g. after raising a token limit it broke."""
 
     list_display = ["quarantined_at", "request_id", "stream_id", "error"]
     search_fields = ["request_id", "stream_id", "error"]
     date_hierarchy = "quarantined_at"
+    actions = ["release_events"]
+
+    @admin.action(
+        description="Release the selected events into the ledger as recorded (billed on the "
+        "next invoice)",
+        permissions=["release"],
+    )
+    def release_events(self, request: HttpRequest, queryset: QuerySet[QuarantinedEvent]) -> None:
+        released = 0
+        for event in queryset:
+            try:
+                released += quarantined_event_release(
+                    event_id=event.pk, actor=request.user, request=request
+                )
+            except ReleaseError as exc:
+                messages.error(request, f"Event {event.stream_id} was not released: {exc}.")
+        if released:
+            messages.success(request, f"{released} event(s) stored in the usage ledger.")
+
+    def has_release_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("metering.change_quarantinedevent")
 
 
 @admin.register(GpuSample)

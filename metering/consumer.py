@@ -8,8 +8,10 @@ another after METERING["CLAIM_IDLE_SECONDS"], which then removes the dead meter'
 a meter that stops removes its own, or hands back the batch it could not store.
 
 Bad data is not an outage: an event the database refuses (a negative token count breaks a
-CHECK) or that cannot even be decoded is set aside in QuarantinedEvent, with the reason, and
-acknowledged once that row commits, so that it never holds back the events behind it.
+CHECK), that cannot even be decoded, or that claims more tokens than any request can have
+(METERING_MAX_PROMPT_TOKENS, METERING_MAX_COMPLETION_TOKENS: a buggy or hostile backend) is set
+aside in QuarantinedEvent, with the reason, and acknowledged once that row commits, so that it
+never holds back the events behind it, and never reaches an invoice unless staff release it.
 """
 
 import logging
@@ -54,7 +56,8 @@ _UNAVAILABLE = (DatabaseError, psycopg.Error)
 QUARANTINED = Counter(
     "tf_meter_quarantined_events",
     "Usage events the meter set aside (console: Quarantined events), by reason: "
-    "malformed (could not be decoded) or refused (the database rejected a value).",
+    "malformed (could not be decoded), refused (the database rejected a value) or "
+    "beyond_limits (more tokens than a request can have).",
     ["reason"],
 )
 
@@ -206,9 +209,16 @@ class Meter:
         decoded = []
         for entry in entries:
             try:
-                decoded.append((entry, record_from_event(entry[1])))
+                record = record_from_event(entry[1])
             except _MALFORMED as exc:
                 self._quarantine(entry, exc, reason="malformed")
+                continue
+            try:
+                _limits_check(record)
+            except BeyondLimits as exc:
+                self._quarantine(entry, exc, reason="beyond_limits")
+                continue
+            decoded.append((entry, record))
         return self._write_decoded(decoded)
 
     def _write_decoded(self, batch: list[tuple[_Entry, dict[str, Any]]]) -> int:
@@ -268,6 +278,37 @@ class Meter:
             self.client.xclaim(
                 USAGE_STREAM, USAGE_GROUP, self.name, 0, ids, idle=self.claim_idle_ms, justid=True
             )
+
+
+class BeyondLimits(ValueError):
+    """A record claims more tokens than any request can have."""
+
+
+def _limits_check(record: dict[str, Any]) -> None:
+    """Raise BeyondLimits for counts beyond METERING_MAX_PROMPT_TOKENS (prompt, cached) or
+    METERING_MAX_COMPLETION_TOKENS (completion, reasoning). Billed as sent, one such record is
+    worth more than a month of real usage (and 2e9 tokens overflowed the close's sums).
+    Values that are not numbers are left to the database, which refuses them."""
+    conf = settings.METERING
+    limits = {
+        "prompt_tokens": conf.max_prompt_tokens,
+        "cached_prompt_tokens": conf.max_prompt_tokens,
+        "completion_tokens": conf.max_completion_tokens,
+        "reasoning_tokens": conf.max_completion_tokens,
+    }
+    beyond = [
+        f"{name} {value:,} > {limit:,}"
+        for name, limit in limits.items()
+        if isinstance(value := record.get(name), int | float)
+        and not isinstance(value, bool)
+        and value > limit
+    ]
+    if beyond:
+        raise BeyondLimits(
+            f"token counts beyond what a request can have (METERING_MAX_*_TOKENS): "
+            f"{', '.join(beyond)}; account {record.get('account_id')}, backend "
+            f"{record.get('backend')}, model {record.get('model')}"
+        )
 
 
 def _on_the_data(exc: Exception) -> bool:

@@ -1,13 +1,19 @@
 """Writes to the usage ledger."""
 
+import logging
 from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from django.db import connection, transaction
+import psycopg
+from django.db import DataError, IntegrityError, connection, transaction
 from psycopg import AsyncConnection
 
-from metering.events import STORED_COLUMNS, record_row
+from audit.services import AnyRequest, audit_record, object_type, snapshot
+from metering.events import STORED_COLUMNS, record_from_event, record_row
+from metering.models import QuarantinedEvent
+
+log = logging.getLogger(__name__)
 
 _COLUMN_LIST = ", ".join(STORED_COLUMNS)
 _CORRECTED = ", ".join(
@@ -82,6 +88,55 @@ def usage_records_write(*, records: Sequence[dict[str, Any]]) -> int:
                 copy.write_row(record_row(record))
         cursor.execute(usage_insert_sql("usage_incoming"))
         return int(cursor.rowcount)
+
+
+class ReleaseError(Exception):
+    """A quarantined event that cannot be stored as it is; the message says why."""
+
+
+def quarantined_event_release(
+    *, event_id: int, actor: object, request: AnyRequest | None = None
+) -> bool:
+    """Store a quarantined usage event in the ledger as it was recorded and take it out of
+    quarantine, audited (action `release`); False if it was released already.
+
+    As recorded, not corrected: the backend's counts are the only testimony there is, and
+    nobody has better ones to put in their place. Staff release what they judge true (a
+    long-context model beyond METERING_MAX_PROMPT_TOKENS); what is false stays quarantined and
+    is never billed. A released record arrives now, so it is billed on the next invoice (late
+    usage); the row lock and the ledger's key store it once, however often it is released.
+    """
+    with transaction.atomic():
+        event = QuarantinedEvent.objects.select_for_update().filter(pk=event_id).first()
+        if event is None:
+            return False
+        fields = {name.encode(): str(value).encode() for name, value in event.fields.items()}
+        try:
+            record = record_from_event(fields)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ReleaseError(f"it cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        try:
+            with transaction.atomic():
+                usage_records_write(records=[record])
+        except (DataError, IntegrityError, psycopg.DataError, psycopg.IntegrityError) as exc:
+            raise ReleaseError(f"the ledger refuses it ({exc})") from exc
+        audit_record(
+            actor=actor,
+            action="release",
+            obj_type=object_type(event),
+            obj_id=event.pk,
+            before=snapshot(event),
+            after=None,
+            request=request,
+        )
+        event.delete()
+    log.warning(
+        "quarantined usage event %s of request %s released into the ledger",
+        event.stream_id,
+        event.request_id,
+        extra={"stream_id": event.stream_id, "request_id": event.request_id},
+    )
+    return True
 
 
 _SPOOLED_INSERT = usage_insert_sql("usage_spooled")

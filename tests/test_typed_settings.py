@@ -50,6 +50,11 @@ from tests.support.manage import manage
         ),
         ("METERING_BATCH_SIZE", "0", "METERING_BATCH_SIZE must be a whole number of at least 1"),
         ("METERING_TELEMETRY_SECONDS", "nan", "METERING_TELEMETRY_SECONDS must be a number"),
+        (
+            "METERING_MAX_PROMPT_TOKENS",
+            "2e6",
+            "METERING_MAX_PROMPT_TOKENS must be a whole number of at least 1",
+        ),
         ("BILLING_CURRENCY", "dollars", "BILLING_CURRENCY must be a three-letter currency code"),
         ("BILLING_GRACE_SECONDS", "-1", "BILLING_GRACE_SECONDS must be a number of at least 0"),
         ("STRIPE_API_BASE", "localhost:12111", "STRIPE_API_BASE must be empty or an http(s) URL"),
@@ -125,6 +130,8 @@ def test_the_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -
         "ATTRIBUTION_SECONDS": 30.0,
         "ATTRIBUTION_MAX_LAG_SECONDS": 6 * 3600.0,
         "CALIBRATION_SECONDS": 3600.0,
+        "MAX_PROMPT_TOKENS": 2_000_000,
+        "MAX_COMPLETION_TOKENS": 1_048_576,
     }
     assert dict(BillingSettings.from_env(env)) == {"GRACE_SECONDS": 7200.0, "CURRENCY": "USD"}
     assert dict(StripeSettings.from_env(env)) == {

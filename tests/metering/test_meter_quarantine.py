@@ -1,20 +1,26 @@
-"""Bad data never stops metering: an event the database refuses, or that cannot be read, is
-set aside with its reason, and every other event is stored and acknowledged."""
+"""Bad data never stops metering: an event the database refuses, that cannot be read, or that
+claims more tokens than a request can have, is set aside with its reason, and every other event
+is stored and acknowledged; staff release what they judge true into the ledger."""
 
 import logging
+import threading
 from typing import Any
 
 import orjson
 import pytest
 import redis
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from prometheus_client import REGISTRY
 
+from audit.models import AuditEntry
 from metering.events import FINAL, LOST, USAGE_GROUP, USAGE_STREAM
 from metering.models import QuarantinedEvent, UsageRecord
+from metering.services import quarantined_event_release
 from tests.support.meter import (
+    ACCOUNT_ID,
     consumers,
     final,
     new_meter,
@@ -167,3 +173,149 @@ def test_staff_find_a_quarantined_event_in_the_console_and_cannot_change_it(
     assert shown.status_code == 200
     assert b'name="_save"' not in shown.content
     assert staff.get(reverse("admin:metering_quarantinedevent_add")).status_code == 403
+
+
+# Counts no request can have (a buggy or hostile backend): quarantined, released by staff.
+
+
+@pytest.mark.timeout(30)
+def test_counts_beyond_what_a_request_can_have_are_quarantined_and_the_rest_stored(
+    live_db: None, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [final() for _ in range(4)]
+    long_prompt = final(prompt_tokens=2_500_000, account_id=ACCOUNT_ID + 1)
+    long_answer = final(completion_tokens=1_500_000, reasoning_tokens=1_400_000)
+    at_the_limits = final(prompt_tokens=2_000_000, completion_tokens=1_048_576)
+    counted = quarantine_count("beyond_limits")
+    ids = [
+        put(redis_client, fields)
+        for fields in [good[0], long_prompt, good[1], long_answer, good[2], at_the_limits, good[3]]
+    ]
+
+    with caplog.at_level(logging.ERROR, logger="metering.consumer"):
+        new_meter(redis_client).drain()
+
+    assert stored_once([*good, at_the_limits])
+    for fields in (long_prompt, long_answer):
+        assert not UsageRecord.objects.filter(request_id=request_id(fields)).exists()
+    prompt_event, answer_event = quarantined(ids[1]), quarantined(ids[3])
+    assert prompt_event is not None and answer_event is not None
+    assert prompt_event.request_id == request_id(long_prompt)
+    assert "prompt_tokens 2,500,000 > 2,000,000" in prompt_event.error
+    assert "completion_tokens 1,500,000 > 1,048,576" in answer_event.error
+    assert "reasoning_tokens 1,400,000 > 1,048,576" in answer_event.error
+    assert answer_event.fields == {"kind": "final", "record": long_answer[b"record"].decode()}
+    assert quarantine_count("beyond_limits") == counted + 2
+    [line] = [r.getMessage() for r in caplog.records if request_id(long_prompt) in r.getMessage()]
+    assert ids[1].decode() in line
+    assert f"account {ACCOUNT_ID + 1}" in line
+    assert "prompt_tokens 2,500,000 > 2,000,000" in line
+    assert pending(redis_client) == 0
+
+
+def test_the_limits_are_settings(live_db: None, redis_client: redis.Redis, settings: Any) -> None:
+    settings.METERING = {**settings.METERING, "MAX_PROMPT_TOKENS": 100}
+    small, large = final(prompt_tokens=100), final(prompt_tokens=101)
+    large_id = [put(redis_client, fields) for fields in (small, large)][1]
+
+    new_meter(redis_client).drain()
+
+    assert stored_once([small])
+    event = quarantined(large_id)
+    assert event is not None and "prompt_tokens 101 > 100" in event.error
+
+
+def staff_client(username: str) -> Client:
+    client = Client()
+    client.force_login(User.objects.create_superuser(username, f"{username}@example.com", "pw"))
+    return client
+
+
+def release(client: Client, *events: QuarantinedEvent) -> Any:
+    return client.post(
+        reverse("admin:metering_quarantinedevent_changelist"),
+        {"action": "release_events", "_selected_action": [event.pk for event in events]},
+        follow=True,
+    )
+
+
+@pytest.mark.django_db
+def test_staff_release_an_event_into_the_ledger_once_and_it_is_audited(
+    redis_client: redis.Redis,
+) -> None:
+    absurd = final(prompt_tokens=3_000_000, completion_tokens=7)
+    negative = final(completion_tokens=-5)
+    absurd_id, negative_id = put(redis_client, absurd), put(redis_client, negative)
+    new_meter(redis_client).drain()
+    event, refused = quarantined(absurd_id), quarantined(negative_id)
+    assert event is not None and refused is not None
+    staff = staff_client("ops")
+
+    reply = release(staff, event, refused)
+
+    assert reply.status_code == 200
+    assert b"1 event(s) stored in the usage ledger" in reply.content
+    assert f"Event {negative_id.decode()} was not released: the ledger refuses it".encode() in (
+        reply.content
+    )
+    stored = UsageRecord.objects.get(request_id=request_id(absurd))
+    assert (stored.prompt_tokens, stored.completion_tokens) == (3_000_000, 7)
+    assert quarantined(absurd_id) is None
+    assert quarantined(negative_id) is not None
+    entry = AuditEntry.objects.get(object_type="metering.quarantinedevent", object_id=event.pk)
+    assert (entry.action, entry.actor, entry.after) == ("release", "ops", None)
+    assert entry.before is not None
+    assert entry.before["fields"] == {"kind": "final", "record": absurd[b"record"].decode()}
+
+    assert quarantined_event_release(event_id=event.pk, actor="ops") is False
+    assert UsageRecord.objects.filter(request_id=request_id(absurd)).count() == 1
+
+
+@pytest.mark.django_db
+def test_staff_who_may_only_view_the_quarantine_cannot_release(redis_client: redis.Redis) -> None:
+    stream_id = put(redis_client, final(prompt_tokens=3_000_000))
+    new_meter(redis_client).drain()
+    event = QuarantinedEvent.objects.get(stream_id=stream_id.decode())
+    viewer = User.objects.create_user("viewer", "viewer@example.com", "pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_quarantinedevent"))
+    client = Client()
+    client.force_login(viewer)
+
+    assert (
+        b"release_events"
+        not in client.get(reverse("admin:metering_quarantinedevent_changelist")).content
+    )
+    release(client, event)
+
+    assert quarantined(stream_id) is not None
+    assert not UsageRecord.objects.filter(request_id=event.request_id).exists()
+
+
+@pytest.mark.timeout(30)
+def test_two_staff_releasing_one_event_at_once_store_one_record(
+    live_db: None, redis_client: redis.Redis
+) -> None:
+    absurd = final(completion_tokens=2_000_000)
+    stream_id = put(redis_client, absurd)
+    new_meter(redis_client).drain()
+    event = quarantined(stream_id)
+    assert event is not None
+    start = threading.Barrier(2)
+    results: list[bool] = []
+
+    def staff(name: str) -> None:
+        start.wait()
+        try:
+            results.append(quarantined_event_release(event_id=event.pk, actor=name))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=staff, args=(name,)) for name in ("ann", "bob")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+
+    assert sorted(results) == [False, True]
+    assert UsageRecord.objects.filter(request_id=request_id(absurd)).count() == 1
+    assert quarantined(stream_id) is None
