@@ -9,13 +9,13 @@ from django.db import IntegrityError, transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from billing import services
 from billing.margins import margins_run
 from billing.models import Invoice, InvoiceLine
 from billing.money import to_minor
 from billing.rating import PriceList, Quantities, cover_included, rate
 from billing.rollups import rollups_run
 from billing.selectors import invoice_line_usage, price_list, usage_rated
-from billing import services
 from billing.services import (
     InvoiceError,
     credit_note_issue,
