@@ -204,7 +204,9 @@ def _fingerprint(model: Any) -> tuple[int, int]:
 def _billing_reset() -> None:
     from django.db import connection
 
-    with connection.cursor() as cursor:
+    from billing.seal import seal_lifted
+
+    with seal_lifted(), connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE billing_usagerollup, billing_margin, billing_invoiceline, billing_invoice, "
             "billing_invoicenumber, billing_jobrun"

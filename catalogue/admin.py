@@ -2,6 +2,9 @@
 
 from typing import Any
 
+from datetime import datetime
+
+from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 from django.utils import timezone
@@ -35,8 +38,26 @@ class PlanPriceInline(_BookItemInline):
     model = PlanPrice
 
 
+class PriceBookForm(forms.ModelForm[PriceBook]):
+    class Meta:
+        model = PriceBook
+        fields = "__all__"
+
+    def clean_effective_from(self) -> datetime:
+        """A book not yet in force only moves later (the database refuses the rest too): moved
+        into the past it would be in force at once, over usage already rated by another book."""
+        start: datetime = self.cleaned_data["effective_from"]
+        if self.instance.pk is not None and start <= timezone.now():
+            raise forms.ValidationError(
+                "A book not yet in force can only move to a later start; "
+                "to change prices from an earlier time, create a new book."
+            )
+        return start
+
+
 @admin.register(PriceBook)
 class PriceBookAdmin(AuditedAdmin[PriceBook]):
+    form = PriceBookForm
     list_display = ["name", "currency", "effective_from", "in_force"]
     list_filter = ["currency"]
     inlines = [PriceInline, PlanPriceInline]

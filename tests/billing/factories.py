@@ -43,28 +43,30 @@ class BookSpec:
 
 
 def book_create(spec: BookSpec, currency: str = "USD") -> PriceBook:
-    book = PriceBook.objects.create(
-        name=f"book {spec.effective_from:%Y-%m-%d %H:%M}",
-        currency=currency,
-        effective_from=spec.effective_from,
-    )
-    Price.objects.bulk_create(
-        Price(
-            price_book=book,
-            tier=p.tier,
-            model=p.model,
-            input_per_million=p.input,
-            cached_input_per_million=p.cached,
-            output_per_million=p.output,
-            reasoning_per_million=p.reasoning,
-            request_fee=p.fee,
+    """A book and its rows in one transaction: a book in force is sealed once that commits."""
+    with transaction.atomic():
+        book = PriceBook.objects.create(
+            name=f"book {spec.effective_from:%Y-%m-%d %H:%M}",
+            currency=currency,
+            effective_from=spec.effective_from,
         )
-        for p in spec.prices
-    )
-    PlanPrice.objects.bulk_create(
-        PlanPrice(price_book=book, tier=tier, monthly_fee=fee, included_tokens=included)
-        for tier, (fee, included) in spec.plans.items()
-    )
+        Price.objects.bulk_create(
+            Price(
+                price_book=book,
+                tier=p.tier,
+                model=p.model,
+                input_per_million=p.input,
+                cached_input_per_million=p.cached,
+                output_per_million=p.output,
+                reasoning_per_million=p.reasoning,
+                request_fee=p.fee,
+            )
+            for p in spec.prices
+        )
+        PlanPrice.objects.bulk_create(
+            PlanPrice(price_book=book, tier=tier, monthly_fee=fee, included_tokens=included)
+            for tier, (fee, included) in spec.plans.items()
+        )
     return book
 
 

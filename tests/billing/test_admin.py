@@ -75,6 +75,21 @@ def test_a_book_not_in_force_yet_can_still_change(staff: Client) -> None:
     assert book.name == "next month"
 
 
+def test_a_book_not_in_force_yet_is_not_moved_into_the_past(staff: Client) -> None:
+    book = book_create(BookSpec(timezone.now() + timedelta(days=3), PRICES))
+    start = book.effective_from
+
+    response = staff.post(
+        f"/admin/catalogue/pricebook/{book.pk}/change/",
+        book_form(book, effective_from_0=f"{MONTH:%Y-%m-%d}"),
+    )
+
+    assert response.status_code == 200
+    assert "can only move to a later start" in response.content.decode()
+    book.refresh_from_db()
+    assert book.effective_from == start
+
+
 def test_a_cost_model_in_force_is_read_only(staff: Client) -> None:
     cost = CostModel.objects.create(
         backend="gpu-a",

@@ -11,6 +11,7 @@ import pytest
 from django.db import connection, transaction
 
 from billing.models import Invoice, InvoiceLine
+from billing.seal import seal_lifted
 from billing.services import invoices_close
 from customers.models import Account
 from metering.models import UsageRecord
@@ -24,7 +25,6 @@ from tests.billing.factories import (
     usage,
     usage_write,
 )
-from tests.support.invoices import seal_lifted
 
 pytestmark = pytest.mark.django_db(transaction=True)
 CLOSE = NEXT_MONTH + timedelta(hours=3)

@@ -9,6 +9,7 @@ import pytest
 from django.db import connection, transaction
 
 from billing.models import Invoice
+from billing.seal import seal_lifted
 from billing.services import InvoiceError, credit_note_issue, invoices_close
 from tests.billing.factories import (
     MONTH,
@@ -20,7 +21,6 @@ from tests.billing.factories import (
     usage,
     usage_write,
 )
-from tests.support.invoices import seal_lifted
 
 pytestmark = pytest.mark.django_db(transaction=True)
 LLAMA = PriceSpec("premium", "llama", Decimal(3), Decimal("0.3"), Decimal(15))

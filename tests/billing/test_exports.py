@@ -202,13 +202,10 @@ def _invoice(
     amount = sum((Decimal(a) for _, a, _ in lines), Decimal(0))
     invoice = Invoice.objects.create(
         account=account,
-        number=number,
-        status=Invoice.Status.FINALISED if number else Invoice.Status.DRAFT,
         period_start=fields.pop("period_start", SINCE),
         period_end=fields.pop("period_end", datetime(2026, 4, 1, tzinfo=UTC)),
         amount=amount,
         total_minor=sum(minor for _, _, minor in lines),
-        finalised_at=SINCE + timedelta(days=31, hours=3) if number else None,
         **fields,
     )
     for item, line_amount, minor in lines:
@@ -224,6 +221,13 @@ def _invoice(
             usage_from=invoice.period_start,
             usage_to=invoice.period_end,
         )
+    if number:  # as billing does: a draft and its lines, then finalised
+        Invoice.objects.filter(pk=invoice.pk).update(
+            number=number,
+            status=Invoice.Status.FINALISED,
+            finalised_at=SINCE + timedelta(days=31, hours=3),
+        )
+        invoice.refresh_from_db()
     return invoice
 
 

@@ -17,11 +17,12 @@ from typing import Any
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 
 from billing.margins import margins_run
 from billing.models import CostModel, Invoice, InvoiceNumber, JobRun, Margin, UsageRollup
 from billing.rollups import rollups_run
+from billing.seal import seal_lifted
 from billing.services import invoices_close
 from catalogue.models import PriceBook
 from customers.models import Account
@@ -81,9 +82,9 @@ def month_of_usage(live_db: None) -> Iterator[list[Account]]:
 
 def _remove(accounts: list[Account], book: PriceBook, cost: CostModel) -> None:
     ids = [a.pk for a in accounts]
-    with transaction.atomic(), connection.cursor() as cursor:
-        # Finalised invoices refuse deletes (by design): a test's cleanup turns triggers off.
-        cursor.execute("SET LOCAL session_replication_role = replica")
+    # Finalised invoices, their counter and a book in force refuse deletes (by design): the
+    # clean-up lifts the seal for its own transaction.
+    with seal_lifted(), connection.cursor() as cursor:
         cursor.execute(
             "DELETE FROM billing_invoiceline WHERE invoice_id IN "
             "(SELECT id FROM billing_invoice WHERE account_id = ANY(%s))",
@@ -95,14 +96,14 @@ def _remove(accounts: list[Account], book: PriceBook, cost: CostModel) -> None:
             "AND started_at >= %s AND started_at < %s",
             [ids, MONTH, NEXT_MONTH],
         )
-    window = {"bucket__gte": MONTH - timedelta(days=60), "bucket__lt": NEXT_MONTH}
-    UsageRollup.objects.filter(**window).delete()
-    Margin.objects.filter(**window).delete()
-    InvoiceNumber.objects.filter(prefix=f"TF-{CLOSE:%Y}-").delete()
+        window = {"bucket__gte": MONTH - timedelta(days=60), "bucket__lt": NEXT_MONTH}
+        UsageRollup.objects.filter(**window).delete()
+        Margin.objects.filter(**window).delete()
+        InvoiceNumber.objects.filter(prefix=f"TF-{CLOSE:%Y}-").delete()
+        book.prices.all().delete()
+        book.plans.all().delete()
+        book.delete()
     JobRun.objects.filter(job__in=["rollups", "margins", "invoices"]).delete()
-    book.prices.all().delete()
-    book.plans.all().delete()
-    book.delete()
     cost.delete()
     Account.objects.filter(pk__in=ids).delete()
 
