@@ -1,11 +1,15 @@
 """Budgets' soft alerts: each budgeted account's month-to-date spend against its thresholds.
 
-Spend is the account's usage rated at list prices, before included tokens and plan fees: the
-amount the gateway's hard cap counts (docs/billing.md, "Spend caps"), read here from the
-rollups and the ledger after them, so it covers every gateway and survives Redis. An alert is
-recorded once per account, month and threshold (BudgetAlert's unique constraint) together with
-a structured log line, which is what operators route to the customer. The hard cap itself is
-the gateway's (gateway/limits.py).
+Spend is the account's usage rated at list prices in billing's currency, before included
+tokens and plan fees: the amount the gateway's hard cap counts (docs/billing.md, "Spend caps"),
+read here from the rollups and the ledger after them, so it covers every gateway and survives
+Redis. An alert is recorded once per account, month and threshold (BudgetAlert's unique
+constraint) together with a structured log line, which is what operators route to the
+customer. The hard cap itself is the gateway's (gateway/limits.py).
+
+A budget must be in billing's currency (customers.models.Budget.clean); one written before
+that rule, in another currency, cannot be compared with the spend without an exchange rate:
+it raises no alerts, and each run logs it so that staff set it again in billing's currency.
 """
 
 import logging
@@ -19,7 +23,9 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from billing.models import JobRun
+from billing.rating import FEE_EXEMPT
 from billing.selectors import billing_currency
+from customers.models import Budget
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ def budget_alerts_record(*, now: datetime | None = None) -> list[Alert]:
     periods = [(month, _month_start(month + timedelta(days=32)))]
     if now - month < grace:
         periods.insert(0, (_month_start(month - timedelta(days=1)), month))
+    _foreign_budgets_note()
     alerts: list[Alert] = []
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_LOCK)
@@ -72,6 +79,20 @@ def budget_alerts_record(*, now: datetime | None = None) -> list[Alert]:
     return alerts
 
 
+def _foreign_budgets_note() -> None:
+    currency = billing_currency()
+    foreign = list(
+        Budget.objects.exclude(currency=currency)
+        .exclude(alert_percents=[])
+        .values_list("account_id", flat=True)
+    )
+    if foreign:
+        log.warning(
+            "budgets in another currency than billing's raise no alerts",
+            extra={"account_ids": foreign, "currency": currency},
+        )
+
+
 def _rolled_until() -> datetime | None:
     """Where the hourly rollups end (billing.services.rollups_run's watermark)."""
     run = JobRun.objects.filter(job="rollups", scope="").first()
@@ -88,6 +109,7 @@ def _params(start: datetime, end: datetime, rolled: datetime | None) -> dict[str
         "rolled": rolled,
         "day_rolled": day_rolled,
         "billing_currency": billing_currency(),
+        "fee_exempt": FEE_EXEMPT,
     }
 
 

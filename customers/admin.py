@@ -7,6 +7,7 @@ customers.services, shared with the management API.
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -148,6 +149,15 @@ class ApiKeyAdmin(AuditedAdmin[ApiKey]):
 
 @admin.register(Budget)
 class BudgetAdmin(AuditedAdmin[Budget]):
+    """Budgets are in billing's currency: the form offers it, and refuses any other
+    (Budget.clean)."""
+
     list_display = ["account", "monthly_limit", "currency", "alert_percents", "hard_cap"]
     list_filter = ["hard_cap", "currency"]
     search_fields = ["account__name"]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {
+            **super().get_changeform_initial_data(request),
+            "currency": settings.BILLING.currency,
+        }

@@ -7,8 +7,14 @@ through the ORM per request; every write goes through customers.services (audite
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
 from django.db import models
+
+# The largest hard cap, in units of the currency: the gateway's spend counter (64-bit, in
+# 10^-12 units) saturates there (gateway/pricing.py, SPEND_CEILING).
+HARD_CAP_MOST = 9_000_000
 
 
 def _price(**options: Any) -> "models.DecimalField[Any, Any]":
@@ -123,7 +129,8 @@ class Budget(models.Model):
     """An account's spend cap per calendar month: alerts at thresholds, optionally a hard stop.
 
     The hard cap is enforced by the gateway with the same Redis reservations as the token
-    quotas (gateway/lua/limits_admit.lua).
+    quotas (gateway/lua/limits_admit.lua). A budget is in billing's currency, the one spend is
+    rated in (`clean`; rows from before that rule are not enforced: docs/billing.md).
     """
 
     account = models.OneToOneField(Account, on_delete=models.CASCADE, related_name="budget")
@@ -134,3 +141,18 @@ class Budget(models.Model):
 
     def __str__(self) -> str:
         return f"budget of {self.account}"
+
+    def clean(self) -> None:
+        billing = settings.BILLING.currency
+        errors = {}
+        if self.currency != billing:
+            errors["currency"] = (
+                f"A budget must be in {billing}, the currency usage is rated and billed in: "
+                f"spend in {billing} cannot be compared with a limit in {self.currency}."
+            )
+        if self.hard_cap and self.monthly_limit is not None and self.monthly_limit > HARD_CAP_MOST:
+            errors["monthly_limit"] = (
+                f"A hard cap can be at most {HARD_CAP_MOST:,}; above it, set alerts only."
+            )
+        if errors:
+            raise ValidationError(errors)

@@ -29,7 +29,6 @@ from gateway.endpoints import endpoint_serve
 from gateway.errors import ApiError
 from gateway.inflight import InflightJournal, Progress, VolatileRedis
 from gateway.limits import Admission, Spend
-from gateway.pricing import Rate, micro_nearest, micro_up
 from gateway.proxy import Forwarded
 from gateway.queueing import Slot
 from gateway.request_context import Call, header
@@ -177,8 +176,10 @@ class GatewayApp:
         assert self.c is not None
         principal = call.principal
         now = datetime.now(UTC)
+        # Spend is counted in billing's currency, whatever a (legacy) budget's currency says.
+        currency = self.c.limiter.currency
         call.rate = self.c.prices.rate(
-            currency=principal.currency, tier=principal.tier, model=call.request.model, now=now
+            currency=currency, tier=principal.tier, model=call.request.model, now=now
         )
         acquiring = asyncio.ensure_future(self._wait_for_slot(call))
         try:
@@ -188,7 +189,7 @@ class GatewayApp:
                 reserve=call.reserve,
                 limits=principal.limits,
                 now=now,
-                spend=_spend(call),
+                spend=_spend(call, currency),
             )
         except aioredis.RedisError as exc:
             self._abandon(acquiring)
@@ -323,7 +324,7 @@ class GatewayApp:
             return
         try:
             used = record["prompt_tokens"] + record["completion_tokens"]
-            spent = 0 if rate is None else micro_nearest(_cost(rate, record))
+            spent = 0 if rate is None else rate.cost_of(record)
             self.c.limiter.settle(admission, request_id=key, used=used, spent=spent)
         except Exception:
             self.c.limiter.live.pop(key, None)  # its slot is freed when its lease lapses
@@ -342,13 +343,15 @@ def _terms(principal: Principal, request: InferenceRequest) -> int:
     return tokens_to_reserve(request, cap)
 
 
-def _spend(call: Call) -> Spend:
-    """The most the request can cost (its prompt's bound and completion cap) and the hard cap."""
+def _spend(call: Call, currency: str) -> Spend:
+    """The most the request can cost (its prompt's bound and completion cap) and the hard cap,
+    in pico-units of `currency`."""
     rate, prompt, reserve = call.rate, call.request.prompt_tokens_bound, call.reserve
-    most = 0 if rate is None else micro_up(rate.most(prompt=prompt, completion=reserve - prompt))
+    most = 0 if rate is None else rate.most(prompt=prompt, completion=reserve - prompt)
     principal = call.principal
     budget = principal.budget
-    return Spend(principal.currency, most, None if budget is None else budget.cap)
+    cap = None if budget is None else budget.cap_in(currency, account_id=principal.account_id)
+    return Spend(currency, most, cap)
 
 
 def _entry(call: Call) -> dict[str, Any]:
@@ -385,12 +388,3 @@ def _record(
             extra={"request_id": entry["request_id"]},
         )
         return usage_fallback(entry, forwarded, progress, arrived)
-
-
-def _cost(rate: Rate, record: dict[str, Any]) -> int:
-    return rate.cost(
-        prompt=record["prompt_tokens"],
-        cached=record["cached_prompt_tokens"],
-        completion=record["completion_tokens"],
-        reasoning=record["reasoning_tokens"],
-    )

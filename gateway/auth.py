@@ -70,10 +70,8 @@ class Principal:
     queue_depth: int | None
     # Served under the local cap, metered through the spool, while Redis is unreachable.
     fail_open: bool
-    # The account's monthly budget (billing.models.Budget), if it has one, and the currency
-    # its requests are priced in: the budget's, else billing's.
+    # The account's monthly budget (customers.models.Budget), if it has one.
     budget: Budget | None
-    currency: str
     secret_hash: str
     expires_at: datetime | None
     revoked: bool
@@ -98,13 +96,11 @@ class Authenticator:
         pool: AsyncConnectionPool,
         *,
         cache_seconds: float,
-        currency: str,
         stale_seconds: float,
     ) -> None:
         self.pool = pool
         self.cache_seconds = cache_seconds
         self.stale_seconds = max(stale_seconds, cache_seconds)
-        self.currency = currency
         self._cache: dict[str, _Entry] = {}
         # One lookup per key at a time, shared by every request that needs it.
         self._lookups: dict[str, asyncio.Task[_Entry]] = {}
@@ -246,7 +242,6 @@ class Authenticator:
             queue_depth=row[17],
             fail_open=row[18],
             budget=None if row[19] is None else Budget(row[19], row[20], row[21]),
-            currency=self.currency if row[19] is None else row[20],
         )
 
     def _note_use(self, entry: _Entry, api_key_id: int) -> None:

@@ -17,7 +17,7 @@ from customers.models import LIMIT_FIELDS
 from gateway import errors, metrics
 from gateway.auth import Principal
 from gateway.clients import Clients
-from gateway.pricing import micro_amount
+from gateway.pricing import Budget, pico_amount, shown
 from gateway.request_context import header
 from gateway.responses import Send, send_json
 from metering.selectors import usage_recent, usage_totals
@@ -88,8 +88,9 @@ async def _usage(c: Clients, principal: Principal) -> dict[str, Any]:
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     month = today.replace(day=1)
     account = principal.account_id
+    currency = c.limiter.currency  # the spend counter's: billing's
     try:
-        standing = await c.limiter.peek(account_id=account, now=now, currency=principal.currency)
+        standing = await c.limiter.peek(account_id=account, now=now, currency=currency)
         async with c.pool.connection(timeout=2.0) as conn:
             usage_today = await usage_totals(conn, account_id=account, since=today)
             usage_month = await usage_totals(conn, account_id=account, since=month)
@@ -100,7 +101,7 @@ async def _usage(c: Clients, principal: Principal) -> dict[str, Any]:
             "Usage cannot be read right now; retry shortly.", code="usage_unavailable"
         ) from exc
     limits, budget = principal.limits, principal.budget
-    spent = micro_amount(standing.spent_this_month)
+    spent = pico_amount(standing.spent_this_month)
     return {
         "object": "usage",
         "tier": principal.tier,
@@ -112,18 +113,23 @@ async def _usage(c: Clients, principal: Principal) -> dict[str, Any]:
             "tokens_this_month": _left(limits.tokens_per_month, standing.tokens_this_month),
             "concurrent_requests": _left(limits.max_concurrent_requests, standing.running),
         },
-        # Money as decimal strings; spend counts requests in flight at their most.
-        "spend": {"currency": principal.currency, "this_month": f"{spent:f}"},
-        "budget": None
-        if budget is None
-        else {
-            "monthly_limit": f"{budget.monthly_limit:f}",
-            "currency": budget.currency,
-            "hard_cap": budget.hard_cap,
-            "remaining": f"{max(budget.monthly_limit - spent, Decimal(0)):f}",
-        },
+        # Money as exact decimal strings; spend counts requests in flight at their most.
+        "spend": {"currency": currency, "this_month": shown(spent)},
+        "budget": None if budget is None else _budget(budget, spent, currency),
         "usage": {"today": usage_today, "this_month": usage_month},
         "recent": recent,
+    }
+
+
+def _budget(budget: Budget, spent: Decimal, currency: str) -> dict[str, Any]:
+    """The budget as the gateway applies it: one in another currency than the spend's (from
+    before budgets had to be in billing's) has no remaining and no hard cap enforced."""
+    comparable = budget.currency == currency
+    return {
+        "monthly_limit": f"{budget.monthly_limit:f}",
+        "currency": budget.currency,
+        "hard_cap": budget.hard_cap and comparable,
+        "remaining": shown(max(budget.monthly_limit - spent, Decimal(0))) if comparable else None,
     }
 
 

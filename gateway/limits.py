@@ -2,10 +2,14 @@
 and the month's spend against a budget's hard cap.
 
 One Lua call admits a request against every limit at once (`lua/limits_admit.lua`), reserving
-its prompt estimate plus its completion cap, and their most possible cost in micro-units of the
-account's currency (gateway/pricing.py); another settles it with the tokens it really used and
-what they cost (`lua/limits_settle.lua`). All of an account's keys share the hash tag
-`{a:<id>}`, so both scripts stay on one Redis Cluster slot.
+its prompt estimate plus its completion cap, and their most possible cost in pico-units
+(10^-12) of billing's currency (gateway/pricing.py); another settles it with the tokens it
+really used and what they cost (`lua/limits_settle.lua`). All of an account's keys share the
+hash tag `{a:<id>}`, so both scripts stay on one Redis Cluster slot.
+
+Money is exact: Redis adds it with INCRBY (64-bit integers), the amounts travel as decimal
+strings, and the scripts compare them as strings, never as Lua numbers (doubles, exact only
+to 2^53 pico-units, about 9,000 of the currency).
 """
 
 import asyncio
@@ -19,7 +23,7 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.batching import ScriptBatcher
-from gateway.pricing import DEFAULT_CURRENCY, month_spend
+from gateway.pricing import DEFAULT_CURRENCY, REQUEST_MOST, SPEND_CEILING, month_spend
 from metering.redis_scripts import SCRIPTS
 from metering.selectors import period_totals
 
@@ -33,6 +37,9 @@ UNLIMITED = -1
 _DAY, _MONTH, _SLOTS, _SPEND = 4, 5, 6, 7
 # Present while Redis holds the quota counters; gone after Redis lost its data.
 _EPOCH = "{limits}:epoch"
+# Present once the spend counters are in pico-units: the first gateway to find it missing
+# (Redis lost its data, or the counters were in micro-units before) rebuilds them.
+_SPEND_EPOCH = "{limits}:epoch:spend-pico"
 _REBUILDING = "{limits}:rebuilding"
 
 
@@ -51,7 +58,7 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Spend:
-    """The money side of an admission, in micro-units of the account's currency."""
+    """The money side of an admission, in pico-units of billing's currency."""
 
     currency: str = DEFAULT_CURRENCY
     # The most the request can cost; 0 when unpriced (nothing is counted).
@@ -74,6 +81,8 @@ class Admission:
     # What settling needs: the exact keys admitted against (the day may roll over meanwhile).
     keys: tuple[str, ...]
     reserved: int
+    # Pico-units counted for it: its Spend.reserve (at most REQUEST_MOST), 0 where the counter
+    # was saturated.
     spend_reserved: int = 0
 
 
@@ -86,7 +95,7 @@ class Standing:
     tokens_today: int
     tokens_this_month: int
     running: int
-    # Micro-units of the account's currency spent this month, reservations in flight included.
+    # Pico-units of billing's currency spent this month, reservations in flight included.
     spent_this_month: int
 
 
@@ -102,7 +111,7 @@ def account_keys(
         f"{tag}:tpd:{now:%Y%m%d}",
         f"{tag}:tpmo:{now:%Y%m}",
         f"{tag}:concurrent",
-        f"{tag}:spend:{now:%Y%m}:{currency}",
+        f"{tag}:spend-pico:{now:%Y%m}:{currency}",
     )
 
 
@@ -160,11 +169,12 @@ class Limiter:
                 self.lease_ms,
                 day_left,
                 month_left,
-                spend.reserve,
+                min(spend.reserve, REQUEST_MOST),
                 _limit(spend.cap),
+                SPEND_CEILING,
             ),
         )
-        admitted, reason, retry_after, requests, requests_reset, tokens, tokens_reset = reply
+        admitted, reason, retry_after, requests, requests_reset, tokens, tokens_reset = reply[:7]
         if admitted:
             self.live[request_id] = keys[_SLOTS]
         return Admission(
@@ -177,7 +187,7 @@ class Limiter:
             tokens_reset_ms=int(tokens_reset),
             keys=keys,
             reserved=reserve,
-            spend_reserved=spend.reserve,
+            spend_reserved=int(reply[7]),
         )
 
     async def peek(
@@ -191,10 +201,11 @@ class Limiter:
         return Standing(*(int(value) for value in reply))
 
     def settle(self, admission: Admission, *, request_id: str, used: int, spent: int = 0) -> None:
-        """Swap the reservations for the tokens used and what they cost (micro-units), and free
+        """Swap the reservations for the tokens used and what they cost (pico-units), and free
         the slot, in the background."""
         self.live.pop(request_id, None)
-        args = (request_id, admission.reserved, used, admission.spend_reserved, spent)
+        money = min(spent, REQUEST_MOST) - admission.spend_reserved
+        args = (request_id, admission.reserved, used, money, SPEND_CEILING)
         self._batcher.call(_SETTLE, admission.keys, args, linger=True).add_done_callback(
             _check_settled
         )
@@ -205,21 +216,31 @@ class Limiter:
 
         Redis is the only home of the counters; after a restart without persistence or a
         failover to an empty replica they would start from zero and let spent quotas be spent
-        again. The epoch key marks a Redis that has its counters; one gateway rebuilds at a
+        again. The epoch keys mark a Redis that has its counters; one gateway rebuilds at a
         time. A request admitted just after the restart and stored before the rebuild reads
         the ledger is counted twice: the error is on the safe side and lasts one period.
+        The spend has an epoch of its own: counters kept in micro-units (before this version)
+        are under other names, so the first gateway that finds only it missing rebuilds the
+        spend alone (adding to the token counters still there would count them twice).
         """
-        if await self.client.exists(_EPOCH):
+        if all(await self.client.mget(_EPOCH, _SPEND_EPOCH)):
             return False
         if not await self.client.set(_REBUILDING, "1", nx=True, ex=60):
             return False
         try:
+            # Again under the lock: another gateway may have rebuilt since.
+            tokens_kept, spend_kept = await self.client.mget(_EPOCH, _SPEND_EPOCH)
+            if tokens_kept and spend_kept:
+                return False
             now = datetime.now(UTC)
             today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            month = today.replace(day=1)
             async with pool.connection(timeout=5.0) as conn:
-                totals = await period_totals(conn, today=today, month=today.replace(day=1))
-                spends = await month_spend(
-                    conn, month=today.replace(day=1), default_currency=self.currency
+                totals = [] if tokens_kept else await period_totals(conn, today=today, month=month)
+                spends = (
+                    []
+                    if spend_kept
+                    else await month_spend(conn, month=month, currency=self.currency)
                 )
             day_left, month_left = period_ends(now)
             pipe = self.client.pipeline(transaction=False)
@@ -229,15 +250,19 @@ class Limiter:
                 pipe.expire(keys[_DAY], day_left + 3600)
                 pipe.incrby(keys[_MONTH], month_tokens)
                 pipe.expire(keys[_MONTH], month_left + 3600)
-            for account_id, currency, spent in spends:
-                key = account_keys(account_id, now, currency)[_SPEND]
-                pipe.incrby(key, spent)
+            for account_id, spent in spends:
+                key = account_keys(account_id, now, self.currency)[_SPEND]
+                pipe.incrby(key, min(spent, SPEND_CEILING))
                 pipe.expire(key, month_left + 3600)
+            pipe.set(_SPEND_EPOCH, now.isoformat())
             pipe.set(_EPOCH, now.isoformat())
             await pipe.execute()
         finally:
             await self.client.delete(_REBUILDING)
-        log.warning("quota counters rebuilt from the ledger", extra={"accounts": len(totals)})
+        log.warning(
+            "quota counters rebuilt from the ledger",
+            extra={"token_accounts": len(totals), "spend_accounts": len(spends)},
+        )
         return True
 
     async def renew(self) -> None:

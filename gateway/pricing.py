@@ -6,15 +6,17 @@ dictionary lookups and integer arithmetic, never a query.
 
 The rule is billing's (docs/billing.md, "Rating"): input = (prompt - cached) x input price,
 cached x cached price, output = (completion - reasoning) x output price, reasoning x (reasoning
-price or output price), + the request fee; the price row of (tier, model), else (tier, "*"),
-of the book in force when the request starts, in the account's currency. Amounts are exact
-integers: a price per million tokens has 6 decimal places, so it is a whole number of
-10^-12 currency units ("pico-units") per token, and a request's cost in pico-units equals
-billing's unrounded 12-place amount. The spend counter in Redis holds micro-units (10^-6):
-a reservation rounds up (it must cover the cost), a settled cost rounds half to even.
+price or output price), + the request fee (none for a request that failed on every backend,
+metering.events.FEE_EXEMPT_OUTCOMES); the price row of (tier, model), else (tier, "*"), of the
+book in force when the request starts, in billing's currency. Amounts are exact integers: a
+price per million tokens has 6 decimal places, so it is a whole number of 10^-12 currency
+units ("pico-units") per token, and a request's cost in pico-units equals billing's unrounded
+12-place amount. The spend counter in Redis holds pico-units too, so it is the exact sum the
+invoice rounds once; nothing is rounded here.
 """
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -24,10 +26,21 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from customers.models import HARD_CAP_MOST
+from metering.events import FEE_EXEMPT_OUTCOMES
+
 log = logging.getLogger(__name__)
 
 # The currency when a caller names none (the gateway passes settings.BILLING.currency).
 DEFAULT_CURRENCY = "USD"
+# Pico-units per unit of the currency.
+PICO = 10**12
+# Redis counts in signed 64-bit integers: INCRBY fails past 2^63 - 1 pico-units, about 9.2
+# million of the currency. The counter saturates before that: at SPEND_CEILING it takes no
+# more (a hard cap is at most the ceiling, so a capped account is refused there), and no one
+# request adds more than REQUEST_MOST, so it never passes SPEND_CEILING + REQUEST_MOST < 2^63.
+SPEND_CEILING = HARD_CAP_MOST * PICO
+REQUEST_MOST = 100_000 * PICO
 _PICO_PER_MICRO = 10**6
 _MONTH_SPEND = (Path(__file__).parent / "sql" / "month_spend.sql").read_text()
 # Every book in force now or later, with its prices (a book without any is still in force):
@@ -40,6 +53,8 @@ LEFT JOIN catalogue_price p ON p.price_book_id = b.id
 WHERE b.effective_to > now()
 ORDER BY b.currency, b.effective_from
 """
+# Accounts whose budget is in another currency than the counter's, already logged.
+_FOREIGN_BUDGETS: set[int] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +68,33 @@ class Rate:
     reasoning: int
     fee: int
 
-    def cost(self, *, prompt: int, cached: int, completion: int, reasoning: int) -> int:
-        """What a request with these token counts costs, in pico-units, exactly."""
+    def cost(
+        self, *, prompt: int, cached: int, completion: int, reasoning: int, requests: int = 1
+    ) -> int:
+        """What a request with these token counts costs, in pico-units, exactly; `requests`
+        is how many pay the request fee."""
         return (
             (prompt - cached) * self.input
             + cached * self.cached
             + (completion - reasoning) * self.output
             + reasoning * self.reasoning
-            + self.fee
+            + requests * self.fee
+        )
+
+    def cost_of(self, record: Mapping[str, Any]) -> int:
+        """What a usage record costs: its tokens, and the fee unless it failed on every
+        backend (FEE_EXEMPT_OUTCOMES)."""
+        return self.cost(
+            prompt=record["prompt_tokens"],
+            cached=record["cached_prompt_tokens"],
+            completion=record["completion_tokens"],
+            reasoning=record["reasoning_tokens"],
+            requests=0 if record["outcome"] in FEE_EXEMPT_OUTCOMES else 1,
         )
 
     def most(self, *, prompt: int, completion: int) -> int:
         """The most a request can cost: every token at the dearest price of its side (prompt:
-        input or cached; completion: output or reasoning), in pico-units."""
+        input or cached; completion: output or reasoning), and the fee, in pico-units."""
         return (
             prompt * max(self.input, self.cached)
             + completion * max(self.output, self.reasoning)
@@ -81,11 +110,34 @@ class Budget:
     currency: str
     hard_cap: bool
 
-    @property
-    def cap(self) -> int | None:
-        """The hard cap in micro-units (a negative limit caps at zero), or None when the
-        budget only alerts."""
-        return max(0, int(self.monthly_limit * _PICO_PER_MICRO)) if self.hard_cap else None
+    def cap_in(self, currency: str, *, account_id: int) -> int | None:
+        """The hard cap in pico-units of `currency` (the counter's, billing's), or None when
+        the budget only alerts. A negative limit caps at zero; one past the counter's range
+        caps at its ceiling.
+
+        A budget in another currency (written before budgets had to be in billing's) cannot
+        be compared with the counter without an exchange rate: it is not enforced, and that is
+        logged once per account and process.
+        """
+        if not self.hard_cap:
+            return None
+        if self.currency != currency:
+            _foreign_budget_note(account_id, self.currency, currency)
+            return None
+        return min(max(0, int(self.monthly_limit * PICO)), SPEND_CEILING)
+
+
+def _foreign_budget_note(account_id: int, budget_currency: str, currency: str) -> None:
+    if account_id not in _FOREIGN_BUDGETS:
+        _FOREIGN_BUDGETS.add(account_id)
+        log.warning(
+            "budget in another currency than billing's: its hard cap is not enforced",
+            extra={
+                "account_id": account_id,
+                "budget_currency": budget_currency,
+                "currency": currency,
+            },
+        )
 
 
 def shown(amount: Decimal) -> str:
@@ -94,21 +146,9 @@ def shown(amount: Decimal) -> str:
     return f"{cents:f}" if cents == amount else f"{amount.normalize():f}"
 
 
-def micro_up(pico: int) -> int:
-    return -(-pico // _PICO_PER_MICRO)
-
-
-def micro_nearest(pico: int) -> int:
-    """Round half to even, like billing's invoices, in integers."""
-    quotient, rest = divmod(pico, _PICO_PER_MICRO)
-    if rest * 2 > _PICO_PER_MICRO or (rest * 2 == _PICO_PER_MICRO and quotient % 2):
-        quotient += 1
-    return quotient
-
-
-def micro_amount(micro: int) -> Decimal:
-    """Micro-units as an amount of the currency (exact)."""
-    return Decimal(micro).scaleb(-6)
+def pico_amount(pico: int) -> Decimal:
+    """Pico-units as an amount of the currency (exact)."""
+    return Decimal(pico).scaleb(-12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,16 +215,16 @@ def _rate(
         cached=per_token(cached),
         output=per_token(output),
         reasoning=per_token(output if reasoning is None else reasoning),
-        fee=int(fee * 10**12),
+        fee=int(fee * PICO),
     )
 
 
 async def month_spend(
-    conn: AsyncConnection[Any], *, month: datetime, default_currency: str
-) -> list[tuple[int, str, int]]:
-    """(account_id, currency, micro-units spent) for every account with priced usage this
-    month, rated from the ledger like the gateway rates at settle."""
-    params = {"month": month, "default_currency": default_currency}
+    conn: AsyncConnection[Any], *, month: datetime, currency: str
+) -> list[tuple[int, int]]:
+    """(account_id, pico-units spent) for every account with priced usage this month in
+    `currency` (billing's), rated from the ledger exactly like the gateway rates at settle."""
+    params = {"month": month, "currency": currency, "fee_exempt": sorted(FEE_EXEMPT_OUTCOMES)}
     async with conn.transaction():
         # A month of the ledger, summed into a few rows per account: aggregated in memory,
         # where it fits, and without compiling (measured: 2.8 s instead of 5.3 s for 2M rows).
@@ -192,7 +232,5 @@ async def month_spend(
         await conn.execute("SET LOCAL work_mem = '64MB'")
         cursor = await conn.execute(_MONTH_SPEND, params)
         rows = await cursor.fetchall()
-    return [
-        (int(account), currency, micro_nearest(int(micro * _PICO_PER_MICRO)))
-        for account, currency, micro in rows
-    ]
+    # Exact: the SQL's sum has 6 decimal places, all zero (prices x 10^6 per token).
+    return [(int(account), int(pico)) for account, pico in rows]

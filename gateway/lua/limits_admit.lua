@@ -2,8 +2,10 @@
 -- (all or nothing). Windows slide over the last 60 s exactly (a log of entries, no fixed
 -- buckets, so no 2x burst at window edges). Token limits and the budget's hard cap admit while
 -- the amount used is under the limit, so a quota or a budget is exceeded by at most the
--- reservation of the request that crossed it. Money is in integer micro-units of the account's
--- currency (no floats: INCRBY does 64-bit integer arithmetic).
+-- reservation of the request that crossed it. Money is in integer pico-units (10^-12) of
+-- billing's currency, exact: INCRBY adds 64-bit integers, and amounts are only ever handled
+-- here as decimal strings (Lua numbers are doubles, exact only to 2^53). The spend counter
+-- saturates: at or past the ceiling it takes no more reservations.
 -- KEYS (one account, one hash tag):
 --   [1] requests window   zset    request_id -> admission time (ms)
 --   [2] tokens window     zset    request_id -> admission time (ms)
@@ -12,26 +14,35 @@
 --   [5] day counter       string  tokens counted today (UTC); expires after the day
 --   [6] month counter     string  tokens counted this month (UTC); expires after the month
 --   [7] concurrency       zset    request_id -> lease expiry (ms)
---   [8] month spend       string  micro-units spent this month (UTC); expires after the month
+--   [8] month spend       string  pico-units spent this month (UTC); expires after the month
 -- ARGV:
 --   [1] now (ms)            [2] request_id          [3] tokens to reserve
 --   [4] requests/minute     [5] tokens/minute       [6] tokens/day
 --   [7] tokens/month        [8] concurrent requests (each limit: -1 for none)
 --   [9] lease (ms)          [10] seconds to the end of the day (UTC)
 --   [11] seconds to the end of the month (UTC)
---   [12] money to reserve (micro-units; 0: unpriced)
---   [13] the month's hard cap (micro-units; -1 for none)
+--   [12] money to reserve (pico-units, decimal; 0: unpriced)
+--   [13] the month's hard cap (pico-units, decimal, at most [14]; -1 for none)
+--   [14] the spend counter's ceiling (pico-units, decimal)
 -- Returns {admitted (1|0), reason ('' or which limit refused), retry after (ms),
 --          requests in the window, ms until that window is empty, tokens in the window,
---          ms until that window is empty}.
+--          ms until that window is empty, money reserved (decimal string: [12], or '0' when
+--          the counter is saturated or the request refused)}.
 local now = tonumber(ARGV[1])
 local window_start = now - 60000
 local reserve = tonumber(ARGV[3])
 local limits = {
   rpm = tonumber(ARGV[4]), tpm = tonumber(ARGV[5]), tpd = tonumber(ARGV[6]),
-  tpmo = tonumber(ARGV[7]), concurrent = tonumber(ARGV[8]), spend = tonumber(ARGV[13]),
+  tpmo = tonumber(ARGV[7]), concurrent = tonumber(ARGV[8]),
 }
-local money = tonumber(ARGV[12])
+local money, cap, ceiling = ARGV[12], ARGV[13], ARGV[14]
+
+-- a >= b, exactly, for integers in decimal as Redis writes them (b is not negative).
+local function at_least(a, b)
+  if string.sub(a, 1, 1) == '-' then return false end
+  if #a ~= #b then return #a > #b end
+  return a >= b
+end
 
 -- Forget what slid out of the windows and leases that lapsed (their gateway died).
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', window_start)
@@ -55,7 +66,7 @@ local tokens = tonumber(redis.call('GET', KEYS[4]) or '0')
 local today = tonumber(redis.call('GET', KEYS[5]) or '0')
 local month = tonumber(redis.call('GET', KEYS[6]) or '0')
 local running = redis.call('ZCARD', KEYS[7])
-local spent = tonumber(redis.call('GET', KEYS[8]) or '0')
+local spent = redis.call('GET', KEYS[8]) or '0'
 
 -- When a window is empty again, its limit back to its initial state (ms from now).
 local function window_reset(key)
@@ -86,7 +97,7 @@ end
 
 local function refuse(reason, retry_after)
   return {0, reason, math.max(retry_after, 1), requests, window_reset(KEYS[1]), tokens,
-          window_reset(KEYS[2])}
+          window_reset(KEYS[2]), '0'}
 end
 
 if limits.concurrent >= 0 and running >= limits.concurrent then
@@ -104,7 +115,7 @@ end
 if limits.tpmo >= 0 and month >= limits.tpmo then
   return refuse('tokens_per_month', tonumber(ARGV[11]) * 1000)
 end
-if limits.spend >= 0 and spent >= limits.spend then
+if cap ~= '-1' and at_least(spent, cap) then
   return refuse('budget', tonumber(ARGV[11]) * 1000)
 end
 
@@ -120,6 +131,7 @@ redis.call('EXPIRE', KEYS[6], tonumber(ARGV[11]) + 3600)
 redis.call('ZADD', KEYS[7], now + tonumber(ARGV[9]), ARGV[2])
 -- Even at 0: a request reserved at nothing may still cost something when it settles, and a
 -- settle only counts into a period whose key lives.
+if at_least(spent, ceiling) then money = '0' end
 redis.call('INCRBY', KEYS[8], money)
 redis.call('EXPIRE', KEYS[8], tonumber(ARGV[11]) + 3600)
 requests = requests + 1
@@ -127,4 +139,4 @@ tokens = tokens + reserve
 -- The window keys expire a minute after their newest entry.
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], 61000) end
 redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[9]) + 1000)
-return {1, '', 0, requests, window_reset(KEYS[1]), tokens, window_reset(KEYS[2])}
+return {1, '', 0, requests, window_reset(KEYS[1]), tokens, window_reset(KEYS[2]), money}

@@ -2,7 +2,8 @@
 -- KEYS: the eight keys of limits_admit.lua.
 -- ARGV: [1] now (ms)
 -- Returns {requests in the last 60 s, tokens in the last 60 s, tokens today, tokens this
---          month, requests running, micro-units spent this month}.
+--          month, requests running, pico-units spent this month (a decimal string: it may
+--          be past 2^53, where a Lua number is no longer exact)}.
 local now = tonumber(ARGV[1])
 local window_start = '(' .. (now - 60000)
 local requests = redis.call('ZCOUNT', KEYS[1], window_start, '+inf')
@@ -20,5 +21,5 @@ end
 local today = tonumber(redis.call('GET', KEYS[5]) or '0')
 local month = tonumber(redis.call('GET', KEYS[6]) or '0')
 local running = redis.call('ZCOUNT', KEYS[7], '(' .. now, '+inf')
-local spent = tonumber(redis.call('GET', KEYS[8]) or '0')
+local spent = redis.call('GET', KEYS[8]) or '0'
 return {requests, tokens, today, month, running, spent}

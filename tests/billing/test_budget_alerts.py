@@ -1,6 +1,8 @@
 """Budget alerts as finance and the customer see them: each threshold once, at the spend the
-invoice's rating gives (prices in force when each request started), late usage included."""
+invoice's rating gives (prices in force when each request started, no fee for a request that
+failed on every backend), late usage included, and only for budgets in billing's currency."""
 
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,6 +22,11 @@ pytestmark = pytest.mark.django_db
 CURRENCY = "XTS"
 MARCH = datetime(2031, 3, 1, tzinfo=UTC)
 APRIL = datetime(2031, 4, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def billing_in_currency(settings: Any) -> None:
+    settings.BILLING = {**settings.BILLING, "CURRENCY": CURRENCY}
 
 
 @pytest.fixture(autouse=True)
@@ -56,12 +63,12 @@ def books() -> None:
     )
 
 
-def budgeted(limit: str, percents: list[int]) -> Account:
+def budgeted(limit: str, percents: list[int], currency: str = CURRENCY) -> Account:
     account = account_create(name=f"acct-{uuid.uuid4().hex[:8]}", tier_slug="interactive")
     Budget.objects.create(
         account=account,
         monthly_limit=Decimal(limit),
-        currency=CURRENCY,
+        currency=currency,
         alert_percents=percents,
         hard_cap=False,
     )
@@ -78,6 +85,7 @@ def use(
     cached: int = 0,
     completion: int = 0,
     reasoning: int = 0,
+    outcome: str = "ok",
 ) -> None:
     UsageRecord.objects.create(
         request_id=uuid.uuid4(),
@@ -92,8 +100,8 @@ def use(
         completion_tokens=completion,
         reasoning_tokens=reasoning,
         latency_ms=10.0,
-        status_code=200,
-        outcome="ok",
+        status_code=200 if outcome == "ok" else 502,
+        outcome=outcome,
         streamed=False,
         started_at=at,
         ended_at=at + timedelta(seconds=1),
@@ -153,10 +161,7 @@ def test_late_usage_of_the_month_just_ended_alerts_within_the_grace_window() -> 
     assert alerts(account) == [(MARCH, 100, Decimal("0.0115"))]
 
 
-def test_rolled_up_hours_and_the_ledger_after_them_add_up_to_the_spend(
-    settings: Any,
-) -> None:
-    settings.BILLING = {**settings.BILLING, "CURRENCY": CURRENCY}  # rollups rate in XTS
+def test_rolled_up_hours_and_the_ledger_after_them_add_up_to_the_spend() -> None:
     account = budgeted("0.02", [100, 112, 113])
     use(account, MARCH + timedelta(days=1, hours=5), prompt=1000)  # a whole day rolled up
     use(account, MARCH + timedelta(days=19, hours=10), prompt=500, completion=100)  # an hour
@@ -168,3 +173,30 @@ def test_rolled_up_hours_and_the_ledger_after_them_add_up_to_the_spend(
     # 0.001; 0.0005 + 0.0003 + 0.01 fee; 0.0006 + 0.01 fee
     spent = Decimal("0.001") + Decimal("0.0108") + Decimal("0.0106")
     assert alerts(account) == [(MARCH, 100, spent), (MARCH, 112, spent)]  # 112% spent
+
+
+def test_a_request_that_failed_on_every_backend_counts_its_tokens_without_the_fee() -> None:
+    account = budgeted("0.01", [20, 100])
+    at = MARCH + timedelta(days=20)  # the book with a 0.01 fee
+    use(account, at, prompt=3000, outcome="backend_error")  # 0.003, no fee
+    use(account, at, outcome="backend_error")  # nothing at all
+
+    budget_alerts_record(now=at + timedelta(hours=1))
+
+    assert alerts(account) == [(MARCH, 20, Decimal("0.003"))]
+
+
+def test_a_budget_in_another_currency_raises_no_alert_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Written before budgets had to be in billing's currency: its limit cannot be compared
+    with the spend without an exchange rate."""
+    account = budgeted("0.001", [10], currency="EUR")
+    use(account, MARCH + timedelta(days=2), prompt=10**6)
+
+    with caplog.at_level(logging.WARNING, logger="billing.budgets"):
+        budget_alerts_record(now=MARCH + timedelta(days=3))
+
+    assert alerts(account) == []
+    (logged,) = [r for r in caplog.records if "another currency" in r.getMessage()]
+    assert logged.account_ids == [account.pk]  # type: ignore[attr-defined]

@@ -1,25 +1,30 @@
 """Spend caps as a customer meets them: a hard cap refuses once the month's budget is spent,
-settling charges what a request really cost, soft alerts arrive once, and the cap holds across
-gateways to within one request's reservation (P2)."""
+settling charges what a request really cost, soft alerts arrive once, the cap holds across
+gateways to within one request's reservation (P2), and a budget is in billing's currency."""
 
 import asyncio
 import itertools
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
+from typing import Any
 
 import aiohttp
 import openai
 import pytest
 import redis
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.test import Client
 
 from billing.budgets import budget_alerts_record
 from billing.models import BudgetAlert
 from catalogue.models import Price, PriceBook
-from customers.models import Budget
+from customers.models import Budget, LimitOverride
+from customers.services import tiers_ensure_defaults
 from gateway.validation import TEMPLATE_TOKENS
 from metering.consumer import Meter
 from metering.models import UsageRecord
@@ -30,7 +35,8 @@ from tests.support.servers import Server, gateway_env, start_gateway
 from tests.support.tenants import MODEL, Tenant, tenant_create
 from tests.support.waiting import wait_until
 
-# ISO 4217's code for tests: no other test's prices or budgets are in it.
+# ISO 4217's code for tests: no other test's prices or budgets are in it. This module's
+# gateways bill in it.
 CURRENCY = "XTS"
 BOOK = "budget tests"
 MICRO = Decimal("0.000001")
@@ -40,37 +46,44 @@ CHAT = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def price(fleet: None) -> Price:
     """The book in force: reasoning priced apart (dearer than output) and a request fee."""
-    book = PriceBook.objects.create(name=BOOK, currency=CURRENCY, effective_from=datetime.now(UTC))
-    Price.objects.create(
-        price_book=book,
-        tier="interactive",
-        model="*",
-        input_per_million=Decimal("150"),
-        cached_input_per_million=Decimal("75"),
-        output_per_million=Decimal("600"),
-        reasoning_per_million=Decimal("2400"),
-        request_fee=Decimal("0.000123"),
-    )
-    return Price.objects.create(
-        price_book=book,
-        tier="premium",
-        model=MODEL,
-        input_per_million=Decimal("150.5"),
-        cached_input_per_million=Decimal("75.25"),
-        output_per_million=Decimal("600.125"),
-        reasoning_per_million=None,
-        request_fee=Decimal("0.000123"),
-    )
+    with transaction.atomic():  # the book whole: once in force it is sealed
+        book = PriceBook.objects.create(
+            name=BOOK, currency=CURRENCY, effective_from=datetime.now(UTC)
+        )
+        Price.objects.create(
+            price_book=book,
+            tier="interactive",
+            model="*",
+            input_per_million=Decimal("150"),
+            cached_input_per_million=Decimal("75"),
+            output_per_million=Decimal("600"),
+            reasoning_per_million=Decimal("2400"),
+            request_fee=Decimal("0.000123"),
+        )
+        return Price.objects.create(
+            price_book=book,
+            tier="premium",
+            model=MODEL,
+            input_per_million=Decimal("150.5"),
+            cached_input_per_million=Decimal("75.25"),
+            output_per_million=Decimal("600.125"),
+            reasoning_per_million=None,
+            request_fee=Decimal("0.000123"),
+        )
 
 
 @pytest.fixture(scope="module")
 def gateways(price: Price) -> Iterator[list[Server]]:
     """Two gateway processes started after the book exists (they load prices at start-up)."""
-    servers = [start_gateway(gateway_env()) for _ in range(2)]
+    servers = [start_gateway(billing_env()) for _ in range(2)]
     warm(servers[0])
     yield servers
     for server in servers:
         server.stop()
+
+
+def billing_env() -> dict[str, str]:
+    return {**gateway_env(), "BILLING_CURRENCY": CURRENCY}
 
 
 def warm(gateway: Server) -> None:
@@ -100,11 +113,13 @@ def sdk(gateway: Server, tenant: Tenant) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
 
 
-def stored(tenant: Tenant, count: int) -> list[UsageRecord]:
+def stored(tenant: Tenant, count: int, meter: Callable[[], object] = drain) -> list[UsageRecord]:
+    """Wait for `count` of the tenant's records, draining with `meter` (the usage stream of the
+    shared Redis unless a test's gateway uses its own): the gateway publishes after answering."""
     records = UsageRecord.objects.filter(account_id=tenant.account.pk)
 
     def enough() -> bool:
-        drain()
+        meter()
         return records.count() >= count
 
     wait_until(enough, what=f"{count} usage records")
@@ -126,9 +141,9 @@ def cost(record: UsageRecord) -> Decimal:
 
 
 def charged(records: list[UsageRecord]) -> Decimal:
-    """What the gateway's spend counter holds once every request settled: each request's cost
-    in micro-units, half to even."""
-    return sum((cost(r).quantize(MICRO, ROUND_HALF_EVEN) for r in records), Decimal(0))
+    """What the gateway's spend counter holds once every request settled: the exact sum of
+    their costs, nothing rounded."""
+    return sum((cost(r) for r in records), Decimal(0))
 
 
 def usage(gateway: Server, tenant: Tenant) -> dict[str, object]:
@@ -228,19 +243,26 @@ def test_usage_shows_the_budget_and_the_months_spend(gateways: list[Server]) -> 
     sdk(gateways[0], tenant).chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
     spent = charged(stored(tenant, 1))
     shown = usage(gateways[0], tenant)
-    assert shown["spend"] == {"currency": CURRENCY, "this_month": f"{spent:f}"}
+    assert shown["spend"] == {"currency": CURRENCY, "this_month": decimal_text(spent)}
     assert shown["budget"] == {
         "monthly_limit": "2.500000",
         "currency": CURRENCY,
         "hard_cap": True,
-        "remaining": f"{Decimal('2.5') - spent:f}",
+        "remaining": decimal_text(Decimal("2.5") - spent),
     }
     assert usage(gateways[0], tenant_create("free"))["budget"] is None
 
 
+def decimal_text(amount: Decimal) -> str:
+    """An exact amount as the API writes it: its own decimal places, at least two."""
+    whole, _, places = f"{amount:f}".partition(".")
+    return f"{whole}.{places.rstrip('0').ljust(2, '0')}"
+
+
 def test_soft_alerts_are_recorded_once_per_threshold(
-    gateways: list[Server], caplog: pytest.LogCaptureFixture
+    gateways: list[Server], caplog: pytest.LogCaptureFixture, settings: Any
 ) -> None:
+    settings.BILLING = {**settings.BILLING, "CURRENCY": CURRENCY}
     tenant = budgeted("0.03", hard_cap=False, alerts=(50, 80, 100, 1000))
     api = sdk(gateways[0], tenant)
     for _ in range(2):
@@ -313,7 +335,7 @@ def own_redis() -> Iterator[RedisServer]:
 def test_a_spent_budget_stays_spent_when_redis_comes_back_empty(
     own_redis: RedisServer, price: Price
 ) -> None:
-    gateway = start_gateway({**gateway_env(), "REDIS_URL": own_redis.url})
+    gateway = start_gateway({**billing_env(), "REDIS_URL": own_redis.url})
     meter = Meter(redis.Redis.from_url(own_redis.url), batch_size=100, claim_idle_seconds=30)
     tenant = budgeted("0.03", hard_cap=True)
     api = sdk(gateway, tenant)
@@ -324,8 +346,7 @@ def test_a_spent_budget_stays_spent_when_redis_comes_back_empty(
             for _ in range(10):
                 api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=20)
                 served += 1
-        meter.drain()
-        spent = charged(stored(tenant, served))
+        spent = charged(stored(tenant, served, meter.drain))
 
         own_redis.kill()
         own_redis.start()  # empty: no persistence
@@ -337,7 +358,102 @@ def test_a_spent_budget_stays_spent_when_redis_comes_back_empty(
         with pytest.raises(openai.RateLimitError) as still_spent:
             api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=20)
         assert still_spent.value.code == "insufficient_quota"
-        # Rebuilt by rating the ledger: the month's total rounded once, not each request.
-        assert abs(month_spend(gateway, tenant) - spent) <= served * MICRO
+        # Rebuilt by rating the ledger: exactly what the settles had counted.
+        assert month_spend(gateway, tenant) == spent
     finally:
         gateway.stop()
+
+
+@pytest.mark.django_db
+def test_the_console_refuses_a_budget_in_another_currency_than_billings() -> None:
+    staff = Client()
+    staff.force_login(User.objects.create_superuser("budgets", password="not-used"))
+    tiers_ensure_defaults()
+    account = tenant_create("interactive").account
+    form = {"account": account.pk, "monthly_limit": "100", "alert_percents": "50,100"}
+
+    assert (
+        staff.get("/admin/customers/budget/add/").context["adminform"].form.initial["currency"]
+        == "USD"  # billing's currency in tests
+    )
+    refused = staff.post("/admin/customers/budget/add/", {**form, "currency": "EUR"})
+    assert refused.status_code == 200
+    assert refused.context["adminform"].form.errors["currency"] == [
+        "A budget must be in USD, the currency usage is rated and billed in: "
+        "spend in USD cannot be compared with a limit in EUR."
+    ]
+    too_big = {**form, "currency": "USD", "hard_cap": "on", "monthly_limit": "9000000.01"}
+    refused = staff.post("/admin/customers/budget/add/", too_big)
+    assert "monthly_limit" in refused.context["adminform"].form.errors
+    assert not Budget.objects.filter(account=account).exists()
+
+    assert (
+        staff.post("/admin/customers/budget/add/", {**form, "currency": "USD"}).status_code == 302
+    )
+    assert Budget.objects.get(account=account).currency == "USD"
+
+
+def test_a_budget_left_in_another_currency_is_shown_but_not_enforced(
+    gateways: list[Server],
+) -> None:
+    """Written before budgets had to be in billing's currency: its limit cannot be compared
+    with the spend, so its hard cap is not applied (the gateway logs it) and no remaining is
+    shown; the spend is counted in billing's currency all the same."""
+    tenant = tenant_create("interactive")
+    Budget.objects.create(
+        account=tenant.account, monthly_limit=Decimal(0), currency="EUR", hard_cap=True
+    )
+    sdk(gateways[0], tenant).chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5)
+
+    shown = usage(gateways[0], tenant)
+    assert shown["spend"] == {
+        "currency": CURRENCY,
+        "this_month": decimal_text(charged(stored(tenant, 1))),
+    }
+    assert shown["budget"] == {
+        "monthly_limit": "0.000000",
+        "currency": "EUR",
+        "hard_cap": False,
+        "remaining": None,
+    }
+
+
+def test_spend_counters_kept_in_micro_units_are_rebuilt_in_pico_units_alone(
+    own_redis: RedisServer, price: Price
+) -> None:
+    """Upgrading from micro-unit counters: Redis still has its token counters and their epoch,
+    but no spend in pico-units. The first gateway rebuilds the spend from the ledger and leaves
+    the token counters as they are."""
+    gateway = start_gateway({**billing_env(), "REDIS_URL": own_redis.url})
+    meter = Meter(redis.Redis.from_url(own_redis.url), batch_size=100, claim_idle_seconds=30)
+    client = redis.Redis.from_url(own_redis.url)
+    tenant = budgeted("1000", hard_cap=True)
+    LimitOverride.objects.create(
+        account=tenant.account, tokens_per_day=10**6, tokens_per_month=10**7
+    )
+    try:
+        warm(gateway)
+        api = sdk(gateway, tenant)
+        for _ in range(3):
+            api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=7)
+        records = stored(tenant, 3, meter.drain)
+        tokens = token_counters(gateway, tenant)
+        month = datetime.now(UTC)
+        spend_key = f"{{a:{tenant.account.pk}}}:spend-pico:{month:%Y%m}:{CURRENCY}"
+        assert client.delete(spend_key, "{limits}:epoch:spend-pico") == 2
+
+        wait_until(
+            lambda: client.exists("{limits}:epoch:spend-pico"),
+            interval=0.1,
+            what="the spend to be rebuilt",
+        )
+        assert month_spend(gateway, tenant) == charged(records)
+        assert token_counters(gateway, tenant) == tokens
+    finally:
+        gateway.stop()
+
+
+def token_counters(gateway: Server, tenant: Tenant) -> tuple[object, object]:
+    remaining = usage(gateway, tenant)["remaining"]
+    assert isinstance(remaining, dict)
+    return remaining["tokens_today"], remaining["tokens_this_month"]

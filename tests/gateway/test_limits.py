@@ -145,7 +145,7 @@ def test_the_limiter_agrees_with_the_reference_model(
     cap=st.integers(0, 3_000),
     ops=st.lists(
         st.tuples(
-            st.integers(0, 900),  # money to reserve (micro-units)
+            st.integers(0, 900),  # money to reserve (pico-units)
             st.none() | st.integers(0, 1_200),  # settle the oldest open request at this cost
         ),
         max_size=25,
