@@ -8,13 +8,17 @@ ids it put in the objects' metadata, before making anything: re-run at any time,
 completes what was started and duplicates nothing.
 
 A push of one invoice (docs/billing.md, "Stripe"):
-1. the account's Stripe customer, made once, its id committed at once;
+1. the account's Stripe customer: the one found by our account id (Stripe's search), else made,
+   its id committed at once;
 2. in one transaction, holding the account's advisory lock: the Stripe invoice (a draft Stripe
    never advances on its own, the customer's pending items left out), one invoice item per
    line for the line's `amount_minor`, a check that Stripe's lines are exactly ours, then
    finalisation (Stripe collects from there) and the Stripe ids stored. A failure rolls back
    ours and leaves at most a draft at Stripe, which the next push completes.
 An invoice of zero has nothing to collect or credit and is not pushed.
+
+Reconciliation compares our invoices with Stripe's, and reports an account with more than one
+Stripe customer (or a customer for an account we do not have): what the search could not see.
 """
 
 import logging
@@ -59,15 +63,18 @@ class StripeSyncError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Discrepancy:
-    """One difference between our invoices and Stripe's."""
+    """One difference between our invoices (or accounts) and Stripe's."""
 
-    # missing | amount | currency | status | duplicate | unknown
+    # missing | amount | currency | status | duplicate | unknown (invoices);
+    # duplicate_customer | unknown_customer (customers)
     problem: str
-    # Our invoice number; empty for a Stripe invoice that is none of ours.
+    # Our invoice number; empty for a Stripe invoice that is none of ours, and for customers.
     number: str
     stripe_invoice_id: str
     ours: str
     theirs: str
+    # The account a customer problem is about (the customer's `tf_account_id`).
+    account_id: str = ""
 
 
 def stripe_configured() -> bool:
@@ -86,18 +93,39 @@ def stripe_client() -> stripe.StripeClient:
 
 
 def stripe_customer_ensure(*, account_id: int, client: stripe.StripeClient) -> str:
-    """The account's Stripe customer id, the customer made the first time."""
+    """The account's Stripe customer id, the customer made the first time.
+
+    A customer an earlier try made, whose answer was lost before its id was committed, is
+    found again: for 24 hours by the idempotency key (Stripe replays its answer), and after
+    that by our account id in its metadata (Stripe's search, which lags writes by about a
+    minute; reconciliation reports a duplicate that slips past both).
+    """
     with transaction.atomic():
         _account_lock(account_id)
         account = Account.objects.get(pk=account_id)
         if account.stripe_customer_id:
             return account.stripe_customer_id
-        customer = client.v1.customers.create(
-            params={"name": account.name, "metadata": {"tf_account_id": str(account.pk)}},
-            options={"idempotency_key": f"tf-customer-{account.pk}"},
+        customer_id = _customer_find(client, account.pk)
+        if not customer_id:
+            customer_id = client.v1.customers.create(
+                params={"name": account.name, "metadata": {"tf_account_id": str(account.pk)}},
+                options={"idempotency_key": f"tf-customer-{account.pk}"},
+            ).id
+        Account.objects.filter(pk=account.pk).update(stripe_customer_id=customer_id)
+    return customer_id
+
+
+def _customer_find(client: stripe.StripeClient, account_id: int) -> str:
+    """The id of the oldest Stripe customer made for the account, "" if none is found."""
+    query = f"metadata['tf_account_id']:'{account_id}'"
+    found = client.v1.customers.search(params={"query": query, "limit": 100}).data
+    if len(found) > 1:
+        log.warning(
+            "stripe has several customers for one account; the oldest is used",
+            extra={"account_id": account_id, "stripe_customer_ids": [c.id for c in found]},
         )
-        Account.objects.filter(pk=account.pk).update(stripe_customer_id=customer.id)
-    return customer.id
+    oldest = min(found, key=lambda customer: (customer.created, customer.id), default=None)
+    return oldest.id if oldest is not None else ""
 
 
 def stripe_invoice_push(*, invoice_id: int, client: stripe.StripeClient | None = None) -> str:
@@ -176,7 +204,8 @@ def stripe_invoices_reconcile(
     invoice made since `since` for the customers they belong to: missing in Stripe, total
     (Stripe's subtotal: we send no tax or discount) or currency that differs, a Stripe status
     that does not match our payment state, a second Stripe invoice for one of ours, and
-    Stripe invoices that are none of ours.
+    Stripe invoices that are none of ours. Then at every Stripe customer
+    (`stripe_customers_reconcile`): accounts with more than one, customers of none of ours.
     """
     client = client or stripe_client()
     now = now or timezone.now()
@@ -195,9 +224,41 @@ def stripe_invoices_reconcile(
             report.append(_discrepancy("missing", invoice, None, "finalised", "none"))
     for customer, invoices in by_customer.items():
         report += _customer_reconcile(client, customer, invoices, since)
+    report += stripe_customers_reconcile(client=client)
     for item in report:
         log.warning("stripe reconciliation: %s", item.problem, extra=asdict(item))
     log.info("stripe reconciliation done", extra={"since": since.isoformat(), "found": len(report)})
+    return report
+
+
+def stripe_customers_reconcile(*, client: stripe.StripeClient) -> list[Discrepancy]:
+    """Every Stripe customer grouped by the account id in its metadata: `duplicate_customer`
+    for an account with more than one (ours: the id the account uses; theirs: all of them,
+    oldest first), `unknown_customer` for one whose account we do not have (or that names
+    none). Reads every customer, 100 a request: one request per 100 accounts a run."""
+    by_account: dict[str, list[stripe.Customer]] = defaultdict(list)
+    for customer in client.v1.customers.list(params={"limit": 100}).auto_paging_iter():
+        by_account[_meta(customer, "tf_account_id")].append(customer)
+    ids = [int(account_id) for account_id in by_account if account_id.isdigit()]
+    used = {
+        str(pk): customer_id
+        for pk, customer_id in Account.objects.filter(pk__in=ids).values_list(
+            "pk", "stripe_customer_id"
+        )
+    }
+    report = []
+    for account_id, customers in by_account.items():
+        customers.sort(key=lambda customer: (customer.created, customer.id))
+        if account_id not in used:
+            report += [
+                Discrepancy("unknown_customer", "", "", "", customer.id, account_id)
+                for customer in customers
+            ]
+        elif len(customers) > 1:
+            theirs = " ".join(customer.id for customer in customers)
+            report.append(
+                Discrepancy("duplicate_customer", "", "", used[account_id], theirs, account_id)
+            )
     return report
 
 
@@ -310,7 +371,7 @@ def _items_add(
                 "invoice": remote_id,
                 "amount": line.amount_minor,
                 "currency": invoice.currency.lower(),
-                "description": _line_description(line),
+                "description": _line_description(line, invoice),
                 "metadata": {
                     "tf_invoice_id": str(invoice.pk),
                     "tf_invoice_line_id": str(line.pk),
@@ -376,7 +437,7 @@ def _line_id(remote_line: stripe.InvoiceLineItem) -> str:
     return _meta(remote_line, "tf_invoice_line_id")
 
 
-def _meta(obj: stripe.Invoice | stripe.InvoiceLineItem, key: str) -> str:
+def _meta(obj: stripe.Customer | stripe.Invoice | stripe.InvoiceLineItem, key: str) -> str:
     metadata = obj.metadata
     return str(metadata[key]) if metadata is not None and key in metadata else ""
 
@@ -399,6 +460,15 @@ def _invoice_description(invoice: Invoice) -> str:
     return f"{kind} {invoice.number}: usage from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
 
 
-def _line_description(line: InvoiceLine) -> str:
+def _line_description(line: InvoiceLine, invoice: Invoice) -> str:
     what = " ".join(part for part in (line.tier, line.model) if part)
-    return f"{line.get_item_display()}, {what}: {line.quantity:,} at {line.unit_price}"
+    text = f"{line.get_item_display()}, {what}: {line.quantity:,} at {line.unit_price}"
+    if line.usage_from < invoice.period_start:
+        # Usage stored after its month was closed (docs/billing.md, "Late usage").
+        month = line.usage_from.astimezone(UTC)
+        text += f" (usage of {_MONTHS[month.month - 1]} {month.year}, billed late)"
+    return text
+
+
+# English whatever the process's locale (strftime's %b follows it).
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

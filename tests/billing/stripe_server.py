@@ -3,7 +3,12 @@
 localstripe 1.15.10, tried by hand, differs from Stripe where billing.stripe_sync depends on it:
 
 - It ignores `Idempotency-Key`: the same POST twice makes two objects. Stripe replays the
-  first response to any request with the same key for 24 hours; this server does too.
+  first response to any request with the same key and parameters for 24 hours, answers 400
+  `idempotency_error` to the key with other parameters, and 409 while the first request with
+  the key is still running; this server does too.
+- It has no search (GET /v1/customers/search). Added for the query our sync sends,
+  `metadata['key']:'value'` clauses joined by AND; anything else is a 400, as Stripe's answer
+  to a query it cannot parse.
 - It cannot make a one-off invoice (POST /v1/invoices without a subscription answers 404),
   add an invoice item to a draft invoice (`invoice=in_...` leaves the invoice's lines as they
   were), or finalise an invoice (no POST /v1/invoices/{id}/finalize). Added, as Stripe does
@@ -14,8 +19,10 @@ localstripe 1.15.10, tried by hand, differs from Stripe where billing.stripe_syn
 - It pickles its whole store to /tmp/localstripe.pickle on every write, a file shared by every
   localstripe on the machine; this one keeps its store in memory only.
 
-Routes for the tests only: DELETE /_config/idempotency forgets the stored keys (as 24 hours
-would), GET /_config/idempotency lists the keys seen, in order.
+Routes for the tests only: POST /_config/clock?advance=<seconds> moves the keys' clock on (a
+day later, every stored key is forgotten), GET /_config/idempotency lists the keys seen, in
+order. Between the tests and the server, ResponseDropper loses answers: the server does the
+work, the client sees the connection cut.
 
 Run: python -m tests.billing.stripe_server --port P (a child process per test session).
 """
@@ -24,8 +31,10 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import re
 import socket
 import sys
+import time
 from typing import Any
 
 from aiohttp import web
@@ -186,15 +195,29 @@ def _teach() -> None:
 
 
 KEY_REUSED = "Keys for idempotent requests can only be used with the same parameters"
+KEY_IN_USE = "There is currently another in-progress request using this Idempotent Key"
+# Stripe keeps a key's result at least this long, then may forget it.
+KEY_TTL_SECONDS = 24 * 3600
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    return web.json_response({"error": {"type": kind, "message": message}}, status=status)
 
 
 class IdempotencyKeys:
-    """Stripe's rule: the first response to a key is replayed for any later request with it;
-    the same key with other parameters is an error."""
+    """Stripe's rule: the first response to a key is replayed for a later request with the same
+    parameters for 24 hours; the key with other parameters, or while its first request runs,
+    is an error."""
 
     def __init__(self) -> None:
         self.seen: list[str] = []
-        self.responses: dict[str, tuple[str, int, bytes, str]] = {}
+        # key -> (fingerprint, status, body, content type, stored at on the keys' clock)
+        self.responses: dict[str, tuple[str, int, bytes, str, float]] = {}
+        self.running: set[str] = set()
+        self.clock_offset = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() + self.clock_offset
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -204,27 +227,80 @@ class IdempotencyKeys:
         self.seen.append(key)
         body = await request.read()
         fingerprint = hashlib.sha256(request.path.encode() + b"?" + body).hexdigest()
-        if key in self.responses:
-            first, status, text, content_type = self.responses[key]
+        stored = self.responses.get(key)
+        if stored is not None and self.now() - stored[4] >= KEY_TTL_SECONDS:
+            del self.responses[key]
+            stored = None
+        if stored is not None:
+            first, status, text, content_type, _ = stored
             if first != fingerprint:
-                error = {"type": "idempotency_error", "message": KEY_REUSED}
-                return web.json_response({"error": error}, status=400)
+                return _error(400, "idempotency_error", KEY_REUSED)
             response = web.Response(status=status, body=text, content_type=content_type)
             response.headers["Idempotent-Replayed"] = "true"
             return response
-        response = await handler(request)
+        if key in self.running:
+            return _error(409, "idempotency_error", KEY_IN_USE)
+        self.running.add(key)
+        try:
+            response = await handler(request)
+        finally:
+            self.running.discard(key)
         # Stripe keeps no result for a request that never ran (auth) or failed on its side.
         if isinstance(response, web.Response) and response.status not in (401, 500):
             payload = bytes(response.body)
-            self.responses[key] = (fingerprint, response.status, payload, response.content_type)
+            self.responses[key] = (
+                fingerprint,
+                response.status,
+                payload,
+                response.content_type,
+                self.now(),
+            )
         return response
 
-    async def forget(self, request: web.Request) -> web.Response:
-        self.responses.clear()
+    async def advance(self, request: web.Request) -> web.Response:
+        self.clock_offset += float(request.query["advance"])
         return web.Response()
 
     async def listing(self, request: web.Request) -> web.Response:
         return web.json_response({"keys": self.seen})
+
+
+_CLAUSE = re.compile(r"""metadata\[(['"])(?P<key>[^'"]+)\1\]:(['"])(?P<value>[^'"]*)\3""")
+
+
+@web.middleware
+async def customer_search(request: web.Request, handler: Any) -> web.StreamResponse:
+    """GET /v1/customers/search for `metadata['k']:'v' AND ...` (localstripe would route the
+    path to a customer named "search"). Newest first, one page of `limit` (10, at most 100)."""
+    if request.method != "GET" or request.path != "/v1/customers/search":
+        return await handler(request)
+    from localstripe.resources import store
+
+    query = request.query.get("query", "")
+    clauses = [_CLAUSE.fullmatch(clause.strip()) for clause in query.split(" AND ")]
+    if not query or not all(clauses):
+        return _error(400, "invalid_request_error", f"Invalid search query: {query!r}")
+    wanted = {match["key"]: match["value"] for match in clauses if match}
+    limit = min(int(request.query.get("limit", "10")), 100)
+    found = sorted(
+        (
+            obj
+            for name, obj in store.items()
+            if name.startswith("customer:")
+            and all((obj.metadata or {}).get(k) == v for k, v in wanted.items())
+        ),
+        key=lambda customer: customer.created,
+        reverse=True,
+    )
+    return web.json_response(
+        {
+            "object": "search_result",
+            "url": "/v1/customers/search",
+            "has_more": len(found) > limit,
+            "next_page": None,
+            "data": [customer._export() for customer in found[:limit]],
+        }
+    )
 
 
 def main() -> None:
@@ -238,7 +314,9 @@ def main() -> None:
     keys = IdempotencyKeys()
     # Outermost, so it stores localstripe's answers as sent, errors included.
     app.middlewares.insert(0, keys.middleware)
-    app.router.add_delete("/_config/idempotency", keys.forget)
+    # Innermost: past localstripe's authentication, instead of its route's handler.
+    app.middlewares.append(customer_search)
+    app.router.add_post("/_config/clock", keys.advance)
     app.router.add_get("/_config/idempotency", keys.listing)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 import stripe
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Max
 from django.test import Client
 from django.utils import timezone
+from stripe.params import CustomerCreateParams
 
 from audit.models import AuditEntry
 from billing.models import Invoice, InvoiceLine, StripeEvent
+from billing.seal import seal_lifted
 from billing.services import credit_note_issue, invoices_close
 from billing.stripe_sync import (
     NETWORK_RETRIES,
@@ -32,6 +34,8 @@ from billing.stripe_sync import (
     stripe_invoices_reconcile,
 )
 from customers.models import Account
+from customers.services import tiers_ensure_defaults
+from fleet.services import backend_register
 from tests.billing.factories import (
     MONTH,
     NEXT_MONTH,
@@ -42,10 +46,10 @@ from tests.billing.factories import (
     usage,
     usage_write,
 )
-from tests.billing.stripe_server import ResponseDropper, start_stripe
+from tests.billing.stripe_server import KEY_TTL_SECONDS, ResponseDropper, start_stripe
 from tests.support.http import call
 from tests.support.servers import Server
-from tests.support.tenants import MODEL, Tenant, tenant_create
+from tests.support.tenants import MODEL, UPSTREAM_MODEL, Tenant, tenant_create
 from tests.support.waiting import wait_until
 
 # Tests run in a transaction rolled back after them (django_db), but for the two that need
@@ -90,17 +94,24 @@ def seen(stripe_server: Server) -> stripe.StripeClient:
 
 
 @pytest.fixture
+def tenant(live_db: None) -> Tenant:
+    """An account with a key, on a tier of its own making: a transactional test module run
+    before this one empties every table, the session's default tiers included."""
+    tiers_ensure_defaults()
+    return tenant_create()
+
+
+@pytest.fixture
 def committed() -> Iterator[None]:
     """Removes the invoices, Stripe events and audit entries a committing test made.
 
-    Finalised invoices refuse deletion (billing's triggers), so the clean-up turns triggers off
-    for its own transaction (session_replication_role; the tests connect as a superuser).
+    Finalised invoices refuse deletion (billing's triggers, which fire ALWAYS), so the clean-up
+    lifts the seal for its own transaction, as the tables' owner does for maintenance.
     """
     tables = (Invoice, StripeEvent, AuditEntry)
     before = {model: model.objects.aggregate(last=Max("pk"))["last"] or 0 for model in tables}
     yield
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL session_replication_role = replica")
+    with seal_lifted():
         InvoiceLine.objects.filter(invoice_id__gt=before[Invoice]).delete()
         for model, last in before.items():
             model.objects.filter(pk__gt=last).delete()
@@ -180,8 +191,9 @@ def keys_seen(stripe_server: Server) -> list[str]:
 
 
 def keys_forget(stripe_server: Server) -> None:
-    url = stripe_server.url + "/_config/idempotency"
-    urllib.request.urlopen(urllib.request.Request(url, method="DELETE")).close()  # noqa: S310
+    """A day passes at the server: Stripe forgets the idempotency keys it has seen."""
+    url = f"{stripe_server.url}/_config/clock?advance={KEY_TTL_SECONDS}"
+    urllib.request.urlopen(urllib.request.Request(url, method="POST")).close()  # noqa: S310
 
 
 # Pushing invoices
@@ -348,6 +360,49 @@ def test_a_push_cut_off_after_stripe_acted_is_completed_later_without_duplicates
     assert seen.v1.invoices.retrieve(stripe_id).subtotal == 60
 
 
+@pytest.mark.django_db
+def test_a_customer_whose_answer_was_lost_is_found_again_after_stripe_forgot_the_key(
+    api: stripe.StripeClient,
+    seen: stripe.StripeClient,
+    wire: ResponseDropper,
+    stripe_server: Server,
+    tenant: Tenant,
+) -> None:
+    invoice = invoice_make(tenant.account, [4_000])
+    # Stripe makes the customer; every try's answer is lost, so we never learn its id.
+    wire.drop_responses(b"POST /v1/customers ", times=NETWORK_RETRIES + 1)
+    with pytest.raises(stripe.APIConnectionError):
+        stripe_invoice_push(invoice_id=invoice.pk)
+    assert Account.objects.get(pk=tenant.account.pk).stripe_customer_id == ""
+    [made] = customers_of(seen, tenant.account)
+
+    keys_forget(stripe_server)  # pushed again a day later: the key no longer protects
+    stripe_id = stripe_invoice_push(invoice_id=invoice.pk)
+
+    assert [customer.id for customer in customers_of(seen, tenant.account)] == [made.id]
+    assert Account.objects.get(pk=tenant.account.pk).stripe_customer_id == made.id
+    assert seen.v1.invoices.retrieve(stripe_id).customer == made.id
+
+
+def test_the_local_stripe_keeps_idempotency_keys_as_stripe_does(
+    seen: stripe.StripeClient, stripe_server: Server
+) -> None:
+    key = f"tf-test-{uuid.uuid4().hex}"
+    params: CustomerCreateParams = {"name": "once", "metadata": {"tf_account_id": "test-keys"}}
+    first = seen.v1.customers.create(params=params, options={"idempotency_key": key})
+
+    assert seen.v1.customers.create(params=params, options={"idempotency_key": key}).id == first.id
+    with pytest.raises(stripe.IdempotencyError) as refused:
+        seen.v1.customers.create(
+            params={"name": "other", "metadata": {"tf_account_id": "test-keys"}},
+            options={"idempotency_key": key},
+        )
+    assert refused.value.http_status == 400
+    keys_forget(stripe_server)
+    later = seen.v1.customers.create(params=params, options={"idempotency_key": key})
+    assert later.id != first.id
+
+
 def test_two_workers_pushing_at_once_make_one_stripe_invoice(
     committed: None, api: stripe.StripeClient, seen: stripe.StripeClient, tenant: Tenant
 ) -> None:
@@ -491,7 +546,11 @@ def test_reconciliation_reports_each_difference_with_stripe(
     report = stripe_invoices_reconcile(since=since)
 
     agreed.refresh_from_db()
-    found = {(item.problem, item.number, item.ours, item.theirs) for item in report}
+    found = {
+        (item.problem, item.number, item.ours, item.theirs)
+        for item in report
+        if not item.problem.endswith("_customer")  # the test server's customers: see below
+    }
     assert found == {
         ("status", paid_there.number, "open", "paid"),
         ("amount", altered.number, "3000", "2999"),
@@ -500,6 +559,81 @@ def test_reconciliation_reports_each_difference_with_stripe(
         ("unknown", "", "", "77 draft"),
     }
     assert just_finalised.number not in {item.number for item in report}
+
+
+@pytest.mark.django_db
+def test_reconciliation_reports_an_account_with_two_stripe_customers_and_a_strange_one(
+    api: stripe.StripeClient,
+    seen: stripe.StripeClient,
+    tenant: Tenant,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stripe_invoice_push(invoice_id=invoice_make(tenant.account, [1_000]).pk)
+    used = Account.objects.get(pk=tenant.account.pk).stripe_customer_id
+    account_id = str(tenant.account.pk)
+    # Made at Stripe without us: by hand, or by a push whose answer was lost past every check.
+    second = seen.v1.customers.create(
+        params={"name": tenant.account.name, "metadata": {"tf_account_id": account_id}}
+    )
+    nobody = f"{10**12 + tenant.account.pk}"
+    stranger = seen.v1.customers.create(
+        params={"name": "who?", "metadata": {"tf_account_id": nobody}}
+    )
+
+    report = stripe_invoices_reconcile(since=timezone.now() - timedelta(hours=1))
+
+    found = {
+        (item.problem, item.account_id, item.ours, frozenset(item.theirs.split()))
+        for item in report
+        if item.account_id in (account_id, nobody)
+    }
+    assert found == {
+        ("duplicate_customer", account_id, used, frozenset({used, second.id})),
+        ("unknown_customer", nobody, "", frozenset({stranger.id})),
+    }
+    warnings = [r for r in caplog.records if r.getMessage().endswith("duplicate_customer")]
+    assert [r.account_id for r in warnings if r.account_id == account_id] == [account_id]  # type: ignore[attr-defined]
+
+
+@pytest.mark.django_db
+def test_usage_billed_late_says_so_on_its_stripe_item(
+    api: stripe.StripeClient, seen: stripe.StripeClient
+) -> None:
+    prices = PriceSpec("premium", "*", Decimal(3), Decimal("0.3"), Decimal(15))
+    book_create(BookSpec(MONTH - timedelta(days=40), [prices]))
+    account = account_make("premium")
+    usage_write([usage(MONTH + timedelta(days=2), account_id=account.pk)])
+    invoices_close(period_start=MONTH, now=NEXT_MONTH + timedelta(hours=3))
+    # Stored after March closed (a spool replayed late), beside April's own usage.
+    usage_write(
+        [
+            usage(MONTH + timedelta(days=30), account_id=account.pk, prompt=5_000),
+            usage(NEXT_MONTH + timedelta(days=3), account_id=account.pk),
+        ]
+    )
+    may = NEXT_MONTH.replace(month=5)
+    invoices_close(period_start=NEXT_MONTH, now=may + timedelta(hours=3))
+    invoice = Invoice.objects.get(account=account, period_start=NEXT_MONTH)
+
+    stripe_id = stripe_invoice_push(invoice_id=invoice.pk)
+
+    described = {
+        int(line.metadata["tf_invoice_line_id"]): str(line.description)
+        for line in lines_of(seen, stripe_id)
+        if line.metadata is not None
+    }
+    ours = list(invoice.lines.order_by("usage_from", "item"))
+    assert [(line.usage_from, line.item) for line in ours] == [
+        (MONTH, "input"),
+        (MONTH, "output"),
+        (NEXT_MONTH, "input"),
+        (NEXT_MONTH, "output"),
+    ]
+    assert described[ours[0].pk] == (
+        "Input, premium llama: 5,000 at 3.000000 (usage of Mar 2025, billed late)"
+    )
+    assert described[ours[1].pk].endswith(" (usage of Mar 2025, billed late)")
+    assert [described[line.pk].endswith(", billed late)") for line in ours[2:]] == [False, False]
 
 
 def _stray(report: list[Discrepancy], problem: str) -> str:
@@ -600,10 +734,30 @@ def test_a_failed_payment_stripe_will_retry_leaves_the_account_working(pushed: I
     assert Account.objects.get(pk=pushed.account_id).status == Account.Status.ACTIVE
 
 
+@pytest.fixture
+def served(gateway: Server, simulator: Server) -> Server:
+    """The session's gateway with its backend registered: a transactional test module run
+    before this one may have emptied the table since the session registered it."""
+    backend_register(
+        name="sim-a",
+        base_url=simulator.url,
+        upstream_model=UPSTREAM_MODEL,
+        public_models=[MODEL],
+        supports_priority=True,
+    )
+    return gateway
+
+
 def test_when_stripe_gives_up_the_account_is_suspended_and_its_keys_refused(
-    committed: None, gateway: Server, pushed: Invoice, tenant: Tenant
+    committed: None, served: Server, pushed: Invoice, tenant: Tenant
 ) -> None:
-    assert chat(gateway, tenant.key) == 200
+    gateway = served
+    wait_until(
+        lambda: chat(gateway, tenant.key) == 200,
+        timeout=10,
+        interval=0.2,
+        what="the gateway to serve the account",
+    )
     event = invoice_event("invoice.payment_failed", pushed, next_payment_attempt=None)
 
     assert post_event(signed(event)).status_code == 200
