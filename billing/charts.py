@@ -2,6 +2,14 @@
 SVG for the HTML form or placed in the PDF as they are, so both forms show the same picture.
 
 Values arrive as Decimal and are plotted as floats: a chart's geometry is pixels, never money.
+
+One key far larger than the rest (an account with most of the month's revenue) would flatten
+every other bar to a line. Bar charts therefore cut such an outlier: when the largest bar is
+more than OUTLIER times the next, the axis ends a little above the next and the outlier's bar
+stops at the edge with its true value written on it. The others keep a scale they can be read
+on and the outlier's figure is still there. A log scale was the other choice: it cannot show
+a loss (a negative margin) and makes bar lengths lie about ratios; top N + "others" alone
+does not help when the top key is itself the outlier.
 """
 
 import re
@@ -16,6 +24,13 @@ from reportlab.graphics.shapes import Drawing, String
 from reportlab.lib import colors
 
 WIDTH = 500
+# Font sizes in points at the drawing's own size; the PDF draws it at about 3/4 of that, so
+# axis text prints at 7.5 points, about the smallest that reads well on paper.
+AXIS_FONT = 10
+TITLE_FONT = 11
+# A bar more than OUTLIER times the next largest is cut at CUT times the next (module doc).
+OUTLIER = 5.0
+CUT = 1.3
 BLUE, ORANGE, PURPLE, GREEN = (
     colors.HexColor(code) for code in ("#2f6db5", "#e0893a", "#8a5cc2", "#3c9a5f")
 )
@@ -23,6 +38,7 @@ BLUE, ORANGE, PURPLE, GREEN = (
 COLOURS = {"revenue": BLUE, "cost": ORANGE, "energy": ORANGE, "GPU": PURPLE, "margin": GREEN}
 PALETTE = (BLUE, ORANGE, PURPLE, GREEN)
 Series = Sequence[tuple[str, Sequence[Decimal | int | None]]]
+Labels = list[list[str]] | None
 
 
 def bars(
@@ -38,11 +54,18 @@ def bars(
     chart = VerticalBarChart()
     chart.x, chart.y = 60, 58
     chart.width, chart.height = WIDTH - 80, height - 96
-    chart.data = [_floats(values) for _, values in series] or [[0.0]]
+    data = [_floats(values) for _, values in series] or [[0.0]]
+    chart.data, labels = _cut(data, stacked=stacked)
+    if labels is not None:
+        chart.barLabelFormat = "values"
+        chart.barLabelArray = labels
+        chart.barLabels.fontSize = AXIS_FONT - 1
+        chart.barLabels.boxAnchor = "s"
     chart.categoryAxis.categoryNames = [_short(name, 18) for name in categories] or [""]
     chart.categoryAxis.labels.angle = 25 if len(categories) > 4 else 0
     chart.categoryAxis.labels.boxAnchor = "ne" if len(categories) > 4 else "n"
-    chart.categoryAxis.labels.fontSize = 7
+    chart.categoryAxis.labels.fontSize = AXIS_FONT
+    chart.categoryAxis.labelAxisMode = "low"  # below the chart, clear of bars of a loss
     _value_axis(chart, stacked)
     chart.bars.strokeColor = None
     if stacked:
@@ -55,15 +78,21 @@ def bars(
 
 
 def ranking(*, title: str, categories: Sequence[str], values: Sequence[Decimal | int]) -> Drawing:
-    """Horizontal bars, the largest first: a top ten of accounts."""
-    height = 60 + 16 * max(len(categories), 1)
+    """Horizontal bars, the largest first: a top ten of accounts, each with its value."""
+    height = 60 + 18 * max(len(categories), 1)
     drawing = _frame(title, height)
     chart = HorizontalBarChart()
     chart.x, chart.y = 150, 20
-    chart.width, chart.height = WIDTH - 180, height - 50
-    chart.data = [_floats(list(reversed(values)))]
+    chart.width, chart.height = WIDTH - 200, height - 50
+    data = [_floats(list(reversed(values)))]
+    chart.data, _ = _cut(data, stacked=False)
+    chart.barLabelFormat = "values"
+    chart.barLabelArray = [[_compact(value) for value in data[0]]]
+    chart.barLabels.fontSize = AXIS_FONT - 1
+    chart.barLabels.boxAnchor = "w"
+    chart.barLabels.dx = 3
     chart.categoryAxis.categoryNames = [_short(name, 26) for name in reversed(categories)] or [""]
-    chart.categoryAxis.labels.fontSize = 7
+    chart.categoryAxis.labels.fontSize = AXIS_FONT
     _value_axis(chart, False)
     chart.bars.strokeColor = None
     chart.bars[0].fillColor = BLUE
@@ -82,7 +111,8 @@ def trend(*, title: str, days: Sequence[str], series: Series, height: int = 230)
     chart.categoryAxis.categoryNames = [
         day if i % step == 0 else "" for i, day in enumerate(days)
     ] or [""]
-    chart.categoryAxis.labels.fontSize = 7
+    chart.categoryAxis.labels.fontSize = AXIS_FONT
+    chart.categoryAxis.labelAxisMode = "low"
     chart.categoryAxis.labels.angle = 25
     chart.categoryAxis.labels.boxAnchor = "ne"
     _value_axis(chart, False)
@@ -106,7 +136,7 @@ def svg(drawing: Drawing, *, name: str) -> str:
 
 def _frame(title: str, height: int) -> Drawing:
     drawing = Drawing(WIDTH, height)
-    drawing.add(String(10, height - 16, title, fontName="Helvetica-Bold", fontSize=10))
+    drawing.add(String(10, height - 16, title, fontName="Helvetica-Bold", fontSize=TITLE_FONT))
     return drawing
 
 
@@ -114,7 +144,7 @@ def _value_axis(
     chart: VerticalBarChart | HorizontalBarChart | HorizontalLineChart, stacked: bool
 ) -> None:
     axis = chart.valueAxis
-    axis.labels.fontSize = 7
+    axis.labels.fontSize = AXIS_FONT
     axis.labelTextFormat = _compact
     axis.visibleGrid = True
     axis.gridStrokeColor = colors.HexColor("#dddddd")
@@ -126,6 +156,34 @@ def _value_axis(
     axis.valueMax = max([0.0, *values]) or 1.0
 
 
+def _cut(data: list[list[float]], *, stacked: bool) -> tuple[list[list[float]], Labels]:
+    """The data as plotted, an outlier cut (module doc), and the labels that give the cut
+    bars their true values (None when nothing was cut). Stacked bars are cut by their
+    column's total, each part in proportion, the total written on top."""
+    columns = [list(column) for column in zip(*data, strict=True)]
+    # A category's size: its stack's height, or its largest bar (in either direction).
+    sizes = [abs(sum(c)) if stacked else max(abs(v) for v in c) for c in columns]
+    ranked = sorted(sizes, reverse=True)
+    if len(ranked) < 2 or ranked[1] <= 0 or ranked[0] <= OUTLIER * ranked[1]:
+        return data, None
+    cap = CUT * ranked[1]
+    if stacked:
+        factors = [min(1.0, cap / size) if size else 1.0 for size in sizes]
+        plotted = [[v * f for v, f in zip(row, factors, strict=True)] for row in data]
+        top = len(data) - 1
+        labels = [
+            [
+                _compact(sum(columns[i])) if n == top and factors[i] < 1 else ""
+                for i in range(len(columns))
+            ]
+            for n in range(len(data))
+        ]
+        return plotted, labels
+    plotted = [[max(-cap, min(cap, v)) for v in row] for row in data]
+    labels = [[_compact(v) if abs(v) > cap else "" for v in row] for row in data]
+    return plotted, labels
+
+
 def _legend(drawing: Drawing, names: Sequence[str], height: int) -> None:
     if len(names) < 2:
         return
@@ -133,7 +191,7 @@ def _legend(drawing: Drawing, names: Sequence[str], height: int) -> None:
     legend.x, legend.y = 60, height - 24
     legend.columnMaximum = 1
     legend.deltax = 75
-    legend.fontSize = 7
+    legend.fontSize = AXIS_FONT
     legend.boxAnchor = "nw"
     legend.alignment = "right"
     legend.dxTextSpace = 4

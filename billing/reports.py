@@ -1,39 +1,36 @@
-"""The finance report for a month: revenue, cost (energy, GPU), margin and margin %, cost per
-1M tokens and tokens per kWh, by tier, model, backend and account (docs/billing.md).
+"""The finance report for a month: what usage earned and cost, and what was invoiced, tied
+together to the cent (docs/billing.md, "Finance report").
 
-It reads the margins the margin job stored (billing_margin, month and day grains); the figures
-are summed and divided in PostgreSQL (billing/sql/report_*.sql), kept unrounded in the CSV and
-shown rounded only in the HTML and PDF forms, which share their tables and charts.
+Usage: revenue at list price, cost (energy, GPU), margin and margin %, cost per 1M tokens and
+tokens per kWh, by tier, model, backend, account and day, from the margins the margin job
+stored (billing_margin). Ratios divide only what was measured and show that coverage beside
+them; usage without a price is shown as unpriced, never as revenue of zero; usage of account
+ids that do not exist is never revenue (the close does not invoice it): it is shown apart.
 
-Ratios divide only what was measured: energy ratios the tokens whose energy was attributed,
-cost ratios the tokens of backends with a cost model. Beside every ratio the report shows that
-coverage, names the backends without energy or a cost model, and shows usage without a price
-as unpriced with its tokens, never as revenue of zero (docs/billing.md, "Coverage").
+Invoices: the month's finalised invoices and credit notes (the register), what they billed
+split into usage, included tokens, plan fees and prior-period lines, paid and outstanding
+with the ageing of what is owed, the usage not (yet) invoiced, and the reconciliation from
+list-price revenue to invoiced revenue (the sum of the invoices' total_minor) and net billed.
+
+Figures are summed and divided in PostgreSQL (billing/sql/report_*.sql) and kept unrounded
+here; billing.report_forms writes them as CSV, HTML and PDF.
 """
 
-import csv
-import io
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import MAXYEAR, UTC, date, datetime
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import MAXYEAR, UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 from django.db import connection
-from django.template.loader import render_to_string
 from django.utils import timezone
-from reportlab.graphics.shapes import Drawing
-from reportlab.lib import colors
-from reportlab.lib.pagesizes import A4, landscape
-from reportlab.lib.styles import getSampleStyleSheet
-from reportlab.lib.units import mm
-from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
-from billing import charts
-from billing.models import Margin
+from billing.jobs import month_close, month_closed_last, watermark
+from billing.models import Invoice, Margin
 from billing.money import from_minor, to_minor
-from billing.selectors import Unpriced, usage_unpriced
+from billing.rating import FEE_EXEMPT
+from billing.selectors import Unpriced, billing_currency, usage_unpriced
 from fleet.models import Backend
 
 ReportFormat = Literal["html", "csv", "pdf"]
@@ -48,16 +45,32 @@ DIMENSIONS = ("tier", "model", "backend", "account")
 UNALLOCATED = "(unallocated)"
 # Keys per dimension shown in the HTML and PDF forms (the rest in one row); the CSV has all.
 TOP = 15
+# Margin % is shown only where revenue is at least this share of the cost it is set against:
+# below it (a margin under -900 %) the percentage says only that revenue is negligible, so
+# the tables say n/a and the absolute margin beside it says how much.
+MARGIN_PCT_MIN_REVENUE_SHARE = Decimal("0.1")
+# Amounts of money in the HTML and PDF forms keep at least this many significant digits (an
+# energy cost of 0.0026 is not 0.00), never fewer places than the currency's minor unit.
+SIGNIFICANT_DIGITS = 4
+# Outstanding invoices by days since finalised: (first day, last day or None, label).
+AGEING = ((0, 30, "0-30 days"), (31, 60, "31-60 days"), (61, 90, "61-90 days"))
+AGEING_LAST = "over 90 days"
 
 _SQL = Path(__file__).parent / "sql"
 _MARGINS = (_SQL / "report_margins.sql").read_text()
-_DAYS = (_SQL / "report_days.sql").read_text()
+_USAGE = (_SQL / "report_usage.sql").read_text()
+_INVOICES = (_SQL / "report_invoices.sql").read_text()
+_INVOICE_LINES = (_SQL / "report_invoice_lines.sql").read_text()
+
+
+class ReportError(ValueError):
+    """A report that cannot be made: a currency the month has nothing in."""
 
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    """One key's figures (a tier, a model, ...), or the rest of the keys (key None), or the
-    backends' hours without requests (key UNALLOCATED), or the period's total."""
+    """One key's figures (a tier, a model, ... or a day), or the rest of the keys (key None),
+    or the backends' hours without requests (key UNALLOCATED), or the period's total."""
 
     dimension: str
     key: str | None
@@ -65,6 +78,7 @@ class Line:
     keys: int
     tokens: int
     energy_kwh: Decimal
+    # At list price, of known accounts (usage of unknown accounts is unknown_revenue).
     revenue: Decimal
     energy_cost: Decimal
     gpu_cost: Decimal
@@ -87,6 +101,13 @@ class Line:
     measured_token_share: Decimal | None
     measured_request_share: Decimal | None
     costed_token_share: Decimal | None
+    unpriced_cost: Decimal = Decimal(0)
+    # List price of the usage of account ids not in customers_account: never invoiced.
+    unknown_revenue: Decimal = Decimal(0)
+    # Accounts and the total: the month's invoices and credit notes (negative), minor units.
+    invoiced_minor: int | None = None
+    credited_minor: int | None = None
+    unknown_account: bool = False
 
     @property
     def cost(self) -> Decimal:
@@ -95,6 +116,26 @@ class Line:
     @property
     def margin(self) -> Decimal:
         return self.revenue - self.cost
+
+    @property
+    def margin_pct_shown(self) -> Decimal | None:
+        """Margin % where it means something: revenue at least a tenth of the priced cost."""
+        priced_cost = self.cost - self.unpriced_cost
+        if self.margin_pct is None or self.revenue < priced_cost * MARGIN_PCT_MIN_REVENUE_SHARE:
+            return None
+        return self.margin_pct
+
+    @property
+    def billed_minor(self) -> int | None:
+        """Invoiced less credit notes, minor units; None outside accounts and the total."""
+        if self.invoiced_minor is None:
+            return None
+        return self.invoiced_minor + (self.credited_minor or 0)
+
+    def billed_margin(self, currency: str) -> Decimal | None:
+        """What the invoices billed (net of credit notes) less the usage's cost."""
+        billed = self.billed_minor
+        return None if billed is None else from_minor(billed, currency) - self.cost
 
     @property
     def cost_per_million_tokens(self) -> Decimal | None:
@@ -116,40 +157,25 @@ class Line:
             return f"{self.keys} others"
         if self.key == UNALLOCATED:
             return "unallocated (backend hours without requests)"
+        if self.unknown_account:
+            return f"unknown account #{self.key} (not invoiced)"
         if self.account_name is not None:
             return f"{self.account_name} (#{self.key})"
         return self.key
 
 
-@dataclass(frozen=True, slots=True)
-class Day:
-    day: date
-    tokens: int
-    energy_kwh: Decimal
-    revenue: Decimal
-    energy_cost: Decimal
-    gpu_cost: Decimal
-
-    @property
-    def cost(self) -> Decimal:
-        return self.energy_cost + self.gpu_cost
-
-    @property
-    def margin(self) -> Decimal:
-        return self.revenue - self.cost
-
-
 @dataclass(frozen=True)
 class Gaps:
     """What the figures cannot see: backends whose usage had no energy measured or no cost
-    model, and usage without a price, per tier and model."""
+    model, usage without a price, per tier and model, and a currency usage is not rated in."""
 
     unmeasured_backends: list[str]
     uncosted_backends: list[str]
     unpriced: list[Unpriced]
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        found = []
+        found = list(self.notes)
         if self.unmeasured_backends:
             found.append("No energy measured on " + ", ".join(self.unmeasured_backends) + ".")
         if self.uncosted_backends:
@@ -162,6 +188,115 @@ class Gaps:
         return found
 
 
+@dataclass(frozen=True, slots=True)
+class Document:
+    """An invoice or credit note of the month (report_invoices.sql)."""
+
+    number: str
+    kind: str
+    account_id: int
+    account_name: str
+    corrects: str | None
+    period_start: datetime
+    period_end: datetime
+    total_minor: int
+    finalised_at: datetime
+    payment: str
+    paid_at: datetime | None
+
+    def paid(self, as_of: datetime) -> bool:
+        return self.payment == Invoice.Payment.PAID and (
+            self.paid_at is None or self.paid_at <= as_of
+        )
+
+    def outstanding(self, as_of: datetime) -> bool:
+        """An invoice with something to collect that was not paid by `as_of`."""
+        return self.kind == Invoice.Kind.INVOICE and self.total_minor > 0 and not self.paid(as_of)
+
+    def age_days(self, as_of: datetime) -> int:
+        return (as_of - self.finalised_at).days
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Invoice lines summed per tier, part (usage, included, plan_fee, other) and usage
+    month (report_invoice_lines.sql)."""
+
+    tier: str
+    part: str
+    usage_month: datetime
+    amount_minor: int
+    amount: Decimal
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The month's ledger usage of one account by what became of it (report_usage.sql)."""
+
+    kind: str
+    account_id: int
+    requests: int
+    tokens: int
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A line of the reconciliation: an amount in minor units (a total when `total`)."""
+
+    key: str
+    label: str
+    minor: int
+    note: str = ""
+    total: bool = False
+    tokens: int | None = None
+
+
+# What became of usage not on the month's invoices (report_usage.sql's classes).
+UNBILLED = {
+    "open": "the month is not closed yet: billed when it closes",
+    "billed_later": "arrived after the close: billed on a later invoice as prior-period lines",
+    "waiting": "arrived after the last close: the next close bills it (prior-period lines)",
+}
+
+
+@dataclass(frozen=True)
+class Billing:
+    """The month's invoices and the ledger's usage as the close sees it."""
+
+    documents: list[Document]
+    parts: list[Part]
+    usage: list[Usage]
+    # Whether the report's currency is the one usage is rated in (billing's).
+    rated: bool
+    # The month's close (None while open) and the last close's cutoffs.
+    cutoff: datetime | None
+
+    @property
+    def invoices(self) -> list[Document]:
+        return [d for d in self.documents if d.kind == Invoice.Kind.INVOICE]
+
+    @property
+    def credit_notes(self) -> list[Document]:
+        return [d for d in self.documents if d.kind == Invoice.Kind.CREDIT_NOTE]
+
+    @property
+    def invoiced_minor(self) -> int:
+        return sum(d.total_minor for d in self.invoices)
+
+    @property
+    def credited_minor(self) -> int:
+        return sum(d.total_minor for d in self.credit_notes)
+
+    @property
+    def net_minor(self) -> int:
+        return self.invoiced_minor + self.credited_minor
+
+    def usage_of(self, kind: str) -> list[Usage]:
+        return [u for u in self.usage if u.kind == kind]
+
+
 @dataclass(frozen=True)
 class FinanceReport:
     period_start: datetime
@@ -169,13 +304,27 @@ class FinanceReport:
     currency: str
     total: Line
     lines: dict[str, list[Line]]
-    days: list[Day]
+    days: list[Line]
     gaps: Gaps
-    generated_at: datetime
+    billing: Billing
+    # The instant the report read its data: ageing and payments are as of it.
+    data_as_of: datetime
+    # How far the jobs behind the figures had got then (None: never ran).
+    rolled_up_to: datetime | None = None
+    margins_to: datetime | None = None
+    closed_to: datetime | None = None
 
     @property
     def period(self) -> str:
         return f"{self.period_start:%Y-%m}"
+
+    @property
+    def generated_at(self) -> datetime:
+        return self.data_as_of
+
+    @property
+    def steps(self) -> list[Step]:
+        return reconciliation(self)
 
 
 def period_parse(text: str) -> datetime:
@@ -190,34 +339,94 @@ def period_parse(text: str) -> datetime:
 
 
 def finance_report(
-    *, period_start: datetime, currency: str = "USD", top: int | None = TOP
+    *,
+    period_start: datetime,
+    currency: str = "USD",
+    top: int | None = TOP,
+    now: datetime | None = None,
+    with_billing: bool = True,
 ) -> FinanceReport:
-    """The month's report from the stored margins; `top` keys per dimension (None: all)."""
+    """The month's report: the stored margins, `top` keys per dimension (None: all), and,
+    `with_billing`, its invoices and the ledger's usage as the close sees it, as of `now`.
+
+    A currency other than billing's that the month has neither margins nor invoices in is
+    refused (ReportError): a report of zeros would say nothing was billed."""
+    data_as_of = now or timezone.now()
     period_end = _month_after(period_start)
-    params: dict[str, Any] = {
-        "grain": "month",
-        "bucket": period_start,
-        "currency": currency,
-        "top": top,
-    }
+    rated = currency == billing_currency()
+    if not rated and currency not in currencies(period_start=period_start):
+        found = ", ".join(sorted(currencies(period_start=period_start) | {billing_currency()}))
+        raise ReportError(
+            f"nothing in {currency} for {period_start:%Y-%m}: usage is rated in "
+            f"{billing_currency()} and no invoice of the month is in {currency} "
+            f"(figures exist in {found})"
+        )
+    period: dict[str, Any] = {"since": period_start, "until": period_end, "currency": currency}
     with connection.cursor() as cursor:
-        cursor.execute(_MARGINS, params)
+        cursor.execute(_MARGINS, {**period, "top": top})
         rows = [_line(row) for row in cursor.fetchall()]
-        cursor.execute(_DAYS, {"since": period_start, "until": period_end, "currency": currency})
-        days = [_day(row) for row in cursor.fetchall()]
+    billing = _billing(period_start, period_end, currency, rated=rated, wanted=with_billing)
+    notes = []
+    if not rated:
+        notes.append(
+            f"No usage figures in {currency}: usage is rated in {billing_currency()}, "
+            f"billing's currency; this report shows the month's {currency} invoices."
+        )
     return FinanceReport(
         period_start=period_start,
         period_end=period_end,
         currency=currency,
         total=next(line for line in rows if line.dimension == "total"),
         lines={d: [line for line in rows if line.dimension == d] for d in DIMENSIONS},
-        days=days,
-        gaps=_gaps(period_start, period_end, currency),
-        generated_at=timezone.now(),
+        days=[line for line in rows if line.dimension == "day"],
+        gaps=_gaps(period_start, period_end, currency, notes),
+        billing=billing,
+        data_as_of=data_as_of,
+        rolled_up_to=watermark("rollups"),
+        margins_to=watermark("margins"),
+        closed_to=watermark("invoices"),
     )
 
 
-def _gaps(period_start: datetime, period_end: datetime, currency: str) -> Gaps:
+def currencies(*, period_start: datetime) -> set[str]:
+    """The currencies the month has margins or finalised invoices in."""
+    margins = Margin.objects.filter(grain=Margin.Grain.MONTH, bucket=period_start)
+    invoices = Invoice.objects.filter(status=Invoice.Status.FINALISED, period_start=period_start)
+    return set(margins.values_list("currency", flat=True).distinct()) | set(
+        invoices.values_list("currency", flat=True).distinct()
+    )
+
+
+def _billing(
+    period_start: datetime, period_end: datetime, currency: str, *, rated: bool, wanted: bool
+) -> Billing:
+    cutoff = month_close(period_start)
+    if not wanted:
+        return Billing([], [], [], rated, cutoff)
+    last = month_closed_last()
+    last_cutoff = max(cutoff, last[1]) if cutoff is not None and last is not None else cutoff
+    params: dict[str, Any] = {"since": period_start, "until": period_end, "currency": currency}
+    with connection.cursor() as cursor:
+        cursor.execute(_INVOICES, params)
+        documents = [Document(*row) for row in cursor.fetchall()]
+        cursor.execute(_INVOICE_LINES, params)
+        parts = [
+            Part(row[0], row[1], row[2], int(row[3]), row[4], int(row[5]))
+            for row in cursor.fetchall()
+        ]
+        usage: list[Usage] = []
+        if rated:
+            cursor.execute(
+                _USAGE,
+                {**params, "cutoff": cutoff, "last_cutoff": last_cutoff, "fee_exempt": FEE_EXEMPT},
+            )
+            usage = [
+                Usage(row[0], row[1], int(row[2]), int(row[3]), row[4]) for row in cursor.fetchall()
+            ]
+    return Billing(documents, parts, usage, rated, cutoff)
+
+
+def _gaps(period_start: datetime, period_end: datetime, currency: str, notes: list[str]) -> Gaps:
     """Every backend of the month, whatever the top keys shown, and why it is unmeasured."""
     backends = Margin.objects.filter(
         grain=Margin.Grain.MONTH,
@@ -235,403 +444,179 @@ def _gaps(period_start: datetime, period_end: datetime, currency: str) -> Gaps:
         unmeasured_backends=[f"{name} ({why[bool(telemetry.get(name))]})" for name in unmeasured],
         uncosted_backends=list(backends.filter(costed_tokens=0).values_list("key", flat=True)),
         unpriced=usage_unpriced(since=period_start, until=period_end),
+        notes=notes,
     )
 
 
-def month_by_tier(*, period_start: datetime, currency: str) -> dict[str, Any]:
-    """The month's report as the console's dashboard shows it: its summary, a table by tier
-    with the total, and its gaps, formatted as in the HTML form (the same rules: ratios over
-    what was measured, coverage beside them, unpriced usage as unpriced)."""
-    report = finance_report(period_start=period_start, currency=currency, top=None)
-    return {
-        "period": report.period,
-        "currency": currency,
-        "summary": _summary(report),
-        "header": ["tier", *_HEADER[1:]],
-        "rows": [_cells(line, currency) for line in [*report.lines["tier"], report.total]],
-        "gaps": report.gaps.lines(),
-    }
+# The reconciliation ---------------------------------------------------------------------------
 
 
-def report_render(*, period_start: datetime, currency: str, fmt: ReportFormat) -> bytes:
-    """The report as a file of the given form."""
-    if fmt == "csv":
-        report = finance_report(period_start=period_start, currency=currency, top=None)
-        return report_csv(report).encode()
-    report = finance_report(period_start=period_start, currency=currency)
-    return report_html(report).encode() if fmt == "html" else report_pdf(report)
+def reconciliation(report: FinanceReport) -> list[Step]:
+    """From list-price revenue to invoiced revenue (the sum of the month's invoices'
+    total_minor) and net billed, in minor units, every step adding up exactly.
 
-
-_CSV_HEADER = [
-    "period",
-    "currency",
-    "dimension",
-    "key",
-    "label",
-    "tokens",
-    "energy_kwh",
-    "revenue",
-    "energy_cost",
-    "gpu_cost",
-    "cost",
-    "margin",
-    "margin_pct",
-    "cost_per_million_tokens",
-    "tokens_per_kwh",
-    "requests",
-    "measured_requests",
-    "measured_tokens",
-    "costed_tokens",
-    "unpriced_requests",
-    "unpriced_tokens",
-    "measured_token_share",
-    "measured_request_share",
-    "costed_token_share",
-    "joules_per_token",
-    "energy_cost_per_million_tokens",
-    "gpu_cost_per_million_tokens",
-]
-
-
-def report_csv(report: FinanceReport) -> str:
-    """Every figure unrounded, one row per key and per day, the total first. A key whose
-    usage is all unpriced has no revenue and no margin (empty), not zero."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(_CSV_HEADER)
-    for line in _all_lines(report):
-        writer.writerow(
-            [
-                report.period,
-                report.currency,
-                line.dimension,
-                line.key,
-                line.label,
-                line.tokens,
-                line.energy_kwh,
-                None if line.unpriced else line.revenue,
-                line.energy_cost,
-                line.gpu_cost,
-                line.cost,
-                None if line.unpriced else line.margin,
-                line.margin_pct,
-                line.cost_per_million_tokens,
-                line.tokens_per_kwh,
-                line.requests,
-                line.measured_requests,
-                line.measured_tokens,
-                line.costed_tokens,
-                line.unpriced_requests,
-                line.unpriced_tokens,
-                line.measured_token_share,
-                line.measured_request_share,
-                line.costed_token_share,
-                line.joules_per_token,
-                line.energy_cost_per_million_tokens,
-                line.gpu_cost_per_million_tokens,
-            ]
+    Each step's unrounded amount is rounded by billing.money; the invoices rounded each line
+    on its own, so what separates the two is one "rounding" step, never left implicit."""
+    billing, currency = report.billing, report.currency
+    steps: list[Step] = []
+    current = [p for p in billing.parts if p.usage_month >= report.period_start]
+    if billing.rated:
+        steps += _usage_steps(report, current)
+    else:
+        usage_minor = sum(p.amount_minor for p in current if p.part == "usage")
+        label = f"Usage invoiced (usage figures are rated in {billing_currency()})"
+        steps.append(Step("usage_invoiced", label, usage_minor))
+    included = sum(p.amount_minor for p in current if p.part == "included")
+    steps.append(Step("included", "Included tokens (plan allowance)", included))
+    fees = sum(p.amount_minor for p in current if p.part == "plan_fee")
+    steps.append(Step("plan_fees", "Plan fees (subscriptions)", fees))
+    prior: dict[datetime, int] = defaultdict(int)
+    for part in billing.parts:
+        if part.usage_month < report.period_start and part.part in ("usage", "included"):
+            prior[part.usage_month] += part.amount_minor
+    for month, minor in sorted(prior.items()):
+        steps.append(
+            Step(f"prior_{month:%Y-%m}", f"Prior-period lines: usage of {month:%Y-%m}", minor)
         )
-    for day in report.days:
-        row: list[object] = [report.period, report.currency, "day", day.day.isoformat()]
-        row += [day.day.isoformat(), day.tokens, day.energy_kwh, day.revenue, day.energy_cost]
-        row += [day.gpu_cost, day.cost, day.margin]
-        writer.writerow(row + [None] * (len(_CSV_HEADER) - len(row)))
-    return out.getvalue()
-
-
-def report_html(report: FinanceReport) -> str:
-    """A page with the charts as inline SVG and the tables: nothing loaded from elsewhere."""
-    return render_to_string(
-        "billing/report.html",
-        {
-            "report": report,
-            "summary": _summary(report),
-            "gaps": report.gaps.lines(),
-            "charts": [charts.svg(drawing, name=name) for name, drawing in _charts(report)],
-            "tables": _tables(report),
-        },
-    )
-
-
-def report_pdf(report: FinanceReport) -> bytes:
-    """The same summary, charts and tables, printable (A4 landscape)."""
-    out = io.BytesIO()
-    styles = getSampleStyleSheet()
-    styles["Heading2"].keepWithNext = 1
-    document = SimpleDocTemplate(
-        out,
-        pagesize=landscape(A4),
-        leftMargin=12 * mm,
-        rightMargin=12 * mm,
-        topMargin=12 * mm,
-        bottomMargin=12 * mm,
-        title=_title(report),
-    )
-    story: list[Any] = [Paragraph(_title(report), styles["Title"])]
-    story.append(Paragraph(" · ".join(f"{k}: {v}" for k, v in _summary(report)), styles["Normal"]))
-    for gap in report.gaps.lines():
-        story.append(Paragraph(gap, styles["Normal"]))
-    story.append(Spacer(1, 4 * mm))
-    drawings = [drawing for _, drawing in _charts(report)]
-    for pair in (drawings[i : i + 2] for i in range(0, len(drawings), 2)):
-        story.append(Table([[_scaled(d) for d in pair]], hAlign="LEFT"))
-    for title, header, rows in _tables(report):
-        story.append(Spacer(1, 4 * mm))
-        story.append(Paragraph(title, styles["Heading2"]))
-        story.append(_pdf_table([header, *rows]))
-    document.build(story)
-    return out.getvalue()
-
-
-def _title(report: FinanceReport) -> str:
-    return f"Finance report {report.period} ({report.currency})"
-
-
-def _summary(report: FinanceReport) -> list[tuple[str, str]]:
-    total, currency = report.total, report.currency
+    other = sum(p.amount_minor for p in billing.parts if p.part == "other")
+    if other:
+        steps.append(Step("other", "Other lines on the invoices", other))
+    rounding = billing.invoiced_minor - sum(step.minor for step in steps)
+    if rounding:
+        note = "the invoices round each line to the minor unit (billing.money)"
+        steps.append(Step("rounding", "Rounding", rounding, note))
+    invoices, notes = billing.invoices, billing.credit_notes
+    invoiced = f"Invoiced revenue (the month's {len(invoices)} invoices in {currency})"
     return [
-        ("Revenue", _revenue(total, currency)),
-        ("Energy cost", _money(total.energy_cost, currency)),
-        ("GPU cost", _money(total.gpu_cost, currency)),
-        ("Margin", _margin(total, currency)),
-        ("Margin % (priced usage)", _percent(total.margin_pct)),
-        ("Tokens", f"{total.tokens:,}"),
-        ("Unpriced tokens", f"{total.unpriced_tokens:,}"),
-        ("Cost per 1M tokens", _unit_cost(total.cost_per_million_tokens, currency)),
-        ("Tokens per kWh", _count(total.tokens_per_kwh)),
-        ("Joules per token", _ratio(total.joules_per_token)),
-        ("Energy measured", _coverage(total, requests=True)),
-        ("Tokens with a cost model", _share(total.costed_token_share)),
+        *steps,
+        Step("invoiced", invoiced, billing.invoiced_minor, total=True),
+        Step("credit_notes", f"Credit notes ({len(notes)})", billing.credited_minor),
+        Step("net_billed", "Net billed", billing.net_minor, total=True),
     ]
 
 
-_HEADER = [
-    "",
-    "tokens",
-    "kWh",
-    "revenue",
-    "energy cost",
-    "GPU cost",
-    "margin",
-    "margin %",
-    "cost / 1M tokens",
-    "tokens / kWh",
-    "energy measured (tokens · requests)",
-    "unpriced tokens",
-]
-Tables = list[tuple[str, list[str], list[list[str]]]]
-
-
-def _tables(report: FinanceReport) -> Tables:
-    tables: Tables = []
-    for dimension in DIMENSIONS:
-        rows = [_cells(line, report.currency) for line in report.lines[dimension]]
-        tables.append((f"By {dimension}", [dimension, *_HEADER[1:]], rows))
-    tables.append(("Total", _HEADER, [_cells(report.total, report.currency)]))
-    return tables
-
-
-def _cells(line: Line, currency: str) -> list[str]:
-    return [
-        line.label,
-        f"{line.tokens:,}",
-        _quantity(line.energy_kwh),
-        _revenue(line, currency),
-        _money(line.energy_cost, currency),
-        _money(line.gpu_cost, currency),
-        _margin(line, currency),
-        _percent(line.margin_pct),
-        _unit_cost(line.cost_per_million_tokens, currency),
-        _count(line.tokens_per_kwh),
-        _coverage(line),
-        f"{line.unpriced_tokens:,}",
+def _usage_steps(report: FinanceReport, current: list[Part]) -> list[Step]:
+    """List price (the rollups' margins), less what of the month's usage is not on its
+    invoices, so that what is left is the usage the invoices billed."""
+    billing, total = report.billing, report.total
+    listed = total.revenue + total.unknown_revenue
+    steps = [
+        Step(
+            "list_price",
+            "Revenue at list price of all the month's usage, unknown accounts included (rollups)",
+            to_minor(listed, report.currency),
+        )
     ]
-
-
-def _charts(report: FinanceReport) -> list[tuple[str, Drawing]]:
-    def by(dimension: str, *, stacked_cost: bool = False) -> Drawing:
-        lines = [line for line in report.lines[dimension] if line.key]
-        names = [line.label for line in lines]
-        if stacked_cost:
-            return charts.bars(
-                title=f"Cost by {dimension} ({report.currency})",
-                categories=names,
-                series=[
-                    ("energy", [line.energy_cost for line in lines]),
-                    ("GPU", [line.gpu_cost for line in lines]),
-                ],
-                stacked=True,
+    ledger = sum((u.amount for u in billing.usage), Decimal(0))
+    if ledger != listed:
+        label = "Usage the margins do not hold yet (run the margin job)"
+        steps.append(Step("margins_behind", label, to_minor(ledger - listed, report.currency)))
+    unknown = billing.usage_of("unknown")
+    steps.append(
+        _deduction(
+            "unknown_accounts",
+            "Usage of unknown accounts, not invoiced",
+            unknown,
+            report.currency,
+            f"{len({u.account_id for u in unknown})} account ids not in customers",
+        )
+    )
+    unpriced = billing.usage_of("unpriced")
+    tokens = sum(u.tokens for u in unpriced)
+    steps.append(
+        Step(
+            "unpriced", "Unpriced usage (no price in force)", 0, f"{tokens:,} tokens", False, tokens
+        )
+    )
+    for kind, why in UNBILLED.items():
+        rows = billing.usage_of(kind)
+        if rows:
+            steps.append(
+                _deduction(kind, f"Usage not on these invoices: {why}", rows, report.currency)
             )
-        return charts.bars(
-            title=f"Revenue, cost and margin by {dimension} ({report.currency})",
-            categories=names,
-            series=[
-                ("revenue", [line.revenue for line in lines]),
-                ("cost", [line.cost for line in lines]),
-                ("margin", [line.margin for line in lines]),
-            ],
+    invoiced_usage = sum((p.amount for p in current if p.part == "usage"), Decimal(0))
+    billed = sum((u.amount for u in billing.usage_of("invoiced")), Decimal(0))
+    if invoiced_usage != billed:
+        label = "Invoiced usage differs from the ledger rated now (a book or record changed)"
+        steps.append(
+            Step("ledger_difference", label, to_minor(invoiced_usage - billed, report.currency))
         )
-
-    accounts = _named(report.lines["account"])[:10]
-    backends = _named(report.lines["backend"])
-    models = _named(report.lines["model"])
-    return [
-        ("tier", by("tier")),
-        ("model", by("model")),
-        (
-            "days",
-            charts.trend(
-                title=f"Revenue, cost and margin per day ({report.currency})",
-                days=[f"{day.day:%m-%d}" for day in report.days],
-                series=[
-                    ("revenue", [day.revenue for day in report.days]),
-                    ("cost", [day.cost for day in report.days]),
-                    ("margin", [day.margin for day in report.days]),
-                ],
-            ),
-        ),
-        ("backend", by("backend", stacked_cost=True)),
-        (
-            "tokens-per-kwh",
-            charts.bars(
-                title="Tokens per kWh by backend",
-                categories=[line.label for line in backends],
-                series=[("tokens per kWh", [line.tokens_per_kwh for line in backends])],
-            ),
-        ),
-        (
-            "cost-per-million",
-            charts.bars(
-                title=f"Cost per 1M tokens by model ({report.currency})",
-                categories=[line.label for line in models],
-                series=[("cost per 1M tokens", [line.cost_per_million_tokens for line in models])],
-            ),
-        ),
-        (
-            "accounts",
-            charts.ranking(
-                title=f"Top accounts by revenue ({report.currency})",
-                categories=[line.label for line in accounts],
-                values=[line.revenue for line in accounts],
-            ),
-        ),
-    ]
+    return steps
 
 
-def _named(lines: list[Line]) -> list[Line]:
-    """The lines of keys (a model, an account), not the rest or the unallocated cost."""
-    return [line for line in lines if line.key not in (None, UNALLOCATED)]
+def _deduction(key: str, label: str, rows: list[Usage], currency: str, note: str = "") -> Step:
+    tokens = sum(u.tokens for u in rows)
+    amount = sum((u.amount for u in rows), Decimal(0))
+    note = ", ".join(part for part in (f"{tokens:,} tokens", note) if part)
+    return Step(key, label, -to_minor(amount, currency), note, False, tokens)
 
 
-def _pdf_table(rows: list[list[str]]) -> Table:
-    table = Table(rows, repeatRows=1, hAlign="LEFT")
-    table.setStyle(
-        TableStyle(
-            [
-                ("FONTSIZE", (0, 0), (-1, -1), 7),
-                ("FONTNAME", (0, 0), (-1, 0), "Helvetica-Bold"),
-                ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
-                ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey),
-                ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f3f5f8")]),
-                ("TOPPADDING", (0, 0), (-1, -1), 1.5),
-                ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
-            ]
-        )
-    )
-    return table
+def ageing(report: FinanceReport) -> list[tuple[str, int, int]]:
+    """The month's outstanding invoices by days since finalised, as of the report's data:
+    (bucket, invoices, minor units)."""
+    as_of = report.data_as_of
+    buckets = [(label, 0, 0) for *_, label in AGEING] + [(AGEING_LAST, 0, 0)]
+    for document in report.billing.invoices:
+        if not document.outstanding(as_of):
+            continue
+        age = document.age_days(as_of)
+        index = next((n for n, (_, last, _) in enumerate(AGEING) if age <= last), len(AGEING))
+        label, count, minor = buckets[index]
+        buckets[index] = (label, count + 1, minor + document.total_minor)
+    return buckets
 
 
-def _scaled(drawing: Drawing) -> Drawing:
-    """Two charts side by side across a landscape A4 page."""
-    factor = 0.74
-    drawing.scale(factor, factor)
-    drawing.width, drawing.height = drawing.width * factor, drawing.height * factor
-    return drawing
+def collection(report: FinanceReport) -> list[tuple[str, int, int]]:
+    """Paid and outstanding: (state, documents, minor units) of the month's documents."""
+    as_of, billing = report.data_as_of, report.billing
+    states: dict[str, tuple[int, int]] = {}
+
+    def add(state: str, document: Document) -> None:
+        count, minor = states.get(state, (0, 0))
+        states[state] = (count + 1, minor + document.total_minor)
+
+    for document in billing.invoices:
+        if document.total_minor == 0:
+            add("nothing to collect (total zero)", document)
+        elif document.paid(as_of):
+            add("paid", document)
+        elif document.payment == Invoice.Payment.FAILED:
+            add("outstanding: payment failed", document)
+        elif document.payment in (Invoice.Payment.OPEN, Invoice.Payment.PAID):
+            add("outstanding: open at Stripe", document)  # paid, but after `as_of`
+        else:
+            add("outstanding: not sent to Stripe", document)
+    for document in billing.credit_notes:
+        add("credit notes", document)
+    return [(state, count, minor) for state, (count, minor) in states.items()]
 
 
-def _all_lines(report: FinanceReport) -> Iterator[Line]:
-    yield report.total
-    for dimension in DIMENSIONS:
-        yield from report.lines[dimension]
+def split_by_tier(report: FinanceReport) -> list[tuple[str, dict[str, int]]]:
+    """What the invoices billed per tier: usage, included tokens (a deduction), plan fees
+    (subscription), prior-period lines and the rest, in minor units; the total last."""
+    columns = ("usage", "included", "plan_fee", "prior", "other")
+    tiers: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(columns, 0))
+    for part in report.billing.parts:
+        column = part.part
+        if part.usage_month < report.period_start and part.part in ("usage", "included"):
+            column = "prior"
+        tiers[part.tier][column] += part.amount_minor
+    rows = sorted(tiers.items())
+    total = {column: sum(row[column] for _, row in rows) for column in columns}
+    return [*rows, ("total", total)] if rows else []
 
 
 # The columns of report_margins.sql that are counts: PostgreSQL sums bigints to numeric.
-_COUNTS = {3, 4, *range(9, 16)}
+_COUNTS = {3, 4, *range(9, 16), 26, 27}
 
 
 def _line(row: tuple[Any, ...]) -> Line:
     """A row of report_margins.sql, whose columns are Line's fields in order."""
-    values: list[Any] = [int(value) if n in _COUNTS else value for n, value in enumerate(row)]
+    values: list[Any] = [
+        int(value) if n in _COUNTS and value is not None else value for n, value in enumerate(row)
+    ]
     return Line(*values)
-
-
-def _day(row: tuple[Any, ...]) -> Day:
-    return Day(
-        day=row[0].date(),
-        tokens=int(row[1]),
-        energy_kwh=row[2],
-        revenue=row[3],
-        energy_cost=row[4],
-        gpu_cost=row[5],
-    )
 
 
 def _month_after(start: datetime) -> datetime:
     return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-
-
-def _money(amount: Decimal, currency: str) -> str:
-    """To the currency's minor unit by the one rounding rule (billing.money)."""
-    return f"{from_minor(to_minor(amount, currency), currency):,}"
-
-
-def _revenue(line: Line, currency: str) -> str:
-    """Usage without a price is worth an unknown amount: shown so, never as 0.00."""
-    if line.unpriced:
-        return "unpriced"
-    if line.unpriced_tokens:
-        return f"{_money(line.revenue, currency)} + unpriced"
-    return _money(line.revenue, currency)
-
-
-def _margin(line: Line, currency: str) -> str:
-    return "unpriced" if line.unpriced else _money(line.margin, currency)
-
-
-def _coverage(line: Line, *, requests: bool = False) -> str:
-    """Share of tokens (and of requests) whose energy was measured."""
-    if not line.tokens:
-        return "n/a"
-    tokens = _share(line.measured_token_share)
-    if requests:
-        return f"{tokens} of tokens, {_share(line.measured_request_share)} of requests"
-    return f"{tokens} · {_share(line.measured_request_share)}"
-
-
-def _share(value: Decimal | None) -> str:
-    return "n/a" if value is None else f"{_fixed(value * 100, 1)}%"
-
-
-def _ratio(value: Decimal | None) -> str:
-    return "n/a" if value is None else _fixed(value, 3)
-
-
-def _unit_cost(amount: Decimal | None, currency: str) -> str:
-    return "n/a" if amount is None else _fixed(amount, 4)
-
-
-def _percent(value: Decimal | None) -> str:
-    return "n/a" if value is None else f"{_fixed(value, 1)}%"
-
-
-def _quantity(value: Decimal) -> str:
-    return _fixed(value, 3)
-
-
-def _count(value: Decimal | None) -> str:
-    return "n/a" if value is None else _fixed(value, 0)
-
-
-def _fixed(value: Decimal, places: int) -> str:
-    """Ratios and quantities, shown to a few places (amounts of money go through _money)."""
-    return f"{value:,.{places}f}"

@@ -9,15 +9,16 @@ from collections.abc import Callable
 from typing import cast
 
 from django.contrib import admin
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
-
-from billing.reports import (
-    CONTENT_TYPES,
-    REPORT_FORMATS,
-    ReportFormat,
-    period_parse,
-    report_render,
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotFound,
 )
+
+from billing.report_forms import report_render
+from billing.reports import CONTENT_TYPES, REPORT_FORMATS, ReportError, ReportFormat, period_parse
 
 
 def staff_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -37,7 +38,11 @@ def finance_report(request: HttpRequest, period: str, fmt: str) -> HttpResponse:
     currency = request.GET.get("currency", "USD").upper()
     if not re.fullmatch("[A-Z]{3}", currency):
         return HttpResponseBadRequest("currency is a three-letter code (ISO 4217), e.g. USD")
-    body = report_render(period_start=period_start, currency=currency, fmt=form)
+    try:
+        body = report_render(period_start=period_start, currency=currency, fmt=form)
+    except ReportError as error:
+        # A currency the month has nothing in: said so, never a report of zeros.
+        return HttpResponseNotFound(str(error), content_type="text/plain; charset=utf-8")
     response = HttpResponse(body, content_type=CONTENT_TYPES[form])
     if fmt != "html":
         response["Content-Disposition"] = f'attachment; filename="finance-{period}.{fmt}"'

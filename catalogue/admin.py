@@ -1,8 +1,7 @@
 """The console's pages for price books, their prices and plans: editable until in force."""
 
-from typing import Any
-
 from datetime import datetime
+from typing import Any
 
 from django import forms
 from django.contrib import admin
@@ -41,7 +40,7 @@ class PlanPriceInline(_BookItemInline):
 class PriceBookForm(forms.ModelForm[PriceBook]):
     class Meta:
         model = PriceBook
-        fields = "__all__"
+        fields = ["name", "currency", "effective_from"]
 
     def clean_effective_from(self) -> datetime:
         """A book not yet in force only moves later (the database refuses the rest too): moved

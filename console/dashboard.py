@@ -19,7 +19,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from billing.reports import month_by_tier
+from billing.report_forms import month_by_tier
 from billing.selectors import billing_currency
 from customers.models import Tier
 from fleet.models import Backend

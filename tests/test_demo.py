@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from billing.reports import _CSV_HEADER
+from billing.report_forms import _CSV_HEADER
 from config import demo as demo_traffic
 from tests.support.browser import PASSWORD, chromium, shot, sign_in
 from tests.support.tfup import READY_TIMEOUT_SECONDS, TF, make_env, tf_up_running

@@ -10,7 +10,8 @@ import pytest
 from django.db import connection
 
 from billing.margins import margins_run
-from billing.reports import FinanceReport, Line, _cells, finance_report, report_csv, report_html
+from billing.report_forms import _cells, report_csv, report_html
+from billing.reports import FinanceReport, Line, finance_report
 from billing.rollups import rollups_rebuild, rollups_run
 from console.dashboard import dashboard_data
 from customers.services import account_create, tiers_ensure_defaults

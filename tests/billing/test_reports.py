@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db.models import F, Sum
 from django.test import Client
 
 from billing.margins import margins_run
 from billing.models import UsageRollup
-from billing.reports import UNALLOCATED, FinanceReport, finance_report, report_csv, report_html
+from billing.report_forms import report_csv, report_html
+from billing.reports import UNALLOCATED, FinanceReport, finance_report
 from billing.rollups import rollups_run
 from customers.services import account_create, tiers_ensure_defaults
 from metering.models import EnergyInterval, UsageRecord
@@ -174,6 +175,7 @@ def test_ratios_divide_only_the_tokens_whose_energy_was_measured(month: dict[str
         ).aggregate(joules=Sum("energy_joules"))["joules"]
         / 3_600_000
     )
+    assert premium.tokens_per_kwh is not None and premium.joules_per_token is not None
     assert float(premium.tokens_per_kwh) == pytest.approx(measured / kwh, rel=1e-9)
     assert float(premium.joules_per_token) == pytest.approx(kwh * 3_600_000 / measured, rel=1e-9)
 
@@ -224,6 +226,17 @@ def test_the_pdf_is_a_printable_document(month: dict[str, int], tmp_path: Path) 
     assert pdf.startswith(b"%PDF-1.")
     assert pdf.rstrip().endswith(b"%%EOF")
     assert len(re.findall(rb"/Type /Page\b", pdf)) >= 2
+
+
+def test_the_command_says_why_it_has_no_report_of_a_currency(
+    month: dict[str, int], tmp_path: Path
+) -> None:
+    out = tmp_path / "report.csv"
+    with pytest.raises(CommandError, match="EUR"):
+        call_command(
+            "finance_report", "--period", PERIOD, "--currency", "eur", "--output", str(out)
+        )
+    assert not out.exists()
 
 
 def test_a_month_without_margins_is_an_empty_report() -> None:

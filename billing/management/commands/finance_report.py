@@ -4,7 +4,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from billing.reports import REPORT_FORMATS, period_parse, report_render
+from billing.report_forms import report_render
+from billing.reports import REPORT_FORMATS, ReportError, period_parse
+from billing.selectors import billing_currency
 
 
 class Command(BaseCommand):
@@ -16,7 +18,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--period", required=True, help="the month, YYYY-MM")
         parser.add_argument("--format", dest="fmt", choices=REPORT_FORMATS, default="html")
-        parser.add_argument("--currency", default="USD")
+        parser.add_argument("--currency", help="billing's currency unless given")
         parser.add_argument("--output", required=True, help="a file, or - for standard output")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -24,9 +26,14 @@ class Command(BaseCommand):
             period_start = period_parse(options["period"])
         except ValueError as error:
             raise CommandError(str(error)) from None
-        body = report_render(
-            period_start=period_start, currency=options["currency"].upper(), fmt=options["fmt"]
-        )
+        try:
+            body = report_render(
+                period_start=period_start,
+                currency=(options["currency"] or billing_currency()).upper(),
+                fmt=options["fmt"],
+            )
+        except ReportError as error:
+            raise CommandError(str(error)) from None
         if options["output"] == "-":
             self.stdout.flush()
             sys.stdout.buffer.write(body)
