@@ -173,19 +173,23 @@ def _close_reported(
     late = [
         LateUsage(d.account_id, *item) for d in drafts if d.account_id in known for item in d.late
     ]
+    _late_logged("late usage billed on the next invoice", late, period=f"{period.start:%Y-%m}")
+    return CloseResult(period, finalised, unpriced, unknown, late)
+
+
+def _late_logged(message: str, late: Sequence[LateUsage], **extra: str) -> None:
     for usage in late:
         log.warning(
-            "late usage billed on the next invoice",
+            message,
             extra={
                 "account_id": usage.account_id,
                 "usage_month": f"{usage.month:%Y-%m}",
-                "period": f"{period.start:%Y-%m}",
                 "tier": usage.tier,
                 "model": usage.model,
                 "tokens": usage.tokens,
+                **extra,
             },
         )
-    return CloseResult(period, finalised, unpriced, unknown, late)
 
 
 def _late_pending() -> list[LateUsage]:
@@ -205,17 +209,7 @@ def _late_pending() -> list[LateUsage]:
         account_id=None,
     )
     late = [LateUsage(u.account_id, u.month, u.tier, u.model, u.quantities.tokens) for u in pending]
-    for usage in late:
-        log.warning(
-            "late usage waiting for the next close",
-            extra={
-                "account_id": usage.account_id,
-                "usage_month": f"{usage.month:%Y-%m}",
-                "tier": usage.tier,
-                "model": usage.model,
-                "tokens": usage.tokens,
-            },
-        )
+    _late_logged("late usage waiting for the next close", late)
     return late
 
 
