@@ -11,10 +11,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Context, Decimal, localcontext
 
+from babel.numbers import format_currency
+
 # Wide enough that no sum or product of stored amounts is ever rounded by the context.
 CONTEXT = Context(prec=60, rounding=ROUND_HALF_EVEN)
 AMOUNT_PLACES = 12
 PRICE_PLACES = 6
+# How amounts are written for people (money_text): the currency's sign, "," for thousands.
+MONEY_LOCALE = "en_US"
 
 # ISO 4217 minor-unit exponents that differ from 2.
 _EXPONENTS = {
@@ -91,6 +95,25 @@ def total_of(amounts: Iterable[Decimal]) -> Decimal:
     """The exact sum of unrounded amounts."""
     with localcontext(CONTEXT):
         return sum(amounts, Decimal(0))
+
+
+def money_text(amount: Decimal, currency: str, *, places: int | None = None) -> str:
+    """`amount` as a person reads it: the currency's sign, thousands grouped, rounded by the
+    one rule to the currency's minor unit ("$1,341.50", "-€13.41", "¥1,341"), or to `places`
+    decimals where a small amount needs more ("$0.0026")."""
+    exponent = minor_exponent(currency)
+    places = exponent if places is None else places
+    extra = places - exponent
+    shown = from_minor(to_minor(amount.scaleb(extra), currency), currency).scaleb(-extra)
+    pattern = "¤#,##0" + ("." + "0" * places if places > 0 else "")
+    return format_currency(
+        shown, currency.upper(), format=pattern, locale=MONEY_LOCALE, currency_digits=False
+    )
+
+
+def minor_text(minor: int, currency: str) -> str:
+    """An amount in minor units as a person reads it (`money_text`)."""
+    return money_text(from_minor(minor, currency), currency)
 
 
 def _scaled(amount: Decimal, currency: str) -> Decimal:

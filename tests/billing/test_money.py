@@ -5,7 +5,17 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing.money import allocate, from_minor, minor_exponent, per_million, to_minor
+import pytest
+
+from billing.money import (
+    allocate,
+    from_minor,
+    minor_exponent,
+    minor_text,
+    money_text,
+    per_million,
+    to_minor,
+)
 
 # Unrounded amounts as rating makes them: 12 places, positive or (credits) negative.
 amounts = st.decimals(
@@ -79,3 +89,25 @@ def test_one_line_is_its_own_rounding(value: Decimal, currency: str) -> None:
 @given(st.integers(min_value=-(10**15), max_value=10**15), currencies)
 def test_minor_units_round_trip(minor: int, currency: str) -> None:
     assert to_minor(from_minor(minor, currency), currency) == minor
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "places", "text"),
+    [
+        ("1341.5", "USD", None, "$1,341.50"),
+        ("-13.406", "EUR", None, "-€13.41"),
+        ("1341.5", "JPY", None, "¥1,342"),
+        ("0.125", "USD", None, "$0.12"),  # half to even, the invoices' rule
+        ("0E-12", "USD", None, "$0.00"),
+        ("0.0026", "USD", 4, "$0.0026"),
+        ("1234567.891", "KWD", None, "KWD1,234,567.891"),
+    ],
+)
+def test_money_reads_as_money(amount: str, currency: str, places: int | None, text: str) -> None:
+    assert money_text(Decimal(amount), currency, places=places) == text
+
+
+@given(st.integers(-(10**15), 10**15), st.sampled_from(["USD", "EUR", "JPY", "KWD"]))
+def test_minor_units_read_back_as_the_same_amount(minor: int, currency: str) -> None:
+    digits = "".join(c for c in minor_text(minor, currency) if c.isdigit())
+    assert int(digits) == abs(minor)
