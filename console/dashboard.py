@@ -38,6 +38,7 @@ _INVOICES = (_SQL / "dashboard_invoices.sql").read_text()
 TRAFFIC_MINUTES = 30
 LATENCY_MINUTES = 15
 MARGIN_DAYS = 30
+TOP_ACCOUNTS_HOURS = 24
 
 
 @functools.cache
@@ -49,7 +50,14 @@ def dashboard_data(*, now: datetime) -> dict[str, Any]:
     tiers = list(Tier.objects.order_by("priority").values_list("priority", "slug"))
     return {
         "at": now.isoformat(),
-        "traffic": _traffic(now - timedelta(minutes=TRAFFIC_MINUTES)),
+        # What each chart covers, so that the page can say so when one of them is empty.
+        "windows": {
+            "traffic_minutes": TRAFFIC_MINUTES,
+            "latency_minutes": LATENCY_MINUTES,
+            "margin_days": MARGIN_DAYS,
+            "top_accounts_hours": TOP_ACCOUNTS_HOURS,
+        },
+        "traffic": _traffic(since=now - timedelta(minutes=TRAFFIC_MINUTES), now=now),
         "ttft": _rows(_TTFT, {"since": now - timedelta(minutes=LATENCY_MINUTES)}),
         "admission": _admission(dict(tiers)),
         "backends": _backends(),
@@ -63,7 +71,9 @@ def dashboard_data(*, now: datetime) -> dict[str, Any]:
             period_start=now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
             currency=billing_currency(),
         ),
-        "top_accounts": _rows(_TOP_ACCOUNTS, {"since": now - timedelta(hours=24), "limit": 10}),
+        "top_accounts": _rows(
+            _TOP_ACCOUNTS, {"since": now - timedelta(hours=TOP_ACCOUNTS_HOURS), "limit": 10}
+        ),
         "invoices": _rows(_INVOICES, {}),
     }
 
@@ -86,15 +96,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _traffic(since: datetime) -> list[dict[str, Any]]:
-    return [
-        {
-            "minute": row["minute"],
-            "requests_per_s": row["requests"] / 60,
-            "tokens_per_s": int(row["tokens"]) / 60,
-        }
-        for row in _rows(_TRAFFIC, {"since": since})
-    ]
+def _traffic(*, since: datetime, now: datetime) -> list[dict[str, Any]]:
+    """Requests and tokens per second, every minute of the window: a minute without requests
+    is a zero, so the chart's time axis is the same at every refresh."""
+    counted = {
+        datetime.fromisoformat(row["minute"]): row for row in _rows(_TRAFFIC, {"since": since})
+    }
+    first = since.replace(second=0, microsecond=0)
+    minutes = int((now - first).total_seconds() // 60) + 1
+    points = []
+    for step in range(minutes):
+        minute = first + timedelta(minutes=step)
+        row = counted.get(minute, {"requests": 0, "tokens": 0})
+        points.append(
+            {
+                "minute": minute.isoformat(),
+                "requests_per_s": row["requests"] / 60,
+                "tokens_per_s": int(row["tokens"]) / 60,
+            }
+        )
+    return points
 
 
 def _admission(tier_by_class: dict[int, str]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The staff console in a real headless Chromium (Debian's chromium + chromium-driver).
 
-Each test leaves a screenshot in var/artifacts/screenshots/ (tests/support/browser.py).
+Each test leaves a screenshot in var/artifacts/screenshots/ (tests/support/browser.py). The
+dashboard has its own: test_dashboard_browser.py; every page staff use: test_screenshots.py.
 """
 
 import re
@@ -16,7 +17,7 @@ from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
 from billing.models import Invoice, InvoiceLine
 from tests.support.browser import (
@@ -28,9 +29,8 @@ from tests.support.browser import (
     signed_in,
     submit_and_wait,
 )
-from tests.support.ledger import drain
 from tests.support.servers import Server
-from tests.support.tenants import MODEL, Tenant, tenant_create
+from tests.support.tenants import MODEL, tenant_create
 from tests.support.waiting import wait_until
 
 
@@ -78,34 +78,6 @@ def test_repeated_failed_sign_ins_are_throttled(
     assert not signed_in(browser)
     assert "locked" in browser.page_source.lower()
     shot(browser, "throttled")
-
-
-def test_the_dashboard_draws_charts_from_real_traffic(
-    browser: WebDriver, gateway: Server, staff: User, tenant: Tenant
-) -> None:
-    api = openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
-    for n in range(5):
-        # Streamed answers have a time to first token; the TTFT chart draws those.
-        answer = api.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=16, stream=n < 2
-        )
-        if n < 2:
-            list(answer)  # type: ignore[call-overload]
-    drain()
-    sign_in(browser, gateway.url, staff)
-    browser.get(gateway.url + "/admin/dashboard/")
-
-    def points(chart: str) -> float:
-        script = (
-            "const c = Chart.getChart(arguments[0]);"
-            "return c ? c.data.datasets.flatMap(d => d.data).reduce((a, b) => a + (b || 0), 0) : 0;"
-        )
-        return float(browser.execute_script(script, chart))
-
-    WebDriverWait(browser, 10).until(lambda _: points("chart-traffic") > 0)
-    assert points("chart-top") > 0  # this tenant's tokens
-    assert points("chart-ttft") > 0
-    shot(browser, "dashboard")
 
 
 def test_an_issued_key_is_shown_once_and_revoking_it_makes_the_gateway_refuse_it(

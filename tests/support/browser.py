@@ -3,9 +3,11 @@
 Screenshots go to var/artifacts/screenshots/ (kept by CI as artefacts).
 """
 
+import base64
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 from django.contrib.auth.models import User
 from selenium import webdriver
@@ -110,3 +112,80 @@ def signed_in(browser: WebDriver) -> bool:
 
 def shot(browser: WebDriver, name: str) -> None:
     browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+
+
+def page_height(browser: WebDriver) -> int:
+    """How tall the page is, in CSS pixels (what a reader scrolls through)."""
+    return int(browser.execute_script("return document.body.scrollHeight"))
+
+
+def canvas_heights(browser: WebDriver) -> dict[str, int]:
+    """Each chart canvas's drawn height in CSS pixels, by the canvas's id."""
+    heights = browser.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('canvas')]"
+        ".map(c => [c.id, Math.round(c.getBoundingClientRect().height)]));"
+    )
+    return {str(name): int(height) for name, height in heights.items()}
+
+
+def chart_of(browser: WebDriver, canvas_id: str) -> dict[str, Any]:
+    """What the Chart.js chart on a canvas draws: its datasets (label, y axis, data) and its
+    scales (id, axis title, min, max, position), as the page's own Chart.getChart reads them;
+    None where the canvas has no chart."""
+    return cast(
+        dict[str, Any],
+        browser.execute_script(
+            """
+            const c = Chart.getChart(document.getElementById(arguments[0]));
+            if (!c) return null;
+            return {
+              datasets: c.data.datasets.map(d => ({
+                label: d.label, yAxisID: d.yAxisID || "y", xAxisID: d.xAxisID || "x",
+                data: d.data,
+              })),
+              scales: Object.fromEntries(Object.values(c.scales).map(s => [s.id, {
+                title: s.options.title && s.options.title.display ? s.options.title.text : null,
+                min: s.min, max: s.max, position: s.position, axis: s.axis,
+              }])),
+            };
+            """,
+            canvas_id,
+        ),
+    )
+
+
+def status_of(browser: WebDriver, path: str) -> dict[str, Any]:
+    """The HTTP status of GET `path` with the browser's session, and whether it was redirected
+    (e.g. to the sign-in page), read with the page's fetch."""
+    return cast(
+        dict[str, Any],
+        browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0], {credentials: 'same-origin'})"
+            ".then(r => done({status: r.status, redirected: r.redirected, url: r.url}))"
+            ".catch(e => done({status: 0, redirected: false, url: String(e)}));",
+            path,
+        ),
+    )
+
+
+def shot_page(browser: WebDriver, name: str, max_height: int = 8000) -> None:
+    """A screenshot of the whole page, below the window's fold too (up to `max_height` CSS
+    pixels), through the DevTools protocol."""
+    metrics = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})
+    size = metrics.get("cssContentSize") or metrics["contentSize"]
+    capture = browser.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {
+                "x": 0,
+                "y": 0,
+                "width": size["width"],
+                "height": min(size["height"], max_height),
+                "scale": 1,
+            },
+        },
+    )
+    (SCREENSHOTS / f"{name}.png").write_bytes(base64.b64decode(capture["data"]))
