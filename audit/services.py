@@ -3,10 +3,17 @@
 Every service that changes an object records one entry in the same transaction as the
 change, so the log holds exactly the changes that happened. Snapshots are the model's
 concrete fields as JSON, secrets left out.
+
+Who acted: a staff user, a key holder, or, for `manage.py` commands, the command and the OS
+account that ran it ("command:<name> by <user>", `command_actor`); "system" for jobs.
 """
 
+import getpass
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeAlias, TypeVar
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -25,6 +32,35 @@ SYSTEM = "system"
 
 # What a change arrives with: Django's request (admin) or DRF's (the API); only META is read.
 AnyRequest: TypeAlias = HttpRequest | Request
+
+# Who a change made with actor None is recorded as, while `acting_as` says (None: SYSTEM).
+_acting: ContextVar[object] = ContextVar("audit_acting", default=None)
+
+
+def command_actor(command: str) -> str:
+    """How the log names a run of `manage.py <command>`: "command:<command> by <OS user>".
+
+    A command has no signed-in user; the OS account that ran it is the one to ask.
+    """
+    return f"command:{command} by {_os_user()}"
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in the environment and no passwd entry
+        return f"uid {os.getuid()}"
+
+
+@contextmanager
+def acting_as(actor: object) -> Iterator[None]:
+    """Record `actor` for the changes made in the block by services called without an actor
+    (e.g. by a command, through helpers that take none); an explicit actor still wins."""
+    token = _acting.set(actor)
+    try:
+        yield
+    finally:
+        _acting.reset(token)
 
 
 def snapshot(instance: models.Model | None) -> dict[str, Any] | None:
@@ -101,7 +137,8 @@ def object_type(instance_or_model: models.Model | type[models.Model]) -> str:
 
 def _actor(actor: Any) -> tuple[int | None, str]:
     if actor is None:
-        return None, SYSTEM
+        acting = _acting.get()
+        return (None, SYSTEM) if acting is None else _actor(acting)
     if isinstance(actor, str):
         return None, actor
     if (key_id := getattr(actor, "key_id", None)) is not None:  # an API key (customers)
@@ -189,3 +226,28 @@ def object_delete(
             after=None,
             request=request,
         )
+
+
+@contextmanager
+def rows_audited(*, actor: object, rows: models.QuerySet[Any]) -> Iterator[None]:
+    """Audit what the block does to `rows`, for a writer that records nothing itself: one
+    create, update or delete entry per row whose snapshot changed, in one transaction with
+    the block. `rows` is read (and locked) before the block and again after it, so it must
+    select the rows by something the block keeps, such as their names.
+    """
+    with transaction.atomic():
+        before = {row.pk: snapshot(row) for row in rows.select_for_update()}
+        yield
+        after = {row.pk: snapshot(row) for row in rows.all()}
+        for pk in sorted(before.keys() | after.keys()):
+            old, new = before.get(pk), after.get(pk)
+            if old == new:
+                continue
+            audit_record(
+                actor=actor,
+                action="create" if old is None else "delete" if new is None else "update",
+                obj_type=object_type(rows.model),
+                obj_id=pk,
+                before=old,
+                after=new,
+            )

@@ -2,8 +2,8 @@
 
 The one way to write these tables: the console, the management API, the self-serve API and
 the `manage.py` commands all call these functions, each of which records its audit entry in
-the same transaction as the change (`actor` None is the system, e.g. a command). Gateways
-apply a change within GATEWAY_KEY_CACHE_SECONDS.
+the same transaction as the change (`actor` None is the system, or the command running:
+audit.commands.AuditedCommand). Gateways apply a change within GATEWAY_KEY_CACHE_SECONDS.
 """
 
 from collections.abc import Mapping
@@ -61,11 +61,16 @@ DEFAULT_TIERS = (
 )
 
 
-def tiers_ensure_defaults() -> list[Tier]:
+def tiers_ensure_defaults(*, actor: object = None) -> list[Tier]:
     """Create the default tiers that do not exist yet; never overwrites staff edits."""
-    return [
-        Tier.objects.get_or_create(slug=spec["slug"], defaults=spec)[0] for spec in DEFAULT_TIERS
-    ]
+    tiers = []
+    with transaction.atomic():
+        for spec in DEFAULT_TIERS:
+            tier, created = Tier.objects.get_or_create(slug=spec["slug"], defaults=spec)
+            if created:
+                audit_change(actor, "create", tier, None, snapshot(tier))
+            tiers.append(tier)
+    return tiers
 
 
 def account_snapshot(account: Account) -> dict[str, Any]:

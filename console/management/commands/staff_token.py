@@ -2,18 +2,20 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 
+from audit.commands import AuditedCommand
 from console.models import Scope
 from console.tokens import staff_token_issue
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = (
         "Issue a management API token for a staff user. The token is printed once and never "
         "stored; send it as `Authorization: Bearer <token>`. It can do what both its user's "
-        "permissions and its scopes (--scope read|keys|billing|fleet) allow."
+        "permissions and its scopes (--scope read|keys|billing|fleet) allow. The issue is audited "
+        "as this command, run by your OS user."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -35,7 +37,7 @@ class Command(BaseCommand):
             raise CommandError(f"{options['username']!r} is not a staff user.")
         days = options["expires_in_days"]
         issued = staff_token_issue(
-            actor="command:staff_token",
+            actor=self.actor,
             user=user,
             name=options["name"],
             expires_at=timezone.now() + timedelta(days=days) if days else None,

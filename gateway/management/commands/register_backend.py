@@ -1,14 +1,19 @@
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from audit.commands import AuditedCommand
+from audit.services import rows_audited
 from fleet.models import Backend
 from fleet.services import backend_register
 
 
-class Command(BaseCommand):
-    help = "Register (or update) an OpenAI-compatible backend."
+class Command(AuditedCommand):
+    help = (
+        "Register (or update) an OpenAI-compatible backend. Audited as this command, run by "
+        "your OS user."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name")
@@ -33,12 +38,14 @@ class Command(BaseCommand):
         self.stdout.write(f"backend {backend.name} -> {backend.base_url} {backend.public_models}")
 
     def _register(self, options: dict[str, Any]) -> Backend:
-        return backend_register(
-            name=options["name"],
-            base_url=options["base_url"],
-            upstream_model=options["upstream_model"],
-            public_models=options["models"] or [options["upstream_model"]],
-            max_concurrent_sequences=options["max_seqs"],
-            telemetry_url=options["telemetry_url"],
-            supports_priority=options["priority"],
-        )
+        # backend_register records nothing itself: the command audits the row it writes.
+        with rows_audited(actor=self.actor, rows=Backend.objects.filter(name=options["name"])):
+            return backend_register(
+                name=options["name"],
+                base_url=options["base_url"],
+                upstream_model=options["upstream_model"],
+                public_models=options["models"] or [options["upstream_model"]],
+                max_concurrent_sequences=options["max_seqs"],
+                telemetry_url=options["telemetry_url"],
+                supports_priority=options["priority"],
+            )

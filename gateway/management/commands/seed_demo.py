@@ -2,19 +2,23 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from audit.commands import AuditedCommand
+from audit.services import rows_audited
+from fleet.models import Backend
 from gateway.demo import demo_seed
 
 DEFAULT_BACKENDS = ["sim-a=http://127.0.0.1:9101", "sim-b=http://127.0.0.1:9102"]
 
 
-class Command(BaseCommand):
+class Command(AuditedCommand):
     help = (
         "Set up demo tiers, accounts (acme-research on premium, northwind-apps on interactive, "
         "hobbyist on free) and simulated backends, and issue each demo account a new key, "
         "revoking its earlier demo keys. The keys are printed once. `tf up` runs this on every "
-        "start, then seed_demo_billing for the demo's prices, costs and budget."
+        "start, then seed_demo_billing for the demo's prices, costs and budget. Every change is "
+        "audited as this command, run by your OS user."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -29,7 +33,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         backend_urls = dict(_name_url(spec) for spec in options["backends"] or DEFAULT_BACKENDS)
-        keys = demo_seed(backend_urls=backend_urls)
+        # Tiers, accounts and keys are audited by their services, as this command's run
+        # (AuditedCommand); backend registration records nothing itself, so it is audited here.
+        with rows_audited(actor=self.actor, rows=Backend.objects.filter(name__in=backend_urls)):
+            keys = demo_seed(backend_urls=backend_urls)
         if options["json"]:
             self.stdout.write(json.dumps([asdict(key) for key in keys]))
             return
