@@ -2,16 +2,21 @@
 read-only, since the meter and the energy jobs write them, except a backend's configured
 energy model and the release of a quarantined event into the ledger."""
 
+import re
+import uuid
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.forms import ModelForm
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from audit.admin_base import AuditedAdmin, ReadOnlyAdmin
+from customers.models import Account, ApiKey
 from metering.models import (
     EnergyCalibration,
     EnergyInterval,
@@ -21,13 +26,36 @@ from metering.models import (
 )
 from metering.services import ReleaseError, quarantined_event_release
 
+# What a client quotes for a request: the gateway's `x-request-id` (`req_<32 hex>`, the
+# request's UUID, gateway/app.py), or the bare UUID, with or without its dashes.
+_REQUEST_ID = re.compile(
+    r"(?:req_)?([0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})"
+)
+# Response ids (`chatcmpl-…`, `cmpl-…`) are the backend's own, not derived from the request's.
+_RESPONSE_ID = re.compile(r"(?:chatcmpl|cmpl|resp)[-_]\S+")
+
+
+def request_id_parse(text: str) -> uuid.UUID | None:
+    """The request's UUID in `text` as clients quote it: `req_<hex>` (the x-request-id
+    header) or the bare UUID with or without dashes, any case, spaces or quotes around it;
+    None for anything else."""
+    match = _REQUEST_ID.fullmatch(text.strip().strip("\"'`").lower())
+    return uuid.UUID(match.group(1)) if match else None
+
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin[UsageRecord]):
+    """The ledger, newest first. A search for a request id as the client quotes it finds the
+    request by its key (the primary key index); any other text is matched against the model,
+    the backend and the account's name. Records name their account and key by plain ids (the
+    ledger outlives what it names, so no foreign keys and no `list_select_related`): the page
+    reads the names with the records, in the same query, and shows `#id` for one deleted."""
+
     list_display = [
-        "request_id",
         "started_at",
-        "account_id",
+        "request_ref",
+        "account",
+        "api_key",
         "tier",
         "model",
         "backend",
@@ -38,8 +66,68 @@ class UsageRecordAdmin(ReadOnlyAdmin[UsageRecord]):
         "tokens_estimated",
     ]
     list_filter = ["outcome", "tier", "streamed", "tokens_estimated"]
-    search_fields = ["request_id", "model", "backend"]
+    search_fields = ["model", "backend"]
+    search_help_text = (
+        "A request id as the client sees it (the x-request-id header, req_…) or its UUID; "
+        "else a model, backend or account name."
+    )
+    readonly_fields = ["request_ref", "account", "api_key"]
+    ordering = ["-started_at"]
     date_hierarchy = "started_at"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[UsageRecord]:
+        accounts = Account.objects.filter(pk=OuterRef("account_id"))
+        keys = ApiKey.objects.filter(pk=OuterRef("api_key_id"))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                account_name=Subquery(accounts.values("name")[:1]),
+                key_name=Subquery(keys.values("name")[:1]),
+                key_ref=Subquery(keys.values("key_id")[:1]),
+            )
+        )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageRecord], search_term: str
+    ) -> tuple[QuerySet[UsageRecord], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        request_id = request_id_parse(term)
+        if request_id is not None:
+            return queryset.filter(request_id=request_id), False
+        if _RESPONSE_ID.fullmatch(term):
+            messages.info(
+                request,
+                f"{term} is a response id, which the backend chose; search by the request id "
+                "the client received in the x-request-id header (req_…).",
+            )
+        found, duplicates = super().get_search_results(request, queryset, term)
+        named = Account.objects.filter(name__icontains=term).values("pk")
+        return found | queryset.filter(account_id__in=named), duplicates
+
+    @admin.display(description="request id", ordering="request_id")
+    def request_ref(self, obj: UsageRecord) -> str:
+        """The id as the client saw it in x-request-id."""
+        return f"req_{obj.request_id.hex}"
+
+    @admin.display(description="account", ordering="account_name")
+    def account(self, obj: UsageRecord) -> str:
+        name = getattr(obj, "account_name", None)
+        if name is None:
+            return f"#{obj.account_id} (deleted)"
+        url = reverse("admin:customers_account_change", args=[obj.account_id])
+        return format_html('<a href="{}">{}</a>', url, name)
+
+    @admin.display(description="key", ordering="key_name")
+    def api_key(self, obj: UsageRecord) -> str:
+        ref = getattr(obj, "key_ref", None)
+        if ref is None:
+            return f"#{obj.api_key_id} (deleted)"
+        url = reverse("admin:customers_apikey_change", args=[obj.api_key_id])
+        name = getattr(obj, "key_name", "")
+        return format_html('<a href="{}">{} (tf_{}_…)</a>', url, name, ref)
 
 
 @admin.register(QuarantinedEvent)
@@ -51,8 +139,20 @@ class QuarantinedEventAdmin(ReadOnlyAdmin[QuarantinedEvent]):
 
     list_display = ["quarantined_at", "request_id", "stream_id", "error"]
     search_fields = ["request_id", "stream_id", "error"]
+    search_help_text = (
+        "A request id as the client sees it (req_…) or its UUID, a stream id or an error."
+    )
     date_hierarchy = "quarantined_at"
     actions = ["release_events"]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[QuarantinedEvent], search_term: str
+    ) -> tuple[QuerySet[QuarantinedEvent], bool]:
+        # The event keeps the request id as the gateway wrote it: the UUID with dashes.
+        request_id = request_id_parse(search_term)
+        if request_id is not None:
+            return queryset.filter(request_id__in=[str(request_id), request_id.hex]), False
+        return super().get_search_results(request, queryset, search_term)
 
     @admin.action(
         description="Release the selected events into the ledger as recorded (billed on the "
