@@ -1,14 +1,18 @@
-"""The console's pages for price books, their prices and plans: editable until in force."""
+"""The console's pages for price books, their prices and plans: editable until in force.
 
-from datetime import datetime
+Tiers and models are chosen from lists and a new book that would take effect at once asks
+first (catalogue/forms.py); a book's page links to a preview of what it would have charged
+last month (the console's, by URL name: the figures are billing's).
+"""
+
 from typing import Any
 
-from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.admin_base import AuditedAdmin
+from catalogue.forms import PlanPriceForm, PriceBookForm, PriceForm
 from catalogue.models import PlanPrice, Price, PriceBook
 
 
@@ -31,27 +35,12 @@ class _BookItemInline(admin.TabularInline[Any, PriceBook]):
 
 class PriceInline(_BookItemInline):
     model = Price
+    form = PriceForm
 
 
 class PlanPriceInline(_BookItemInline):
     model = PlanPrice
-
-
-class PriceBookForm(forms.ModelForm[PriceBook]):
-    class Meta:
-        model = PriceBook
-        fields = ["name", "currency", "effective_from"]
-
-    def clean_effective_from(self) -> datetime:
-        """A book not yet in force only moves later (the database refuses the rest too): moved
-        into the past it would be in force at once, over usage already rated by another book."""
-        start: datetime = self.cleaned_data["effective_from"]
-        if self.instance.pk is not None and start <= timezone.now():
-            raise forms.ValidationError(
-                "A book not yet in force can only move to a later start; "
-                "to change prices from an earlier time, create a new book."
-            )
-        return start
+    form = PlanPriceForm
 
 
 @admin.register(PriceBook)
