@@ -5,8 +5,12 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from console import admin_accounts
 from console.models import Scope, StaffToken
 from console.tokens import staff_token_revoke, staff_token_scopes_set
+
+# The account and key pages with their usage and spend this month (console/admin_accounts.py).
+admin_accounts.register(admin.site)
 
 
 class StaffTokenForm(forms.ModelForm[StaffToken]):
