@@ -4,7 +4,8 @@ A cost model in force has costed usage already; changing it would change the pas
 shown read-only and a change of costs is a new model (price books: catalogue/admin.py). Rollups,
 margins, invoices and the Stripe mirror are written by billing's jobs alone (invoices are
 closed and credited through billing.closing, which audits them). Forms are audited
-by audit.admin_base.AuditedAdmin.
+by audit.admin_base.AuditedAdmin. Money is shown by currency, rounded, with the exact amount
+in its title and on the invoice's own page (billing.admin_money).
 """
 
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from django.utils import timezone
 
 from audit.admin_base import AuditedAdmin, ReadOnlyAdmin
 from billing import closing as audited
+from billing.admin_forms import CostModelForm
+from billing.admin_money import exact_text, minor_cell, money_cell, percent_text
 from billing.models import (
     BudgetAlert,
     CostModel,
@@ -33,8 +36,9 @@ from billing.models import (
     StripeEvent,
     UsageRollup,
 )
-from billing.money import to_minor
-from billing.services import InvoiceError
+from billing.money import minor_exponent, minor_text, to_minor
+from billing.selectors import billing_currency
+from billing.services import InvoiceError, invoice_credit_left
 
 
 def _in_force(obj: CostModel | None) -> bool:
@@ -43,15 +47,24 @@ def _in_force(obj: CostModel | None) -> bool:
 
 @admin.register(CostModel)
 class CostModelAdmin(AuditedAdmin[CostModel]):
+    form = CostModelForm
     list_display = [
         "backend",
         "effective_from",
         "currency",
-        "electricity_per_kwh",
+        "electricity",
         "pue",
-        "gpu_cost_per_hour",
+        "gpu_cost",
     ]
     list_filter = ["backend", "currency"]
+
+    @admin.display(description="electricity per kWh", ordering="electricity_per_kwh")
+    def electricity(self, obj: CostModel) -> str:
+        return exact_text(obj.electricity_per_kwh, obj.currency)
+
+    @admin.display(description="GPU cost per hour", ordering="gpu_cost_per_hour")
+    def gpu_cost(self, obj: CostModel) -> str:
+        return exact_text(obj.gpu_cost_per_hour, obj.currency)
 
     def has_change_permission(self, request: HttpRequest, obj: CostModel | None = None) -> bool:
         return not _in_force(obj) and super().has_change_permission(request, obj)
@@ -60,27 +73,52 @@ class CostModelAdmin(AuditedAdmin[CostModel]):
         return not _in_force(obj) and super().has_delete_permission(request, obj)
 
 
+# What a line's unit price is per; a credit line's "price" is the amount credited.
+_PRICE_UNITS = {"request_fee": "request", "plan_fee": "month", "credit": ""}
+
+
 class InvoiceLineInline(admin.TabularInline[InvoiceLine, Invoice]):
+    """The lines as the invoice shows them: each amount rounded (its minor units) beside the
+    exact amount it rounds, and the unit price in full."""
+
     model = InvoiceLine
     extra = 0
     can_delete = False
-    readonly_fields = [
+    fields = (
         "item",
         "tier",
         "model",
         "price_book",
-        "quantity",
-        "unit_price",
-        "amount",
-        "amount_minor",
+        "quantity_shown",
+        "price",
+        "amount_shown",
+        "exact_amount",
         "usage_from",
         "usage_to",
         "stripe_item_id",
-    ]
-    fields = tuple(readonly_fields)
+    )
+    readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Invoice | None = None) -> bool:
         return False
+
+    @admin.display(description="quantity")
+    def quantity_shown(self, line: InvoiceLine) -> str:
+        return f"{line.quantity:,}"
+
+    @admin.display(description="unit price")
+    def price(self, line: InvoiceLine) -> str:
+        price = exact_text(line.unit_price, line.invoice.currency)
+        unit = _PRICE_UNITS.get(line.item, "1M tokens")
+        return f"{price} per {unit}" if unit else price
+
+    @admin.display(description="amount")
+    def amount_shown(self, line: InvoiceLine) -> str:
+        return minor_text(line.amount_minor, line.invoice.currency)
+
+    @admin.display(description="exact amount")
+    def exact_amount(self, line: InvoiceLine) -> str:
+        return exact_text(line.amount, line.invoice.currency)
 
 
 class MonthCloseForm(forms.Form):
@@ -91,27 +129,58 @@ class MonthCloseForm(forms.Form):
     )
 
 
+class CreditLinesField(forms.ModelMultipleChoiceField[InvoiceLine]):
+    """The invoice's lines, each named with what it charged."""
+
+    def label_from_instance(self, line: InvoiceLine) -> str:
+        charged = minor_text(line.amount_minor, line.invoice.currency)
+        return f"{line.item} {line.tier}/{line.model or '-'} ({line.quantity:,}): {charged}"
+
+
 class CreditNoteForm(forms.Form):
+    """What staff credit, as they think of it: whole lines, or an amount typed as a positive
+    number in the invoice's currency (billing.services.credit_note_issue negates it)."""
+
     memo = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), help_text="Why; shown on it.")
-    lines = forms.ModelMultipleChoiceField(
+    lines = CreditLinesField(
         queryset=InvoiceLine.objects.none(),
         required=False,
         widget=forms.CheckboxSelectMultiple,
         help_text="Whole lines to reverse exactly.",
     )
-    amount = forms.DecimalField(
-        required=False,
-        min_value=Decimal("0.01"),
-        help_text="Or an amount to credit (in the invoice's currency), as one line.",
-    )
+    amount = forms.DecimalField(required=False, label="Amount to credit")
 
     def __init__(self, *args: Any, invoice: Invoice, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.invoice = invoice
-        self.fields["lines"].queryset = invoice.lines.order_by("pk")  # type: ignore[attr-defined]
+        lines = invoice.lines.select_related("invoice").order_by("pk")
+        self.fields["lines"].queryset = lines  # type: ignore[attr-defined]
+        left = minor_text(invoice_credit_left(invoice=invoice), invoice.currency)
+        self.fields["amount"].help_text = (
+            f"Or an amount to credit, as one line: a positive number in {invoice.currency}, "
+            f"at most {left} (what is left to credit on this invoice)."
+        )
+
+    def clean_amount(self) -> Decimal | None:
+        amount: Decimal | None = self.cleaned_data.get("amount")
+        if amount is None:
+            return None
+        currency = self.invoice.currency
+        if amount <= 0:
+            raise forms.ValidationError(
+                "Enter the amount to credit as a positive number: the credit note subtracts "
+                "it from the invoice."
+            )
+        if to_minor(amount, currency) != amount.scaleb(minor_exponent(currency)):
+            raise forms.ValidationError(
+                f"{currency} amounts have at most {minor_exponent(currency)} decimal places."
+            )
+        return amount
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
+        if self.errors:
+            return cleaned
         if bool(cleaned.get("lines")) == (cleaned.get("amount") is not None):
             raise forms.ValidationError("Credit either whole lines or an amount.")
         return cleaned
@@ -129,14 +198,43 @@ class InvoiceAdmin(ReadOnlyAdmin[Invoice]):
         "status",
         "period_start",
         "currency",
-        "total_minor",
+        "total",
         "payment",
         "stripe_invoice_id",
     ]
     list_filter = ["status", "kind", "payment", "currency"]
+    # Its own page: the total rounded and the exact amount it rounds, in full.
+    fields = [
+        "account",
+        "kind",
+        "corrects",
+        "number",
+        "status",
+        "period_start",
+        "period_end",
+        "currency",
+        "total",
+        "exact_amount",
+        "created_at",
+        "finalised_at",
+        "memo",
+        "stripe_invoice_id",
+        "payment",
+        "paid_at",
+    ]
+    readonly_fields = ["total", "exact_amount"]
     search_fields = ["number", "account__name", "stripe_invoice_id"]
     date_hierarchy = "period_start"
     inlines = [InvoiceLineInline]
+
+    @admin.display(description="total", ordering="total_minor")
+    def total(self, invoice: Invoice) -> str:
+        return minor_cell(invoice.total_minor, invoice.amount, invoice.currency)
+
+    @admin.display(description="exact amount")
+    def exact_amount(self, invoice: Invoice) -> str:
+        """The lines' unrounded sum, which the total rounds once (half to even)."""
+        return exact_text(invoice.amount, invoice.currency)
 
     def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view
@@ -202,7 +300,7 @@ class InvoiceAdmin(ReadOnlyAdmin[Invoice]):
                     request=request,
                 )
             except InvoiceError as exc:
-                form.add_error(None, str(exc))
+                form.add_error("amount" if amount is not None else None, str(exc))
             else:
                 messages.success(request, f"Credit note {note} issued.")
                 return redirect("admin:billing_invoice_change", note.pk)
@@ -232,12 +330,25 @@ class UsageRollupAdmin(ReadOnlyAdmin[UsageRollup]):
         "model",
         "backend",
         "requests",
-        "revenue",
-        "energy_cost",
-        "gpu_cost",
+        "revenue_shown",
+        "energy_cost_shown",
+        "gpu_cost_shown",
     ]
     list_filter = ["grain", "tier", "backend"]
     date_hierarchy = "bucket"
+
+    # Rollups are rated and costed in billing's currency (billing.rollups).
+    @admin.display(description="revenue", ordering="revenue")
+    def revenue_shown(self, rollup: UsageRollup) -> str:
+        return money_cell(rollup.revenue, billing_currency())
+
+    @admin.display(description="energy cost", ordering="energy_cost")
+    def energy_cost_shown(self, rollup: UsageRollup) -> str:
+        return money_cell(rollup.energy_cost, billing_currency())
+
+    @admin.display(description="GPU cost", ordering="gpu_cost")
+    def gpu_cost_shown(self, rollup: UsageRollup) -> str:
+        return money_cell(rollup.gpu_cost, billing_currency())
 
 
 @admin.register(Margin)
@@ -247,12 +358,12 @@ class MarginAdmin(ReadOnlyAdmin[Margin]):
         "bucket",
         "dimension",
         "key",
-        "revenue",
-        "energy_cost",
-        "gpu_cost",
-        "margin",
-        "margin_pct",
-        "cost_per_million_tokens",
+        "revenue_shown",
+        "energy_cost_shown",
+        "gpu_cost_shown",
+        "margin_shown",
+        "margin_percent",
+        "cost_per_million",
         "tokens_per_kwh",
         # The coverage of those ratios, and what has no price (docs/billing.md, "Coverage").
         "tokens",
@@ -263,10 +374,39 @@ class MarginAdmin(ReadOnlyAdmin[Margin]):
     list_filter = ["grain", "dimension"]
     date_hierarchy = "bucket"
 
+    @admin.display(description="revenue", ordering="revenue")
+    def revenue_shown(self, margin: Margin) -> str:
+        return money_cell(margin.revenue, margin.currency)
+
+    @admin.display(description="energy cost", ordering="energy_cost")
+    def energy_cost_shown(self, margin: Margin) -> str:
+        return money_cell(margin.energy_cost, margin.currency)
+
+    @admin.display(description="GPU cost", ordering="gpu_cost")
+    def gpu_cost_shown(self, margin: Margin) -> str:
+        return money_cell(margin.gpu_cost, margin.currency)
+
+    @admin.display(description="margin", ordering="margin")
+    def margin_shown(self, margin: Margin) -> str:
+        return money_cell(margin.margin, margin.currency)
+
+    @admin.display(description="margin %", ordering="margin_pct")
+    def margin_percent(self, margin: Margin) -> str:
+        return percent_text(margin.margin_pct)
+
+    @admin.display(description="cost per 1M tokens", ordering="cost_per_million_tokens")
+    def cost_per_million(self, margin: Margin) -> str:
+        return money_cell(margin.cost_per_million_tokens, margin.currency)
+
 
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(ReadOnlyAdmin[BudgetAlert]):
-    list_display = ["account", "period_start", "percent", "spent", "created_at"]
+    list_display = ["account", "period_start", "percent", "spent_shown", "created_at"]
+
+    # Budgets are in billing's currency, the one spend is rated in (customers.models.Budget).
+    @admin.display(description="spent", ordering="spent")
+    def spent_shown(self, alert: BudgetAlert) -> str:
+        return money_cell(alert.spent, billing_currency())
 
 
 @admin.register(StripeEvent)

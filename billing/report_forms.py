@@ -119,7 +119,9 @@ def report_csv(report: FinanceReport) -> str:
     """Every figure unrounded, one row per key and per day, the total first; then the
     reconciliation, the invoice register, the invoices' split, paid and outstanding with
     the ageing, and the usage not invoiced, each row named by its `dimension`. A key whose
-    usage is all unpriced has no revenue and no margin (empty), not zero."""
+    usage is all unpriced has no revenue and no margin (empty), not zero. Numbers are plain
+    decimals with every place they are kept to ("0.000000000000", never "0E-12"), which any
+    spreadsheet reads."""
     out = io.StringIO()
     writer = csv.DictWriter(out, _CSV_HEADER, lineterminator="\n")
     writer.writeheader()
@@ -129,10 +131,19 @@ def report_csv(report: FinanceReport) -> str:
         "data_as_of": report.data_as_of.isoformat(),
     }
     for line in [*_all_lines(report), *report.days]:
-        writer.writerow(base | _csv_line(line, report.currency))
+        writer.writerow(base | _csv_plain(_csv_line(line, report.currency)))
     for row in _csv_billing(report):
-        writer.writerow(base | row)
+        writer.writerow(base | _csv_plain(row))
     return out.getvalue()
+
+
+def _csv_plain(row: dict[str, object]) -> dict[str, object]:
+    """`row` with its decimals written out in full: str() of a Decimal uses exponent notation
+    for zero at 12 places and for tiny amounts ("0E-12", "1E-12"), format "f" never does."""
+    return {
+        key: format(value, "f") if isinstance(value, Decimal) else value
+        for key, value in row.items()
+    }
 
 
 def _csv_line(line: Line, currency: str) -> dict[str, object]:

@@ -46,7 +46,7 @@ from billing.jobs import (
     watermark,
 )
 from billing.models import Invoice, InvoiceLine, InvoiceNumber, JobRun
-from billing.money import from_minor
+from billing.money import from_minor, minor_text
 from billing.rating import FEE_EXEMPT, PriceList, Quantities
 
 # Re-exported for tests/billing/test_jobs_crash.py, whose worker process (a string it runs)
@@ -68,7 +68,18 @@ _LINE_COLUMNS = (
 
 
 class InvoiceError(Exception):
-    """A request billing refuses: an open period, an edit of a finalised invoice, ..."""
+    """A request billing refuses: an open period, an edit of a finalised invoice, ...
+
+    Its text is shown to the person who asked, as it is: it says what to do instead.
+    """
+
+
+class CreditTooLarge(InvoiceError):
+    """A credit note for more than is left to credit on its invoice (`left_minor`)."""
+
+    def __init__(self, message: str, *, left_minor: int) -> None:
+        super().__init__(message)
+        self.left_minor = left_minor
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +140,10 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
     now = now or timezone.now()
     period = month_of(period_start)
     if now < period.end + grace():
-        raise InvoiceError(f"{period.start:%Y-%m} is open until {period.end + grace()}")
+        raise InvoiceError(
+            f"{period.start:%Y-%m} is open until {period.end + grace():%Y-%m-%d %H:%M} UTC "
+            "(its grace window for late usage): close it after that."
+        )
     cutoff = arrivals_cutoff()
     with transaction.atomic():
         job_start("billing.invoices", wait=True)
@@ -271,26 +285,31 @@ def credit_note_issue(
     """Correct a finalised invoice: a finalised, numbered, negative document linked to it.
 
     Either whole `lines` of the invoice, whose charged minor units are reversed exactly, each
-    at most once, or an `amount_minor` (positive) credited as one line. The credits of an
-    invoice never exceed its total. Notes of one invoice are issued one at a time (its row
-    is locked), so two issued at once cannot both reverse a line.
+    at most once, or an `amount_minor` credited as one line. `amount_minor` is what is
+    credited, so it is positive (the note's total is its negation), as people type it. The
+    credits of an invoice never exceed its total (`invoice_credit_left`); what is refused
+    raises InvoiceError (CreditTooLarge where it is too much) with a message that says what
+    to enter instead. Notes of one invoice are issued one at a time (its row is locked), so
+    two issued at once cannot both reverse a line.
     """
     if (lines is None) == (amount_minor is None):
-        raise InvoiceError("credit either whole lines or an amount")
+        raise InvoiceError("Credit either whole lines or an amount: one of the two.")
+    if amount_minor is not None and amount_minor <= 0:
+        raise InvoiceError(
+            "Enter the amount to credit as a positive number: the credit note subtracts it "
+            "from the invoice."
+        )
     now = now or timezone.now()
     with transaction.atomic():
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
-        if invoice.kind != Invoice.Kind.INVOICE or invoice.status != Invoice.Status.FINALISED:
-            raise InvoiceError("only a finalised invoice can be corrected")
+        _creditable(invoice)
         credit_lines = (
             _credit_amount(invoice, amount_minor)
             if amount_minor is not None
             else _credit_lines(invoice, _uncredited(invoice, lines or []))
         )
         total_minor = sum(line.amount_minor for line in credit_lines)
-        credited = invoice.credit_notes.aggregate(total=Sum("total_minor"))["total"] or 0
-        if total_minor >= 0 or invoice.total_minor + credited + total_minor < 0:
-            raise InvoiceError("a credit note must be negative and within the invoice's total")
+        _within_total(invoice, -total_minor, by_lines=amount_minor is None)
         note = Invoice.objects.create(
             account_id=invoice.account_id,
             kind=Invoice.Kind.CREDIT_NOTE,
@@ -308,6 +327,54 @@ def credit_note_issue(
     return note
 
 
+def invoice_credit_left(*, invoice: Invoice) -> int:
+    """What may still be credited on `invoice`, in minor units: its total less its credit
+    notes (whose totals are negative)."""
+    credited = invoice.credit_notes.aggregate(total=Sum("total_minor"))["total"] or 0
+    return max(invoice.total_minor + credited, 0)
+
+
+def _creditable(invoice: Invoice) -> None:
+    if invoice.kind == Invoice.Kind.CREDIT_NOTE:
+        raise InvoiceError(
+            f"{invoice} is a credit note: credit the invoice it corrects ({invoice.corrects})."
+        )
+    if invoice.status != Invoice.Status.FINALISED:
+        raise InvoiceError(
+            f"{invoice} is a draft: only a finalised invoice can be credited; a draft changes "
+            "until its month is closed."
+        )
+
+
+def _within_total(invoice: Invoice, credit_minor: int, *, by_lines: bool) -> None:
+    """Refuse a credit of nothing, or of more than is left to credit on `invoice`."""
+    currency = invoice.currency
+    left = invoice_credit_left(invoice=invoice)
+    total, left_text = minor_text(invoice.total_minor, currency), minor_text(left, currency)
+    if credit_minor <= 0:
+        raise InvoiceError(
+            f"The lines chosen charged {minor_text(credit_minor, currency)} in all, so there "
+            "is nothing to credit: choose lines that charged something (an included-tokens "
+            "line is a discount, not a charge)."
+        )
+    if left == 0:
+        raise CreditTooLarge(
+            f"Nothing is left to credit on {invoice}: its credit notes already come to its "
+            f"total, {total}.",
+            left_minor=0,
+        )
+    if credit_minor > left:
+        asked = minor_text(credit_minor, currency)
+        raise CreditTooLarge(
+            f"The lines chosen come to {asked}, more than the {left_text} left to credit "
+            f"within the invoice's total of {total}: choose fewer lines, or credit an amount."
+            if by_lines
+            else f"{asked} is more than is left to credit: enter at most {left_text}, what is "
+            f"left within the invoice's total of {total}.",
+            left_minor=left,
+        )
+
+
 def _uncredited(invoice: Invoice, lines: Sequence[InvoiceLine]) -> list[InvoiceLine]:
     """`lines` as stored, each refused if a credit note of the invoice reversed it already.
 
@@ -315,11 +382,13 @@ def _uncredited(invoice: Invoice, lines: Sequence[InvoiceLine]) -> list[InvoiceL
     and usage span (an invoice has one line of each); the caller holds the invoice's row
     lock, so two notes issued at once see each other.
     """
-    if not lines or any(line.invoice_id != invoice.pk for line in lines):
-        raise InvoiceError("credit lines must be lines of the invoice corrected")
+    if not lines:
+        raise InvoiceError(f"Choose the lines of {invoice} to credit.")
     stored = list(invoice.lines.filter(pk__in={line.pk for line in lines}).order_by("pk"))
-    if len(stored) != len({line.pk for line in lines}):
-        raise InvoiceError("credit lines must be lines of the invoice corrected")
+    if any(line.invoice_id != invoice.pk for line in lines) or len(stored) != len(
+        {line.pk for line in lines}
+    ):
+        raise InvoiceError(f"Choose lines of {invoice}: some of those chosen are not its lines.")
     reversed_ = set(
         InvoiceLine.objects.filter(
             invoice__corrects=invoice, invoice__status=Invoice.Status.FINALISED
@@ -328,7 +397,8 @@ def _uncredited(invoice: Invoice, lines: Sequence[InvoiceLine]) -> list[InvoiceL
     for line in stored:
         if tuple(getattr(line, field) for field in _LINE_KEY) in reversed_:
             raise InvoiceError(
-                f"the {line.item} line of {line.tier}/{line.model or '-'} was credited already"
+                f"The {line.item} line of {line.tier}/{line.model or '-'} was credited already: "
+                "leave it out."
             )
     return stored
 

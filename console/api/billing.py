@@ -9,7 +9,7 @@ book is created whole, with its prices and plans, and edited only while it is a 
 from typing import Any
 
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -17,7 +17,8 @@ from rest_framework.response import Response
 
 from billing import closing as invoices
 from billing.models import Invoice, InvoiceLine
-from billing.services import InvoiceError, LateUsage
+from billing.money import minor_text
+from billing.services import CreditTooLarge, InvoiceError, LateUsage
 from catalogue import services as pricing
 from catalogue.models import PlanPrice, Price, PriceBook
 from console.api.common import actor
@@ -199,7 +200,30 @@ class PlanPriceViewSet(_BookItemViewSet):
     filterset_class = PlanPriceFilter
 
 
+@extend_schema_field({"type": "string", "example": "$13.41"})
+class MoneyTextField(serializers.Field):
+    """An amount in minor units as a person reads it ("$13.41"), beside the exact fields
+    (which stay as they are for programs): `minor` names the field, `currency` the path to
+    the currency ("invoice.currency" for a line)."""
+
+    def __init__(self, minor: str, currency: str, **kwargs: Any) -> None:
+        self.minor, self.currency_path = minor, currency.split(".")
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, value: Any) -> str:
+        currency = value
+        for name in self.currency_path:
+            currency = getattr(currency, name)
+        return minor_text(getattr(value, self.minor), str(currency))
+
+
 class InvoiceLineSerializer(serializers.ModelSerializer[InvoiceLine]):
+    amount_display = MoneyTextField(
+        "amount_minor",
+        "invoice.currency",
+        help_text="`amount_minor` as people read it, in the invoice's currency (for display).",
+    )
+
     class Meta:
         model = InvoiceLine
         fields = [
@@ -212,12 +236,20 @@ class InvoiceLineSerializer(serializers.ModelSerializer[InvoiceLine]):
             "unit_price",
             "amount",
             "amount_minor",
+            "amount_display",
             "usage_from",
             "usage_to",
         ]
 
 
 class InvoiceSerializer(serializers.ModelSerializer[Invoice]):
+    total_display = MoneyTextField(
+        "total_minor",
+        "currency",
+        help_text="`total_minor` as people read it, by currency (for display; `amount` is the "
+        "exact unrounded sum it rounds).",
+    )
+
     class Meta:
         model = Invoice
         fields = [
@@ -232,6 +264,7 @@ class InvoiceSerializer(serializers.ModelSerializer[Invoice]):
             "currency",
             "amount",
             "total_minor",
+            "total_display",
             "created_at",
             "finalised_at",
             "memo",
@@ -284,7 +317,17 @@ class CreditNoteSerializer(serializers.Serializer[Any]):
         allow_empty=False,
         max_length=10_000,
     )
-    amount_minor = serializers.IntegerField(required=False, min_value=1, max_value=2**62)
+    amount_minor = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**62,
+        help_text="The amount to credit, positive, in the invoice's minor units (450 = $4.50); "
+        "at most what is left to credit on the invoice.",
+        error_messages={
+            "min_value": "Enter the amount to credit as a positive number of minor units "
+            "(450 credits $4.50): the credit note subtracts it from the invoice."
+        },
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if ("lines" in attrs) == ("amount_minor" in attrs):
@@ -361,6 +404,11 @@ class InvoiceViewSet(
                 amount_minor=data.get("amount_minor"),
                 request=request,
             )
+        except CreditTooLarge as exc:
+            message = str(exc)
+            if "amount_minor" in data:
+                message += f" In minor units: `amount_minor` at most {exc.left_minor}."
+            raise serializers.ValidationError(message, code="invoice_refused") from exc
         except InvoiceError as exc:
             raise serializers.ValidationError(str(exc), code="invoice_refused") from exc
         return Response(InvoiceDetailSerializer(note).data, status=status.HTTP_201_CREATED)

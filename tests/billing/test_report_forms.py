@@ -4,6 +4,7 @@ axis text of a readable size) and charts one huge key does not flatten."""
 
 import csv
 import io
+import re
 from datetime import timedelta
 from decimal import Decimal
 
@@ -132,6 +133,18 @@ def test_a_sub_cent_energy_cost_is_not_shown_as_zero(month: dict[str, int]) -> N
     assert f"(: {shown})" in pdf_text(report_pdf(found))  # "Energy cost" bold, then this
     (total,) = [r for r in csv.DictReader(io.StringIO(report_csv(found))) if r["key"] == ""]
     assert Decimal(total["energy_cost"]) == energy  # the CSV keeps it unrounded
+
+
+def test_the_csv_writes_zero_and_tiny_amounts_as_plain_decimals(month: dict[str, int]) -> None:
+    text = report_csv(report())
+    rows = list(csv.DictReader(io.StringIO(text)))
+
+    cells = [cell for row in rows for cell in row.values() if cell]
+    assert not [c for c in cells if re.fullmatch(r"-?[0-9.]+[eE][-+]?[0-9]+", c)]
+    assert "0.000000000000" in cells  # a zero kept to its 12 places, not "0E-12"
+    (free,) = [r for r in rows if (r["dimension"], r["key"]) == ("tier", "free")]
+    assert Decimal(free["revenue"]) < Decimal("0.1")  # a tiny amount, written out in full
+    assert free["revenue"] == format(line(report(), "tier", "free").revenue, "f")
 
 
 # 4. Margin % only where it means something --------------------------------------------------

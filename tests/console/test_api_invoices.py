@@ -125,3 +125,39 @@ def test_a_draft_cannot_be_credited() -> None:
         format="json",
     )
     assert_error(response, 400, "invoice_refused")
+
+
+def test_invoices_carry_their_totals_as_people_read_them_beside_the_exact_fields() -> None:
+    tenant = tenant_create()
+    staff = staff_client()
+
+    (listed,) = [
+        row
+        for row in staff.get("/api/v1/invoices/").json()["results"]
+        if row["id"] == tenant.invoice.pk
+    ]
+    detail = staff.get(f"/api/v1/invoices/{tenant.invoice.pk}/").json()
+
+    assert (listed["total_minor"], listed["amount"], listed["total_display"]) == (
+        1250,
+        "12.500000000000",
+        "$12.50",
+    )
+    assert [(line["amount_minor"], line["amount_display"]) for line in detail["lines"]] == [
+        (1250, "$12.50")
+    ]
+
+
+def test_a_credit_for_more_than_is_left_says_how_much_may_be_credited() -> None:
+    tenant = tenant_create()
+    staff = staff_client()
+    url = f"/api/v1/invoices/{tenant.invoice.pk}/credit-note/"
+    staff.post(url, {"memo": "outage", "amount_minor": 250}, format="json")
+
+    refused = staff.post(url, {"memo": "again", "amount_minor": 1001}, format="json")
+    negative = staff.post(url, {"memo": "again", "amount_minor": -5}, format="json")
+
+    message = assert_error(refused, 400, "invoice_refused")["message"]
+    assert "enter at most $10.00" in message and "`amount_minor` at most 1000" in message
+    assert "positive number" in assert_error(negative, 400)["message"]
+    assert Invoice.objects.filter(corrects=tenant.invoice).count() == 1
