@@ -4,10 +4,16 @@ Rows leave PostgreSQL by `COPY (SELECT ...) TO STDOUT` in CSV, usage one day at 
 out as they come: CSV as PostgreSQL formats it, Parquet through pyarrow's streaming CSV reader,
 a row group at a time. Neither holds more than a block of rows, whatever the range, so a year
 of usage exports in the memory of a day's sort on the server and a row group here.
+
+Every surface (the API, the console, the command) starts an export with `export_started`: its
+first piece is made before anything is sent, so an export that cannot start (the query, the
+first row group) is an error its caller can answer, not an empty 200; one that fails later is
+logged and cut short (a truncated transfer, never a complete-looking file).
 """
 
 import io
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +32,8 @@ CONTENT_TYPES: dict[Format, str] = {
     "csv": "text/csv; charset=utf-8",
     "parquet": "application/vnd.apache.parquet",
 }
+
+log = logging.getLogger(__name__)
 
 _SQL = Path(__file__).parent / "sql"
 # What is handed on at once: CSV text, and rows per Parquet row group.
@@ -108,6 +116,56 @@ _EXPORTS: dict[Kind, _Export] = {
 }
 
 
+class ExportFailed(Exception):
+    """An export failed before any of it was handed on; the cause is logged and chained."""
+
+
+def export_started(
+    *,
+    kind: Kind,
+    fmt: Format,
+    since: datetime,
+    until: datetime,
+    account_id: int | None = None,
+) -> Iterator[bytes]:
+    """The export's pieces, the first one already made: a failure to start raises
+    ExportFailed here, a later one is logged and raised to whoever pulls the pieces."""
+    about = {
+        "kind": kind,
+        "format": fmt,
+        "since": since.isoformat(),
+        "until": until.isoformat(),
+        "account_id": account_id,
+    }
+    pieces = export_stream(kind=kind, fmt=fmt, since=since, until=until, account_id=account_id)
+    try:
+        first = next(pieces)
+    except Exception as error:
+        log.exception("export failed before it started", extra=about)
+        raise ExportFailed(
+            f"The {kind} export failed before any of it was sent: {error}"
+        ) from error
+    return _logged(first, pieces, about)
+
+
+def _logged(
+    first: bytes, rest: Generator[bytes, None, None], about: Mapping[str, object]
+) -> Iterator[bytes]:
+    sent = 0
+    try:
+        yield first
+        sent += len(first)
+        for piece in rest:
+            yield piece
+            sent += len(piece)
+    except Exception:
+        log.exception("export failed after it started; cut short", extra={**about, "sent": sent})
+        raise
+    finally:
+        # A reader that stops early (a closed connection) ends the COPY in progress.
+        rest.close()
+
+
 def export_stream(
     *,
     kind: Kind,
@@ -116,7 +174,7 @@ def export_stream(
     until: datetime,
     account_id: int | None = None,
     row_group_rows: int = ROW_GROUP_ROWS,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The export of [since, until), of one account or all, as successive pieces of the file."""
     export = _EXPORTS[kind]
     if fmt == "csv":
@@ -136,7 +194,9 @@ def export_write(
 ) -> int:
     """Write the export to `out` as it is produced; returns the bytes written."""
     written = 0
-    for piece in export_stream(kind=kind, fmt=fmt, since=since, until=until, account_id=account_id):
+    for piece in export_started(
+        kind=kind, fmt=fmt, since=since, until=until, account_id=account_id
+    ):
         out.write(piece)
         written += len(piece)
     return written
@@ -150,7 +210,7 @@ def _csv_pieces(
     *,
     header: bool,
     size: int,
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """CSV in pieces of about `size` bytes, window after window. COPY sends one message per
     row, so every piece ends at the end of a row."""
     pending = bytearray()
@@ -188,7 +248,7 @@ def _windows(
 
 def _parquet_stream(
     pieces: Iterator[bytes], schema: pa.Schema, row_group_rows: int
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Parquet from CSV pieces (whole rows, no header): each parsed by pyarrow as it comes, a
     row group written and handed on every `row_group_rows` rows, the footer last.
 

@@ -2,12 +2,31 @@ from django.contrib import admin
 from django.urls import include, path
 
 from billing.webhooks import stripe_webhook
+from console.admin_exports import exports_view
+from console.api.reports import finance_report
+from console.views_preview import price_book_preview
 
 urlpatterns = [
+    # Before the admin's own pages, which would take it for a book's id.
+    path(
+        "admin/catalogue/pricebook/<int:book_id>/preview/",
+        price_book_preview,
+        name="pricebook-preview",
+    ),
+    path("admin/exports/", exports_view, name="console-exports"),
     path("admin/", admin.site.urls),
     path("api/", include("console.api_urls")),
     path("billing/stripe/webhook", stripe_webhook, name="stripe-webhook"),
-    path("billing/", include("billing.urls")),
+    # A staff session or a staff token with the billing scope (console/api/reports.py).
+    path(
+        "billing/",
+        include(
+            (
+                [path("report/<str:period>.<str:fmt>", finance_report, name="finance-report")],
+                "billing",
+            )
+        ),
+    ),
 ]
 
 # Under /api/ every error Django answers itself is in the API's JSON shape; elsewhere they

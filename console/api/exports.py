@@ -1,29 +1,27 @@
 # mypy: allow-subclassing-any, allow-untyped-decorators, allow-untyped-calls
 # (DRF and django-filter have no type information installed here.)
-"""Usage and invoice exports, CSV or Parquet, streamed as billing.exports produces them.
+"""Usage and invoice exports, CSV or Parquet, streamed as billing.exports produces them
+(billing.views.export_response: pulled a piece at a time on the request's thread under ASGI).
 
-Under ASGI the pieces are pulled one at a time on the request's thread (Django's connection
-is per thread), so a year of usage never sits in memory; Django would otherwise read a
-synchronous iterator whole before sending it.
+The export's first piece is made before the response starts: an export that cannot start is
+a 500 in the API's error shape, logged, never a 200 with an empty body.
 """
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers
+from rest_framework import exceptions, serializers, status
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from billing.exports import CONTENT_TYPES, FORMATS, Kind, export_stream
+from billing.exports import CONTENT_TYPES, FORMATS, ExportFailed, Kind, export_started
 from billing.models import Invoice
+from billing.views import export_response
 from metering.models import UsageRecord
 
 # The longest range one export may cover: a year and a day.
@@ -54,7 +52,12 @@ class ExportQuerySerializer(serializers.Serializer[dict[str, Any]]):
         return attrs
 
 
-class _JsonErrorsOnly(BaseContentNegotiation):
+class ExportError(exceptions.APIException):
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    default_code = "export_failed"
+
+
+class JsonErrorsOnly(BaseContentNegotiation):
     """Errors are JSON whatever the client accepts; the file itself is not rendered by DRF."""
 
     def select_renderer(
@@ -70,7 +73,7 @@ class ExportView(APIView):
     """[from, to) of usage records (by start) or invoice lines (by period start), streamed."""
 
     kind: Kind = "usage"
-    content_negotiation_class = _JsonErrorsOnly
+    content_negotiation_class = JsonErrorsOnly
 
     @property
     def permission_model(self) -> type[UsageRecord | Invoice]:
@@ -89,25 +92,13 @@ class ExportView(APIView):
         query.is_valid(raise_exception=True)
         params = query.validated_data
         fmt = params["file_format"]
-        pieces = export_stream(
-            kind=self.kind,
-            fmt=fmt,
-            since=params["from"],
-            until=params["to"],
-            account_id=params.get("account"),
+        since, until = params["from"], params["to"]
+        try:
+            pieces = export_started(
+                kind=self.kind, fmt=fmt, since=since, until=until, account_id=params.get("account")
+            )
+        except ExportFailed as failed:
+            raise ExportError(f"{failed} The error is in the server's log.") from failed
+        return export_response(
+            request._request, pieces, kind=self.kind, fmt=fmt, since=since, until=until
         )
-        streamed = _pulled(pieces) if isinstance(request._request, ASGIRequest) else pieces
-        response = StreamingHttpResponse(streamed, content_type=CONTENT_TYPES[fmt])
-        name = f"{self.kind}-{params['from']:%Y%m%dT%H%M%S}-{params['to']:%Y%m%dT%H%M%S}.{fmt}"
-        response["Content-Disposition"] = f'attachment; filename="{name}"'
-        return response
-
-
-async def _pulled(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
-    pull = sync_to_async(_next_piece, thread_sensitive=True)
-    while (piece := await pull(pieces)) is not None:
-        yield piece
-
-
-def _next_piece(pieces: Iterator[bytes]) -> bytes | None:
-    return next(pieces, None)

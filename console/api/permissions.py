@@ -7,7 +7,8 @@ A staff request needs, all at once: an active staff user; the model permissions 
 does (`view` for every read, `add`/`change`/`delete` for writes, named per action where the
 action is not plain CRUD: issuing a key is `customers.add_apikey`, closing a month
 `billing.change_invoice`, ...); and, through a staff token, the token's scope (`read` for
-reads, the view's `token_scope` for writes). A session has no scopes but must have passed
+reads, or the view's `token_read_scope`: the finance report's is `billing`; the view's
+`token_scope` for writes). A session has no scopes but must have passed
 two-factor where the console requires it. Details: docs/console.md.
 """
 
@@ -85,10 +86,11 @@ def required_permissions(view: "APIView", method: str) -> list[str]:
 
 
 def required_scope(view: "APIView", method: str) -> str | None:
-    """The token scope a call needs: `read` for reads, else the view's area (None: no token
-    may make this change)."""
+    """The token scope a call needs: `read` for reads (or the view's `token_read_scope`, for
+    what only its area may read), else the view's area (None: no token may make this change)."""
     if method.upper() in SAFE_METHODS:
-        return Scope.READ.value
+        read_scope: str = getattr(view, "token_read_scope", Scope.READ.value)
+        return read_scope
     scope: str | None = getattr(view, "token_scope", None)
     return scope
 

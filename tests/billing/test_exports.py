@@ -11,7 +11,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
+from django.db import connection
 
 from billing.exports import CHUNK_BYTES, export_stream
 from billing.models import Invoice, InvoiceLine
@@ -290,3 +291,25 @@ def test_the_command_writes_parquet_to_a_file(ledger: None, tmp_path: Path) -> N
         str(out),
     )
     assert pq.read_table(out).num_rows == len(ledger_rows())
+
+
+def test_the_command_works_with_debug_on(ledger: None, tmp_path: Path, settings: Any) -> None:
+    settings.DEBUG = True  # Django's debug cursor wrapper takes no COPY parameters
+    out = tmp_path / "usage.csv"
+    call_command(
+        "export", "usage", "--from", "2026-03-01", "--to", "2026-03-04", "--output", str(out)
+    )
+    assert csv_rows(out.read_bytes()) == ledger_rows()
+
+
+def test_a_failed_export_leaves_no_file_and_says_why(ledger: None, tmp_path: Path) -> None:
+    out = tmp_path / "usage.parquet"
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute("ALTER TABLE metering_usagerecord RENAME COLUMN outcome TO outcome_gone")
+    with pytest.raises(CommandError, match=r"failed before any of it was sent.*outcome"):
+        call_command(
+            "export",
+            *("usage", "--from", "2026-03-01", "--to", "2026-03-04", "--format", "parquet"),
+            *("--output", str(out)),
+        )
+    assert not out.exists()

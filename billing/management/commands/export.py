@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.dateparse import parse_date, parse_datetime
 
-from billing.exports import FORMATS, KINDS, export_write
+from billing.exports import FORMATS, KINDS, ExportFailed, export_write
 
 
 def instant(text: str) -> datetime:
@@ -51,7 +51,14 @@ class Command(BaseCommand):
             except BrokenPipeError:
                 # The reader stopped early (`| head`): not an error; nothing more to say.
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except ExportFailed as failed:
+                raise CommandError(str(failed)) from failed
             return
         with open(options["output"], "wb") as out:
-            written = export_write(**export, out=out)
+            try:
+                written = export_write(**export, out=out)
+            except Exception as error:
+                # Half a file would pass for the whole export: none is left (the error is logged).
+                os.remove(options["output"])
+                raise CommandError(f"{error} ({options['output']} not written)") from error
         self.stderr.write(f"{options['output']}: {written} bytes")
