@@ -11,7 +11,8 @@ from typing import Any
 from django.db import connection, transaction
 from hypothesis import strategies as st
 
-from billing.models import CostModel
+from billing.models import CostModel, Invoice, InvoiceLine
+from billing.money import to_minor
 from catalogue.models import PlanPrice, Price, PriceBook
 from customers.models import Account
 from customers.services import account_create, tiers_ensure_defaults
@@ -78,6 +79,34 @@ def cost_model_create(backend: str, **overrides: Any) -> CostModel:
         "gpu_cost_per_hour": Decimal("12"),
     }
     return CostModel.objects.create(backend=backend, **(values | overrides))
+
+
+def invoice_with_line(
+    account: Account, *, start: datetime, amount: Decimal, model: str, tier: str = "premium"
+) -> Invoice:
+    """A draft invoice of one output line at 10 a million tokens, over the 31 days from
+    `start`, for pages to show."""
+    minor = to_minor(amount, "USD")
+    invoice = Invoice.objects.create(
+        account=account,
+        period_start=start,
+        period_end=start + timedelta(days=31),
+        amount=amount,
+        total_minor=minor,
+    )
+    InvoiceLine.objects.create(
+        invoice=invoice,
+        item=InvoiceLine.Item.OUTPUT,
+        tier=tier,
+        model=model,
+        quantity=int(amount * 100_000),
+        unit_price=Decimal(10),
+        amount=amount,
+        amount_minor=minor,
+        usage_from=start,
+        usage_to=start + timedelta(days=31),
+    )
+    return invoice
 
 
 def account_make(tier: str = "premium") -> Account:

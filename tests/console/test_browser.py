@@ -7,7 +7,7 @@ dashboard has its own: test_dashboard_browser.py; every page staff use: test_scr
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import openai
@@ -19,7 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from billing.models import Invoice, InvoiceLine
+from tests.billing.factories import invoice_with_line
 from tests.support.browser import (
     PASSWORD,
     chromium,
@@ -121,25 +121,7 @@ def test_an_issued_key_is_shown_once_and_revoking_it_makes_the_gateway_refuse_it
 def test_an_invoice_page_shows_its_lines(browser: WebDriver, gateway: Server, staff: User) -> None:
     tenant = tenant_create("premium")
     start = datetime(2026, 10, 1, tzinfo=UTC)
-    invoice = Invoice.objects.create(
-        account=tenant.account,
-        period_start=start,
-        period_end=start + timedelta(days=31),
-        amount=Decimal("12.345"),
-        total_minor=1235,
-    )
-    InvoiceLine.objects.create(
-        invoice=invoice,
-        item=InvoiceLine.Item.OUTPUT,
-        tier="premium",
-        model=MODEL,
-        quantity=1_234_500,
-        unit_price=Decimal("10"),
-        amount=Decimal("12.345"),
-        amount_minor=1235,
-        usage_from=start,
-        usage_to=start + timedelta(days=31),
-    )
+    invoice = invoice_with_line(tenant.account, start=start, amount=Decimal("12.345"), model=MODEL)
     sign_in(browser, gateway.url, staff)
     browser.get(gateway.url + f"/admin/billing/invoice/{invoice.pk}/change/")
     page = browser.page_source

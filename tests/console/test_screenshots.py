@@ -17,8 +17,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from billing.models import CostModel, Invoice, InvoiceLine
+from billing.models import CostModel
 from catalogue.services import price_book_create
+from tests.billing.factories import invoice_with_line
 from tests.support.browser import PASSWORD, chromium, shot_page, sign_in, signed_in, status_of
 from tests.support.ledger import drain
 from tests.support.servers import Server
@@ -41,25 +42,7 @@ def staff(live_db: None) -> User:
 def _pages(tenant: Tenant, staff: User) -> list[tuple[str, str]]:
     """(screenshot name, path) of each page, with something on it to see."""
     start = datetime(2026, 10, 1, tzinfo=UTC)
-    invoice = Invoice.objects.create(
-        account=tenant.account,
-        period_start=start,
-        period_end=start + timedelta(days=31),
-        amount=Decimal("13.406"),
-        total_minor=1341,
-    )
-    InvoiceLine.objects.create(
-        invoice=invoice,
-        item=InvoiceLine.Item.OUTPUT,
-        tier="premium",
-        model=MODEL,
-        quantity=1_340_600,
-        unit_price=Decimal("10"),
-        amount=Decimal("13.406"),
-        amount_minor=1341,
-        usage_from=start,
-        usage_to=start + timedelta(days=31),
-    )
+    invoice = invoice_with_line(tenant.account, start=start, amount=Decimal("13.406"), model=MODEL)
     now = timezone.now()
     book = price_book_create(
         actor=staff,
