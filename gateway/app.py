@@ -43,6 +43,7 @@ from gateway.validation import (
     InferenceRequest,
     request_parse,
 )
+from metering.events import request_ref
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class GatewayApp:
     async def _http(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         arrived = time.monotonic()
         request_id = uuid.uuid4()
-        rid = f"req_{request_id.hex}"
+        rid = request_ref(request_id)
         try:
             await self._route(scope, receive, send, arrived, request_id, rid)
         except ApiError as error:

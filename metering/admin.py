@@ -3,7 +3,6 @@ read-only, since the meter and the energy jobs write them, except a backend's co
 energy model and the release of a quarantined event into the ledger."""
 
 import re
-import uuid
 from typing import Any
 
 from django import forms
@@ -17,6 +16,7 @@ from django.utils.html import format_html
 
 from audit.admin_base import AuditedAdmin, ReadOnlyAdmin
 from customers.models import Account, ApiKey
+from metering.events import request_id_parse, request_ref
 from metering.models import (
     EnergyCalibration,
     EnergyInterval,
@@ -26,21 +26,8 @@ from metering.models import (
 )
 from metering.services import ReleaseError, quarantined_event_release
 
-# What a client quotes for a request: the gateway's `x-request-id` (`req_<32 hex>`, the
-# request's UUID, gateway/app.py), or the bare UUID, with or without its dashes.
-_REQUEST_ID = re.compile(
-    r"(?:req_)?([0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})"
-)
 # Response ids (`chatcmpl-…`, `cmpl-…`) are the backend's own, not derived from the request's.
 _RESPONSE_ID = re.compile(r"(?:chatcmpl|cmpl|resp)[-_]\S+")
-
-
-def request_id_parse(text: str) -> uuid.UUID | None:
-    """The request's UUID in `text` as clients quote it: `req_<hex>` (the x-request-id
-    header) or the bare UUID with or without dashes, any case, spaces or quotes around it;
-    None for anything else."""
-    match = _REQUEST_ID.fullmatch(text.strip().strip("\"'`").lower())
-    return uuid.UUID(match.group(1)) if match else None
 
 
 @admin.register(UsageRecord)
@@ -110,7 +97,7 @@ class UsageRecordAdmin(ReadOnlyAdmin[UsageRecord]):
     @admin.display(description="request id", ordering="request_id")
     def request_ref(self, obj: UsageRecord) -> str:
         """The id as the client saw it in x-request-id."""
-        return f"req_{obj.request_id.hex}"
+        return request_ref(obj.request_id)
 
     @admin.display(description="account", ordering="account_name")
     def account(self, obj: UsageRecord) -> str:

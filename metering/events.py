@@ -10,11 +10,19 @@ in-flight journal's keys. Every one shares the `{meter}` hash tag so the Lua scr
 one Redis Cluster slot.
 """
 
+import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from psycopg.types.json import Jsonb
+
+# What a client quotes for a request: the gateway's `x-request-id` (`req_<32 hex>`, the
+# request's UUID), or the bare UUID, with or without its dashes.
+_REQUEST_ID = re.compile(
+    r"(?:req_)?([0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})"
+)
 
 USAGE_STREAM = "{meter}:usage"
 # The gateway's in-flight journal (gateway/inflight.py, gateway/lua/inflight_*.lua):
@@ -110,3 +118,16 @@ def _record_lost(entry: dict[str, Any], progress: bytes | None) -> dict[str, Any
 
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=UTC)
+
+
+def request_ref(request_id: uuid.UUID) -> str:
+    """The request's id as its client sees it (the `x-request-id` header): `req_<32 hex>`."""
+    return f"req_{request_id.hex}"
+
+
+def request_id_parse(text: str) -> uuid.UUID | None:
+    """The request's UUID in `text` as clients quote it: `req_<hex>` (`request_ref`) or the
+    bare UUID with or without dashes, any case, spaces or quotes around it; None for anything
+    else."""
+    match = _REQUEST_ID.fullmatch(text.strip().strip("\"'`").lower())
+    return uuid.UUID(match.group(1)) if match else None

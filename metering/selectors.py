@@ -12,6 +12,8 @@ from typing import Any
 from django.db import connection
 from psycopg import AsyncConnection
 
+from metering.events import request_ref
+
 _SQL = Path(__file__).parent / "sql"
 _TOTALS = (_SQL / "account_usage.sql").read_text()
 _RECENT = (_SQL / "account_recent.sql").read_text()
@@ -43,7 +45,7 @@ async def usage_recent(
     cursor = await conn.execute(_RECENT, params)
     return [
         {
-            "request_id": f"req_{row[0].hex}",
+            "request_id": request_ref(row[0]),
             "created": int(row[1].timestamp()),
             "model": row[2],
             "endpoint": row[3],

@@ -15,7 +15,7 @@ from django.urls import reverse
 
 from customers.models import Account, ApiKey
 from customers.services import account_create, api_key_issue, tiers_ensure_defaults
-from metering.admin import request_id_parse
+from metering.events import request_id_parse
 from metering.models import QuarantinedEvent
 from tests.billing.factories import usage, usage_write
 
