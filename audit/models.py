@@ -25,10 +25,16 @@ class AuditEntry(models.Model):
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    # The customer account the change belongs to (its members read it in the portal's audit
+    # log); null for changes to no one account's objects (tiers, backends, price books).
+    account_id = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-at", "-id"]
-        indexes = [models.Index(fields=["object_type", "object_id", "-at"])]
+        indexes = [
+            models.Index(fields=["object_type", "object_id", "-at"]),
+            models.Index(fields=["account_id", "-at"]),
+        ]
         verbose_name_plural = "audit entries"
 
     def __str__(self) -> str:

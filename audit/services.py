@@ -89,6 +89,7 @@ def audit_record(
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
     request: AnyRequest | None = None,
+    account_id: int | None = None,
 ) -> AuditEntry:
     """Append one entry. `actor` is a user, an ApiKey, a string such as "system", or None.
 
@@ -99,6 +100,7 @@ def audit_record(
     """
     user_id, name = _actor(actor)
     return AuditEntry.objects.create(
+        account_id=account_id or _account_of(obj_type, obj_id, before, after),
         actor_user_id=user_id,
         actor=name,
         action=action,
@@ -110,6 +112,18 @@ def audit_record(
     )
 
 
+def _account_of(
+    obj_type: str, obj_id: object, before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> int | None:
+    """The account a change belongs to: the account itself, or what its snapshot names."""
+    if obj_type == "customers.account":
+        return int(str(obj_id))
+    for state in (after, before):
+        if state is not None and isinstance(account_id := state.get("account_id"), int):
+            return account_id
+    return None
+
+
 def audit_change(
     actor: object,
     action: str,
@@ -117,8 +131,10 @@ def audit_change(
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
     request: AnyRequest | None = None,
+    account_id: int | None = None,
 ) -> AuditEntry:
-    """Append one entry about `instance`, filed under its type and primary key."""
+    """Append one entry about `instance`, filed under its type and primary key (and under
+    `account_id`, where its snapshot does not name its account)."""
     return audit_record(
         actor=actor,
         action=action,
@@ -127,6 +143,7 @@ def audit_change(
         before=before,
         after=after,
         request=request,
+        account_id=account_id,
     )
 
 

@@ -1,4 +1,5 @@
-"""Who may call the gateway: tiers, accounts, their limit overrides, API keys and budgets.
+"""Who may call the gateway: tiers, accounts (organisations), their projects, members, limit
+overrides, API keys and budgets.
 
 The bottom of the layers: the gateway, metering, billing and the console all read these. The
 gateway's hot path reads them through small cached SQL queries (gateway/auth.py), never
@@ -104,6 +105,123 @@ class LimitOverride(LimitFields):
         return f"limits of {self.account}"
 
 
+class Project(LimitFields):
+    """A part of an account (an organisation) that owns keys: its usage, limits and budget are
+    its own, within the account's.
+
+    Every account has one default project (created with it; the one keys made before projects
+    existed were moved into). A limit field here, null for "as the account", can only narrow
+    the account's effective limit; the gateway checks both levels in one admission call. A
+    project is archived, never deleted: its usage and invoices keep naming it, and archiving
+    revokes its keys.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="projects")
+    name = models.CharField(max_length=100)
+    is_default = models.BooleanField(default=False)
+    # The project's spend cap per calendar month, in billing's currency; null: none.
+    monthly_budget = _price(null=True, blank=True)
+    budget_hard_cap = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    archived_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["account_id", "-is_default", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "name"],
+                condition=models.Q(archived_at__isnull=True),
+                name="project_name_unique_live",
+            ),
+            models.UniqueConstraint(
+                fields=["account"],
+                condition=models.Q(is_default=True),
+                name="project_one_default",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(monthly_budget__isnull=True) | models.Q(monthly_budget__gt=0),
+                name="project_budget_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Member(models.Model):
+    """A person's place in an account: who signs in to the customer portal, and as what.
+
+    owner: everything, billing included; admin: projects, keys and members; developer: the
+    keys of their projects (`projects`) and usage; billing: invoices, usage and payment.
+    """
+
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        ADMIN = "admin"
+        DEVELOPER = "developer"
+        BILLING = "billing"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    # The projects a developer works in; other roles reach every project.
+    projects = models.ManyToManyField(Project, blank=True, related_name="members")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["account_id", "created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "user"], name="member_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.account} ({self.role})"
+
+
+class Invitation(models.Model):
+    """An invitation by email to join an account in a role. The link carries a secret of which
+    only the SHA-256 is stored; it works once, until `expires_at`."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Member.Role.choices)
+    projects = models.ManyToManyField(Project, blank=True, related_name="+")
+    token_id = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    # Who invited, as the audit log names actors.
+    invited_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"invitation of {self.email} to {self.account}"
+
+
+class MemberToken(models.Model):
+    """A member's token for the customer management API: `tfm_<token_id>_<secret>`, stored as
+    its id and SHA-256 like API keys. It acts as its member, with the member's role, and dies
+    with the membership."""
+
+    member = models.ForeignKey(Member, on_delete=models.CASCADE, related_name="tokens")
+    name = models.CharField(max_length=200, blank=True)
+    token_id = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"tfm_{self.token_id}_…"
+
+
 class ApiKey(models.Model):
     """An API key. Only its public id and a SHA-256 of the whole key are stored.
 
@@ -112,6 +230,13 @@ class ApiKey(models.Model):
     """
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="api_keys")
+    # Always one of the account's projects (customers.services keeps them together).
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="api_keys")
+    # The member who made it in the portal or the customer API (null: made by staff); a
+    # member's keys are revoked when they leave the account.
+    created_by = models.ForeignKey(
+        "Member", on_delete=models.SET_NULL, null=True, blank=True, related_name="api_keys"
+    )
     name = models.CharField(max_length=200, blank=True)
     key_id = models.CharField(max_length=16, unique=True)
     secret_hash = models.CharField(max_length=64)

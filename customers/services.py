@@ -21,7 +21,7 @@ from audit.services import (
     snapshot,
 )
 from customers.keys import key_generate
-from customers.models import Account, ApiKey, LimitOverride, Tier
+from customers.models import LIMIT_FIELDS, Account, ApiKey, LimitOverride, Project, Tier
 
 # The three tiers the product sells, as created on a fresh install. Staff edit the rows after.
 DEFAULT_TIERS = (
@@ -109,6 +109,8 @@ def account_open(
         if limits is not None:
             LimitOverride.objects.create(account=account, **limits)
         audit_change(actor, "create", account, None, account_snapshot(account), request)
+        project = Project.objects.create(account=account, name=DEFAULT_PROJECT, is_default=True)
+        audit_change(actor, "create", project, None, snapshot(project), request)
     return account
 
 
@@ -172,14 +174,23 @@ def api_key_issue(
     account: Account,
     name: str = "",
     expires_at: datetime | None = None,
+    project: Project | None = None,
     actor: object = None,
     request: AnyRequest | None = None,
 ) -> IssuedKey:
-    """A new key; its plaintext is in the result only, for the caller to show once."""
+    """A new key in `project` (the account's default project if None); its plaintext is in
+    the result only, for the caller to show once."""
+    if project is None:
+        project = project_default(account)
+    elif project.account_id != account.pk:
+        raise ValueError("a key's project must be one of its account's")
+    elif project.archived_at is not None:
+        raise ValueError("an archived project takes no new keys")
     new = key_generate()
     with transaction.atomic():
         api_key = ApiKey.objects.create(
             account=account,
+            project=project,
             name=name,
             key_id=new.key_id,
             secret_hash=new.secret_hash,
@@ -219,8 +230,93 @@ def api_key_rotate(
         audit_change(actor, "rotate", old, before, snapshot(old), request)
         return api_key_issue(
             account=old.account,
+            project=old.project,
             name=old.name,
             expires_at=old.expires_at,
             actor=actor,
             request=request,
         )
+
+
+DEFAULT_PROJECT = "Default"
+
+
+def project_default(account: Account) -> Project:
+    """The account's default project (every account has one: account_open, migration 0002)."""
+    return Project.objects.get(account=account, is_default=True)
+
+
+def project_limits_check(account: Account, limits: Mapping[str, Any]) -> dict[str, str]:
+    """What is wrong with a project's limits: each must be within the account's own
+    (its override, else its tier's), which the gateway enforces as well."""
+    override = LimitOverride.objects.filter(account=account).first()
+    errors = {}
+    for name in LIMIT_FIELDS:
+        value = limits.get(name)
+        if value is None:
+            continue
+        ceiling = getattr(override, name, None) if override is not None else None
+        if ceiling is None:
+            ceiling = getattr(account.tier, name)
+        if ceiling is not None and value > ceiling:
+            errors[name] = f"At most {ceiling:,}: the account's own limit."
+    return errors
+
+
+def project_create(
+    *,
+    account: Account,
+    name: str,
+    data: Mapping[str, Any] | None = None,
+    actor: object = None,
+    request: AnyRequest | None = None,
+) -> Project:
+    """A new project in `account`; `data` may set its limits and budget."""
+    with transaction.atomic():
+        project = Project.objects.create(account=account, name=name, **dict(data or {}))
+        audit_change(actor, "create", project, None, snapshot(project), request)
+    return project
+
+
+def project_update(
+    *,
+    project: Project,
+    data: Mapping[str, Any],
+    actor: object = None,
+    request: AnyRequest | None = None,
+) -> Project:
+    """Change a live project's name, limits or budget."""
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        if locked.archived_at is not None:
+            raise ValueError("an archived project cannot be changed")
+        before = snapshot(locked)
+        for name, value in data.items():
+            setattr(locked, name, value)
+        locked.save()
+        audit_change(actor, "update", locked, before, snapshot(locked), request)
+    return locked
+
+
+def project_archive(
+    *, project: Project, actor: object = None, request: AnyRequest | None = None
+) -> Project:
+    """Archive a project and revoke its keys (gateways refuse them within their key cache
+    time). The default project is never archived: keys issued without one go there."""
+    if project.is_default:
+        raise ValueError("the default project cannot be archived")
+    with transaction.atomic():
+        locked = Project.objects.select_for_update().get(pk=project.pk)
+        if locked.archived_at is not None:
+            return locked
+        before = snapshot(locked)
+        now = timezone.now()
+        locked.archived_at = now
+        locked.save(update_fields=["archived_at"])
+        audit_change(actor, "archive", locked, before, snapshot(locked), request)
+        for key in ApiKey.objects.select_for_update().filter(project=locked, revoked_at=None):
+            key_before = snapshot(key)
+            key.revoked_at = now
+            key.save(update_fields=["revoked_at"])
+            audit_change(actor, "revoke", key, key_before, snapshot(key), request)
+    return locked

@@ -24,6 +24,9 @@ class UsageRecord(models.Model):
     request_id = models.UUIDField(primary_key=True)
     account_id = models.BigIntegerField()
     api_key_id = models.BigIntegerField()
+    # The key's project (customers.Project); null only for usage of keys deleted before
+    # projects existed.
+    project_id = models.BigIntegerField(null=True)
     tier = models.CharField(max_length=32)
     model = models.CharField(max_length=128)
     backend = models.CharField(max_length=64)

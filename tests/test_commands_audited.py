@@ -145,6 +145,7 @@ def test_seed_demo_audits_every_change_as_the_command_revocations_included() -> 
     made = {(e.object_type, e.action) for e in AuditEntry.objects.all()}
     assert made - {("customers.tier", "create")} == {
         ("customers.account", "create"),
+        ("customers.project", "create"),  # each account's default project
         ("customers.apikey", "issue"),
         ("customers.apikey", "revoke"),
         ("fleet.backend", "create"),  # once: registering it unchanged again changes nothing
