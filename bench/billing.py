@@ -301,16 +301,31 @@ _GENERATE = [
            '', %(before)s
     FROM generate_series(1, %(accounts)s) g
     """,
+    # A default project each; accounts with three keys put the third in a second project.
     """
-    INSERT INTO customers_apikey (account_id, name, key_id, secret_hash, created_at)
-    SELECT a.id, 'bench', substr(md5(a.id || '-' || k), 1, 12),
+    INSERT INTO customers_project (account_id, name, is_default, budget_hard_cap, created_at,
+        requests_per_minute, tokens_per_minute, tokens_per_day, tokens_per_month,
+        max_concurrent_requests, max_tokens_per_request, max_context_tokens)
+    SELECT a.id, p.name, p.name = 'Default', false, %(before)s, NULL, NULL, NULL, NULL, NULL,
+           NULL, NULL
+    FROM customers_account a
+    CROSS JOIN LATERAL (VALUES ('Default'), ('batch')) p (name)
+    WHERE p.name = 'Default' OR a.id %% 3 = 2
+    """,
+    """
+    INSERT INTO customers_apikey (account_id, project_id, name, key_id, secret_hash, created_at)
+    SELECT a.id, p.id, 'bench', substr(md5(a.id || '-' || k), 1, 12),
            md5(a.id || '-' || k) || md5(k || '-' || a.id), %(before)s
-    FROM customers_account a, generate_series(0, a.id %% 3) k
+    FROM customers_account a
+    CROSS JOIN LATERAL generate_series(0, a.id %% 3) k
+    JOIN customers_project p ON p.account_id = a.id
+         AND p.name = CASE WHEN k = 2 THEN 'batch' ELSE 'Default' END
     """,
     """
     CREATE TEMP TABLE bench_account ON COMMIT DROP AS
     SELECT row_number() OVER (ORDER BY a.id)::int AS n, a.id, t.slug AS tier,
-           array_agg(k.id ORDER BY k.id) AS keys, 1 + a.id %% 4 AS model_n
+           array_agg(k.id ORDER BY k.id) AS keys,
+           array_agg(k.project_id ORDER BY k.id) AS projects, 1 + a.id %% 4 AS model_n
     FROM customers_account a
     JOIN customers_tier t ON t.id = a.tier_id
     JOIN customers_apikey k ON k.account_id = a.id
@@ -375,11 +390,12 @@ SELECT s, 1 + floor(%(accounts)s * random() ^ 3)::int AS n, random() AS u_key,
 FROM generate_series(0, (%(records)s - 1) / %(session)s) s
 """
 _USAGE = """
-INSERT INTO metering_usagerecord (request_id, account_id, api_key_id, tier, model, backend,
-    endpoint, prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens,
+INSERT INTO metering_usagerecord (request_id, account_id, api_key_id, project_id, tier, model,
+    backend, endpoint, prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens,
     tokens_estimated, queue_wait_ms, ttft_ms, latency_ms, status_code, outcome, streamed,
     started_at, ended_at, energy_joules)
 SELECT md5(r.g::text)::uuid, a.id, a.keys[1 + floor(ss.u_key * cardinality(a.keys))::int],
+       a.projects[1 + floor(ss.u_key * cardinality(a.keys))::int],
        a.tier, m.model, m.backends[1 + r.g %% 2], 'chat.completions',
        r.prompt, r.cached, r.completion,
        CASE WHEN m.reasoning THEN r.completion * 3 / 5 ELSE 0 END,
@@ -400,7 +416,7 @@ JOIN bench_session ss ON ss.s = (r.g - 1) / %(session)s
 JOIN bench_account a ON a.n = ss.n
 JOIN bench_model m
   ON m.n = CASE WHEN ss.u_model < 0.8 THEN a.model_n ELSE 1 + floor(ss.u_other * 4)::int END
-ORDER BY 19
+ORDER BY 20
 """
 
 # One-minute energy intervals per backend: what the requests of the minute were attributed

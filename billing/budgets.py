@@ -7,6 +7,10 @@ Redis. An alert is recorded once per account, month and threshold (BudgetAlert's
 constraint) together with a structured log line, which is what operators route to the
 customer. The hard cap itself is the gateway's (gateway/limits.py).
 
+Projects with a `monthly_budget` get alerts the same way, at PROJECT_PERCENTS of it, recorded
+once per project, month and threshold (ProjectBudgetAlert) with a log line of their own; the
+spend is the project's usage by the same rule.
+
 A budget must be in billing's currency (customers.models.Budget.clean); one written before
 that rule, in another currency, cannot be compared with the spend without an exchange rate:
 it raises no alerts, and each run logs it so that staff set it again in billing's currency.
@@ -30,8 +34,12 @@ from customers.models import Budget
 log = logging.getLogger(__name__)
 
 _ALERTS = (Path(__file__).parent / "sql" / "budget_alerts.sql").read_text()
+_PROJECT_ALERTS = (Path(__file__).parent / "sql" / "budget_alerts_projects.sql").read_text()
+# The thresholds of a project's budget, in per cent of it.
+PROJECT_PERCENTS = (50, 80, 100)
 # One run at a time; a run that finds another under way leaves the work to it.
 _LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('billing.budget_alerts'))"
+_PROJECT_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('billing.project_budget_alerts'))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +52,23 @@ class Alert:
     currency: str
 
 
+@dataclass(frozen=True, slots=True)
+class ProjectAlert:
+    project_id: int
+    account_id: int
+    period_start: datetime
+    percent: int
+    spent: Decimal
+    monthly_budget: Decimal
+
+
 def budget_alerts_record(*, now: datetime | None = None) -> list[Alert]:
     """Record the thresholds crossed since the last run; returns the alerts recorded now.
 
     The month just ended is looked at again during the grace window, for its late usage.
     """
     now = now or datetime.now(UTC)
-    grace = timedelta(seconds=settings.BILLING.grace_seconds)
-    month = _month_start(now)
-    periods = [(month, _month_start(month + timedelta(days=32)))]
-    if now - month < grace:
-        periods.insert(0, (_month_start(month - timedelta(days=1)), month))
+    periods = _periods(now)
     _foreign_budgets_note()
     alerts: list[Alert] = []
     with transaction.atomic(), connection.cursor() as cursor:
@@ -77,6 +91,45 @@ def budget_alerts_record(*, now: datetime | None = None) -> list[Alert]:
             },
         )
     return alerts
+
+
+def project_budget_alerts_record(*, now: datetime | None = None) -> list[ProjectAlert]:
+    """Record the thresholds of projects' budgets crossed since the last run (as
+    budget_alerts_record does for accounts); returns the alerts recorded now."""
+    now = now or datetime.now(UTC)
+    alerts: list[ProjectAlert] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_PROJECT_LOCK)
+        if not cursor.fetchone()[0]:
+            return []
+        for start, end in _periods(now):
+            params = {**_params(start, end, _rolled_until()), "percents": list(PROJECT_PERCENTS)}
+            cursor.execute(_PROJECT_ALERTS, params)
+            alerts += [ProjectAlert(r[0], r[1], start, *r[2:]) for r in cursor.fetchall()]
+    for alert in alerts:
+        log.warning(
+            "project budget threshold reached",
+            extra={
+                "project_id": alert.project_id,
+                "account_id": alert.account_id,
+                "period": f"{alert.period_start:%Y-%m}",
+                "percent": alert.percent,
+                "spent": str(alert.spent),
+                "monthly_budget": str(alert.monthly_budget),
+                "currency": billing_currency(),
+            },
+        )
+    return alerts
+
+
+def _periods(now: datetime) -> list[tuple[datetime, datetime]]:
+    """The month of `now`, and the month before it while its grace window lasts."""
+    grace = timedelta(seconds=settings.BILLING.grace_seconds)
+    month = _month_start(now)
+    periods = [(month, _month_start(month + timedelta(days=32)))]
+    if now - month < grace:
+        periods.insert(0, (_month_start(month - timedelta(days=1)), month))
+    return periods
 
 
 def _foreign_budgets_note() -> None:

@@ -57,6 +57,8 @@ _EXPORTS: dict[Kind, _Export] = {
             [
                 ("request_id", pa.string()),
                 ("account_id", pa.int64()),
+                ("project_id", pa.int64()),
+                ("project_name", pa.string()),
                 ("api_key_id", pa.int64()),
                 ("tier", pa.string()),
                 ("model", pa.string()),
@@ -99,6 +101,8 @@ _EXPORTS: dict[Kind, _Export] = {
                 ("finalised_at", _TIME),
                 ("payment", pa.string()),
                 ("line_id", pa.int64()),
+                ("project_id", pa.int64()),
+                ("project_name", pa.string()),
                 ("item", pa.string()),
                 ("tier", pa.string()),
                 ("model", pa.string()),
@@ -116,6 +120,14 @@ _EXPORTS: dict[Kind, _Export] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """Whose rows: one account's or all (None), one project's or all (None)."""
+
+    account_id: int | None
+    project_id: int | None
+
+
 class ExportFailed(Exception):
     """An export failed before any of it was handed on; the cause is logged and chained."""
 
@@ -127,6 +139,7 @@ def export_started(
     since: datetime,
     until: datetime,
     account_id: int | None = None,
+    project_id: int | None = None,
 ) -> Iterator[bytes]:
     """The export's pieces, the first one already made: a failure to start raises
     ExportFailed here, a later one is logged and raised to whoever pulls the pieces."""
@@ -136,8 +149,16 @@ def export_started(
         "since": since.isoformat(),
         "until": until.isoformat(),
         "account_id": account_id,
+        "project_id": project_id,
     }
-    pieces = export_stream(kind=kind, fmt=fmt, since=since, until=until, account_id=account_id)
+    pieces = export_stream(
+        kind=kind,
+        fmt=fmt,
+        since=since,
+        until=until,
+        account_id=account_id,
+        project_id=project_id,
+    )
     try:
         first = next(pieces)
     except Exception as error:
@@ -173,13 +194,16 @@ def export_stream(
     since: datetime,
     until: datetime,
     account_id: int | None = None,
+    project_id: int | None = None,
     row_group_rows: int = ROW_GROUP_ROWS,
 ) -> Generator[bytes, None, None]:
-    """The export of [since, until), of one account or all, as successive pieces of the file."""
+    """The export of [since, until), of one account or all and one project or all, as
+    successive pieces of the file."""
     export = _EXPORTS[kind]
+    scope = _Scope(account_id, project_id)
     if fmt == "csv":
-        return _csv_pieces(export, since, until, account_id, header=True, size=CHUNK_BYTES)
-    pieces = _csv_pieces(export, since, until, account_id, header=False, size=4 * CHUNK_BYTES)
+        return _csv_pieces(export, since, until, scope, header=True, size=CHUNK_BYTES)
+    pieces = _csv_pieces(export, since, until, scope, header=False, size=4 * CHUNK_BYTES)
     return _parquet_stream(pieces, export.schema, row_group_rows)
 
 
@@ -191,11 +215,17 @@ def export_write(
     until: datetime,
     out: IO[bytes],
     account_id: int | None = None,
+    project_id: int | None = None,
 ) -> int:
     """Write the export to `out` as it is produced; returns the bytes written."""
     written = 0
     for piece in export_started(
-        kind=kind, fmt=fmt, since=since, until=until, account_id=account_id
+        kind=kind,
+        fmt=fmt,
+        since=since,
+        until=until,
+        account_id=account_id,
+        project_id=project_id,
     ):
         out.write(piece)
         written += len(piece)
@@ -206,7 +236,7 @@ def _csv_pieces(
     export: _Export,
     since: datetime,
     until: datetime,
-    account_id: int | None,
+    scope: "_Scope",
     *,
     header: bool,
     size: int,
@@ -215,7 +245,12 @@ def _csv_pieces(
     row, so every piece ends at the end of a row."""
     pending = bytearray()
     for start, end in _windows(since, until, export.window):
-        params = {"since": start, "until": end, "account_id": account_id}
+        params = {
+            "since": start,
+            "until": end,
+            "account_id": scope.account_id,
+            "project_id": scope.project_id,
+        }
         options = "FORMAT csv, HEADER true" if header else "FORMAT csv"
         header = False
         with (

@@ -1,12 +1,12 @@
 """An invoice's lines from the period's usage sums: pure, so a preview and a close agree.
 
-Lines per usage month, tier, model, price book and token class (plus the request fee), each
-with the [usage_from, usage_to) of the ledger records behind it: the period's own usage, and
-usage of earlier months that arrived after they were closed (prior-period lines, dated in their
-month); a negative "included" line per month, tier, model and book for the plan's included
-tokens, valued at the rated price of the tokens they cover; the plan's monthly fee, prorated
-to the microsecond over the time the account was open. Rounded once, by billing.money.allocate
-(docs/billing.md).
+Lines per usage month, tier, model, price book, project and token class (plus the request
+fee), each with the [usage_from, usage_to) of the ledger records behind it: the period's own
+usage, and usage of earlier months that arrived after they were closed (prior-period lines,
+dated in their month); a negative "included" line per month, tier, model, book and project for
+the plan's included tokens, valued at the rated price of the tokens they cover; the plan's
+monthly fee, prorated to the microsecond over the time the account was open. Rounded once, by
+billing.money.allocate (docs/billing.md).
 """
 
 from collections.abc import Iterable
@@ -30,7 +30,7 @@ class Period:
 @dataclass(frozen=True, slots=True)
 class UsageSum:
     """An account's usage of one month (its start), tier and model under one book (None:
-    before any book)."""
+    before any book), in one project (None: usage from before projects, or a sum of them)."""
 
     account_id: int
     month: datetime
@@ -38,6 +38,7 @@ class UsageSum:
     model: str
     book_id: int | None
     quantities: Quantities
+    project_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,8 @@ class Line:
     usage_from: datetime
     usage_to: datetime
     amount_minor: int = 0
+    # The project whose usage it bills; None for the plan fee and amounts credited.
+    project_id: int | None = None
 
 
 @dataclass
@@ -178,6 +181,7 @@ def _usage_lines(
             getattr(rated, item),
             usage_from,
             usage_to,
+            project_id=used.project_id,
         )
         for item, quantity in used.quantities.items()
         # A request fee of nothing is no line; tokens at no price are (the customer sees them).
@@ -204,6 +208,7 @@ def _included_lines(cover: UsageSum, prices: PriceList) -> list[Line]:
             -value,
             usage_from,
             usage_to,
+            project_id=cover.project_id,
         )
     ]
 

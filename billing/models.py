@@ -11,7 +11,7 @@ from typing import Any
 from django.db import models
 
 from catalogue.models import PriceBook
-from customers.models import Account
+from customers.models import Account, Project
 
 
 def _amount(**options: Any) -> "models.DecimalField[Any, Any]":
@@ -52,7 +52,7 @@ class CostModel(models.Model):
 
 
 class UsageRollup(models.Model):
-    """Rated usage summed per hour (or day) per account, key, tier, model and backend.
+    """Rated usage summed per hour (or day) per account, project, key, tier, model and backend.
 
     Rebuilt per bucket by the rollup job: a bucket inside the grace window is recomputed
     from the ledger whole, so late records are included and re-running changes nothing.
@@ -65,6 +65,9 @@ class UsageRollup(models.Model):
     grain = models.CharField(max_length=4, choices=Grain.choices)
     bucket = models.DateTimeField()
     account_id = models.BigIntegerField()
+    # The usage records' project (a key belongs to one); null for records without one (of keys
+    # deleted before projects existed) and for the backends' hours without requests.
+    project_id = models.BigIntegerField(null=True)
     api_key_id = models.BigIntegerField()
     tier = models.CharField(max_length=32)
     model = models.CharField(max_length=128)
@@ -97,6 +100,7 @@ class UsageRollup(models.Model):
                     "grain",
                     "bucket",
                     "account_id",
+                    "project_id",
                     "api_key_id",
                     "tier",
                     "model",
@@ -110,6 +114,7 @@ class UsageRollup(models.Model):
         indexes = [
             models.Index(fields=["grain", "bucket"]),
             models.Index(fields=["account_id", "grain", "bucket"]),
+            models.Index(fields=["project_id", "grain", "bucket"]),
         ]
 
     def __str__(self) -> str:
@@ -117,7 +122,11 @@ class UsageRollup(models.Model):
 
 
 class Margin(models.Model):
-    """Revenue, cost and margin per day or month along one dimension (tier, model, ...)."""
+    """Revenue, cost and margin per day or month along one dimension (tier, model, ...).
+
+    A project's key is its id (ids are unique across accounts); usage without a project
+    (records of keys deleted before projects existed) is under "(none)".
+    """
 
     class Grain(models.TextChoices):
         DAY = "day"
@@ -128,6 +137,7 @@ class Margin(models.Model):
         MODEL = "model"
         BACKEND = "backend"
         ACCOUNT = "account"
+        PROJECT = "project"
 
     grain = models.CharField(max_length=5, choices=Grain.choices)
     bucket = models.DateTimeField()
@@ -242,6 +252,12 @@ class InvoiceLine(models.Model):
         CREDIT = "credit"
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    # The project whose usage the line bills (grouped per project where the account has more
+    # than one); null for the plan fee, an amount credited, and lines from before projects.
+    # Projects are archived, never deleted, so invoices keep naming them.
+    project = models.ForeignKey(
+        Project, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
     item = models.CharField(max_length=16, choices=Item.choices)
     tier = models.CharField(max_length=32)
     model = models.CharField(max_length=128, blank=True)
@@ -288,6 +304,26 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account} {self.percent}% {self.period_start:%Y-%m}"
+
+
+class ProjectBudgetAlert(models.Model):
+    """A project's budget threshold crossed, once per project and month, like BudgetAlert."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="budget_alerts")
+    period_start = models.DateTimeField()
+    percent = models.PositiveSmallIntegerField()
+    spent = _amount()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "period_start", "percent"], name="projectbudgetalert_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project} {self.percent}% {self.period_start:%Y-%m}"
 
 
 class StripeEvent(models.Model):

@@ -2,7 +2,7 @@
 together to the cent (docs/billing.md, "Finance report").
 
 Usage: revenue at list price, cost (energy, GPU), margin and margin %, cost per 1M tokens and
-tokens per kWh, by tier, model, backend, account and day, from the margins the margin job
+tokens per kWh, by tier, model, backend, account, project and day, from the margins the margin job
 stored (billing_margin). Ratios divide only what was measured and show that coverage beside
 them; usage without a price is shown as unpriced, never as revenue of zero; usage of account
 ids that do not exist is never revenue (the close does not invoice it): it is shown apart.
@@ -40,9 +40,11 @@ CONTENT_TYPES: dict[ReportFormat, str] = {
     "csv": "text/csv; charset=utf-8",
     "pdf": "application/pdf",
 }
-DIMENSIONS = ("tier", "model", "backend", "account")
+DIMENSIONS = ("tier", "model", "backend", "account", "project")
 # The key under which every dimension holds the cost of backend hours without requests.
 UNALLOCATED = "(unallocated)"
+# The project key of usage without a project (records of keys deleted before projects).
+NO_PROJECT = "(none)"
 # Keys per dimension shown in the HTML and PDF forms (the rest in one row); the CSV has all.
 TOP = 15
 # Margin % is shown only where revenue is at least this share of the cost it is set against:
@@ -74,6 +76,7 @@ class Line:
 
     dimension: str
     key: str | None
+    # An account's name; a project's account and name ("Acme / search").
     account_name: str | None
     keys: int
     tokens: int
@@ -157,6 +160,8 @@ class Line:
             return f"{self.keys} others"
         if self.key == UNALLOCATED:
             return "unallocated (backend hours without requests)"
+        if self.dimension == "project" and self.key == NO_PROJECT:
+            return "no project (keys deleted before projects)"
         if self.unknown_account:
             return f"unknown account #{self.key} (not invoiced)"
         if self.account_name is not None:

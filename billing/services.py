@@ -63,7 +63,7 @@ _INVOICE_USAGE = (_SQL / "invoice_usage.sql").read_text()
 _INVOICE_INCLUDED = (_SQL / "invoice_included.sql").read_text()
 _LINE_COLUMNS = (
     "invoice_id, item, tier, model, price_book_id, quantity, unit_price, amount, amount_minor, "
-    "usage_from, usage_to, stripe_item_id"
+    "usage_from, usage_to, stripe_item_id, project_id"
 )
 
 
@@ -378,8 +378,8 @@ def _within_total(invoice: Invoice, credit_minor: int, *, by_lines: bool) -> Non
 def _uncredited(invoice: Invoice, lines: Sequence[InvoiceLine]) -> list[InvoiceLine]:
     """`lines` as stored, each refused if a credit note of the invoice reversed it already.
 
-    A credit note's line reverses the invoice's line with the same item, tier, model, book
-    and usage span (an invoice has one line of each); the caller holds the invoice's row
+    A credit note's line reverses the invoice's line with the same item, tier, model, book,
+    usage span and project (an invoice has one line of each); the caller holds the invoice's row
     lock, so two notes issued at once see each other.
     """
     if not lines:
@@ -403,7 +403,7 @@ def _uncredited(invoice: Invoice, lines: Sequence[InvoiceLine]) -> list[InvoiceL
     return stored
 
 
-_LINE_KEY = ("item", "tier", "model", "price_book_id", "usage_from", "usage_to")
+_LINE_KEY = ("item", "tier", "model", "price_book_id", "usage_from", "usage_to", "project_id")
 
 
 def _credit_lines(invoice: Invoice, lines: Sequence[InvoiceLine]) -> list[Line]:
@@ -419,6 +419,7 @@ def _credit_lines(invoice: Invoice, lines: Sequence[InvoiceLine]) -> list[Line]:
             line.usage_from,
             line.usage_to,
             -line.amount_minor,
+            line.project_id,
         )
         for line in lines
     ]
@@ -568,7 +569,15 @@ def _usage_sums(sql: str, **params: Any) -> list[UsageSum]:
     with connection.cursor() as cursor:
         cursor.execute(sql, {"fee_exempt": FEE_EXEMPT, **params})
         return [
-            UsageSum(row[0], row[1], row[2], row[3], row[4], Quantities(*(int(n) for n in row[5:])))
+            UsageSum(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                Quantities(*(int(n) for n in row[6:])),
+                project_id=row[5],
+            )
             for row in cursor.fetchall()
         ]
 
@@ -655,6 +664,7 @@ def _line_values(invoice_id: int, line: Line) -> tuple[Any, ...]:
         line.usage_from,
         line.usage_to,
         "",
+        line.project_id,
     )
 
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 from celery import shared_task
 from django.utils import timezone
 
-from billing.budgets import budget_alerts_record
+from billing.budgets import budget_alerts_record, project_budget_alerts_record
 from billing.margins import margins_run
 from billing.rollups import rollups_run
 from billing.services import InvoiceError, invoices_close_due
@@ -42,7 +42,8 @@ def close_invoices() -> int:
 
 @shared_task(name="billing.budget_alerts", ignore_result=True)
 def budget_alerts() -> int:
-    return len(budget_alerts_record())
+    """Accounts' and projects' budget thresholds crossed since the last run."""
+    return len(budget_alerts_record()) + len(project_budget_alerts_record())
 
 
 @shared_task(name="billing.stripe_push_invoices", ignore_result=True)

@@ -23,7 +23,7 @@ from django.utils import timezone
 from billing.exports import FORMATS, KINDS, ExportFailed, export_started
 from billing.views import export_response
 from console.api.exports import EXPORT_MAX_RANGE
-from customers.models import Account
+from customers.models import Account, Project
 
 # The permission each kind of export needs: the rows it carries.
 PERMISSIONS = {"usage": "metering.view_usagerecord", "invoices": "billing.view_invoice"}
@@ -45,6 +45,12 @@ class ExportForm(forms.Form):
     account = forms.ModelChoiceField(
         Account.objects.order_by("name"), required=False, empty_label="All accounts"
     )
+    project = forms.ModelChoiceField(
+        Project.objects.select_related("account").order_by("account__name", "name"),
+        required=False,
+        empty_label="All projects",
+        help_text="Invoices: only the lines of the project.",
+    )
     file_format = forms.ChoiceField(choices=[(f, FORMAT_NAMES[f]) for f in FORMATS])
 
     def clean(self) -> dict[str, Any]:
@@ -57,6 +63,9 @@ class ExportForm(forms.Form):
                 self.add_error(
                     "last_day", f"An export may span at most {EXPORT_MAX_RANGE.days} days."
                 )
+        account, project = cleaned.get("account"), cleaned.get("project")
+        if account and project and project.account_id != account.pk:
+            self.add_error("project", f"{project} is not a project of {account}.")
         return cleaned
 
 
@@ -83,6 +92,7 @@ def exports_page(request: HttpRequest) -> HttpResponseBase:
             since=since,
             until=until,
             account_id=account.pk if account else None,
+            project_id=export["project"].pk if export["project"] else None,
         )
     except ExportFailed as failed:
         form.add_error(None, f"{failed} The error is in the server's log.")

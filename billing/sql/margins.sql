@@ -1,6 +1,6 @@
--- The margins of [since, until) (whole UTC months), per day and per month, along each
--- dimension (tier, model, backend, account), rebuilt from the daily rollups; the caller deletes
--- the same buckets first, in the same transaction. docs/billing.md ("Margins", "Coverage"):
+-- The margins of [since, until) (whole UTC months), per day and per month, along each dimension
+-- (tier, model, backend, account, project), rebuilt from the daily rollups; the caller deletes the
+-- same buckets first, in the same transaction. docs/billing.md ("Margins", "Coverage"):
 --   tokens = prompt + completion tokens; revenue = rated at list prices (before included
 --   tokens and plan fees); margin = revenue - energy cost - GPU cost;
 --   margin_pct = (revenue - the cost of all but the unpriced usage) / revenue x 100: the
@@ -8,13 +8,14 @@
 --   cost per 1M tokens = energy cost x 1e6 / measured costed tokens + GPU cost x 1e6 / costed
 --   tokens (null without either); tokens per kWh = measured tokens / kWh (null without
 --   either, or beyond 1e15). Ratios never divide by tokens whose energy or cost is unknown.
--- Unpriced usage: the rollup rows of a request-carrying account without a price book.
--- A backend's unallocated cost (rollup rows of account 0) counts in its backend row and, under
--- the key '(unallocated)', in the other dimensions, so every dimension adds up to the same
--- totals. Months are the sums of their days.
--- Parameters: since, until, currency.
+-- Unpriced usage: the rollup rows of a request-carrying account without a price book. A backend's
+-- unallocated cost (rollup rows of account 0) counts in its backend row and, under the key
+-- '(unallocated)', in the other dimensions, so every dimension adds up to the same totals. A
+-- project's key is its id; usage without a project (records of keys deleted before projects
+-- existed) is under '(none)'. Months are the sums of their days. Parameters: since, until,
+-- currency.
 WITH base AS (
-    SELECT bucket AS day, account_id, tier, model, backend,
+    SELECT bucket AS day, account_id, project_id, tier, model, backend,
            sum(prompt_tokens + completion_tokens) AS tokens,
            sum(energy_joules::numeric) AS energy_j,
            sum(revenue) AS revenue, sum(energy_cost) AS energy_cost, sum(gpu_cost) AS gpu_cost,
@@ -28,7 +29,7 @@ WITH base AS (
     FROM billing_usagerollup,
          LATERAL (SELECT price_book_id IS NULL AND account_id <> 0 AS unpriced) AS u
     WHERE grain = 'day' AND bucket >= %(since)s AND bucket < %(until)s
-    GROUP BY 1, 2, 3, 4, 5
+    GROUP BY 1, 2, 3, 4, 5, 6
 ),
 days AS (
     SELECT b.day AS bucket, d.dimension, d.key,
@@ -45,7 +46,9 @@ days AS (
                ('model', CASE WHEN b.account_id = 0 THEN '(unallocated)' ELSE b.model END),
                ('backend', b.backend),
                ('account', CASE WHEN b.account_id = 0 THEN '(unallocated)'
-                                ELSE b.account_id::text END)
+                                ELSE b.account_id::text END),
+               ('project', CASE WHEN b.account_id = 0 THEN '(unallocated)'
+                                ELSE coalesce(b.project_id::text, '(none)') END)
     ) AS d(dimension, key)
     GROUP BY 1, 2, 3
 ),

@@ -1,6 +1,6 @@
 -- The finance report (billing/reports.py): one month's margins as the margin job stored them
--- (billing/sql/margins.sql), per dimension (tier, model, backend, account): the `top` keys by
--- revenue each, the rest summed in one row (key null; top null: every key), and the key
+-- (billing/sql/margins.sql), per dimension (tier, model, backend, account, project): the `top`
+-- keys by revenue each, the rest summed in one row (key null; top null: every key), and the key
 -- '(unallocated)' (backend hours without requests, docs/billing.md) always on its own, last;
 -- then one row per day (the backends' daily margins, every day, never cut to the top); then
 -- the month's total (every dimension adds up to it; the backends' rows are summed).
@@ -43,6 +43,7 @@ unknown AS (
     FROM billing_usagerollup r
     CROSS JOIN LATERAL (VALUES ('tier', r.tier), ('model', r.model), ('backend', r.backend),
                                ('account', r.account_id::text),
+                               ('project', coalesce(r.project_id::text, '(none)')),
                                ('day', to_char(r.bucket AT TIME ZONE 'UTC', 'YYYY-MM-DD')
                                        || ' ' || r.backend))
         AS d(dimension, key)
@@ -106,7 +107,9 @@ rows AS (
     FROM margin
     WHERE dimension = 'backend'
 )
-SELECT r.dimension, r.key, a.name AS account_name, r.keys, r.tokens, r.energy_kwh, r.revenue,
+-- account_name: an account's, or a project's account and name ("Acme / search").
+SELECT r.dimension, r.key, coalesce(a.name, pa.name || ' / ' || p.name) AS account_name,
+       r.keys, r.tokens, r.energy_kwh, r.revenue,
        r.energy_cost, r.gpu_cost, r.requests, r.measured_requests, r.measured_tokens,
        r.costed_tokens, r.costed_measured_tokens, r.unpriced_requests, r.unpriced_tokens,
        (r.revenue - (r.energy_cost + r.gpu_cost - r.unpriced_cost)) * 100
@@ -125,6 +128,8 @@ SELECT r.dimension, r.key, a.name AS account_name, r.keys, r.tokens, r.energy_kw
            AND a.id IS NULL AS unknown_account
 FROM rows r
 LEFT JOIN customers_account a ON r.dimension = 'account' AND a.id::text = r.key
-ORDER BY array_position(ARRAY['total', 'tier', 'model', 'backend', 'account', 'day'],
+LEFT JOIN customers_project p ON r.dimension = 'project' AND p.id::text = r.key
+LEFT JOIN customers_account pa ON pa.id = p.account_id
+ORDER BY array_position(ARRAY['total', 'tier', 'model', 'backend', 'account', 'project', 'day'],
                         r.dimension),
          CASE WHEN r.dimension = 'day' THEN r.key END, r.rank, r.key

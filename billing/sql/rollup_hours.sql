@@ -1,6 +1,7 @@
 -- The hourly usage rollups of [since, until), rebuilt from the ledger: inserts one row per
--- hour, account, key, tier, model, backend and price book (null: unpriced), and one row per
--- hour and backend whose cost no request carries (account 0, tier and model ''). `since` is
+-- hour, account, project (the records'; null where they carry none), key, tier, model, backend
+-- and price book (null: unpriced), and one row per hour and backend whose cost no request
+-- carries (account 0, no project, tier and model ''). `since` is
 -- a whole hour; `until` is one too, or the present inside the hour in progress, whose GPU
 -- time then counts up to `until`. The caller deletes the same hours first, in the same
 -- transaction. docs/billing.md:
@@ -33,7 +34,7 @@ WITH costs AS (
 -- request started (energy in whole millijoules: integer sums are exact and fast).
 ledger AS (
     SELECT date_trunc('hour', u.started_at, 'UTC') AS bucket,
-           u.account_id, u.api_key_id, u.tier, u.model, u.backend,
+           u.account_id, u.project_id, u.api_key_id, u.tier, u.model, u.backend,
            b.id AS book_id, c.id AS cost_id,
            count(*) AS requests,
            count(*) FILTER (WHERE u.outcome <> ALL (%(fee_exempt)s::text[])) AS fee_requests,
@@ -53,7 +54,7 @@ ledger AS (
     LEFT JOIN costs c ON c.backend = u.backend
                      AND u.started_at >= c.effective_from AND u.started_at < c.effective_to
     WHERE u.started_at >= %(since)s AND u.started_at < %(until)s
-    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 ),
 -- Priced: the book's (tier, model) row (pe), else the tier's '*' row (ps): the rule of
 -- catalogue_price_in_force, written as two hash joins because this runs once per ledger row
@@ -61,7 +62,7 @@ ledger AS (
 -- per distinct book, tier and model, 4.45-4.9 s). Summed again per rollup key, where usage
 -- of two books without a price is one unpriced row.
 usage AS (
-    SELECT l.bucket, l.account_id, l.api_key_id, l.tier, l.model, l.backend,
+    SELECT l.bucket, l.account_id, l.project_id, l.api_key_id, l.tier, l.model, l.backend,
            p.price_book_id, p.id AS price_id,
            sum(l.requests) AS requests,
            sum(l.fee_requests) AS fee_requests,
@@ -85,7 +86,7 @@ usage AS (
                               AND ps.model = '*'
     LEFT JOIN catalogue_price p ON p.id = coalesce(pe.id, ps.id)
     LEFT JOIN costs c ON c.id = l.cost_id
-    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 ),
 gpu AS (
     SELECT h.bucket, c.backend,
@@ -132,11 +133,11 @@ shared AS (
     WINDOW w AS (PARTITION BY us.bucket, us.backend)
 )
 INSERT INTO billing_usagerollup
-    (grain, bucket, account_id, api_key_id, tier, model, backend, price_book_id, requests,
-     prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens, energy_joules,
-     revenue, energy_cost, gpu_cost, measured_requests, measured_tokens, costed_tokens,
-     costed_measured_tokens)
-SELECT 'hour', s.bucket, s.account_id, s.api_key_id, s.tier, s.model, s.backend,
+    (grain, bucket, account_id, project_id, api_key_id, tier, model, backend, price_book_id,
+     requests, prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens,
+     energy_joules, revenue, energy_cost, gpu_cost, measured_requests, measured_tokens,
+     costed_tokens, costed_measured_tokens)
+SELECT 'hour', s.bucket, s.account_id, s.project_id, s.api_key_id, s.tier, s.model, s.backend,
        s.price_book_id, s.requests, s.prompt_tokens, s.cached_prompt_tokens,
        s.completion_tokens, s.reasoning_tokens,
        (s.energy_j + s.share * coalesce(o.idle_j, 0))::float8,
@@ -153,7 +154,7 @@ FROM shared s
 LEFT JOIN catalogue_price p ON p.id = s.price_id
 LEFT JOIN overhead o ON o.bucket = s.bucket AND o.backend = s.backend
 UNION ALL
-SELECT 'hour', o.bucket, 0, 0, '', '', o.backend, NULL, 0, 0, 0, 0, 0, o.idle_j::float8, 0,
+SELECT 'hour', o.bucket, 0, NULL, 0, '', '', o.backend, NULL, 0, 0, 0, 0, 0, o.idle_j::float8, 0,
        o.idle_cost, o.gpu_cost, 0, 0, 0, 0
 FROM overhead o
 WHERE NOT EXISTS (SELECT FROM usage us WHERE us.bucket = o.bucket AND us.backend = o.backend)

@@ -223,11 +223,20 @@ class InvoiceLineSerializer(serializers.ModelSerializer[InvoiceLine]):
         "invoice.currency",
         help_text="`amount_minor` as people read it, in the invoice's currency (for display).",
     )
+    project_name = serializers.CharField(
+        source="project.name",
+        read_only=True,
+        allow_null=True,
+        help_text="The project whose usage the line bills; null for the plan fee, amounts "
+        "credited and lines from before projects.",
+    )
 
     class Meta:
         model = InvoiceLine
         fields = [
             "id",
+            "project",
+            "project_name",
             "item",
             "tier",
             "model",

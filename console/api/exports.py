@@ -34,6 +34,9 @@ class ExportQuerySerializer(serializers.Serializer[dict[str, Any]]):
     account = serializers.IntegerField(
         required=False, min_value=1, max_value=2**63 - 1, help_text="One account's (default all)."
     )
+    project = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, help_text="One project's (default all)."
+    )
     file_format = serializers.ChoiceField(choices=list(FORMATS), default="csv")
 
     def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
@@ -95,7 +98,12 @@ class ExportView(APIView):
         since, until = params["from"], params["to"]
         try:
             pieces = export_started(
-                kind=self.kind, fmt=fmt, since=since, until=until, account_id=params.get("account")
+                kind=self.kind,
+                fmt=fmt,
+                since=since,
+                until=until,
+                account_id=params.get("account"),
+                project_id=params.get("project"),
             )
         except ExportFailed as failed:
             raise ExportError(f"{failed} The error is in the server's log.") from failed

@@ -130,8 +130,10 @@ def usage(
     reasoning: int = 0,
     energy: float | None = None,
     api_key_id: int | None = None,
+    project_id: int | None = None,
 ) -> dict[str, Any]:
     return {
+        "project_id": project_id,
         "request_id": uuid.uuid4(),
         "account_id": account_id,
         "api_key_id": api_key_id if api_key_id is not None else account_id * 10,
@@ -158,6 +160,22 @@ def usage(
 
 def usage_write(records: Sequence[dict[str, Any]]) -> None:
     usage_records_write(records=records)
+    _projects_set(records)
+
+
+def _projects_set(records: Sequence[dict[str, Any]]) -> None:
+    """The `project_id` of records that name one, as the gateway carries it; set after the
+    write so that these tests do not depend on whether the writer's columns have it yet."""
+    named = [(r["request_id"], r["project_id"]) for r in records if r.get("project_id")]
+    if not named:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE metering_usagerecord u SET project_id = n.project_id "
+            "FROM unnest(%s::uuid[], %s::bigint[]) AS n(request_id, project_id) "
+            "WHERE u.request_id = n.request_id",
+            [[r for r, _ in named], [p for _, p in named]],
+        )
 
 
 @contextmanager

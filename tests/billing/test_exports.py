@@ -16,12 +16,20 @@ from django.db import connection
 
 from billing.exports import CHUNK_BYTES, export_stream
 from billing.models import Invoice, InvoiceLine
-from customers.models import Account
+from customers.models import Account, Project
 from customers.services import account_create, tiers_ensure_defaults
 from metering.events import COLUMNS
 from metering.models import UsageRecord
 from metering.services import usage_records_write
 
+# The usage export's columns: the ledger's, with the project's id and name after the account.
+EXPORTED = (
+    "request_id",
+    "account_id",
+    "project_id",
+    "project_name",
+    *(c for c in COLUMNS if c not in ("request_id", "account_id", "project_id")),
+)
 SINCE = datetime(2026, 3, 1, tzinfo=UTC)
 UNTIL = datetime(2026, 3, 4, tzinfo=UTC)
 pytestmark = pytest.mark.django_db
@@ -70,18 +78,33 @@ def ledger() -> None:
     usage_records_write(records=records)
 
 
-def ledger_rows(account_id: int | None = None) -> list[dict[str, Any]]:
+def ledger_rows(
+    account_id: int | None = None, project_id: int | None = None
+) -> list[dict[str, Any]]:
     records = UsageRecord.objects.filter(started_at__gte=SINCE, started_at__lt=UNTIL)
     if account_id is not None:
         records = records.filter(account_id=account_id)
-    return list(records.order_by("started_at", "request_id").values(*COLUMNS))
+    if project_id is not None:
+        records = records.filter(project_id=project_id)
+    names = dict(Project.objects.values_list("pk", "name"))
+    rows = records.order_by("started_at", "request_id").values(*EXPORTED[:3], *EXPORTED[4:])
+    return [
+        {column: row.get(column, names.get(row["project_id"])) for column in EXPORTED}
+        for row in rows
+    ]
 
 
 def csv_rows(data: bytes) -> list[dict[str, Any]]:
     """The CSV's rows, each value read back as the ledger's type."""
-    ints = {"account_id", "api_key_id", "status_code", *(c for c in COLUMNS if "tokens" in c)}
+    ints = {
+        "account_id",
+        "project_id",
+        "api_key_id",
+        "status_code",
+        *(c for c in COLUMNS if "tokens" in c),
+    }
     reader = csv.DictReader(io.StringIO(data.decode()))
-    assert tuple(reader.fieldnames or ()) == COLUMNS
+    assert tuple(reader.fieldnames or ()) == EXPORTED
     return [{k: _typed(k, v, ints) for k, v in row.items()} for row in reader]
 
 
@@ -115,7 +138,7 @@ def test_the_csv_is_the_ledger_row_for_row(ledger: None) -> None:
 
 def test_the_parquet_is_the_ledger_row_for_row(ledger: None) -> None:
     table = pq.read_table(io.BytesIO(read("usage", "parquet")))
-    assert table.column_names == list(COLUMNS)
+    assert table.column_names == list(EXPORTED)
     rows = [{**row, "request_id": uuid.UUID(row["request_id"])} for row in table.to_pylist()]
     assert rows == ledger_rows()
 
@@ -131,7 +154,7 @@ def test_an_accounts_export_holds_its_records_and_no_one_elses(ledger: None, fmt
 
 
 def test_an_empty_range_is_a_header_or_an_empty_table() -> None:
-    assert read("usage", "csv").decode().strip() == ",".join(COLUMNS)
+    assert read("usage", "csv").decode().strip() == ",".join(EXPORTED)
     assert pq.read_table(io.BytesIO(read("usage", "parquet"))).num_rows == 0
 
 

@@ -8,6 +8,7 @@ import pytest
 from audit.models import AuditEntry
 from billing.models import Invoice
 from catalogue.models import Price, PriceBook
+from customers.services import project_default
 from tests.console.api_support import assert_error, staff_client, tenant_create, usage_create
 
 pytestmark = pytest.mark.django_db
@@ -161,3 +162,16 @@ def test_a_credit_for_more_than_is_left_says_how_much_may_be_credited() -> None:
     assert "enter at most $10.00" in message and "`amount_minor` at most 1000" in message
     assert "positive number" in assert_error(negative, 400)["message"]
     assert Invoice.objects.filter(corrects=tenant.invoice).count() == 1
+
+
+def test_invoice_lines_name_the_project_they_bill() -> None:
+    _priced_usage()
+    staff = staff_client()
+    staff.post("/api/v1/invoices/close/", {"period_start": "2025-03-01T00:00:00Z"}, format="json")
+    invoice = Invoice.objects.get(period_start=MONTH)
+    default = project_default(account=invoice.account)
+
+    detail = staff.get(f"/api/v1/invoices/{invoice.pk}/").json()
+    assert [(line["project"], line["project_name"]) for line in detail["lines"]] == [
+        (default.pk, default.name)
+    ]

@@ -31,6 +31,7 @@ class Command(BaseCommand):
         parser.add_argument("--from", dest="since", required=True, type=instant, help="inclusive")
         parser.add_argument("--to", dest="until", required=True, type=instant, help="exclusive")
         parser.add_argument("--account", type=int, help="one account's id (default: all)")
+        parser.add_argument("--project", type=int, help="one project's id (default: all)")
         parser.add_argument("--format", dest="fmt", choices=FORMATS, default="csv")
         parser.add_argument("--output", required=True, help="a file, or - for stdout")
 
@@ -43,6 +44,7 @@ class Command(BaseCommand):
             "since": options["since"],
             "until": options["until"],
             "account_id": options["account"],
+            "project_id": options["project"],
         }
         if options["output"] == "-":
             try:
