@@ -146,7 +146,7 @@ def stripe_invoice_push(*, invoice_id: int, client: stripe.StripeClient | None =
         invoice = Invoice.objects.select_for_update().get(pk=invoice_id)
         if invoice.stripe_invoice_id:
             return invoice.stripe_invoice_id
-        lines = list(invoice.lines.order_by("pk"))
+        lines = list(invoice.lines.select_related("project").order_by("pk"))
         remote = _remote_invoice(client, invoice, customer)
         if remote.status == "draft":
             _items_add(client, invoice, lines, remote.id, customer)
@@ -463,6 +463,8 @@ def _invoice_description(invoice: Invoice) -> str:
 def _line_description(line: InvoiceLine, invoice: Invoice) -> str:
     what = " ".join(part for part in (line.tier, line.model) if part)
     text = f"{line.get_item_display()}, {what}: {line.quantity:,} at {line.unit_price}"
+    if line.project is not None and not line.project.is_default:
+        text = f"{line.project.name}: {text}"
     if line.usage_from < invoice.period_start:
         # Usage stored after its month was closed (docs/billing.md, "Late usage").
         month = line.usage_from.astimezone(UTC)
