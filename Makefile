@@ -21,7 +21,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/mypy config customers catalogue fleet audit gateway metering billing simulator bench console
+	$(VENV)/bin/mypy config customers catalogue fleet audit gateway metering billing simulator bench console portal
 	$(PY) manage.py makemigrations --check --dry-run
 
 # The console's browser tests drive Debian's headless Chromium.

@@ -708,6 +708,8 @@ def banner(
             f"Token Factory is up ({seconds:.1f} s).",
             f"  gateway     {gateway}   (OpenAI base URL: {gateway}/v1)",
             f"  console     {gateway}/admin/   (dashboard: {gateway}/admin/dashboard/)",
+            f"  portal      {gateway}/portal/   (customers: invite an owner from an account's "
+            "console page; the mail is under Sent mail)",
             f"  API docs    {gateway}/api/docs/   (management API: {gateway}/api/v1/)",
             f"  PostgreSQL  {env['DATABASE_URL']}",
             f"  Redis       {env['REDIS_URL']}",

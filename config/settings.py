@@ -16,6 +16,7 @@ from config.app_settings import (
     MeteringSettings,
     StripeSettings,
     flag,
+    http_url_or_empty,
     number,
     read,
     whole,
@@ -93,6 +94,8 @@ INSTALLED_APPS = [
     "gateway",
     "billing",
     "console",
+    # Beside the console, for customers: their members' portal (docs/portal.md).
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -176,6 +179,34 @@ SECURE_HSTS_SECONDS = read(
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not LOCAL
 SECURE_HSTS_PRELOAD = not LOCAL
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+
+# Mail: invitations and password resets (portal/mail.py). A local instance keeps what it
+# sends in a table staff read in the console ("Sent mail"); production sends by SMTP.
+EMAIL_BACKEND = env.str(
+    "EMAIL_BACKEND",
+    default="portal.mail_backend.SentMailBackend"
+    if LOCAL
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = read(env, "EMAIL_PORT", whole(minimum=1), default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = read(env, "EMAIL_USE_TLS", flag, default=False)
+EMAIL_TIMEOUT = read(env, "EMAIL_TIMEOUT_SECONDS", number(inclusive=False), default=10.0)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Token Factory <noreply@localhost>")
+# The customer portal's address as members reach it (https://portal.example.com), for links
+# in mail sent without a request (an invitation from a command). Empty: only from a request.
+PORTAL_BASE_URL = read(
+    env,
+    "PORTAL_BASE_URL",
+    http_url_or_empty,
+    default="http://localhost:8000" if LOCAL else "",
+)
+# A password-reset link works this long (Django's default is three days).
+PASSWORD_RESET_TIMEOUT = read(
+    env, "PASSWORD_RESET_TIMEOUT_SECONDS", whole(minimum=60), default=3 * 3600
+)
 
 LOCAL_NETWORKS = ["127.0.0.0/8", "::1/128"]
 PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]

@@ -16,6 +16,8 @@ urlpatterns = [
     path("admin/exports/", exports_view, name="console-exports"),
     path("admin/", admin.site.urls),
     path("api/", include("console.api_urls")),
+    # The customer portal: members of an account (docs/portal.md).
+    path("portal/", include("portal.urls")),
     path("billing/stripe/webhook", stripe_webhook, name="stripe-webhook"),
     # A staff session or a staff token with the billing scope (console/api/reports.py).
     path(

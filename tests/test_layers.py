@@ -15,7 +15,7 @@ LAYERS = [
     {"customers", "catalogue", "fleet"},
     {"metering"},
     {"gateway", "billing"},
-    {"console"},
+    {"console", "portal"},
 ]
 APPS = sorted(set().union(*LAYERS))
 TABLE = re.compile(r"\b(" + "|".join(APPS) + r")_([a-z]+)\b")
