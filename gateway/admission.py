@@ -1,42 +1,65 @@
-"""Admitting a request under its account's limits, and telling the client where it stands.
+"""Admitting a request under its account's and its project's limits, and telling the client
+where it stands.
 
-Every inference response carries the OpenAI `x-ratelimit-*` headers; a refusal is a 429 with
-`retry-after`: `rate_limit_exceeded` while a rate window is full (retrying later works), or
+Every inference response carries the OpenAI `x-ratelimit-*` headers (of the level with less
+left, where the project has its own limit); a refusal is a 429 with `retry-after`:
+`rate_limit_exceeded` while a rate window is full (retrying later works), or
 `insufficient_quota` with `x-should-retry: false` once a day's or month's quota, or the
-month's budget under a hard cap, is spent.
+month's budget under a hard cap, is spent. A refusal by the key's project names the project:
+its limits are the account's to change, not the plan's.
 """
 
 import math
 
+from gateway.auth import Principal
 from gateway.errors import ApiError, invalid_request
 from gateway.limits import Admission, Limits
-from gateway.pricing import Budget, shown
+from gateway.pricing import shown
 from gateway.responses import Headers
 from gateway.validation import InferenceRequest
 
 # Completion tokens reserved for a request that names no max_tokens on a tier without a cap.
 DEFAULT_COMPLETION_RESERVE = 1024
 _QUOTAS = {"tokens_per_day": "day", "tokens_per_month": "month"}
+# A project without limits of its own.
+NO_LIMITS = Limits()
 
 
-def completion_cap(request: InferenceRequest, limits: Limits) -> int | None:
-    """The max_tokens to send upstream; refuses a request beyond its tier's caps (400)."""
+def completion_cap(
+    request: InferenceRequest, limits: Limits, project: Limits = NO_LIMITS, project_name: str = ""
+) -> int | None:
+    """The max_tokens to send upstream; refuses a request beyond its plan's caps or its
+    project's (400). The smaller of the two caps applies."""
+    caps = []
+    for level, own in (("your plan allows", limits), (_project(project_name) + " allows", project)):
+        _request_check(request, own, level)
+        if own.max_tokens_per_request is not None:
+            caps.append(own.max_tokens_per_request)
+    if request.max_tokens is not None:
+        return request.max_tokens
+    return min(caps, default=None)
+
+
+def _request_check(request: InferenceRequest, limits: Limits, allows: str) -> None:
     cap = limits.max_tokens_per_request
     if cap is not None and request.max_tokens is not None and request.max_tokens > cap:
         raise invalid_request(
-            f"`max_tokens` is {request.max_tokens}; your plan allows at most {cap} per request.",
+            f"`max_tokens` is {request.max_tokens}; {allows} at most {cap} per request.",
             param="max_tokens",
             code="invalid_value",
         )
     context = limits.max_context_tokens
     if context is not None and request.prompt_tokens_estimate > context:
         raise invalid_request(
-            f"The prompt is about {request.prompt_tokens_estimate} tokens; your plan allows "
+            f"The prompt is about {request.prompt_tokens_estimate} tokens; {allows} "
             f"at most {context}.",
             param="messages",
             code="context_length_exceeded",
         )
-    return request.max_tokens if request.max_tokens is not None else cap
+
+
+def _project(name: str) -> str:
+    return f'the project "{name}"'
 
 
 def tokens_to_reserve(request: InferenceRequest, cap: int | None) -> int:
@@ -52,60 +75,94 @@ def tokens_to_reserve(request: InferenceRequest, cap: int | None) -> int:
     return request.prompt_tokens_bound + request.answers * completion
 
 
-def rate_limit_headers(limits: Limits, admission: Admission) -> Headers:
+def rate_limit_headers(
+    limits: Limits, admission: Admission, project: Limits = NO_LIMITS
+) -> Headers:
+    """The OpenAI rate-limit headers: for requests and for tokens per minute, the limit with
+    less left of the account's and its project's (where the project has one)."""
     headers: list[tuple[bytes, bytes]] = []
-    for kind, limit, used, reset_ms in (
+    for kind, levels in (
         (
             "requests",
-            limits.requests_per_minute,
-            admission.requests_used,
-            admission.requests_reset_ms,
+            (
+                (limits.requests_per_minute, admission.requests_used, admission.requests_reset_ms),
+                (
+                    project.requests_per_minute,
+                    admission.project_requests_used,
+                    admission.project_requests_reset_ms,
+                ),
+            ),
         ),
-        ("tokens", limits.tokens_per_minute, admission.tokens_used, admission.tokens_reset_ms),
+        (
+            "tokens",
+            (
+                (limits.tokens_per_minute, admission.tokens_used, admission.tokens_reset_ms),
+                (
+                    project.tokens_per_minute,
+                    admission.project_tokens_used,
+                    admission.project_tokens_reset_ms,
+                ),
+            ),
+        ),
     ):
-        if limit is None:
+        windows = [
+            (max(0, limit - used), limit, reset)
+            for limit, used, reset in levels
+            if limit is not None
+        ]
+        if not windows:
             continue
+        left, limit, reset_ms = min(windows)
         headers += [
             (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
-            (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, limit - used)).encode()),
+            (f"x-ratelimit-remaining-{kind}".encode(), str(left).encode()),
             (f"x-ratelimit-reset-{kind}".encode(), duration(reset_ms).encode()),
         ]
     return tuple(headers)
 
 
-def refusal(limits: Limits, admission: Admission, budget: Budget | None = None) -> ApiError:
+def refusal(principal: Principal, admission: Admission) -> ApiError:
+    """The 429 for a refused admission, naming the level (account or project) that refused."""
     retry_after = (
         (b"retry-after", str(math.ceil(admission.retry_after_ms / 1000)).encode()),
         (b"retry-after-ms", str(admission.retry_after_ms).encode()),
     )
-    headers = rate_limit_headers(limits, admission) + retry_after
+    headers = (
+        rate_limit_headers(principal.limits, admission, principal.project_limits) + retry_after
+    )
     wait = duration(admission.retry_after_ms)
+    by_project = admission.level == "project"
     if admission.reason == "budget":
+        budget = principal.project_budget if by_project else principal.budget
         spent = "its" if budget is None else f"its {shown(budget.monthly_limit)} {budget.currency}"
+        who = _project(principal.project_name).capitalize() if by_project else "This account"
         return ApiError(
             429,
-            f"This account has spent {spent} budget for this month; it renews in {wait}, "
+            f"{who} has spent {spent} budget for this month; it renews in {wait}, "
             "or an administrator can raise it.",
             type="insufficient_quota",
             code="insufficient_quota",
             headers=(*headers, (b"x-should-retry", b"false")),
         )
     if period := _QUOTAS.get(admission.reason):
+        whose = _project(principal.project_name) if by_project else "your plan"
         return ApiError(
             429,
-            f"You have used this {period}'s token quota of your plan; it renews in {wait}.",
+            f"You have used this {period}'s token quota of {whose}; it renews in {wait}.",
             type="insufficient_quota",
             code="insufficient_quota",
             headers=(*headers, (b"x-should-retry", b"false")),
         )
-    what = {
-        "concurrent": f"concurrent requests (limit {limits.max_concurrent_requests})",
-        "requests": f"requests per minute (limit {limits.requests_per_minute})",
-        "tokens": f"tokens per minute (limit {limits.tokens_per_minute})",
+    limits = principal.project_limits if by_project else principal.limits
+    what, limit = {
+        "concurrent": ("concurrent requests", limits.max_concurrent_requests),
+        "requests": ("requests per minute", limits.requests_per_minute),
+        "tokens": ("tokens per minute", limits.tokens_per_minute),
     }[admission.reason]
+    of = f" of {_project(principal.project_name)}" if by_project else ""
     return ApiError(
         429,
-        f"Rate limit reached for {what}. Please try again in {wait}.",
+        f"Rate limit reached for {what}{of} (limit {limit}). Please try again in {wait}.",
         type="requests" if admission.reason != "tokens" else "tokens",
         code="rate_limit_exceeded",
         headers=headers,

@@ -32,7 +32,7 @@ from gateway.limits import Admission, Spend
 from gateway.proxy import Forwarded
 from gateway.queueing import Slot
 from gateway.request_context import Call, header
-from gateway.responses import Receive, Send, send_error
+from gateway.responses import Headers, Receive, Send, send_error
 from gateway.routing import Backend
 from gateway.spool import UsageSpool
 from gateway.usage import UsageBounds, usage_bounds, usage_fallback, usage_record
@@ -170,8 +170,9 @@ class GatewayApp:
         return backends
 
     async def _admit(self, call: Call) -> Slot | None:
-        """Check the account's limits while queueing for a backend slot: both calls share one
-        Redis round trip; a refused request then gives its place (or slot) back. Sets the
+        """Check the account's and the key's project's limits while queueing for a backend
+        slot: both calls share one Redis round trip; a refused request then gives its place
+        (or slot) back. Sets the
         call's rate, admission and slot; returns the slot, or None where Redis is unreachable
         and the tier fails open (the call is then served degraded)."""
         assert self.c is not None
@@ -191,6 +192,8 @@ class GatewayApp:
                 limits=principal.limits,
                 now=now,
                 spend=_spend(call, currency),
+                project_id=principal.project_id,
+                project_limits=principal.project_limits,
             )
         except aioredis.RedisError as exc:
             self._abandon(acquiring)
@@ -202,7 +205,7 @@ class GatewayApp:
             ) from exc
         if not admission.admitted:
             self._abandon(acquiring)
-            refused = refusal(principal.limits, admission, principal.budget)
+            refused = refusal(principal, admission)
             metrics.SHED.labels(principal.tier, refused.code or "refused").inc()
             raise refused
         call.slot = await self._slot(call, admission, acquiring)
@@ -236,7 +239,7 @@ class GatewayApp:
         except (ApiError, aioredis.RedisError) as exc:
             self.c.limiter.settle(admission, request_id=call.key, used=0)
             if isinstance(exc, ApiError):
-                exc.headers = rate_limit_headers(call.principal.limits, admission) + exc.headers
+                exc.headers = _headers(call.principal, admission) + exc.headers
                 metrics.SHED.labels(call.principal.tier, exc.code or "shed").inc()
                 raise
             log.warning("queueing failed: Redis unavailable", exc_info=True)
@@ -266,7 +269,7 @@ class GatewayApp:
         assert self.c is not None
         admission = call.admission
         entry = _entry(call)
-        headers = () if admission is None else rate_limit_headers(call.principal.limits, admission)
+        headers = () if admission is None else _headers(call.principal, admission)
         bounds = usage_bounds(call.request)
         progress = await self._open(call, journal, entry)
         forwarded = Forwarded(call.backends[0], 500, "backend_error")
@@ -338,21 +341,29 @@ def _terms(principal: Principal, request: InferenceRequest) -> int:
     # `service_tier` may lower the class a request is served in, never raise it.
     own_class = min(principal.priority, len(CLASS_NAMES) - 1)
     request.served_class = max(own_class, request.requested_class or own_class)
-    cap = completion_cap(request, principal.limits)
+    cap = completion_cap(
+        request, principal.limits, principal.project_limits, principal.project_name
+    )
     if cap is not None and request.max_tokens is None and request.endpoint != EMBEDDINGS:
         request.body["max_tokens"] = cap  # the plan's cap holds even when none was asked
     return tokens_to_reserve(request, cap)
 
 
 def _spend(call: Call, currency: str) -> Spend:
-    """The most the request can cost (its prompt's bound and completion cap) and the hard cap,
-    in pico-units of `currency`."""
+    """The most the request can cost (its prompt's bound and completion cap) and the hard caps
+    of its account and its project, in pico-units of `currency`."""
     rate, prompt, reserve = call.rate, call.request.prompt_tokens_bound, call.reserve
     most = 0 if rate is None else rate.most(prompt=prompt, completion=reserve - prompt)
     principal = call.principal
-    budget = principal.budget
-    cap = None if budget is None else budget.cap_in(currency, account_id=principal.account_id)
-    return Spend(currency, most, cap)
+    caps = [
+        None if budget is None else budget.cap_in(currency, account_id=principal.account_id)
+        for budget in (principal.budget, principal.project_budget)
+    ]
+    return Spend(currency, most, *caps)
+
+
+def _headers(principal: Principal, admission: Admission) -> Headers:
+    return rate_limit_headers(principal.limits, admission, principal.project_limits)
 
 
 def _entry(call: Call) -> dict[str, Any]:
@@ -361,6 +372,7 @@ def _entry(call: Call) -> dict[str, Any]:
     return {
         "request_id": call.key,
         "account_id": principal.account_id,
+        "project_id": principal.project_id,
         "api_key_id": principal.api_key_id,
         "tier": principal.tier,
         "model": request.model,

@@ -25,7 +25,7 @@ from customers.keys import key_id_parse, key_matches, key_refusal
 from customers.models import LIMIT_FIELDS
 from gateway.errors import ApiError, account_inactive, invalid_api_key, unavailable
 from gateway.limits import Limits
-from gateway.pricing import Budget
+from gateway.pricing import DEFAULT_CURRENCY, Budget
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,20 @@ _REFUSED = {
 # How long a request with an expired entry waits for its lookup while PostgreSQL answers
 # (a lookup takes a millisecond); past it the request is served the entry it has.
 _LOOKUP_PATIENCE = 0.2
-# The override's limits, else the tier's, in the order of `Limits` (names from the code only).
+# The override's limits, else the tier's, in the order of `Limits` (names from the code only);
+# then the key's project: its own limits (null: as the account) and budget.
 _KEY_SQL = f"""
 SELECT k.id, k.secret_hash, k.expires_at, k.revoked_at, a.id, a.status, t.slug, t.priority,
        t.allowed_models,
        {", ".join(f"coalesce(o.{name}, t.{name})" for name in LIMIT_FIELDS)},
        t.queue_timeout_seconds, t.queue_depth, t.when_redis_down = 'open',
-       b.monthly_limit, b.currency, b.hard_cap
+       b.monthly_limit, b.currency, b.hard_cap,
+       p.id, p.name, p.archived_at IS NOT NULL, p.monthly_budget, p.budget_hard_cap,
+       {", ".join(f"p.{name}" for name in LIMIT_FIELDS)}
 FROM customers_apikey k
 JOIN customers_account a ON a.id = k.account_id
 JOIN customers_tier t ON t.id = a.tier_id
+JOIN customers_project p ON p.id = k.project_id
 LEFT JOIN customers_limitoverride o ON o.account_id = a.id
 LEFT JOIN customers_budget b ON b.account_id = a.id
 WHERE k.key_id = %s
@@ -57,13 +61,15 @@ WHERE k.key_id = %s
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: everything the hot path needs about a key, its account and its tier."""
+    """Who is calling: everything the hot path needs about a key, its account, its tier and its
+    project."""
 
     api_key_id: int
     account_id: int
     tier: str
     priority: int
     allowed_models: frozenset[str]
+    # The account's effective limits.
     limits: Limits
     # How long a request may wait for a backend slot, and how many may wait in its class.
     queue_timeout: float
@@ -74,8 +80,15 @@ class Principal:
     budget: Budget | None
     secret_hash: str
     expires_at: datetime | None
+    # Revoked, or its project archived (which revokes its keys too).
     revoked: bool
     active: bool
+    project_id: int
+    project_name: str
+    # The project's own limits, checked as well as the account's (None: as the account).
+    project_limits: Limits
+    # The project's monthly budget, in billing's currency, if it has one.
+    project_budget: Budget | None
 
     def may_use(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
@@ -97,8 +110,11 @@ class Authenticator:
         *,
         cache_seconds: float,
         stale_seconds: float,
+        currency: str = DEFAULT_CURRENCY,
     ) -> None:
         self.pool = pool
+        # Billing's: projects' budgets are in it.
+        self.currency = currency
         self.cache_seconds = cache_seconds
         self.stale_seconds = max(stale_seconds, cache_seconds)
         self._cache: dict[str, _Entry] = {}
@@ -227,11 +243,12 @@ class Authenticator:
             return await _key_row(conn, key_id)
 
     def _principal(self, row: tuple[Any, ...]) -> Principal:
+        project_budget = row[25]
         return Principal(
             api_key_id=row[0],
             secret_hash=row[1],
             expires_at=row[2],
-            revoked=row[3] is not None,
+            revoked=row[3] is not None or row[24],
             account_id=row[4],
             active=row[5] == "active",
             tier=row[6],
@@ -242,6 +259,12 @@ class Authenticator:
             queue_depth=row[17],
             fail_open=row[18],
             budget=None if row[19] is None else Budget(row[19], row[20], row[21]),
+            project_id=row[22],
+            project_name=row[23],
+            project_limits=Limits(*row[27 : 27 + len(LIMIT_FIELDS)]),
+            project_budget=(
+                None if project_budget is None else Budget(project_budget, self.currency, row[26])
+            ),
         )
 
     def _note_use(self, entry: _Entry, api_key_id: int) -> None:

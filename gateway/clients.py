@@ -137,6 +137,7 @@ async def clients_open() -> Clients:
             pool,
             cache_seconds=conf.key_cache_seconds,
             stale_seconds=conf.key_stale_seconds,
+            currency=currency,
         ),
         router=router,
         prices=prices,

@@ -17,6 +17,7 @@ from customers.models import LIMIT_FIELDS
 from gateway import errors, metrics
 from gateway.auth import Principal
 from gateway.clients import Clients
+from gateway.limits import Limits, Standing
 from gateway.pricing import Budget, pico_amount, shown
 from gateway.request_context import header
 from gateway.responses import Send, send_json
@@ -83,28 +84,54 @@ async def _models(c: Clients, principal: Principal, send: Send, rid: str) -> Non
 
 
 async def _usage(c: Clients, principal: Principal) -> dict[str, Any]:
-    """The caller's own limits, where it stands against them, and its recent usage."""
+    """The caller's own limits, where it stands against them, and its recent usage: its
+    account's (every project's), and under `project` its key's project's own."""
     now = datetime.now(UTC)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     month = today.replace(day=1)
-    account = principal.account_id
+    account, project = principal.account_id, principal.project_id
     currency = c.limiter.currency  # the spend counter's: billing's
     try:
-        standing = await c.limiter.peek(account_id=account, now=now, currency=currency)
+        standing, project_standing = await c.limiter.standings(
+            account_id=account, project_id=project, now=now, currency=currency
+        )
         async with c.pool.connection(timeout=2.0) as conn:
-            usage_today = await usage_totals(conn, account_id=account, since=today)
-            usage_month = await usage_totals(conn, account_id=account, since=month)
+            usage, project_usage = {}, {}
+            for period, since in (("today", today), ("this_month", month)):
+                usage[period] = await usage_totals(conn, account_id=account, since=since)
+                project_usage[period] = await usage_totals(
+                    conn, account_id=account, since=since, project_id=project
+                )
             recent = await usage_recent(conn, account_id=account, since=month, limit=20)
     except (aioredis.RedisError, psycopg.Error, PoolTimeout) as exc:
         log.warning("usage read failed", exc_info=True)
         raise errors.unavailable(
             "Usage cannot be read right now; retry shortly.", code="usage_unavailable"
         ) from exc
-    limits, budget = principal.limits, principal.budget
-    spent = pico_amount(standing.spent_this_month)
     return {
         "object": "usage",
         "tier": principal.tier,
+        **_standing(principal.limits, principal.budget, standing, currency),
+        "usage": usage,
+        "recent": recent,
+        # Limits null here are the account's; remaining is shown where the project has its own.
+        "project": {
+            "id": project,
+            "name": principal.project_name,
+            **_standing(
+                principal.project_limits, principal.project_budget, project_standing, currency
+            ),
+            "usage": project_usage,
+        },
+    }
+
+
+def _standing(
+    limits: Limits, budget: Budget | None, standing: Standing, currency: str
+) -> dict[str, Any]:
+    """One level's limits, what is left of them, its spend and its budget."""
+    spent = pico_amount(standing.spent_this_month)
+    return {
         "limits": {name: getattr(limits, name) for name in LIMIT_FIELDS},
         "remaining": {
             "requests_per_minute": _left(limits.requests_per_minute, standing.requests_last_minute),
@@ -116,8 +143,6 @@ async def _usage(c: Clients, principal: Principal) -> dict[str, Any]:
         # Money as exact decimal strings; spend counts requests in flight at their most.
         "spend": {"currency": currency, "this_month": shown(spent)},
         "budget": None if budget is None else _budget(budget, spent, currency),
-        "usage": {"today": usage_today, "this_month": usage_month},
-        "recent": recent,
     }
 
 

@@ -1,11 +1,13 @@
-"""Per-account limits in Redis: rate windows, period quotas, concurrency, token reservations,
-and the month's spend against a budget's hard cap.
+"""Per-account and per-project limits in Redis: rate windows, period quotas, concurrency,
+token reservations, and the month's spend against a budget's hard cap.
 
-One Lua call admits a request against every limit at once (`lua/limits_admit.lua`), reserving
-its prompt estimate plus its completion cap, and their most possible cost in pico-units
-(10^-12) of billing's currency (gateway/pricing.py); another settles it with the tokens it
-really used and what they cost (`lua/limits_settle.lua`). All of an account's keys share the
-hash tag `{a:<id>}`, so both scripts stay on one Redis Cluster slot.
+One Lua call admits a request against every limit of its account and of its key's project at
+once (`lua/limits_admit.lua`), reserving its prompt estimate plus its completion cap, and their
+most possible cost in pico-units (10^-12) of billing's currency (gateway/pricing.py); another
+settles it at both levels with the tokens it really used and what they cost
+(`lua/limits_settle.lua`). All of an account's keys, its projects' included
+(`{a:<id>}:p:<project id>:…`), share the hash tag `{a:<id>}`, so both scripts stay on one Redis
+Cluster slot and the project level costs no extra round trip.
 
 Money is exact: Redis adds it with INCRBY (64-bit integers), the amounts travel as decimal
 strings, and the scripts compare them as strings, never as Lua numbers (doubles, exact only
@@ -15,6 +17,7 @@ to 2^53 pico-units, about 9,000 of the currency).
 import asyncio
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +26,7 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.batching import ScriptBatcher
-from gateway.pricing import DEFAULT_CURRENCY, REQUEST_MOST, SPEND_CEILING, month_spend
+from gateway.pricing import DEFAULT_CURRENCY, REQUEST_MOST, SPEND_CEILING, month_spend_by_project
 from metering.redis_scripts import SCRIPTS
 from metering.selectors import period_totals
 
@@ -33,19 +36,26 @@ _ADMIT = SCRIPTS["limits_admit"]
 _SETTLE = SCRIPTS["limits_settle"]
 _PEEK = SCRIPTS["limits_peek"]
 UNLIMITED = -1
-# Indexes into account_keys().
+# Keys per level (account_keys, project_keys).
+_LEVEL_KEYS = 8
+# Indexes into account_keys() and project_keys().
 _DAY, _MONTH, _SLOTS, _SPEND = 4, 5, 6, 7
 # Present while Redis holds the quota counters; gone after Redis lost its data.
 _EPOCH = "{limits}:epoch"
 # Present once the spend counters are in pico-units: the first gateway to find it missing
 # (Redis lost its data, or the counters were in micro-units before) rebuilds them.
 _SPEND_EPOCH = "{limits}:epoch:spend-pico"
+# Present once projects' day, month and spend counters hold the ledger's: the first gateway to
+# find it missing (Redis lost its data, or projects' counters are new) rebuilds them.
+_PROJECT_EPOCH = "{limits}:epoch:projects"
 _REBUILDING = "{limits}:rebuilding"
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """An account's effective limits (its override, else its tier's); None means unlimited."""
+    """An account's effective limits (its override, else its tier's), or a project's own
+    (checked as well as its account's); None means unlimited (for a project: as the
+    account)."""
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -65,13 +75,15 @@ class Spend:
     reserve: int = 0
     # The month's hard cap: refused once the spend reaches it. None: not capped.
     cap: int | None = None
+    # The project's hard cap, against the project's own spend. None: not capped.
+    project_cap: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
     admitted: bool
     # Which limit refused: concurrent, requests, tokens, tokens_per_day, tokens_per_month,
-    # budget.
+    # budget; and at which level: "account" or "project" ("" when admitted).
     reason: str
     retry_after_ms: int
     requests_used: int
@@ -84,6 +96,14 @@ class Admission:
     # Pico-units counted for it: its Spend.reserve (at most REQUEST_MOST), 0 where the counter
     # was saturated.
     spend_reserved: int = 0
+    level: str = ""
+    # The project's windows as the account's above (0 where the project has no such limit,
+    # or was not checked), and the pico-units counted for it at the project.
+    project_requests_used: int = 0
+    project_requests_reset_ms: int = 0
+    project_tokens_used: int = 0
+    project_tokens_reset_ms: int = 0
+    project_spend_reserved: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +122,17 @@ class Standing:
 def account_keys(
     account_id: int, now: datetime, currency: str = DEFAULT_CURRENCY
 ) -> tuple[str, ...]:
-    tag = f"{{a:{account_id}}}"
+    return _level_keys(f"{{a:{account_id}}}", now, currency)
+
+
+def project_keys(
+    account_id: int, project_id: int, now: datetime, currency: str = DEFAULT_CURRENCY
+) -> tuple[str, ...]:
+    """The project's eight keys, as account_keys(), under its account's hash tag."""
+    return _level_keys(f"{{a:{account_id}}}:p:{project_id}", now, currency)
+
+
+def _level_keys(tag: str, now: datetime, currency: str) -> tuple[str, ...]:
     return (
         f"{tag}:rpm",
         f"{tag}:tpm",
@@ -138,8 +168,9 @@ class Limiter:
         # What accounts without a budget are priced in (their spend counters' currency).
         self.currency = currency
         self.lease_ms = int(lease_seconds * 1000)
-        # request_id -> its concurrency slot key, for lease renewal.
-        self.live: dict[str, str] = {}
+        # request_id -> its concurrency slot keys (the account's, the project's where it
+        # counts them), for lease renewal.
+        self.live: dict[str, tuple[str, ...]] = {}
         self._batcher = batcher
 
     async def admit(
@@ -151,8 +182,23 @@ class Limiter:
         limits: Limits,
         now: datetime,
         spend: Spend = Spend(),
+        project_id: int | None = None,
+        project_limits: Limits = Limits(),
     ) -> Admission:
+        """Check and count the request at its account and, with `project_id`, at its project
+        too, in one Lua call."""
         keys = account_keys(account_id, now, spend.currency)
+        project: tuple[Any, ...] = ()
+        if project_id is not None:
+            keys += project_keys(account_id, project_id, now, spend.currency)
+            project = (
+                _limit(project_limits.requests_per_minute),
+                _limit(project_limits.tokens_per_minute),
+                _limit(project_limits.tokens_per_day),
+                _limit(project_limits.tokens_per_month),
+                _limit(project_limits.max_concurrent_requests),
+                _limit(spend.project_cap),
+            )
         day_left, month_left = period_ends(now)
         reply = await self._batcher.call(
             _ADMIT,
@@ -172,14 +218,18 @@ class Limiter:
                 min(spend.reserve, REQUEST_MOST),
                 _limit(spend.cap),
                 SPEND_CEILING,
+                *project,
             ),
         )
         admitted, reason, retry_after, requests, requests_reset, tokens, tokens_reset = reply[:7]
         if admitted:
-            self.live[request_id] = keys[_SLOTS]
+            slots: tuple[str, ...] = (keys[_SLOTS],)
+            if project and project_limits.max_concurrent_requests is not None:
+                slots += (keys[8 + _SLOTS],)
+            self.live[request_id] = slots
         return Admission(
             admitted=bool(admitted),
-            reason=reason.decode() if isinstance(reason, bytes) else str(reason),
+            reason=_text(reason),
             retry_after_ms=int(retry_after),
             requests_used=int(requests),
             requests_reset_ms=int(requests_reset),
@@ -188,6 +238,12 @@ class Limiter:
             keys=keys,
             reserved=reserve,
             spend_reserved=int(reply[7]),
+            level=_text(reply[8]),
+            project_requests_used=int(reply[9]),
+            project_requests_reset_ms=int(reply[10]),
+            project_tokens_used=int(reply[11]),
+            project_tokens_reset_ms=int(reply[12]),
+            project_spend_reserved=int(reply[13]),
         )
 
     async def peek(
@@ -200,68 +256,93 @@ class Limiter:
         reply = await self._batcher.call(_PEEK, keys, (int(now.timestamp() * 1000),))
         return Standing(*(int(value) for value in reply))
 
+    async def standings(
+        self, *, account_id: int, project_id: int, now: datetime, currency: str = DEFAULT_CURRENCY
+    ) -> tuple[Standing, Standing]:
+        """Where the account and its project stand now, in one call, counting nothing. The
+        project's windows and slots count only while it has a limit on them."""
+        keys = account_keys(account_id, now, currency)
+        keys += project_keys(account_id, project_id, now, currency)
+        reply = await self._batcher.call(_PEEK, keys, (int(now.timestamp() * 1000),))
+        values = [int(value) for value in reply]
+        return Standing(*values[:6]), Standing(*values[6:])
+
     def settle(self, admission: Admission, *, request_id: str, used: int, spent: int = 0) -> None:
         """Swap the reservations for the tokens used and what they cost (pico-units), and free
         the slot, in the background."""
         self.live.pop(request_id, None)
-        money = min(spent, REQUEST_MOST) - admission.spend_reserved
-        args = (request_id, admission.reserved, used, money, SPEND_CEILING)
+        cost = min(spent, REQUEST_MOST)
+        money = cost - admission.spend_reserved
+        args: tuple[Any, ...] = (request_id, admission.reserved, used, money, SPEND_CEILING)
+        if len(admission.keys) > _LEVEL_KEYS:
+            args += (cost - admission.project_spend_reserved,)
         self._batcher.call(_SETTLE, admission.keys, args, linger=True).add_done_callback(
             _check_settled
         )
 
     async def rebuild_if_empty(self, pool: AsyncConnectionPool) -> bool:
-        """Restore the day and month quota counters and the month's spend from the ledger if
-        Redis came back empty.
+        """Restore the day and month quota counters and the month's spend, of accounts and of
+        their projects, from the ledger if Redis came back empty.
 
         Redis is the only home of the counters; after a restart without persistence or a
         failover to an empty replica they would start from zero and let spent quotas be spent
         again. The epoch keys mark a Redis that has its counters; one gateway rebuilds at a
         time. A request admitted just after the restart and stored before the rebuild reads
         the ledger is counted twice: the error is on the safe side and lasts one period.
-        The spend has an epoch of its own: counters kept in micro-units (before this version)
-        are under other names, so the first gateway that finds only it missing rebuilds the
-        spend alone (adding to the token counters still there would count them twice).
+        The spend and the projects' counters have epochs of their own: counters kept in
+        micro-units (before the spend's) are under other names, and projects' counters are
+        newer than accounts', so the first gateway that finds only one of them missing
+        rebuilds that part alone (adding to counters still there would count them twice).
         """
-        if all(await self.client.mget(_EPOCH, _SPEND_EPOCH)):
+        epochs = (_EPOCH, _SPEND_EPOCH, _PROJECT_EPOCH)
+        if all(await self.client.mget(*epochs)):
             return False
         if not await self.client.set(_REBUILDING, "1", nx=True, ex=60):
             return False
         try:
             # Again under the lock: another gateway may have rebuilt since.
-            tokens_kept, spend_kept = await self.client.mget(_EPOCH, _SPEND_EPOCH)
-            if tokens_kept and spend_kept:
+            tokens_kept, spend_kept, projects_kept = await self.client.mget(*epochs)
+            if tokens_kept and spend_kept and projects_kept:
                 return False
             now = datetime.now(UTC)
             today = now.replace(hour=0, minute=0, second=0, microsecond=0)
             month = today.replace(day=1)
             async with pool.connection(timeout=5.0) as conn:
-                totals = [] if tokens_kept else await period_totals(conn, today=today, month=month)
+                totals = (
+                    []
+                    if tokens_kept and projects_kept
+                    else await period_totals(conn, today=today, month=month)
+                )
                 spends = (
                     []
-                    if spend_kept
-                    else await month_spend(conn, month=month, currency=self.currency)
+                    if spend_kept and projects_kept
+                    else await month_spend_by_project(conn, month=month, currency=self.currency)
                 )
-            day_left, month_left = period_ends(now)
             pipe = self.client.pipeline(transaction=False)
-            for account_id, day_tokens, month_tokens in totals:
-                keys = account_keys(account_id, now)
-                pipe.incrby(keys[_DAY], day_tokens)
-                pipe.expire(keys[_DAY], day_left + 3600)
-                pipe.incrby(keys[_MONTH], month_tokens)
-                pipe.expire(keys[_MONTH], month_left + 3600)
-            for account_id, spent in spends:
-                key = account_keys(account_id, now, self.currency)[_SPEND]
-                pipe.incrby(key, min(spent, SPEND_CEILING))
-                pipe.expire(key, month_left + 3600)
-            pipe.set(_SPEND_EPOCH, now.isoformat())
-            pipe.set(_EPOCH, now.isoformat())
+            counters = _Counters(pipe, now)
+            if not tokens_kept:
+                for account_id, (day_tokens, month_tokens) in _by_account(totals).items():
+                    counters.tokens(account_keys(account_id, now), day_tokens, month_tokens)
+            if not spend_kept:
+                for account_id, (spent,) in _by_account(spends).items():
+                    counters.spend(account_keys(account_id, now, self.currency), spent)
+            if not projects_kept:
+                for account_id, project_id, day_tokens, month_tokens in totals:
+                    if project_id is not None:
+                        keys = project_keys(account_id, project_id, now)
+                        counters.tokens(keys, day_tokens, month_tokens)
+                for account_id, project_id, spent in spends:
+                    if project_id is not None:
+                        keys = project_keys(account_id, project_id, now, self.currency)
+                        counters.spend(keys, spent)
+            for epoch in epochs:
+                pipe.set(epoch, now.isoformat())
             await pipe.execute()
         finally:
             await self.client.delete(_REBUILDING)
         log.warning(
             "quota counters rebuilt from the ledger",
-            extra={"token_accounts": len(totals), "spend_accounts": len(spends)},
+            extra={"token_rows": len(totals), "spend_rows": len(spends)},
         )
         return True
 
@@ -271,8 +352,9 @@ class Limiter:
             return
         expiry = int(time.time() * 1000) + self.lease_ms
         pipe = self.client.pipeline(transaction=False)
-        for request_id, slot_key in self.live.items():
-            pipe.zadd(slot_key, {request_id: expiry}, xx=True)
+        for request_id, slot_keys in self.live.items():
+            for slot_key in slot_keys:
+                pipe.zadd(slot_key, {request_id: expiry}, xx=True)
         await pipe.execute()
 
 
@@ -284,3 +366,35 @@ def _check_settled(future: "asyncio.Future[Any]") -> None:
 
 def _limit(value: int | None) -> int:
     return UNLIMITED if value is None else value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _by_account(rows: Iterable[Sequence[Any]]) -> dict[int, list[int]]:
+    """Rows of (account, project, amounts...) summed per account, projects together."""
+    sums: dict[int, list[int]] = {}
+    for account_id, _, *amounts in rows:
+        total = sums.setdefault(account_id, [0] * len(amounts))
+        for i, amount in enumerate(amounts):
+            total[i] += amount
+    return sums
+
+
+class _Counters:
+    """Adds the ledger's totals to period counters, in a pipeline (Limiter.rebuild_if_empty)."""
+
+    def __init__(self, pipe: Any, now: datetime) -> None:
+        self.pipe = pipe
+        self.day_left, self.month_left = period_ends(now)
+
+    def tokens(self, keys: tuple[str, ...], day: int, month: int) -> None:
+        self.pipe.incrby(keys[_DAY], day)
+        self.pipe.expire(keys[_DAY], self.day_left + 3600)
+        self.pipe.incrby(keys[_MONTH], month)
+        self.pipe.expire(keys[_MONTH], self.month_left + 3600)
+
+    def spend(self, keys: tuple[str, ...], spent: int) -> None:
+        self.pipe.incrby(keys[_SPEND], min(spent, SPEND_CEILING))
+        self.pipe.expire(keys[_SPEND], self.month_left + 3600)

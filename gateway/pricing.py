@@ -224,13 +224,25 @@ async def month_spend(
 ) -> list[tuple[int, int]]:
     """(account_id, pico-units spent) for every account with priced usage this month in
     `currency` (billing's), rated from the ledger exactly like the gateway rates at settle."""
+    totals: dict[int, int] = {}
+    for account, _, pico in await month_spend_by_project(conn, month=month, currency=currency):
+        totals[account] = totals.get(account, 0) + pico
+    return list(totals.items())
+
+
+async def month_spend_by_project(
+    conn: AsyncConnection[Any], *, month: datetime, currency: str
+) -> list[tuple[int, int | None, int]]:
+    """(account_id, project_id, pico-units spent) for every project with priced usage this
+    month in `currency`, as month_spend (project_id None for usage of keys deleted before
+    projects existed)."""
     params = {"month": month, "currency": currency, "fee_exempt": sorted(FEE_EXEMPT_OUTCOMES)}
     async with conn.transaction():
-        # A month of the ledger, summed into a few rows per account: aggregated in memory,
+        # A month of the ledger, summed into a few rows per project: aggregated in memory,
         # where it fits, and without compiling (measured: 2.8 s instead of 5.3 s for 2M rows).
         await conn.execute("SET LOCAL jit = off")
         await conn.execute("SET LOCAL work_mem = '64MB'")
         cursor = await conn.execute(_MONTH_SPEND, params)
         rows = await cursor.fetchall()
     # Exact: the SQL's sum has 6 decimal places, all zero (prices x 10^6 per token).
-    return [(int(account), int(pico)) for account, pico in rows]
+    return [(int(account), project, int(pico)) for account, project, pico in rows]

@@ -62,9 +62,10 @@ COLUMNS = (
     "ended_at",
     "energy_joules",
 )
-# What the writers store: the exported columns and, for review only, the backend's refused
-# usage report (null unless the gateway found it wrong).
-STORED_COLUMNS = (*COLUMNS, "usage_anomaly")
+# What the writers store: the exported columns, the key's project (events from gateways older
+# than projects have none: the writers fill it in from the key, metering.services), and, for
+# review only, the backend's refused usage report (null unless the gateway found it wrong).
+STORED_COLUMNS = (*COLUMNS, "project_id", "usage_anomaly")
 
 # The request fee is for an answered request: one that failed on every backend (outcome
 # backend_error) pays none, though any tokens it was sent are billed (docs/billing.md,
@@ -77,6 +78,7 @@ def record_row(record: dict[str, Any]) -> list[Any]:
     anomaly = record.get("usage_anomaly")
     return [
         *(record[column] for column in COLUMNS),
+        record.get("project_id"),
         None if anomaly is None else Jsonb(anomaly),
     ]
 

@@ -46,9 +46,10 @@ def _registry(*scripts: Script) -> Mapping[str, Script]:
 # name -> script. The name is its file's; a script's keys and arguments are described at the
 # top of its file.
 SCRIPTS: Mapping[str, Script] = _registry(
-    # Per-account limits (gateway/limits.py; limits_peek also console/selectors.py).
-    Script.from_files(_GATEWAY_LUA, "limits_admit"),
-    Script.from_files(_GATEWAY_LUA, "limits_settle"),
+    # Per-account and per-project limits (gateway/limits.py; limits_peek also
+    # console/selectors.py).
+    Script.from_files(_GATEWAY_LUA, "limits_admit", include=("limits_lib",)),
+    Script.from_files(_GATEWAY_LUA, "limits_settle", include=("limits_lib",)),
     Script.from_files(_GATEWAY_LUA, "limits_peek"),
     # The admission queue (gateway/queueing.py).
     Script.from_files(_GATEWAY_LUA, "queue_enter", include=("queue_lapsed",)),

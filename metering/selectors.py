@@ -30,9 +30,11 @@ _TOTAL_FIELDS = (
 
 
 async def usage_totals(
-    conn: AsyncConnection[Any], *, account_id: int, since: datetime
+    conn: AsyncConnection[Any], *, account_id: int, since: datetime, project_id: int | None = None
 ) -> dict[str, int]:
-    cursor = await conn.execute(_TOTALS, {"account_id": account_id, "since": since})
+    """The account's usage since `since`: of all its projects, or of `project_id`'s."""
+    params = {"account_id": account_id, "since": since, "project_id": project_id}
+    cursor = await conn.execute(_TOTALS, params)
     row = await cursor.fetchone()
     assert row is not None
     return dict(zip(_TOTAL_FIELDS, (int(value) for value in row), strict=True))
@@ -63,10 +65,11 @@ async def usage_recent(
 
 async def period_totals(
     conn: AsyncConnection[Any], *, today: datetime, month: datetime
-) -> list[tuple[int, int, int]]:
-    """(account_id, tokens today, tokens this month) for every account with usage this month."""
+) -> list[tuple[int, int | None, int, int]]:
+    """(account_id, project_id, tokens today, tokens this month) for every project with usage
+    this month; project_id None for usage of keys deleted before projects existed."""
     cursor = await conn.execute(_PERIOD_TOTALS, {"today": today, "month": month})
-    return [(int(a), int(d), int(m)) for a, d, m in await cursor.fetchall()]
+    return [(int(a), p, int(d), int(m)) for a, p, d, m in await cursor.fetchall()]
 
 
 @dataclass(frozen=True, slots=True)

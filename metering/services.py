@@ -16,6 +16,15 @@ from metering.models import QuarantinedEvent
 log = logging.getLogger(__name__)
 
 _COLUMN_LIST = ", ".join(STORED_COLUMNS)
+# The columns as inserted from the incoming table: a record without its project (from a gateway
+# older than projects) takes its key's, which never changes; null if the key is gone.
+_SELECTED = ", ".join(
+    "coalesce(incoming.project_id, "
+    "(SELECT k.project_id FROM customers_apikey k WHERE k.id = incoming.api_key_id))"
+    if column == "project_id"
+    else column
+    for column in STORED_COLUMNS
+)
 _CORRECTED = ", ".join(
     f"{column} = EXCLUDED.{column}" for column in STORED_COLUMNS if column != "energy_joules"
 )
@@ -30,7 +39,7 @@ def usage_insert_sql(source: str) -> str:
     """
     return (
         f"INSERT INTO metering_usagerecord ({_COLUMN_LIST}) "  # noqa: S608 (constant names)
-        f"SELECT {_COLUMN_LIST} FROM {source} "
+        f"SELECT {_SELECTED} FROM {source} AS incoming "
         f"ON CONFLICT (request_id, started_at) DO UPDATE SET {_CORRECTED} "
         "WHERE metering_usagerecord.outcome = 'gateway_lost' AND EXCLUDED.outcome <> 'gateway_lost'"
     )

@@ -1,25 +1,34 @@
--- Read where an account stands against its limits, changing nothing.
--- KEYS: the eight keys of limits_admit.lua.
+-- Read where an account (and, with sixteen keys, its project) stands against its limits,
+-- changing nothing.
+-- KEYS: the eight or sixteen keys of limits_admit.lua.
 -- ARGV: [1] now (ms)
--- Returns {requests in the last 60 s, tokens in the last 60 s, tokens today, tokens this
---          month, requests running, pico-units spent this month (a decimal string: it may
---          be past 2^53, where a Lua number is no longer exact)}.
+-- Returns, for each level in KEYS' order, {requests in the last 60 s, tokens in the last
+--          60 s, tokens today, tokens this month, requests running, pico-units spent this
+--          month (a decimal string: it may be past 2^53, where a Lua number is no longer
+--          exact)}, one after the other.
 local now = tonumber(ARGV[1])
 local window_start = '(' .. (now - 60000)
-local requests = redis.call('ZCOUNT', KEYS[1], window_start, '+inf')
-local tokens = 0
-local offset = 0
-while true do
-  -- In chunks: Lua's unpack() fails beyond a few thousand values.
-  local live = redis.call('ZRANGEBYSCORE', KEYS[2], window_start, '+inf', 'LIMIT', offset, 1000)
-  if #live == 0 then break end
-  for _, amount in ipairs(redis.call('HMGET', KEYS[3], unpack(live))) do
-    tokens = tokens + (tonumber(amount) or 0)
+local out = {}
+for k = 0, #KEYS - 8, 8 do
+  local requests = redis.call('ZCOUNT', KEYS[k + 1], window_start, '+inf')
+  local tokens = 0
+  local offset = 0
+  while true do
+    -- In chunks: Lua's unpack() fails beyond a few thousand values.
+    local live = redis.call('ZRANGEBYSCORE', KEYS[k + 2], window_start, '+inf',
+                            'LIMIT', offset, 1000)
+    if #live == 0 then break end
+    for _, amount in ipairs(redis.call('HMGET', KEYS[k + 3], unpack(live))) do
+      tokens = tokens + (tonumber(amount) or 0)
+    end
+    offset = offset + #live
   end
-  offset = offset + #live
+  local today = tonumber(redis.call('GET', KEYS[k + 5]) or '0')
+  local month = tonumber(redis.call('GET', KEYS[k + 6]) or '0')
+  local running = redis.call('ZCOUNT', KEYS[k + 7], '(' .. now, '+inf')
+  local spent = redis.call('GET', KEYS[k + 8]) or '0'
+  for _, value in ipairs({requests, tokens, today, month, running, spent}) do
+    out[#out + 1] = value
+  end
 end
-local today = tonumber(redis.call('GET', KEYS[5]) or '0')
-local month = tonumber(redis.call('GET', KEYS[6]) or '0')
-local running = redis.call('ZCOUNT', KEYS[7], '(' .. now, '+inf')
-local spent = redis.call('GET', KEYS[8]) or '0'
-return {requests, tokens, today, month, running, spent}
+return out

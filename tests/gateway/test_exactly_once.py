@@ -11,6 +11,7 @@ import redis
 from django.db import transaction
 from django.db.models import QuerySet
 
+from customers.services import project_default
 from fleet.services import backend_register
 from metering.models import UsageRecord
 from tests.support.gateway import progress_reported, wait_routable
@@ -196,6 +197,7 @@ def test_a_gateway_killed_mid_stream_has_its_request_recorded_by_the_reaper(
     [record] = lost
     assert record.tokens_estimated and record.completion_tokens == 5
     assert record.status_code == 0 and record.latency_ms >= 1000
+    assert record.project_id == project_default(tenant.account).pk
     assert UsageRecord.objects.filter(account_id=tenant.account.pk).count() == 1
 
 
