@@ -1,4 +1,6 @@
-"""The console's account and key pages with what each used and spent this month.
+"""The console's account and key pages with what each used and spent this month, and the
+account's "Invite owner" (a new customer's first step: customers.members.owner_add, then the
+invitation email, console/mail.py).
 
 customers/ is a bottom app and knows nothing of usage or prices, so the columns are added
 here, in the layer over billing and metering: the pages of customers.admin are subclassed and
@@ -19,11 +21,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.db import connection
-from django.http import HttpRequest
-from django.urls import reverse
+from django.core.exceptions import PermissionDenied
+from django.db import connection, transaction
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -32,8 +38,10 @@ from billing.jobs import month_start, next_month
 from billing.money import money_text
 from billing.rating import FEE_EXEMPT
 from billing.selectors import billing_currency
+from console.mail import invitation_send
 from customers.admin import AccountAdmin, ApiKeyAdmin
-from customers.models import Account, ApiKey
+from customers.members import MemberError, owner_add
+from customers.models import Account, ApiKey, Invitation, Project
 
 _KEY_MONTH_USAGE = (Path(__file__).parent / "sql" / "key_month_usage.sql").read_text()
 
@@ -91,16 +99,19 @@ class AccountUsageAdmin(AccountAdmin):
     """An account's page also shows this month's usage and spend, and its keys with theirs."""
 
     month_fields = ("requests_this_month", "tokens_this_month", "spend_this_month")
+    # Read-only here: projects and members are changed by the customer (portal, /api/v1/org/)
+    # or on the project pages, through the audited services.
+    tables = ("projects", "api_keys", "members", "invitations")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Account | None = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))
-        return fields if obj is None else [*fields, *self.month_fields, "api_keys"]
+        return fields if obj is None else [*fields, *self.month_fields, *self.tables]
 
     def get_fieldsets(self, request: HttpRequest, obj: Account | None = None) -> Any:
         fieldsets = super().get_fieldsets(request, obj)
         if obj is None:
             return fieldsets
-        ours = {*self.month_fields, "api_keys"}
+        ours = {*self.month_fields, *self.tables}
         plain = [
             (name, {**options, "fields": [f for f in options["fields"] if f not in ours]})
             for name, options in fieldsets
@@ -108,8 +119,118 @@ class AccountUsageAdmin(AccountAdmin):
         return [
             *plain,
             ("This month so far (UTC)", {"fields": list(self.month_fields)}),
+            ("Projects", {"fields": ["projects"]}),
             ("API keys", {"fields": ["api_keys"]}),
+            ("Members", {"fields": ["members", "invitations"]}),
         ]
+
+    def get_urls(self) -> list[URLPattern]:
+        invite = path(
+            "<path:object_id>/invite-owner/",
+            self.admin_site.admin_view(self.invite_owner_view),
+            name="customers_account_invite_owner",
+        )
+        return [invite, *super().get_urls()]
+
+    def invite_owner_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Invite the account's owner by email: the link (/portal/invite/<secret>/) goes in
+        the email only. Audited by the service; the email is undone with it if sending fails."""
+        account = self.get_object(request, object_id)
+        if account is None:
+            raise Http404
+        if not self.has_change_permission(request, account):
+            raise PermissionDenied
+        form = InviteOwnerForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            email = form.cleaned_data["email"]
+            try:
+                with transaction.atomic():
+                    sent = owner_add(
+                        account=account, email=email, actor=request.user, request=request
+                    )
+                    invitation_send(sent, request=request)
+            except MemberError as exc:
+                form.add_error("email", str(exc))
+            else:
+                messages.success(request, f"Invitation sent to {sent.invitation.email}.")
+                return redirect("admin:customers_account_change", account.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Invite an owner to {account}",
+            "account": account,
+            "form": form,
+            "opts": self.opts,
+        }
+        return TemplateResponse(request, "console/invite_owner.html", context)
+
+    @admin.display(description="Projects")
+    def projects(self, obj: Account) -> SafeString:
+        rows = format_html_join(
+            "",
+            "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "<td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    reverse("admin:customers_project_change", args=[p.pk]),
+                    p.name,
+                    "default" if p.is_default else "",
+                    _limit(p.requests_per_minute),
+                    _limit(p.tokens_per_minute),
+                    _limit(p.tokens_per_day),
+                    _limit(p.tokens_per_month),
+                    _budget(p),
+                    _when(p.archived_at),
+                )
+                for p in obj.projects.order_by("-is_default", "name", "pk")
+            ),
+        )
+        return format_html(
+            "<table class='account-projects'><thead><tr><th>Project</th><th></th>"
+            "<th>Requests/min</th><th>Tokens/min</th><th>Tokens/day</th><th>Tokens/month</th>"
+            "<th>Monthly budget</th><th>Archived</th></tr></thead><tbody>{}</tbody></table>"
+            "<p class='help'>Limits: blank is as the account's.</p>",
+            rows,
+        )
+
+    @admin.display(description="Members")
+    def members(self, obj: Account) -> SafeString:
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    m.user.email,
+                    m.role,
+                    ", ".join(p.name for p in m.projects.all()) if m.role == "developer" else "all",
+                    _when(m.created_at),
+                )
+                for m in obj.members.select_related("user").prefetch_related("projects")
+            ),
+        )
+        return format_html(
+            "<table class='account-members'><thead><tr><th>Email</th><th>Role</th>"
+            "<th>Projects</th><th>Since</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    @admin.display(description="Invitations")
+    def invitations(self, obj: Account) -> SafeString:
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (i.email, i.role, i.invited_by, _when(i.created_at), _invitation_state(i))
+                for i in obj.invitations.order_by("-created_at", "-pk")
+            ),
+        )
+        link = reverse("admin:customers_account_invite_owner", args=[obj.pk])
+        return format_html(
+            "<table class='account-invitations'><thead><tr><th>Email</th><th>Role</th>"
+            "<th>Invited by</th><th>Sent</th><th>State</th></tr></thead><tbody>{}</tbody></table>"
+            "<p><a class='button' id='invite-owner' href='{}'>Invite an owner</a></p>",
+            rows,
+            link,
+        )
 
     @admin.display(description="Requests")
     def requests_this_month(self, obj: Account) -> str:
@@ -125,18 +246,19 @@ class AccountUsageAdmin(AccountAdmin):
 
     @admin.display(description="Keys")
     def api_keys(self, obj: Account) -> SafeString:
-        keys = list(obj.api_keys.order_by("-created_at", "-pk"))
+        keys = list(obj.api_keys.select_related("project").order_by("-created_at", "-pk"))
         if not keys:
             return format_html("{}", "No keys: issue one on the API keys page.")
         usage = _keys_month(obj)
         rows = format_html_join(
             "",
             "<tr><td><a href='{}'>{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
                     reverse("admin:customers_apikey_change", args=[key.pk]),
                     str(key),
+                    key.project.name,
                     key.name,
                     _when(key.created_at),
                     _when(key.expires_at),
@@ -150,12 +272,36 @@ class AccountUsageAdmin(AccountAdmin):
             ),
         )
         return format_html(
-            "<table class='account-keys'><thead><tr><th>Key</th><th>Name</th><th>Created</th>"
+            "<table class='account-keys'><thead><tr><th>Key</th><th>Project</th><th>Name</th>"
+            "<th>Created</th>"
             "<th>Expires</th><th>Revoked</th><th>Last used</th><th>Requests this month</th>"
             "<th>Tokens this month</th><th>Spend this month</th></tr></thead>"
             "<tbody>{}</tbody></table>",
             rows,
         )
+
+
+def _limit(value: int | None) -> str:
+    return "" if value is None else f"{value:,}"
+
+
+def _budget(project: Project) -> str:
+    if project.monthly_budget is None:
+        return ""
+    cap = " (hard cap)" if project.budget_hard_cap else ""
+    return f"{money_text(project.monthly_budget, billing_currency())}{cap}"
+
+
+class InviteOwnerForm(forms.Form):
+    email = forms.EmailField(help_text="The new owner's address: the invitation link goes there.")
+
+
+def _invitation_state(invitation: Invitation) -> str:
+    if invitation.accepted_at is not None:
+        return "accepted"
+    if invitation.revoked_at is not None:
+        return "revoked"
+    return "expired" if invitation.expires_at <= timezone.now() else "open"
 
 
 def _keys_month(account: Account) -> dict[int, MonthUsage]:
@@ -197,7 +343,7 @@ class ApiKeyUsageAdmin(ApiKeyAdmin):
     """The key list also shows each key's spend this month."""
 
     list_display = _after_name(ApiKeyAdmin.list_display, "spend_this_month")
-    list_select_related = ["account"]
+    list_select_related = ["account", "project"]
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return KeySpendChangeList

@@ -14,7 +14,7 @@ from django_filters.fields import IsoDateTimeField
 from audit.models import AuditEntry
 from billing.models import Invoice
 from catalogue.models import PlanPrice, Price, PriceBook
-from customers.models import Account, ApiKey, Tier
+from customers.models import Account, ApiKey, Project, Tier
 from fleet.models import Backend
 from metering.models import UsageRecord
 
@@ -68,17 +68,27 @@ class AccountFilter(filters.FilterSet):
 
 class ApiKeyFilter(filters.FilterSet):
     account = IdFilter(field_name="account_id")
+    project = IdFilter(field_name="project_id")
     active = filters.BooleanFilter(method="filter_active", label="Usable now")
 
     class Meta:
         model = ApiKey
-        fields = ["account", "name", "active"]
+        fields = ["account", "project", "name", "active"]
 
     def filter_active(self, qs: QuerySet[ApiKey], name: str, value: bool) -> QuerySet[ApiKey]:
         usable = Q(revoked_at__isnull=True) & (
             Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
         )
         return qs.filter(usable) if value else qs.exclude(usable)
+
+
+class ProjectFilter(filters.FilterSet):
+    account = IdFilter(field_name="account_id")
+    archived = filters.BooleanFilter(field_name="archived_at", lookup_expr="isnull", exclude=True)
+
+    class Meta:
+        model = Project
+        fields = ["account", "is_default", "archived"]
 
 
 class TierFilter(filters.FilterSet):
@@ -162,16 +172,18 @@ class _UsageRangeForm(forms.Form):
 
 
 class UsageFilter(filters.FilterSet):
-    """A key holder's own usage: [from, to), a model; grouped by day and/or model."""
+    """An account's own usage: [from, to), a model, a project; grouped by day, model and/or
+    project."""
 
     from_ = UtcDateTimeFilter(field_name="started_at", lookup_expr="gte")
     to_ = UtcDateTimeFilter(field_name="started_at", lookup_expr="lt")
     model = filters.CharFilter()
-    group_by = GroupByFilter(choices=[("day", "day"), ("model", "model")])
+    project = IdFilter(field_name="project_id")
+    group_by = GroupByFilter(choices=[(name, name) for name in ("day", "model", "project")])
 
     class Meta:
         model = UsageRecord
-        fields = ["from_", "to_", "model", "group_by"]
+        fields = ["from_", "to_", "model", "project", "group_by"]
         form = _UsageRangeForm
 
     @classmethod
@@ -188,7 +200,23 @@ class StaffUsageFilter(UsageFilter):
 
     account = IdFilter(field_name="account_id")
     tier = filters.CharFilter()
-    group_by = GroupByFilter(choices=[(name, name) for name in ("day", "model", "tier", "account")])
+    group_by = GroupByFilter(
+        choices=[(name, name) for name in ("day", "model", "tier", "account", "project")]
+    )
 
     class Meta(UsageFilter.Meta):
-        fields = ["from_", "to_", "account", "tier", "model", "group_by"]
+        fields = ["from_", "to_", "account", "tier", "model", "project", "group_by"]
+
+
+class OrgUsageFilter(UsageFilter):
+    """A member's view of their account's usage: also one key's (by its public id)."""
+
+    key = filters.CharFilter(method="by_key", label="One key's usage (its key_id)")
+
+    class Meta(UsageFilter.Meta):
+        fields = ["from_", "to_", "model", "project", "key", "group_by"]
+
+    def by_key(self, qs: QuerySet[UsageRecord], name: str, value: str) -> QuerySet[UsageRecord]:
+        # Only a key of the records' own account can match: qs is already the account's.
+        keys = ApiKey.objects.filter(key_id=value).values("pk")
+        return qs.filter(api_key_id__in=keys)

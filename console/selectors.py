@@ -21,8 +21,8 @@ from metering.models import UsageRecord
 from metering.redis_scripts import SCRIPTS, run
 
 # What usage can be grouped by, and the column each group is read from.
-USAGE_GROUPS = ("day", "model", "tier", "account")
-_GROUP_FIELDS = {"model": "model", "tier": "tier", "account": "account_id"}
+USAGE_GROUPS = ("day", "model", "tier", "account", "project")
+_GROUP_FIELDS = {"model": "model", "tier": "tier", "account": "account_id", "project": "project_id"}
 _PEEK = SCRIPTS["limits_peek"]
 
 

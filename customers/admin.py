@@ -1,4 +1,4 @@
-"""The console's pages for tiers, accounts, keys and budgets, with their actions.
+"""The console's pages for tiers, accounts, projects, keys and budgets, with their actions.
 
 Forms are audited by audit.admin_base.AuditedAdmin; actions call the audited services of
 customers.services, shared with the management API.
@@ -15,7 +15,15 @@ from django.template.response import TemplateResponse
 
 from audit.admin_base import AuditedAdmin
 from customers import services as audited
-from customers.models import Account, ApiKey, Budget, LimitOverride, Tier
+from customers.models import (
+    LIMIT_FIELDS,
+    Account,
+    ApiKey,
+    Budget,
+    LimitOverride,
+    Project,
+    Tier,
+)
 
 
 @admin.register(Tier)
@@ -65,10 +73,82 @@ class AccountAdmin(AuditedAdmin[Account]):
         messages.success(request, f"{queryset.count()} account(s) now {status}.")
 
 
+class ProjectForm(forms.ModelForm[Project]):
+    """A project's limits stay within its account's (as the customer API checks)."""
+
+    class Meta:
+        model = Project
+        fields = ["name", *LIMIT_FIELDS, "monthly_budget", "budget_hard_cap"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        errors = audited.project_limits_check(self.instance.account, cleaned)
+        for name, message in errors.items():
+            self.add_error(name, message)
+        return cleaned
+
+
+@admin.register(Project)
+class ProjectAdmin(AuditedAdmin[Project]):
+    """Projects: staff may correct a name, limits or a budget (customers do it in the portal);
+    archiving revokes the project's keys, through customers.services."""
+
+    list_display = [
+        "name",
+        "account",
+        "is_default",
+        "tokens_per_minute",
+        "tokens_per_day",
+        "monthly_budget",
+        "budget_hard_cap",
+        "archived_at",
+    ]
+    list_filter = ["is_default", "budget_hard_cap", "archived_at"]
+    search_fields = ["name", "account__name"]
+    form = ProjectForm
+    readonly_fields = ["account", "is_default", "created_at", "archived_at"]
+    actions = ["archive_projects"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # projects are made by their account's members, or with the account
+
+    def has_delete_permission(self, request: HttpRequest, obj: Project | None = None) -> bool:
+        return False  # archived, never deleted: usage and invoices keep naming them
+
+    @admin.action(
+        description="Archive the selected projects (their keys are revoked)",
+        permissions=["change"],
+    )
+    def archive_projects(self, request: HttpRequest, queryset: QuerySet[Project]) -> None:
+        archived = 0
+        for project in queryset.filter(archived_at=None):
+            if project.is_default:
+                messages.warning(request, f"{project.account}: the default project stays.")
+                continue
+            audited.project_archive(project=project, actor=request.user, request=request)
+            archived += 1
+        messages.success(request, f"{archived} project(s) archived, their keys revoked.")
+
+
 class KeyIssueForm(forms.ModelForm[ApiKey]):
     class Meta:
         model = ApiKey
-        fields = ["account", "name", "expires_at"]
+        fields = ["account", "project", "name", "expires_at"]
+        help_texts = {"project": "Left empty: the account's default project."}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        project = self.fields["project"]
+        assert isinstance(project, forms.ModelChoiceField)
+        project.required = False
+        project.queryset = Project.objects.filter(archived_at=None).select_related("account")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
+        project, account = cleaned.get("project"), cleaned.get("account")
+        if project is not None and account is not None and project.account_id != account.pk:
+            self.add_error("project", "This is another account's project.")
+        return cleaned
 
 
 @admin.register(ApiKey)
@@ -80,6 +160,7 @@ class ApiKeyAdmin(AuditedAdmin[ApiKey]):
         "__str__",
         "key_id",
         "account",
+        "project",
         "name",
         "created_at",
         "expires_at",
@@ -87,9 +168,28 @@ class ApiKeyAdmin(AuditedAdmin[ApiKey]):
         "last_used_at",
     ]
     list_filter = ["revoked_at", "account__tier"]
-    search_fields = ["key_id", "account__name", "name"]
-    fields = ["account", "name", "key_id", "created_at", "expires_at", "revoked_at", "last_used_at"]
-    readonly_fields = ["account", "key_id", "created_at", "revoked_at", "last_used_at"]
+    list_select_related = ["account", "project"]
+    search_fields = ["key_id", "account__name", "project__name", "name"]
+    fields = [
+        "account",
+        "project",
+        "created_by",
+        "name",
+        "key_id",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    ]
+    readonly_fields = [
+        "account",
+        "project",
+        "created_by",
+        "key_id",
+        "created_at",
+        "revoked_at",
+        "last_used_at",
+    ]
     actions = ["revoke_keys", "rotate_keys"]
 
     def get_form(
@@ -103,7 +203,7 @@ class ApiKeyAdmin(AuditedAdmin[ApiKey]):
         return [] if obj is None else self.readonly_fields
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
-        return ["account", "name", "expires_at"] if obj is None else self.fields
+        return ["account", "project", "name", "expires_at"] if obj is None else self.fields
 
     def add_view(
         self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
@@ -116,6 +216,7 @@ class ApiKeyAdmin(AuditedAdmin[ApiKey]):
         issued = audited.api_key_issue(
             actor=request.user,
             account=form.cleaned_data["account"],
+            project=form.cleaned_data["project"],
             name=form.cleaned_data["name"],
             expires_at=form.cleaned_data["expires_at"],
             request=request,

@@ -21,7 +21,15 @@ from audit.services import (
     snapshot,
 )
 from customers.keys import key_generate
-from customers.models import LIMIT_FIELDS, Account, ApiKey, LimitOverride, Project, Tier
+from customers.models import (
+    LIMIT_FIELDS,
+    Account,
+    ApiKey,
+    LimitOverride,
+    Member,
+    Project,
+    Tier,
+)
 
 # The three tiers the product sells, as created on a fresh install. Staff edit the rows after.
 DEFAULT_TIERS = (
@@ -177,9 +185,11 @@ def api_key_issue(
     project: Project | None = None,
     actor: object = None,
     request: AnyRequest | None = None,
+    created_by: Member | None = None,
 ) -> IssuedKey:
     """A new key in `project` (the account's default project if None); its plaintext is in
-    the result only, for the caller to show once."""
+    the result only, for the caller to show once. `created_by` is the member who asked (the
+    portal, the customer API): their keys are revoked when they leave."""
     if project is None:
         project = project_default(account)
     elif project.account_id != account.pk:
@@ -191,6 +201,7 @@ def api_key_issue(
         api_key = ApiKey.objects.create(
             account=account,
             project=project,
+            created_by=created_by,
             name=name,
             key_id=new.key_id,
             secret_hash=new.secret_hash,

@@ -1,6 +1,7 @@
 # mypy: allow-subclassing-any, allow-untyped-decorators, allow-untyped-calls
 # (DRF and django-filter have no type information installed here.)
-"""Staff endpoints for tenancy and the fleet: accounts, API keys, tiers, backends.
+"""Staff endpoints for tenancy and the fleet: accounts, their projects, API keys, tiers,
+backends.
 
 Views parse input, call one service (customers.services, fleet.services or audit.services,
 each of which records the change in the audit log) and serialise the result.
@@ -18,10 +19,16 @@ from rest_framework.response import Response
 
 from audit.services import object_create, object_delete, object_update
 from console.api.common import actor
-from console.filters import AccountFilter, ApiKeyFilter, BackendFilter, TierFilter
+from console.filters import (
+    AccountFilter,
+    ApiKeyFilter,
+    BackendFilter,
+    ProjectFilter,
+    TierFilter,
+)
 from console.models import Scope
 from customers import services
-from customers.models import LIMIT_FIELDS, Account, ApiKey, LimitOverride, Tier
+from customers.models import LIMIT_FIELDS, Account, ApiKey, LimitOverride, Project, Tier
 from customers.services import IssuedKey
 from fleet.models import Backend
 from fleet.services import backend_enabled_set
@@ -35,6 +42,33 @@ class LimitsSerializer(serializers.ModelSerializer[LimitOverride]):
         fields = list(LIMIT_FIELDS)
 
 
+class ProjectSerializer(serializers.ModelSerializer[Project]):
+    """A part of an account owning keys, with its own limits (null: as the account's) and
+    budget; customers manage theirs (/api/v1/org/projects/), staff read them here."""
+
+    class Meta:
+        model = Project
+        fields = [
+            "id",
+            "account",
+            "name",
+            "is_default",
+            *LIMIT_FIELDS,
+            "monthly_budget",
+            "budget_hard_cap",
+            "created_at",
+            "archived_at",
+        ]
+        read_only_fields = fields
+
+
+class AccountProjectSerializer(serializers.ModelSerializer[Project]):
+    class Meta:
+        model = Project
+        fields = ["id", "name", "is_default", "archived_at"]
+        read_only_fields = fields
+
+
 class AccountSerializer(serializers.ModelSerializer[Account]):
     tier = serializers.SlugRelatedField(slug_field="slug", queryset=Tier.objects.all())
     limits = LimitsSerializer(
@@ -42,10 +76,22 @@ class AccountSerializer(serializers.ModelSerializer[Account]):
         allow_null=True,
         help_text="Overrides of the tier's limits; null removes them all.",
     )
+    projects = AccountProjectSerializer(
+        many=True, read_only=True, help_text="Its projects (a new account has its default one)."
+    )
 
     class Meta:
         model = Account
-        fields = ["id", "name", "status", "tier", "limits", "stripe_customer_id", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "status",
+            "tier",
+            "limits",
+            "projects",
+            "stripe_customer_id",
+            "created_at",
+        ]
         read_only_fields = ["status", "stripe_customer_id", "created_at"]
 
     def to_representation(self, instance: Account) -> dict[str, Any]:
@@ -57,7 +103,9 @@ class AccountSerializer(serializers.ModelSerializer[Account]):
 class AccountViewSet(viewsets.ModelViewSet[Account]):
     """Tenants. Suspending one stops all its keys within GATEWAY_KEY_CACHE_SECONDS."""
 
-    queryset = Account.objects.select_related("tier", "limits").order_by("pk")
+    queryset = (
+        Account.objects.select_related("tier", "limits").prefetch_related("projects").order_by("pk")
+    )
     serializer_class = AccountSerializer
     filterset_class = AccountFilter
     token_scope = Scope.BILLING
@@ -110,6 +158,11 @@ class AccountViewSet(viewsets.ModelViewSet[Account]):
 
 class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
     account = serializers.PrimaryKeyRelatedField(queryset=Account.objects.all())
+    project = serializers.PrimaryKeyRelatedField(
+        queryset=Project.objects.all(),
+        required=False,
+        help_text="One of the account's live projects; left out: its default project.",
+    )
     prefix = serializers.SerializerMethodField(help_text="What the key starts with.")
 
     class Meta:
@@ -119,13 +172,15 @@ class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
             "key_id",
             "prefix",
             "account",
+            "project",
+            "created_by",
             "name",
             "created_at",
             "expires_at",
             "revoked_at",
             "last_used_at",
         ]
-        read_only_fields = ["key_id", "created_at", "revoked_at", "last_used_at"]
+        read_only_fields = ["key_id", "created_by", "created_at", "revoked_at", "last_used_at"]
 
     def get_prefix(self, api_key: ApiKey) -> str:
         return f"tf_{api_key.key_id}_"
@@ -134,6 +189,14 @@ class ApiKeySerializer(serializers.ModelSerializer[ApiKey]):
         if value is not None and value <= timezone.now():
             raise serializers.ValidationError("A new key must expire in the future.")
         return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        project = attrs.get("project")
+        if project is not None and project.account_id != attrs["account"].pk:
+            raise serializers.ValidationError({"project": ["This is another account's project."]})
+        if project is not None and project.archived_at is not None:
+            raise serializers.ValidationError({"project": ["This project is archived."]})
+        return attrs
 
 
 class IssuedKeySerializer(ApiKeySerializer):
@@ -180,6 +243,7 @@ class ApiKeyViewSet(
         issued = services.api_key_issue(
             actor=actor(request),
             account=data["account"],
+            project=data.get("project"),
             name=data.get("name", ""),
             expires_at=data.get("expires_at"),
             request=request,
@@ -201,6 +265,14 @@ class ApiKeyViewSet(
             actor=actor(request), key_id=self.get_object().key_id, request=request
         )
         return Response(_issued(issued), status=status.HTTP_201_CREATED)
+
+
+class ProjectViewSet(viewsets.ReadOnlyModelViewSet[Project]):
+    """Every account's projects, archived ones included; filter by account."""
+
+    queryset = Project.objects.order_by("account_id", "-is_default", "name", "pk")
+    serializer_class = ProjectSerializer
+    filterset_class = ProjectFilter
 
 
 class AuditedModelViewSet(viewsets.ModelViewSet[Any]):

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from django.db.models import QuerySet
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -29,7 +29,7 @@ from console.api.permissions import IsKeyHolder, key_holder
 from console.api.usage import UsagePage, UsageViewBase, usage_parameters
 from console.selectors import account_limits, account_standing
 from customers import services
-from customers.models import LIMIT_FIELDS, ApiKey
+from customers.models import LIMIT_FIELDS, ApiKey, Project
 from metering.models import UsageRecord
 
 
@@ -56,16 +56,32 @@ class RemainingSerializer(serializers.Serializer[Any]):
     concurrent_requests = serializers.IntegerField(allow_null=True)
 
 
+class MeProjectSerializer(serializers.Serializer[Project]):
+    """The calling key's project: its own limits (null: as the account's) and budget."""
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    is_default = serializers.BooleanField()
+    limits = serializers.SerializerMethodField()
+    monthly_budget = serializers.DecimalField(max_digits=18, decimal_places=6, allow_null=True)
+    budget_hard_cap = serializers.BooleanField()
+
+    @extend_schema_field(EffectiveLimitsSerializer)
+    def get_limits(self, project: Project) -> dict[str, int | None]:
+        return {name: getattr(project, name) for name in LIMIT_FIELDS}
+
+
 class MeSerializer(serializers.Serializer[Any]):
     account = serializers.DictField()
     key = serializers.DictField()
+    project = MeProjectSerializer()
     tier = serializers.CharField()
     limits = EffectiveLimitsSerializer()
     remaining = RemainingSerializer()
 
 
 class MeView(KeyHolderMixin, APIView):
-    """The caller's account, key, tier, limits and what is left of them right now."""
+    """The caller's account, key, its project, tier, limits and what is left of them now."""
 
     @extend_schema(responses=MeSerializer)
     def get(self, request: Request) -> Response:
@@ -84,6 +100,7 @@ class MeView(KeyHolderMixin, APIView):
                     "name": api_key.name,
                     "expires_at": api_key.expires_at,
                 },
+                "project": MeProjectSerializer(api_key.project).data,
                 "tier": account.tier.slug,
                 "limits": EffectiveLimitsSerializer(limits).data,
                 "remaining": {
@@ -106,12 +123,15 @@ def _left(limit: int | None, used: int) -> int | None:
 
 
 class MeUsageView(KeyHolderMixin, UsageViewBase):
-    """The caller's account's usage in [from, to), by day and/or model (default both)."""
+    """The caller's account's usage in [from, to), by day, model and/or project (default day
+    and model); filter by model or project."""
 
     def records(self) -> QuerySet[UsageRecord]:
         return UsageRecord.objects.filter(account_id=key_holder(self.request).account_id)
 
-    @extend_schema(responses=UsagePage, parameters=usage_parameters(("day", "model"), staff=False))
+    @extend_schema(
+        responses=UsagePage, parameters=usage_parameters(("day", "model", "project"), staff=False)
+    )
     def get(self, request: Request) -> Response:
         return super().get(request)
 

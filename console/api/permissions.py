@@ -1,7 +1,7 @@
 # mypy: allow-subclassing-any, allow-untyped-decorators, allow-untyped-calls
 # (DRF and django-filter have no type information installed here.)
 """Who may call what: staff by their Django permissions and their token's scopes; key
-holders under /me/.
+holders under /me/; customers' members under /org/ by their role (customers.members.may).
 
 A staff request needs, all at once: an active staff user; the model permissions of what it
 does (`view` for every read, `add`/`change`/`delete` for writes, named per action where the
@@ -21,7 +21,8 @@ from rest_framework.request import Request
 
 from console.models import Scope, StaffToken
 from console.two_factor import staff_session_allowed
-from customers.models import ApiKey
+from customers.members import PERMISSIONS, may
+from customers.models import ApiKey, Member, MemberToken
 
 if TYPE_CHECKING:
     # Only for types: DRF imports this module (DEFAULT_PERMISSION_CLASSES) while its views
@@ -116,3 +117,53 @@ def key_holder(request: Request) -> ApiKey:
     api_key: Any = request.auth
     assert isinstance(api_key, ApiKey)
     return api_key
+
+
+class MemberPermission(BasePermission):
+    """A member token, whose member's role may do what the view's action needs.
+
+    A view names what its reads need in `member_read` and its writes in `member_write`
+    (actions of customers.members.PERMISSIONS; None: any member; a view that names neither
+    is refused), and any action needing something else in `member_actions`. Which objects
+    the member reaches is the view's queryset's business: another account's are not found
+    (404), as if they did not exist.
+    """
+
+    def has_permission(self, request: Request, view: "APIView") -> bool:
+        token = request.auth
+        if not isinstance(token, MemberToken):
+            return False
+        needed = member_action(view, request.method or "")
+        if needed is not None and not may(token.member, needed):
+            raise exceptions.PermissionDenied(
+                f"This needs the role {roles_text(needed)}; yours is {token.member.role}.",
+                code="role_required",
+            )
+        return True
+
+
+def member_action(view: "APIView", method: str) -> str | None:
+    """The action of customers.members.PERMISSIONS that calling `view` with `method` needs."""
+    declared: dict[str, str | None] = getattr(view, "member_actions", {})
+    action = getattr(view, "action", None)
+    if action in declared:
+        return declared[action]
+    name = "member_read" if method.upper() in SAFE_METHODS else "member_write"
+    if not hasattr(view, name):
+        # Refused rather than open: a view that forgets to say is not open to every member.
+        raise exceptions.PermissionDenied(f"This endpoint declares no `{name}`.")
+    needed: str | None = getattr(view, name)
+    return needed
+
+
+def roles_text(action: str) -> str:
+    """The roles that may do `action`, as a person reads them: "owner or admin"."""
+    roles = [role for role in Member.Role.values if role in PERMISSIONS[action]]
+    return " or ".join(roles)
+
+
+def calling_member(request: Request) -> Member:
+    """The calling member (views behind MemberPermission only)."""
+    token: Any = request.auth
+    assert isinstance(token, MemberToken)
+    return token.member

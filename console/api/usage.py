@@ -1,6 +1,7 @@
 # mypy: allow-subclassing-any, allow-untyped-decorators, allow-untyped-calls
 # (DRF and django-filter have no type information installed here.)
-"""Usage by day, model, tier and account, summed in PostgreSQL: for staff and key holders."""
+"""Usage by day, model, tier, account and project, summed in PostgreSQL: for staff, key
+holders and members."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ class UsageRowSerializer(serializers.Serializer[dict[str, Any]]):
     model = serializers.CharField(allow_null=True, required=False)
     tier = serializers.CharField(allow_null=True, required=False)
     account = serializers.IntegerField(source="account_id", allow_null=True, required=False)
+    project = serializers.IntegerField(source="project_id", allow_null=True, required=False)
     requests = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField(source="sum_prompt_tokens")
     cached_prompt_tokens = serializers.IntegerField(source="sum_cached_prompt_tokens")
@@ -41,7 +43,7 @@ class UsageRowSerializer(serializers.Serializer[dict[str, Any]]):
         return day.date().isoformat() if day is not None else None
 
     def to_representation(self, instance: dict[str, Any]) -> dict[str, Any]:
-        row = {"model": None, "tier": None, "account_id": None, **instance}
+        row = {"model": None, "tier": None, "account_id": None, "project_id": None, **instance}
         data: dict[str, Any] = super().to_representation(row)
         return data
 
@@ -64,7 +66,9 @@ class UsagePage(serializers.Serializer[Any]):
         return dict(fields)
 
 
-def usage_parameters(groups: Sequence[str], *, staff: bool) -> list[OpenApiParameter]:
+def usage_parameters(
+    groups: Sequence[str], *, staff: bool, extra: Sequence[OpenApiParameter] = ()
+) -> list[OpenApiParameter]:
     """The query parameters of a usage endpoint, for the schema (the view reads a FilterSet)."""
     scope = (
         [
@@ -83,6 +87,8 @@ def usage_parameters(groups: Sequence[str], *, staff: bool) -> list[OpenApiParam
         ),
         *scope,
         OpenApiParameter("model", OpenApiTypes.STR),
+        OpenApiParameter("project", OpenApiTypes.INT64, description="One project's usage."),
+        *extra,
         OpenApiParameter(
             "group_by",
             {"type": "array", "items": {"type": "string", "enum": list(groups)}},

@@ -169,12 +169,22 @@ def schema_operations() -> list[tuple[str, str]]:
     )
 
 
+# The areas of the API that are not staff's: key holders' (/me/) and members' (/org/, whose
+# own tests are tests/console/test_org_api*.py).
+CUSTOMER_PREFIXES = ("/api/v1/me/", "/api/v1/org/")
+
+
+def is_staff_operation(path: str) -> bool:
+    return not path.startswith(CUSTOMER_PREFIXES)
+
+
 def operation_url(path: str, tenant: Tenant) -> str:
     """The path with its parameters naming the tenant's objects (or objects only staff may
     touch)."""
     book = price_book_create(in_force=False)
     ids = {
         "/api/v1/accounts/": tenant.account.pk,
+        "/api/v1/projects/": tenant.api_key.project_id,
         "/api/v1/keys/": tenant.api_key.key_id,
         "/api/v1/me/keys/": tenant.api_key.key_id,
         "/api/v1/invoices/": tenant.invoice.pk,

@@ -1,10 +1,10 @@
 """The API fuzzed from its own OpenAPI schema (schemathesis): no input yields a 5xx (P6), and
 every refusal is in the API's JSON error shape.
 
-Every operation is called with generated parameters and bodies, as staff (staff endpoints) or
-as a key holder (/api/v1/me/), through Django's WSGI app inside the test's transaction. Path
-parameters are either generated or the ids of objects that exist, so updates, deletes and
-actions reach real rows, not only 404s.
+Every operation is called with generated parameters and bodies, as staff (staff endpoints),
+as a key holder (/api/v1/me/) or as an account's owner (/api/v1/org/), through Django's WSGI
+app inside the test's transaction. Path parameters are either generated or the ids of objects
+that exist, so updates, deletes and actions reach real rows, not only 404s.
 """
 
 import json
@@ -26,14 +26,16 @@ from schemathesis.checks import not_a_server_error
 from audit.models import AuditEntry
 from catalogue.models import PlanPrice, Price
 from console.models import scopes_all
+from customers.members import invitation_create, member_token_issue
 from customers.models import Tier
-from customers.services import api_key_issue
+from customers.services import api_key_issue, project_create
 from tests.console.api_support import (
     backend_create,
     price_book_create,
     staff_token,
     tenant_create,
 )
+from tests.console.org_support import member_add
 
 # Enough to reach every field of every operation in a CI run of a minute or two.
 EXAMPLES = 12
@@ -81,9 +83,13 @@ def tokens(wsgi_app: Any) -> Iterator[dict[str, str]]:
     )
     spare = api_key_issue(account=tenant.account, name="spare").api_key
     entry = AuditEntry.objects.create(actor="x", action="create", object_type="x", object_id="1")
+    owner = member_add(tenant, "owner")
+    member_token = member_token_issue(member=owner)
+    invitation = invitation_create(account=tenant.account, email="x@example.com", role="admin")
     EXISTING.update(
         {
             "/api/v1/accounts/": tenant.account.pk,
+            "/api/v1/projects/": tenant.api_key.project_id,
             "/api/v1/keys/": spare.key_id,
             "/api/v1/tiers/": Tier.objects.create(slug="fuzz", name="fuzz", priority=5).pk,
             "/api/v1/backends/": backend_create().pk,
@@ -94,10 +100,19 @@ def tokens(wsgi_app: Any) -> Iterator[dict[str, str]]:
             "/api/v1/audit-entries/": entry.pk,
             "/api/v1/me/invoices/": tenant.invoice.pk,
             "/api/v1/me/keys/": spare.key_id,
+            "/api/v1/org/projects/": project_create(account=tenant.account, name="fuzz").pk,
+            "/api/v1/org/keys/": spare.key_id,
+            "/api/v1/org/members/": member_add(tenant, "developer").pk,
+            "/api/v1/org/invitations/": invitation.invitation.pk,
+            "/api/v1/org/tokens/": member_token.token.token_id,
         }
     )
     staff = User.objects.create_user("fuzzer", is_staff=True, is_superuser=True)
-    yield {"staff": staff_token(staff, scopes_all()), "own": tenant.key}
+    yield {
+        "staff": staff_token(staff, scopes_all()),
+        "own": tenant.key,
+        "org": member_token.plaintext,
+    }
     EXISTING.clear()
 
 
@@ -112,7 +127,9 @@ def errors_have_the_api_shape(ctx: Any, response: Any, case: Any) -> None:
 @SCHEMA.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_input_makes_the_api_fail(case: Any, wsgi_app: Any, tokens: dict[str, str]) -> None:
-    token = tokens["own" if case.operation.path.startswith("/api/v1/me/") else "staff"]
+    path = case.operation.path
+    area = "own" if path.startswith("/api/v1/me/") else "org" if "/org/" in path else "staff"
+    token = tokens[area]
     case.call_and_validate(
         app=wsgi_app,
         headers={"Authorization": f"Bearer {token}"},
