@@ -180,7 +180,7 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = not LOCAL
 SECURE_HSTS_PRELOAD = not LOCAL
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 
-# Mail: invitations and password resets (portal/mail.py). A local instance keeps what it
+# Mail: invitations and password resets (customers/mail.py). A local instance keeps what it
 # sends in a table staff read in the console ("Sent mail"); production sends by SMTP.
 EMAIL_BACKEND = env.str(
     "EMAIL_BACKEND",

@@ -1,6 +1,6 @@
 """The console's account and key pages with what each used and spent this month, and the
 account's "Invite owner" (a new customer's first step: customers.members.owner_add, then the
-invitation email, console/mail.py).
+invitation email, customers/mail.py).
 
 customers/ is a bottom app and knows nothing of usage or prices, so the columns are added
 here, in the layer over billing and metering: the pages of customers.admin are subclassed and
@@ -38,8 +38,8 @@ from billing.jobs import month_start, next_month
 from billing.money import money_text
 from billing.rating import FEE_EXEMPT
 from billing.selectors import billing_currency
-from console.mail import invitation_send
 from customers.admin import AccountAdmin, ApiKeyAdmin
+from customers.mail import invitation_send
 from customers.members import MemberError, owner_add
 from customers.models import Account, ApiKey, Invitation, Project
 

@@ -230,8 +230,9 @@ class ApiKey(models.Model):
     """
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="api_keys")
-    # Always one of the account's projects (customers.services keeps them together).
-    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="api_keys")
+    # Always one of the account's projects (customers.services keeps them together). RESTRICT:
+    # a project with keys is never deleted alone, but goes with its account (and its keys).
+    project = models.ForeignKey(Project, on_delete=models.RESTRICT, related_name="api_keys")
     # The member who made it in the portal or the customer API (null: made by staff); a
     # member's keys are revoked when they leave the account.
     created_by = models.ForeignKey(

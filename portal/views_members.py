@@ -19,6 +19,7 @@ from django_otp import login as otp_login
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from audit.services import audit_record
+from customers.mail import invitation_send
 from customers.members import (
     MemberError,
     Role,
@@ -30,7 +31,6 @@ from customers.members import (
 from customers.models import Invitation, Member
 from portal.access import member_required
 from portal.forms import CodeForm, InviteForm, MemberForm
-from portal.mail import invitation_send
 
 
 def _member(member: Member, member_id: int) -> Member:

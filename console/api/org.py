@@ -40,8 +40,8 @@ from console.api.org_serializers import (
 from console.api.permissions import MemberPermission, calling_member
 from console.api.usage import UsagePage, UsageViewBase, usage_parameters
 from console.filters import OrgUsageFilter
-from console.mail import invitation_send
 from customers import members, services
+from customers.mail import invitation_send
 from customers.members import MemberError
 from customers.models import ApiKey, Invitation, Member, MemberToken, Project
 from metering.models import UsageRecord

@@ -195,7 +195,7 @@ class Migration(migrations.Migration):
             name="project",
             field=models.ForeignKey(
                 null=True,
-                on_delete=django.db.models.deletion.PROTECT,
+                on_delete=django.db.models.deletion.RESTRICT,
                 related_name="api_keys",
                 to="customers.project",
             ),
@@ -245,7 +245,7 @@ class Migration(migrations.Migration):
             model_name="apikey",
             name="project",
             field=models.ForeignKey(
-                on_delete=django.db.models.deletion.PROTECT,
+                on_delete=django.db.models.deletion.RESTRICT,
                 related_name="api_keys",
                 to="customers.project",
             ),

@@ -16,10 +16,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
+from customers.mail import invitation_send
 from customers.members import owner_add
 from customers.models import Member
 from customers.services import account_create
-from portal.mail import invitation_send
 from portal.models import SentMail
 from tests.support.browser import PASSWORD, chromium, shot_page, status_of, submit_and_wait
 from tests.support.ledger import drain

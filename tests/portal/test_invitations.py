@@ -8,10 +8,10 @@ from django.contrib.auth.models import User
 from django.core import mail
 from django.test import Client, RequestFactory, override_settings
 
+from customers.mail import invitation_send
 from customers.members import invitation_create, invitation_revoke, owner_add
 from customers.models import Member
 from customers.services import account_create, tiers_ensure_defaults
-from portal.mail import invitation_send
 from portal.models import SentMail
 from tests.support.members import PASSWORD, account_with_owner, client_of, email_new
 
