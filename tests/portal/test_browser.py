@@ -11,17 +11,22 @@ from typing import Any, cast
 
 import openai
 import pytest
-from django.test import override_settings
+from django.contrib.auth.models import User
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from customers.mail import invitation_send
-from customers.members import owner_add
 from customers.models import Member
 from customers.services import account_create
 from portal.models import SentMail
-from tests.support.browser import PASSWORD, chromium, shot_page, status_of, submit_and_wait
+from tests.support.browser import (
+    PASSWORD,
+    chromium,
+    shot_page,
+    sign_in,
+    status_of,
+    submit_and_wait,
+)
 from tests.support.ledger import drain
 from tests.support.members import member_add
 from tests.support.servers import Server
@@ -65,16 +70,28 @@ def test_a_new_customer_runs_themselves_from_invitation_to_invoice(
     url = gateway.url
     email = f"owner-{uuid.uuid4().hex[:8]}@example.com"
     account = account_create(name=f"Acme {uuid.uuid4().hex[:6]}", tier_slug="premium")
-    with override_settings(
-        EMAIL_BACKEND="portal.mail_backend.SentMailBackend", PORTAL_BASE_URL=url
-    ):
-        invitation_send(owner_add(account=account, email=email, actor="staff"))
+    staff = User.objects.create_user(
+        username=f"staff-{uuid.uuid4().hex[:6]}",
+        password=PASSWORD,
+        is_staff=True,
+        is_superuser=True,
+    )
+    sign_in(browser, url, staff)
+    browser.get(f"{url}/admin/customers/account/{account.pk}/invite-owner/")
+    _fill(browser, {"email": email})
+    shot_page(browser, "console-invite-owner")
+    submit_and_wait(browser)
+    assert f"Invitation sent to {email}" in browser.page_source
+    # The console's Sent mail page shows it (a local instance keeps its mail).
     mail = SentMail.objects.get(to=email)
+    browser.get(f"{url}/admin/portal/sentmail/{mail.pk}/change/")
+    assert "/portal/invite/" in browser.page_source
+    shot_page(browser, "console-sent-mail")
     link = re.search(r"http\S+/portal/invite/\S+/", mail.body)
     assert link is not None, mail.body
 
     browser.get(url + "/portal/login/")
-    browser.delete_all_cookies()
+    browser.delete_all_cookies()  # the staff session ends: the owner is someone else
     browser.get(link[0])
     shot_page(browser, "portal-invitation")
     _fill(browser, {"first_name": "Ada", "password1": PASSWORD, "password2": PASSWORD})
