@@ -237,23 +237,9 @@ def _role_choices(member: Member) -> list[tuple[str, str]]:
     return [(value, str(label)) for value, label in roles]
 
 
-class InviteForm(forms.Form):
-    email = forms.EmailField(max_length=254)
-    role = forms.ChoiceField()
-    projects = forms.ModelMultipleChoiceField(
-        queryset=Project.objects.none(),
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-        help_text="For developers: the projects whose keys they manage.",
-    )
-
-    def __init__(self, *args: Any, member: Member, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.fields["role"].choices = _role_choices(member)  # type: ignore[attr-defined]
-        self.fields["projects"].queryset = member_projects(member)  # type: ignore[attr-defined]
-
-
 class MemberForm(forms.Form):
+    """A member's role and (developers') projects, as the member `member` may set them."""
+
     role = forms.ChoiceField()
     projects = forms.ModelMultipleChoiceField(
         queryset=Project.objects.none(),
@@ -266,6 +252,11 @@ class MemberForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["role"].choices = _role_choices(member)  # type: ignore[attr-defined]
         self.fields["projects"].queryset = member_projects(member)  # type: ignore[attr-defined]
+
+
+class InviteForm(MemberForm):
+    email = forms.EmailField(max_length=254)
+    field_order = ["email", "role", "projects"]
 
 
 class CodeForm(forms.Form):
