@@ -86,8 +86,18 @@ class Account(models.Model):
         ACTIVE = "active"
         SUSPENDED = "suspended"
 
+    class Billing(models.TextChoices):
+        # Usage is invoiced after the month (budgets are the only brake).
+        ARREARS = "arrears"
+        # Usage draws down prepaid credit grants; the gateway admits a request only while the
+        # balance covers its most possible cost (billing/credits.py, docs/billing.md).
+        PREPAID = "prepaid"
+
     name = models.CharField(max_length=200, unique=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    billing_mode = models.CharField(
+        max_length=8, choices=Billing.choices, default=Billing.ARREARS
+    )
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="accounts")
     stripe_customer_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -282,3 +292,83 @@ class Budget(models.Model):
             )
         if errors:
             raise ValidationError(errors)
+
+
+class WebhookEndpoint(models.Model):
+    """An HTTPS address of the account's, to which the service posts signed events.
+
+    The signing secret (`whsec_…`) must be kept to sign, so it is stored as is (never in audit
+    snapshots: its name says secret). Rotating keeps the previous secret signing too until
+    `previous_secret_expires_at`, so the customer can switch without missing events.
+    """
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=500)
+    description = models.CharField(max_length=200, blank=True)
+    # The event types it receives; empty: every type.
+    events = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    secret = models.CharField(max_length=64)
+    previous_secret = models.CharField(max_length=64, blank=True)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookEvent(models.Model):
+    """Something that happened to an account, to be told to its endpoints: written in the
+    transaction of the change (an outbox), delivered afterwards by Celery."""
+
+    class Type(models.TextChoices):
+        BALANCE_LOW = "credits.balance_low"
+        CREDITS_EXHAUSTED = "credits.exhausted"
+        BUDGET_THRESHOLD = "budget.threshold_crossed"
+        INVOICE_FINALISED = "invoice.finalized"
+        KEY_REVOKED = "api_key.revoked"
+
+    # "evt_<hex>": what the customer deduplicates on.
+    public_id = models.CharField(max_length=40, unique=True)
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="webhook_events")
+    type = models.CharField(max_length=64, choices=Type.choices)
+    data = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} {self.type}"
+
+
+class WebhookDelivery(models.Model):
+    """One event's delivery to one endpoint: its attempts, retried with back-off for a day."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"  # gave up after a day; replayable
+
+    event = models.ForeignKey(WebhookEvent, on_delete=models.CASCADE, related_name="deliveries")
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["event", "endpoint"], name="webhookdelivery_once")
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.event} to {self.endpoint}"
