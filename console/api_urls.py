@@ -11,7 +11,7 @@ docs/console.md.
 from django.urls import URLPattern, URLResolver, include, path, re_path
 from rest_framework.routers import SimpleRouter
 
-from console.api import audit, billing, docs, exports, gateway, me, org, schema, usage
+from console.api import audit, billing, docs, exports, gateway, me, org, org_webhooks, schema, usage
 from console.api.errors import not_found
 
 # Imported for its effect: the schema's description of the two bearer tokens.
@@ -36,6 +36,10 @@ org_router.register("keys", org.KeyViewSet, basename="org-key")
 org_router.register("members", org.MemberViewSet, basename="org-member")
 org_router.register("invitations", org.InvitationViewSet, basename="org-invitation")
 org_router.register("tokens", org.MemberTokenViewSet, basename="org-token")
+org_router.register("webhooks", org_webhooks.WebhookEndpointViewSet, basename="org-webhook")
+org_router.register(
+    "webhook-deliveries", org_webhooks.WebhookDeliveryViewSet, basename="org-webhook-delivery"
+)
 
 own = SimpleRouter(trailing_slash=True)
 own.register("invoices", me.MeInvoiceViewSet, basename="me-invoice")

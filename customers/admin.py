@@ -1,4 +1,5 @@
-"""The console's pages for tiers, accounts, projects, keys and budgets, with their actions.
+"""The console's pages for tiers, accounts, projects, keys, budgets and webhooks, with their
+actions.
 
 Forms are audited by audit.admin_base.AuditedAdmin; actions call the audited services of
 customers.services, shared with the management API.
@@ -23,7 +24,11 @@ from customers.models import (
     LimitOverride,
     Project,
     Tier,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
 )
+from customers.webhooks import webhook_delivery_replay
 
 
 @admin.register(Tier)
@@ -262,3 +267,85 @@ class BudgetAdmin(AuditedAdmin[Budget]):
             **super().get_changeform_initial_data(request),
             "currency": settings.BILLING.currency,
         }
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(AuditedAdmin[WebhookEndpoint]):
+    """Customers' endpoints: made by their members (portal, customer API), which check the
+    address; staff may disable one, describe it or delete it. The secret is never shown here."""
+
+    list_display = ["url", "account", "enabled", "events", "created_at"]
+    list_filter = ["enabled"]
+    list_select_related = ["account"]
+    search_fields = ["url", "account__name"]
+    fields = ["account", "url", "description", "events", "enabled", "created_at"]
+    readonly_fields = ["account", "url", "events", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(admin.ModelAdmin[WebhookEvent]):
+    """What was told to customers' endpoints: written by the changes themselves, read only."""
+
+    list_display = ["public_id", "type", "account", "created_at"]
+    list_filter = ["type"]
+    list_select_related = ["account"]
+    search_fields = ["public_id", "account__name"]
+    readonly_fields = ["public_id", "account", "type", "data", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+    """Each event's delivery to each endpoint, with its attempts; "replay" sends one again
+    now (audited), e.g. after a customer fixed an endpoint that failed for a day."""
+
+    list_display = [
+        "event",
+        "endpoint",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_attempt_at",
+        "next_attempt_at",
+    ]
+    list_filter = ["status", "event__type"]
+    list_select_related = ["event", "endpoint"]
+    search_fields = ["event__public_id", "endpoint__url", "endpoint__account__name"]
+    readonly_fields = [
+        "event",
+        "endpoint",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_attempt_at",
+        "last_status_code",
+        "last_error",
+        "delivered_at",
+        "created_at",
+    ]
+    actions = ["replay_deliveries"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(
+        description="Replay the selected deliveries (send again now)", permissions=["change"]
+    )
+    def replay_deliveries(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        for delivery in queryset:
+            webhook_delivery_replay(delivery=delivery, actor=request.user, request=request)
+        messages.success(request, f"{queryset.count()} deliveries will be sent again.")

@@ -20,6 +20,7 @@ from django.utils import timezone
 from audit.services import AnyRequest, audit_change, snapshot
 from customers.keys import SecretFormat, key_matches
 from customers.models import Account, ApiKey, Invitation, Member, MemberToken, Project
+from customers.webhooks import key_revoked_emit
 
 INVITATION = SecretFormat("tfi_")
 MEMBER_TOKEN = SecretFormat("tfm_")
@@ -39,6 +40,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "audit.read": frozenset({Role.OWNER, Role.ADMIN}),
     "invoices.read": frozenset({Role.OWNER, Role.BILLING}),
     "billing.write": frozenset({Role.OWNER, Role.BILLING}),
+    # Webhook endpoints and their deliveries: their secrets are readable, so both are one.
+    "webhooks.write": frozenset({Role.OWNER, Role.ADMIN}),
 }
 
 
@@ -227,6 +230,7 @@ def member_remove(*, member: Member, actor: Any = None, request: AnyRequest | No
             key.revoked_at = now
             key.save(update_fields=["revoked_at"])
             audit_change(actor, "revoke", key, key_before, snapshot(key), request)
+            key_revoked_emit(key, reason="member_removed")
         MemberToken.objects.filter(member=locked, revoked_at=None).update(revoked_at=now)
         locked.delete()
         audit_change(

@@ -96,7 +96,7 @@ class Account(models.Model):
     name = models.CharField(max_length=200, unique=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     billing_mode = models.CharField(
-        max_length=8, choices=Billing.choices, default=Billing.ARREARS
+        max_length=8, choices=Billing.choices, default=Billing.ARREARS, db_default="arrears"
     )
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="accounts")
     stripe_customer_id = models.CharField(max_length=64, blank=True)

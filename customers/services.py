@@ -30,6 +30,7 @@ from customers.models import (
     Project,
     Tier,
 )
+from customers.webhooks import key_revoked_emit
 
 # The three tiers the product sells, as created on a fresh install. Staff edit the rows after.
 DEFAULT_TIERS = (
@@ -221,6 +222,7 @@ def api_key_revoke(
         if api_key.revoked_at is None:
             api_key.revoked_at = timezone.now()
             api_key.save(update_fields=["revoked_at"])
+            key_revoked_emit(api_key, reason="revoked")
         audit_change(actor, "revoke", api_key, before, snapshot(api_key), request)
     return api_key
 
@@ -238,6 +240,7 @@ def api_key_rotate(
         if old.revoked_at is None:
             old.revoked_at = timezone.now()
             old.save(update_fields=["revoked_at"])
+            key_revoked_emit(old, reason="rotated")
         audit_change(actor, "rotate", old, before, snapshot(old), request)
         return api_key_issue(
             account=old.account,
@@ -330,4 +333,5 @@ def project_archive(
             key.revoked_at = now
             key.save(update_fields=["revoked_at"])
             audit_change(actor, "revoke", key, key_before, snapshot(key), request)
+            key_revoked_emit(key, reason="project_archived")
     return locked

@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='account',
             name='billing_mode',
-            field=models.CharField(choices=[('arrears', 'Arrears'), ('prepaid', 'Prepaid')], default='arrears', max_length=8),
+            field=models.CharField(choices=[('arrears', 'Arrears'), ('prepaid', 'Prepaid')], db_default='arrears', default='arrears', max_length=8),
         ),
         migrations.CreateModel(
             name='WebhookEndpoint',

@@ -19,7 +19,17 @@ from rest_framework.test import APIClient
 
 from audit.models import AuditEntry
 from customers.members import invitation_create, member_remove, member_token_issue
-from customers.models import ApiKey, Invitation, Member, MemberToken, Project
+from customers.models import (
+    ApiKey,
+    Invitation,
+    Member,
+    MemberToken,
+    Project,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from customers.services import api_key_issue, api_key_revoke
+from customers.webhooks import webhook_endpoint_create
 from tests.console.api_support import assert_error, schema_operations, send, staff_client
 from tests.console.org_support import Org, org_create
 
@@ -71,6 +81,8 @@ def _ids(b: Org) -> dict[str, Any]:
         "members": b.members["developer"].pk,
         "invitations": invitation.pk,
         "tokens": MemberToken.objects.get(member=b.members["owner"]).token_id,
+        "webhooks": WebhookEndpoint.objects.get(account=b.tenant.account).pk,
+        "webhook-deliveries": WebhookDelivery.objects.get(endpoint__account=b.tenant.account).pk,
     }
 
 
@@ -94,6 +106,8 @@ def _state(b: Org) -> Any:
         list(Invitation.objects.filter(account=account).values_list("pk", "revoked_at")),
         list(MemberToken.objects.filter(member__account=account).values_list("pk", "revoked_at")),
         AuditEntry.objects.filter(account_id=account.pk).count(),
+        list(WebhookEndpoint.objects.filter(account=account).values()),
+        list(WebhookDelivery.objects.filter(endpoint__account=account).values()),
     )
 
 
@@ -106,6 +120,10 @@ def a() -> Org:
 def b() -> Org:
     b = org_create()
     invitation_create(account=b.tenant.account, email="open@example.com", role="admin")
+    # An endpoint, and a delivery to it: the revocation of a key of B's.
+    webhook_endpoint_create(account=b.tenant.account, url="http://127.0.0.1:9/b-hook")
+    gone = api_key_issue(account=b.tenant.account, name="b-gone").api_key
+    api_key_revoke(key_id=gone.key_id)
     return b
 
 
@@ -139,7 +157,7 @@ def test_a_members_lists_and_creations_stay_in_a(route: str, method: str, a: Org
     response = send(a.client("owner"), method, route)
     assert response.status_code < 500
     text = response.content.decode()
-    for secret in (b.tenant.account.name, b.tenant.api_key.key_id, "open@example.com"):
+    for secret in (b.tenant.account.name, b.tenant.api_key.key_id, "open@example.com", "b-hook"):
         assert secret not in text
     for member in b.members.values():
         assert member.user.email not in text
