@@ -423,3 +423,7 @@ class InvoiceNumberAdmin(ReadOnlyAdmin[InvoiceNumber]):
 @admin.register(JobRun)
 class JobRunAdmin(ReadOnlyAdmin[JobRun]):
     list_display = ["job", "scope", "watermark", "finished_at"]
+
+
+# The prepaid credit pages (a module of their own).
+from billing import admin_credits  # noqa: E402, F401

@@ -4,8 +4,8 @@ Spend is the account's usage rated at list prices in billing's currency, before 
 tokens and plan fees: the amount the gateway's hard cap counts (docs/billing.md, "Spend caps"),
 read here from the rollups and the ledger after them, so it covers every gateway and survives
 Redis. An alert is recorded once per account, month and threshold (BudgetAlert's unique
-constraint) together with a structured log line, which is what operators route to the
-customer. The hard cap itself is the gateway's (gateway/limits.py).
+constraint) together with a structured log line and a `budget.threshold_crossed` webhook
+event to the customer's endpoints. The hard cap itself is the gateway's (gateway/limits.py).
 
 Projects with a `monthly_budget` get alerts the same way, at PROJECT_PERCENTS of it, recorded
 once per project, month and threshold (ProjectBudgetAlert) with a log line of their own; the
@@ -30,6 +30,7 @@ from billing.models import JobRun
 from billing.rating import FEE_EXEMPT
 from billing.selectors import billing_currency
 from customers.models import Budget
+from customers.webhooks import webhook_emit
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,15 @@ def budget_alerts_record(*, now: datetime | None = None) -> list[Alert]:
         for start, end in periods:
             cursor.execute(_ALERTS, _params(start, end, _rolled_until()))
             alerts += [Alert(row[0], start, *row[1:]) for row in cursor.fetchall()]
+        for alert in alerts:
+            _threshold_emit(
+                alert.account_id,
+                alert.period_start,
+                alert.percent,
+                alert.spent,
+                limit=alert.monthly_limit,
+                currency=alert.currency,
+            )
     for alert in alerts:
         log.warning(
             "budget threshold reached",
@@ -106,6 +116,16 @@ def project_budget_alerts_record(*, now: datetime | None = None) -> list[Project
             params = {**_params(start, end, _rolled_until()), "percents": list(PROJECT_PERCENTS)}
             cursor.execute(_PROJECT_ALERTS, params)
             alerts += [ProjectAlert(r[0], r[1], start, *r[2:]) for r in cursor.fetchall()]
+        for p in alerts:
+            _threshold_emit(
+                p.account_id,
+                p.period_start,
+                p.percent,
+                p.spent,
+                limit=p.monthly_budget,
+                currency=billing_currency(),
+                project_id=p.project_id,
+            )
     for alert in alerts:
         log.warning(
             "project budget threshold reached",
@@ -120,6 +140,31 @@ def project_budget_alerts_record(*, now: datetime | None = None) -> list[Project
             },
         )
     return alerts
+
+
+def _threshold_emit(
+    account_id: int,
+    period_start: datetime,
+    percent: int,
+    spent: Decimal,
+    *,
+    limit: Decimal,
+    currency: str,
+    project_id: int | None = None,
+) -> None:
+    """Tell the account's endpoints (budget.threshold_crossed), in the alert's transaction."""
+    webhook_emit(
+        account_id=account_id,
+        event="budget.threshold_crossed",
+        data={
+            "project_id": project_id,
+            "period": f"{period_start:%Y-%m}",
+            "percent": percent,
+            "spent": str(spent),
+            "limit": str(limit),
+            "currency": currency,
+        },
+    )
 
 
 def _periods(now: datetime) -> list[tuple[datetime, datetime]]:

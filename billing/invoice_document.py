@@ -47,6 +47,7 @@ _ITEMS = {
     InvoiceLine.Item.PLAN_FEE: "Plan fee",
     InvoiceLine.Item.INCLUDED: "Included tokens",
     InvoiceLine.Item.CREDIT: "Credit",
+    InvoiceLine.Item.CREDITS_APPLIED: "Prepaid credits applied",
 }
 _PER_MILLION = {"input", "cached_input", "output", "reasoning", "included"}
 
@@ -292,7 +293,11 @@ def _shown(line: Line, currency: str, period_start: datetime) -> DocumentLine:
     label = _ITEMS.get(InvoiceLine.Item(line.item), line.item)
     what = " / ".join(part for part in (line.model, line.tier) if part)
     description = f"{label}: {what}" if what else label
-    if line.usage_from < period_start and line.item not in ("plan_fee", "credit"):
+    if line.usage_from < period_start and line.item not in (
+        "plan_fee",
+        "credit",
+        "credits_applied",
+    ):
         description += f" (usage of {line.usage_from:%Y-%m}, arrived late)"
     per = " per 1M" if line.item in _PER_MILLION else ""
     return DocumentLine(

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from billing.jobs import next_month
-from billing.money import allocate, per_million, share_of
+from billing.money import CONTEXT, allocate, per_million, share_of
 from billing.rating import Plan, PriceList, Quantities, rate
 
 
@@ -93,8 +93,12 @@ def draft_build(
     usage: Iterable[UsageSum],
     covered: Iterable[UsageSum] = (),
     plan: AccountPlan | None = None,
+    credits_applied: Decimal = Decimal(0),
 ) -> Draft:
-    """The account's lines for the period, rounded: sum(amount_minor) == total_minor."""
+    """The account's lines for the period, rounded: sum(amount_minor) == total_minor.
+
+    A prepaid account's `credits_applied` (its grants drawn down by the usage) is one negative
+    line, so the total is the amount due: zero where the credits covered the usage."""
     draft = Draft(account_id, period, currency)
     for used in usage:
         draft.lines += _usage_lines(used, prices, draft.unpriced)
@@ -107,6 +111,20 @@ def draft_build(
         amount = share_of(fee, open_.microseconds, _microseconds(period.end - period.start))
         draft.lines.append(
             Line("plan_fee", plan.tier, "", plan.book_id, 1, fee, amount, open_.start, open_.end)
+        )
+    if credits_applied:
+        draft.lines.append(
+            Line(
+                "credits_applied",
+                "",
+                "",
+                None,
+                1,
+                credits_applied.quantize(Decimal("0.000001"), context=CONTEXT),
+                -credits_applied,
+                period.start,
+                period.end,
+            )
         )
     allocation = allocate([line.amount for line in draft.lines], currency)
     for line, minor in zip(draft.lines, allocation.lines_minor, strict=True):

@@ -250,6 +250,8 @@ class InvoiceLine(models.Model):
         PLAN_FEE = "plan_fee"
         INCLUDED = "included"  # included tokens, a negative amount
         CREDIT = "credit"
+        # A prepaid account's credit grants drawn down by the invoice's usage, negative.
+        CREDITS_APPLIED = "credits_applied"
 
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     # The project whose usage the line bills (grouped per project where the account has more
@@ -351,3 +353,119 @@ class JobRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job}:{self.scope} @ {self.watermark:%Y-%m-%d %H:%M}"
+
+
+class CreditGrant(models.Model):
+    """Money granted to a prepaid account, drawn down by its usage (billing/credits.py).
+
+    Its amount is what was granted and never changes; what is left of it is the sum of its
+    ledger entries (CreditEntry), so no column holds a balance anyone could overwrite. A grant
+    counts from `effective_from` until `expires_at` (null: never expires), when its remainder
+    is recorded as expired.
+    """
+
+    class Source(models.TextChoices):
+        PURCHASE = "purchase"  # paid for: a Stripe Checkout or an automatic top-up
+        PROMOTION = "promotion"
+        GOODWILL = "goodwill"
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credit_grants")
+    # In billing's currency, exact to 12 places (a pico-unit: what the gateway's counter counts).
+    amount = _amount()
+    currency = models.CharField(max_length=3)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    effective_from = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Among grants expiring together, the higher is drawn down first.
+    priority = models.IntegerField(default=0)
+    # What paid for it, e.g. a Stripe Checkout session id: one grant per reference.
+    reference = models.CharField(max_length=255, blank=True)
+    memo = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["reference"],
+                condition=~models.Q(reference=""),
+                name="creditgrant_once_per_reference",
+            ),
+            models.CheckConstraint(condition=models.Q(amount__gt=0), name="creditgrant_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.amount} {self.currency} to {self.account_id}"
+
+
+class CreditEntry(models.Model):
+    """One movement of a prepaid account's credit: the append-only ledger its balance is the
+    sum of. The database refuses UPDATE and DELETE (migration 0009), but for `applied_at`
+    set once: the moment billing confirmed the entry in the gateway's Redis counter.
+    """
+
+    class Kind(models.TextChoices):
+        GRANT = "grant"  # + the grant's amount
+        USAGE = "usage"  # - rated usage of one hour (`period`) drawn from the grant
+        EXPIRY = "expiry"  # - the remainder of a grant that expired
+        REFUND = "refund"  # - credit paid back to the customer
+        CORRECTION = "correction"  # +/- staff's adjustment
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credit_entries")
+    # Null only for usage beyond every grant ("drawn from nothing": the invoice bills it).
+    grant = models.ForeignKey(
+        CreditGrant, on_delete=models.PROTECT, null=True, blank=True, related_name="entries"
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    amount = _amount()
+    # A usage draw-down's hour (the rollups' bucket); null for the other kinds.
+    period = models.DateTimeField(null=True, blank=True)
+    actor = models.CharField(max_length=200, blank=True)
+    memo = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Set once when the movement is in the Redis counter (grants, expiries, refunds,
+    # corrections; usage never: the gateway took it off at settle).
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["account", "kind", "period"]),
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(applied_at__isnull=True) & ~models.Q(kind="usage"),
+                name="creditentry_unapplied",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} ({self.account_id})"
+
+
+class CreditSettings(models.Model):
+    """An account's prepaid preferences: when to warn, when and how much to top up.
+
+    `state` remembers the last balance band seen (ok, low, exhausted), so each crossing
+    raises its webhook once.
+    """
+
+    class State(models.TextChoices):
+        OK = "ok"
+        LOW = "low"
+        EXHAUSTED = "exhausted"
+
+    account = models.OneToOneField(
+        Account, on_delete=models.CASCADE, related_name="credit_settings"
+    )
+    # Warn (credits.balance_low) when the balance falls below it; 0: never.
+    low_balance_threshold = _amount(default=0)
+    auto_topup_enabled = models.BooleanField(default=False)
+    auto_topup_threshold = _amount(default=0)
+    auto_topup_amount = _amount(default=0)
+    # What automatic top-ups may grant in a calendar month (UTC), together.
+    auto_topup_monthly_cap = _amount(default=0)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OK)
+
+    class Meta:
+        verbose_name_plural = "credit settings"
+
+    def __str__(self) -> str:
+        return f"credit settings of {self.account_id}"

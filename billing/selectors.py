@@ -1,4 +1,4 @@
-"""Reads for billing: price lists, rated usage, unpriced usage, margins."""
+"""Reads for billing: price lists, rated usage, unpriced usage, margins, prepaid credit."""
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -8,11 +8,13 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 from django.db.models import F, Q, QuerySet, Sum
+from django.utils import timezone
 
 from billing.jobs import LONG_AGO, month_close, month_start
-from billing.models import InvoiceLine, Margin, UsageRollup
+from billing.models import CreditEntry, CreditGrant, InvoiceLine, Margin, UsageRollup
 from billing.rating import FEE_EXEMPT, Book, Plan, PriceList, Terms
 from catalogue.models import PlanPrice, Price, PriceBook
+from customers.models import Account
 from metering.models import UsageRecord
 
 _SQL = Path(__file__).parent / "sql"
@@ -134,3 +136,37 @@ def invoice_line_usage(*, line: InvoiceLine) -> QuerySet[UsageRecord]:
     elif cutoff is not None:
         records = records.filter(Q(stored_at__isnull=True) | Q(stored_at__lte=cutoff))
     return records.order_by("started_at", "request_id")
+
+
+def credit_remaining(*, grant: CreditGrant) -> Decimal:
+    """What is left of a grant: the sum of its ledger entries (granted, drawn, expired,
+    refunded, corrected)."""
+    total = CreditEntry.objects.filter(grant=grant).aggregate(total=Sum("amount"))["total"]
+    return total or Decimal(0)
+
+
+def credit_balance(account: Account, *, now: datetime | None = None) -> Decimal:
+    """The account's prepaid balance in billing's currency by the ledger: what is left of its
+    grants in effect. Usage not drawn down yet (the last hour or so) is not in it; the
+    gateway's counter, which admission reads, is (it counts requests as they settle)."""
+    entries = CreditEntry.objects.filter(
+        account=account, grant__isnull=False, grant__effective_from__lte=now or timezone.now()
+    )
+    return entries.aggregate(total=Sum("amount"))["total"] or Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantLeft:
+    grant: CreditGrant
+    remaining: Decimal
+
+
+def credit_grants(account: Account) -> list[GrantLeft]:
+    """The account's grants, newest first, each with what is left of it."""
+    grants = CreditGrant.objects.filter(account=account).annotate(left=Sum("entries__amount"))
+    return [GrantLeft(g, g.left or Decimal(0)) for g in grants.order_by("-created_at", "-pk")]
+
+
+def credit_entries(account: Account) -> QuerySet[CreditEntry]:
+    """The account's ledger movements, newest first."""
+    return CreditEntry.objects.filter(account=account).order_by("-created_at", "-pk")

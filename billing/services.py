@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import MAXYEAR, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from audit.services import object_type
+from billing.drawdown import LOCK as CREDITS_LOCK
+from billing.drawdown import credits_drawdown_run
 from billing.invoicing import (
     AccountPlan,
     Draft,
@@ -45,7 +48,7 @@ from billing.jobs import (
     next_month,
     watermark,
 )
-from billing.models import Invoice, InvoiceLine, InvoiceNumber, JobRun
+from billing.models import CreditEntry, Invoice, InvoiceLine, InvoiceNumber, JobRun
 from billing.money import from_minor, minor_text
 from billing.rating import FEE_EXEMPT, PriceList, Quantities
 
@@ -53,7 +56,8 @@ from billing.rating import FEE_EXEMPT, PriceList, Quantities
 # reaches the jobs as attributes of this module.
 from billing.rollups import rollups_run  # noqa: F401
 from billing.selectors import billing_currency, price_list
-from customers.models import Account
+from customers.models import Account, WebhookEndpoint
+from customers.webhooks import webhook_emit
 from metering.services import arrivals_cutoff
 
 log = logging.getLogger(__name__)
@@ -144,6 +148,8 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
             f"{period.start:%Y-%m} is open until {period.end + grace():%Y-%m-%d %H:%M} UTC "
             "(its grace window for late usage): close it after that."
         )
+    if Account.objects.filter(billing_mode=Account.Billing.PREPAID).exists():
+        credits_drawdown_run(wait=True)  # the month's hours drawn as far as they are rolled up
     cutoff = arrivals_cutoff()
     with transaction.atomic():
         job_start("billing.invoices", wait=True)
@@ -155,7 +161,10 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
             raise InvoiceError(
                 f"{previous:%Y-%m} is not closed: months close in order, close it first"
             )
-        drafts = _drafts_compute(period, until=period.end, arrived_by=cutoff, late_since=late_since)
+        credits = _credits_cut(period)
+        drafts = _drafts_compute(
+            period, until=period.end, arrived_by=cutoff, late_since=late_since, credits=credits
+        )
         invoices = Invoice.objects.filter(kind=Invoice.Kind.INVOICE, period_start=period.start)
         closed = set(
             invoices.filter(status=Invoice.Status.FINALISED).values_list("account_id", flat=True)
@@ -445,6 +454,50 @@ def _credit_amount(invoice: Invoice, amount_minor: int) -> list[Line]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class CreditsCut:
+    """Which usage draw-downs an invoice applies: those recorded by `by` (None: all so far)
+    and not applied by the previous month's invoice (recorded by `after`, for hours before
+    the period)."""
+
+    by: datetime | None
+    after: datetime | None
+
+
+def _credits_cut(period: Period) -> CreditsCut:
+    """Fix the close's cutoff of the credit draw-downs and record it for the month.
+
+    Draw-downs are written only under the credits' lock (billing/drawdown.py); taking it here,
+    until the close commits, means every draw-down written later is stamped later, so it goes
+    on the next invoice and none falls between two."""
+    job_start(CREDITS_LOCK, wait=True)
+    by = timezone.now()
+    previous = JobRun.objects.filter(
+        job="invoices.credits", scope=f"{month_start(period.start - DAY):%Y-%m}"
+    ).first()
+    JobRun.objects.update_or_create(
+        job="invoices.credits", scope=f"{period.start:%Y-%m}", defaults={"watermark": by}
+    )
+    return CreditsCut(by, previous.watermark if previous else None)
+
+
+def _credits_applied(
+    period: Period, until: datetime, cut: CreditsCut, account_id: int | None
+) -> dict[int, Decimal]:
+    """Each account's grants drawn down by usage of hours before `until` within `cut`."""
+    drawn = CreditEntry.objects.filter(
+        kind=CreditEntry.Kind.USAGE, grant__isnull=False, period__lt=until
+    )
+    if cut.by is not None:
+        drawn = drawn.filter(created_at__lte=cut.by)
+    if cut.after is not None:
+        drawn = drawn.exclude(period__lt=period.start, created_at__lte=cut.after)
+    if account_id is not None:
+        drawn = drawn.filter(account_id=account_id)
+    totals = drawn.values("account_id").annotate(total=Sum("amount")).order_by()
+    return {row["account_id"]: -row["total"] for row in totals if row["total"]}
+
+
 def _drafts_compute(
     period: Period,
     *,
@@ -452,11 +505,14 @@ def _drafts_compute(
     arrived_by: datetime | None,
     late_since: datetime | None,
     account_id: int | None = None,
+    credits: CreditsCut = CreditsCut(None, None),
 ) -> list[Draft]:
     """Every draft of the period, or one account's: the usage that started in
     [period.start, until) and reached the ledger by `arrived_by` (None: all of it), and, when
-    `late_since` is set, earlier months' usage that reached it in (late_since, arrived_by]."""
+    `late_since` is set, earlier months' usage that reached it in (late_since, arrived_by];
+    less the prepaid credit its usage drew down (`credits`)."""
     currency = billing_currency()
+    applied = _credits_applied(period, until, credits, account_id)
     prices = price_list(currency=currency)
     usage = _usage_sums(
         _INVOICE_USAGE,
@@ -514,8 +570,9 @@ def _drafts_compute(
             usage=usage_of[account],
             covered=covered_of[account],
             plan=plans.get(account),
+            credits_applied=applied.get(account, Decimal(0)),
         )
-        for account in sorted(used | fees)
+        for account in sorted(used | fees | set(applied))
     ]
 
 
@@ -701,4 +758,30 @@ def _finalise(drafts: QuerySet[Invoice], *, now: datetime) -> int:
             "WHERE i.id = n.id",
             [now, ids, numbers],
         )
+    _finalised_emit(ids)
     return len(ids)
+
+
+def _finalised_emit(ids: list[int]) -> None:
+    """`invoice.finalized` to the endpoints of the accounts that have any, in the
+    finalising transaction (accounts without one get no event: a close may finalise
+    thousands)."""
+    invoices = Invoice.objects.filter(pk__in=ids)
+    listening = set(
+        WebhookEndpoint.objects.filter(
+            enabled=True, account_id__in=invoices.values("account_id")
+        ).values_list("account_id", flat=True)
+    )
+    for invoice in invoices.filter(account_id__in=listening).order_by("pk"):
+        webhook_emit(
+            account_id=invoice.account_id,
+            event="invoice.finalized",
+            data={
+                "number": invoice.number,
+                "kind": invoice.kind,
+                "period_start": invoice.period_start.isoformat(),
+                "period_end": invoice.period_end.isoformat(),
+                "currency": invoice.currency,
+                "total_minor": invoice.total_minor,
+            },
+        )

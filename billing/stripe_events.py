@@ -9,6 +9,11 @@ Payment policy (docs/billing.md, "Stripe"):
   gateway refuses its keys within GATEWAY["KEY_CACHE_SECONDS"].
 - A later payment does not lift a suspension; staff reactivate the account, since a
   suspension may have other reasons too.
+
+Credits bought (billing/checkout.py): `checkout.session.completed` (and, for payment methods
+that settle later, `checkout.session.async_payment_succeeded`) grants what a paid session
+bought; `payment_intent.succeeded` grants an automatic top-up. Both read the object back from
+Stripe and grant once per session or payment, whichever event arrives first.
 """
 
 import logging
@@ -19,6 +24,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
+from billing.checkout import checkout_completed, topup_payment_succeeded
 from billing.models import Invoice, StripeEvent
 from customers.models import Account
 from customers.services import account_status_set
@@ -90,6 +96,14 @@ def _invoice_locked(event: Payload) -> Invoice | None:
     return invoice
 
 
+def _checkout_completed(event: Payload) -> None:
+    checkout_completed(session_id=_data(event)["id"])
+
+
+def _payment_intent_succeeded(event: Payload) -> None:
+    topup_payment_succeeded(payment_intent_id=_data(event)["id"])
+
+
 def _data(event: Payload) -> Payload:
     data: Payload = event["data"]["object"]
     return data
@@ -99,4 +113,7 @@ _HANDLERS: dict[str, Callable[[Payload], None]] = {
     "invoice.paid": _invoice_paid,
     "invoice.payment_succeeded": _invoice_paid,
     "invoice.payment_failed": _invoice_payment_failed,
+    "checkout.session.completed": _checkout_completed,
+    "checkout.session.async_payment_succeeded": _checkout_completed,
+    "payment_intent.succeeded": _payment_intent_succeeded,
 }

@@ -7,6 +7,9 @@ from celery import shared_task
 from django.utils import timezone
 
 from billing.budgets import budget_alerts_record, project_budget_alerts_record
+from billing.checkout import auto_topups_run
+from billing.credits import credits_balance_watch, credits_sync
+from billing.drawdown import credits_drawdown_run
 from billing.margins import margins_run
 from billing.rollups import rollups_run
 from billing.services import InvoiceError, invoices_close_due
@@ -60,3 +63,31 @@ def stripe_reconcile(days: int = 35) -> list[dict[str, str]]:
         return []
     since = timezone.now() - timedelta(days=days)
     return [asdict(item) for item in stripe_invoices_reconcile(since=since)]
+
+
+@shared_task(name="billing.credits_auto_topup", ignore_result=True)
+def credits_auto_topup() -> dict[str, int]:
+    """Charge the saved card of each prepaid account under its top-up threshold (once each)."""
+    if not stripe_configured():
+        return {}
+    return auto_topups_run()
+
+
+@shared_task(name="billing.credits_sync", ignore_result=True)
+def credits_sync_sweep() -> int:
+    """Credit movements not yet in the gateway's counters (a Redis that did not answer when
+    they committed), and the counters rebuilt if Redis lost them."""
+    return credits_sync()
+
+
+@shared_task(name="billing.credits_drawdown", ignore_result=True)
+def credits_drawdown() -> int:
+    """Prepaid usage of the rolled-up hours drawn from the grants; expired grants recorded."""
+    result = credits_drawdown_run()
+    return result.entries + result.expired if result else 0
+
+
+@shared_task(name="billing.credits_balance_watch", ignore_result=True)
+def credits_balance_watch_task() -> int:
+    """credits.balance_low / credits.exhausted webhooks, once per crossing."""
+    return credits_balance_watch()

@@ -281,6 +281,18 @@ CELERY_BEAT_SCHEDULE = {
     "billing.budget_alerts": {"task": "billing.budget_alerts", "schedule": 300.0},
     "billing.stripe_push_invoices": {"task": "billing.stripe_push_invoices", "schedule": 600.0},
     "billing.stripe_reconcile": {"task": "billing.stripe_reconcile", "schedule": 3600.0},
+    # Prepaid credits (billing/credits.py, billing/drawdown.py): ledger movements to the
+    # gateway's counters, usage drawn from grants, balance low / exhausted webhooks; accounts
+    # under their auto top-up threshold are charged off-session (billing/checkout.py).
+    "billing.credits_sync": {"task": "billing.credits_sync", "schedule": 10.0},
+    "billing.credits_drawdown": {"task": "billing.credits_drawdown", "schedule": 300.0},
+    "billing.credits_balance_watch": {"task": "billing.credits_balance_watch", "schedule": 60.0},
+    "billing.credits_auto_topup": {"task": "billing.credits_auto_topup", "schedule": 60.0},
+    # Customer webhooks due now (customers/webhook_delivery.py); each event also kicks one.
+    "customers.webhook_deliveries_send": {
+        "task": "customers.webhook_deliveries_send",
+        "schedule": 15.0,
+    },
     "gateway.probe_backends": {
         "task": "gateway.probe_backends",
         "schedule": read(env, "BACKEND_PROBE_SECONDS", number(inclusive=False), default=5.0),

@@ -16,5 +16,11 @@ def credit_keys(account_id: int) -> tuple[str, str]:
     return f"{tag}:credit-pico", f"{tag}:credit-applied"
 
 
+def credit_held_key(account_id: int) -> str:
+    """The hash of what the gateway holds from the balance for each request in flight
+    (request id -> pico-units), given back at its settle; a rebuilt counter starts without."""
+    return f"{{a:{account_id}}}:credit-held"
+
+
 # Present while Redis holds the credit counters; gone after Redis lost its data.
 CREDIT_EPOCH = "{limits}:epoch:credit"

@@ -61,6 +61,8 @@ SCRIPTS: Mapping[str, Script] = _registry(
     Script.from_files(_GATEWAY_LUA, "inflight_reap"),
     # The meter's consumer group (metering/consumer.py).
     Script.from_files(_METERING_LUA, "meter_forget"),
+    # Prepaid credit movements added to the balance once each (billing/credits.py).
+    Script.from_files(_METERING_LUA, "credit_apply"),
 )
 
 

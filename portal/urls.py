@@ -5,7 +5,14 @@ password resets and invitations is a member's, scoped to their current account
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from portal import views_auth, views_members, views_projects, views_usage
+from portal import (
+    views_auth,
+    views_credits,
+    views_members,
+    views_projects,
+    views_usage,
+    views_webhooks,
+)
 from portal.forms import MemberPasswordResetForm
 
 app_name = "portal"
@@ -88,6 +95,34 @@ urlpatterns = [
         name="invitation-revoke",
     ),
     path("audit/", views_usage.audit, name="audit"),
+    path("credits/", views_credits.credits, name="credits"),
+    path("credits/buy/", views_credits.credits_buy, name="credits-buy"),
+    path("credits/bought/", views_credits.credits_success, name="credits-success"),
+    path("credits/cancelled/", views_credits.credits_cancel, name="credits-cancel"),
+    path("credits/auto-topup/", views_credits.credits_topup, name="credits-topup"),
+    path("webhooks/", views_webhooks.webhooks, name="webhooks"),
+    path("webhooks/new/", views_webhooks.webhook_new, name="webhook-new"),
+    path("webhooks/<int:endpoint_id>/", views_webhooks.webhook_edit, name="webhook-edit"),
+    path(
+        "webhooks/<int:endpoint_id>/secret/",
+        views_webhooks.webhook_secret,
+        name="webhook-secret",
+    ),
+    path(
+        "webhooks/<int:endpoint_id>/rotate/",
+        views_webhooks.webhook_rotate,
+        name="webhook-rotate",
+    ),
+    path(
+        "webhooks/<int:endpoint_id>/delete/",
+        views_webhooks.webhook_delete,
+        name="webhook-delete",
+    ),
+    path(
+        "webhooks/deliveries/<int:delivery_id>/replay/",
+        views_webhooks.webhook_replay,
+        name="webhook-replay",
+    ),
     path("profile/", views_members.profile, name="profile"),
     path("profile/two-factor/", views_members.two_factor, name="two-factor"),
     path("profile/two-factor/off/", views_members.two_factor_off, name="two-factor-off"),

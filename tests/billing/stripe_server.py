@@ -18,6 +18,19 @@ localstripe 1.15.10, tried by hand, differs from Stripe where billing.stripe_syn
   `parent.invoice_item_details`. Lines carry both here.
 - It pickles its whole store to /tmp/localstripe.pickle on every write, a file shared by every
   localstripe on the machine; this one keeps its store in memory only.
+- It has no Checkout. Added for one-off payments (`mode=payment`, `line_items` with
+  `price_data`): POST/GET /v1/checkout/sessions, POST .../{id}/expire, and the hosted page the
+  session's `url` opens (GET /c/pay/{id}, a card number form; POST pays). Paying makes the
+  PaymentIntent and its charge (`payment_intent_data[setup_future_usage]` attaches the card to
+  the customer), completes the session, stores the `checkout.session.completed` event (GET
+  /v1/events) and redirects to `success_url`, `{CHECKOUT_SESSION_ID}` filled in; a declined
+  card leaves the session open, as Stripe's page lets the customer try another.
+- A PaymentIntent confirmed off-session whose card is declined answers 402 with error type
+  `invalid_request_error` and no `payment_intent`; Stripe's error is a `card_error` carrying the
+  PaymentIntent it made (status `requires_payment_method`). This server answers as Stripe.
+
+Test cards are localstripe's: 4242424242424242 pays, 4000000000000341 attaches but every
+charge is declined, 4000000000000002 is declined at once.
 
 Routes for the tests only: POST /_config/clock?advance=<seconds> moves the keys' clock on (a
 day later, every stored key is forgotten), GET /_config/idempotency lists the keys seen, in
@@ -115,10 +128,11 @@ class ResponseDropper(TcpProxy):
 # Everything below runs in the server's own process.
 
 
-def _teach() -> None:
+def _teach() -> Any:
     """Patch localstripe's resources with the behaviour listed in the docstring.
 
     Before localstripe.server is imported: it routes the extra endpoints when imported.
+    Returns the CheckoutSession class, for main to route.
     """
     from localstripe import resources
     from localstripe.errors import UserError
@@ -192,6 +206,207 @@ def _teach() -> None:
         for method, url, func in resources.extra_apis
     ]
     resources.extra_apis.append(("POST", "/v1/invoices/{id}/finalize", finalize))
+    return _teach_checkout()
+
+
+# Where the hosted Checkout page is served: this server's own address (set by main).
+_site = {"base": ""}
+# Stripe's bounds on a Checkout Session's total, in minor units (two-decimal currencies).
+CHECKOUT_MIN_MINOR = 50
+CHECKOUT_MAX_MINOR = 99_999_999
+
+
+def _teach_checkout() -> Any:
+    """Checkout Sessions for one-off payments, and off-session declines as Stripe answers
+    them; returns the CheckoutSession class (main routes it)."""
+    from localstripe import resources
+    from localstripe.errors import UserError
+    from localstripe.resources import Event, PaymentIntent, StripeObject
+
+    class CheckoutSession(StripeObject):
+        object = "checkout.session"
+        _id_prefix = "cs_test_"
+
+        def __init__(
+            self,
+            mode: str | None = None,
+            line_items: list[dict[str, Any]] | None = None,
+            success_url: str | None = None,
+            cancel_url: str | None = None,
+            customer: str | None = None,
+            client_reference_id: str | None = None,
+            metadata: dict[str, str] | None = None,
+            payment_intent_data: dict[str, Any] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            if kwargs:
+                raise UserError(400, "Received unknown parameter: " + ", ".join(kwargs))
+            if mode != "payment":
+                raise UserError(400, "This server's Checkout makes one-off payments only")
+            if not success_url:
+                raise UserError(400, "Missing required param: success_url.")
+            currency, total = _line_items_total(line_items, UserError)
+            if customer is not None:
+                resources.Customer._api_retrieve(customer)
+            future = (payment_intent_data or {}).get("setup_future_usage")
+            if future not in (None, "off_session", "on_session"):
+                raise UserError(400, "Invalid setup_future_usage")
+            super().__init__()
+            self.mode = mode
+            self.currency = currency
+            self.amount_subtotal = total
+            self.amount_total = total
+            self.customer = customer
+            self.client_reference_id = client_reference_id
+            self.metadata = metadata or {}
+            self.success_url = success_url
+            self.cancel_url = cancel_url
+            self.status = "open"
+            self.payment_status = "unpaid"
+            self.payment_intent = None
+            self.expires_at = self.created + 24 * 3600
+            self.url = f"{_site['base']}/c/pay/{self.id}"
+            self._future = future
+            self._intent_metadata = (payment_intent_data or {}).get("metadata") or {}
+
+        @classmethod
+        def _api_update(cls, id: str, **data: Any) -> Any:
+            raise UserError(400, "Checkout Sessions cannot be updated")
+
+        @classmethod
+        def _api_delete(cls, id: str) -> Any:
+            raise UserError(405, "Method Not Allowed")
+
+        @classmethod
+        def _api_expire(cls, id: str, **kwargs: Any) -> Any:
+            session = cls._api_retrieve(id)
+            if session.status != "open":
+                raise UserError(400, "Only Checkout Sessions with a status of open can be expired")
+            session.status = "expired"
+            session.url = None
+            resources.schedule_webhook(Event("checkout.session.expired", session))
+            return session
+
+        def _pay(self, card_number: str) -> str | None:
+            """The customer pays on the hosted page: None once paid, else why not."""
+            if self.status != "open" or time.time() >= self.expires_at:
+                return "This Checkout Session is no longer active."
+            method = resources.PaymentMethod(
+                type="card",
+                card={"number": card_number, "exp_month": "12", "exp_year": "2034", "cvc": "123"},
+            )
+            if self._future and self.customer:
+                try:
+                    resources.PaymentMethod._api_attach(method.id, customer=self.customer)
+                except UserError:
+                    return "Your card was declined."
+            intent = PaymentIntent(
+                amount=self.amount_total,
+                currency=self.currency,
+                customer=self.customer,
+                payment_method=method.id,
+                metadata=dict(self._intent_metadata),
+            )
+            intent._confirm(on_failure_now=lambda: None)
+            if intent.status != "succeeded":
+                return "Your card was declined."
+            self.status = "complete"
+            self.payment_status = "paid"
+            self.payment_intent = intent.id
+            self.url = None
+            resources.schedule_webhook(Event("checkout.session.completed", self))
+            return None
+
+    def intent_create(cls: Any, confirm: Any = None, off_session: Any = None, **data: Any) -> Any:
+        """As localstripe's, but a declined confirmation is Stripe's card error, carrying the
+        PaymentIntent it made (awaiting another payment method)."""
+        confirm = resources.try_convert_to_bool(confirm)
+        if off_session is not None and confirm is not True:
+            raise UserError(400, "off_session can only be used with confirm=true")
+        intent = cls(**data)
+        if confirm:
+            try:
+                intent._confirm(on_failure_now=intent._report_failure)
+            except UserError as error:
+                if error.code == 402:
+                    error.body["error"].update(
+                        type="card_error",
+                        decline_code="generic_decline",
+                        payment_intent=intent._export(),
+                    )
+                raise
+        return intent
+
+    PaymentIntent._api_create = classmethod(intent_create)
+    return CheckoutSession
+
+
+def _line_items_total(items: Any, user_error: Any) -> tuple[str, int]:
+    """The one currency and the total of `line_items` given as `price_data` (no Price ids)."""
+    if not isinstance(items, list) or not items:
+        raise user_error(400, "Missing required param: line_items.")
+    currencies, total = set(), 0
+    for item in items:
+        price = item.get("price_data") if isinstance(item, dict) else None
+        if not isinstance(price, dict) or not (price.get("product_data") or {}).get("name"):
+            raise user_error(400, "line_items need price_data with product_data[name] here")
+        try:
+            unit, quantity = int(price["unit_amount"]), int(item.get("quantity", "1"))
+        except (KeyError, ValueError):
+            raise user_error(400, "Invalid integer: unit_amount or quantity") from None
+        if unit < 0 or quantity < 1:
+            raise user_error(400, "unit_amount must be >= 0 and quantity >= 1")
+        currencies.add(str(price.get("currency", "")).lower())
+        total += unit * quantity
+    if len(currencies) != 1 or "" in currencies:
+        raise user_error(400, "All line_items must have one currency")
+    if not CHECKOUT_MIN_MINOR <= total <= CHECKOUT_MAX_MINOR:
+        raise user_error(400, "The Checkout Session's total amount is out of bounds.")
+    return currencies.pop(), total
+
+
+_PAGE = """<!DOCTYPE html><html><head><title>Checkout</title></head><body>
+<h1>Pay {amount} {currency}</h1><p id="problem">{problem}</p>
+<form method="post"><label>Card number <input name="card_number" value="4242424242424242">
+</label><button type="submit">Pay</button></form>
+<p><a href="{cancel}">Back</a></p></body></html>"""
+
+
+def checkout_pages(session_class: Any) -> Any:
+    """The hosted page a Checkout Session's `url` opens (the amount and a card form), as a
+    middleware ahead of localstripe's, which would ask the customer's browser for an API key."""
+    from localstripe.errors import UserError
+
+    def page(session: Any, problem: str = "", status: int = 200) -> web.Response:
+        text = _PAGE.format(
+            amount=f"{session.amount_total / 100:.2f}",
+            currency=session.currency.upper(),
+            problem=problem,
+            cancel=session.cancel_url or "",
+        )
+        return web.Response(text=text, content_type="text/html", status=status)
+
+    async def pay(session: Any, request: web.Request) -> web.Response:
+        form = await request.post()
+        problem = session._pay(str(form.get("card_number", "4242424242424242")))
+        if problem is not None:
+            return page(session, problem, status=402)
+        target = session.success_url.replace("{CHECKOUT_SESSION_ID}", session.id)
+        raise web.HTTPSeeOther(target)
+
+    @web.middleware
+    async def hosted(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/c/pay/"):
+            return await handler(request)
+        try:
+            session = session_class._api_retrieve(request.path.removeprefix("/c/pay/"))
+        except UserError:
+            raise web.HTTPNotFound() from None
+        if request.method == "POST":
+            return await pay(session, request)
+        return page(session)
+
+    return hosted
 
 
 KEY_REUSED = "Keys for idempotent requests can only be used with the same parameters"
@@ -308,8 +523,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     port = parser.parse_args().port
 
-    _teach()
-    from localstripe.server import app
+    sessions = _teach()
+    from localstripe.server import api_create, api_extra, api_list_all, api_retrieve, app
+
+    _site["base"] = f"http://127.0.0.1:{port}"
 
     keys = IdempotencyKeys()
     # Outermost, so it stores localstripe's answers as sent, errors included.
@@ -318,6 +535,12 @@ def main() -> None:
     app.middlewares.append(customer_search)
     app.router.add_post("/_config/clock", keys.advance)
     app.router.add_get("/_config/idempotency", keys.listing)
+    url = "/v1/checkout/sessions"
+    app.router.add_post(url + "/{id}/expire", api_extra(sessions._api_expire, url))
+    app.router.add_post(url, api_create(sessions, url))
+    app.router.add_get(url + "/{id}", api_retrieve(sessions, url))
+    app.router.add_get(url, api_list_all(sessions, url))
+    app.middlewares.insert(0, checkout_pages(sessions))
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -19,8 +19,9 @@ from django.utils import timezone
 from audit.models import AuditEntry
 from billing.models import Invoice
 from customers.members import invitation_create
-from customers.models import ApiKey, Invitation, Member, Project
-from customers.services import api_key_issue, project_create
+from customers.models import ApiKey, Invitation, Member, Project, WebhookDelivery, WebhookEndpoint
+from customers.services import api_key_issue, api_key_revoke, project_create
+from customers.webhooks import webhook_endpoint_create
 from metering.models import UsageRecord
 from portal import urls as portal_urls
 from tests.billing.factories import invoice_with_line, usage
@@ -50,6 +51,8 @@ class Victim:
     invoice: Invoice
     invitation: Invitation
     record: UsageRecord
+    endpoint: WebhookEndpoint
+    delivery: WebhookDelivery
 
 
 def _victim() -> Victim:
@@ -72,6 +75,10 @@ def _victim() -> Victim:
             model="secret-model",
         )
     )
+    endpoint = webhook_endpoint_create(account=account, url="http://127.0.0.1:9/secret-hook")
+    # Its revocation is an api_key.revoked event, with a delivery to B's endpoint.
+    revoked = api_key_issue(account=account, project=project, name="revoked-key").api_key
+    api_key_revoke(key_id=revoked.key_id)
     return Victim(
         owner=owner,
         admin=member_add(account, Member.Role.ADMIN),
@@ -82,6 +89,8 @@ def _victim() -> Victim:
             account=account, email="secret-invitee@example.com", role="admin"
         ).invitation,
         record=record,
+        endpoint=endpoint,
+        delivery=WebhookDelivery.objects.get(endpoint=endpoint),
     )
 
 
@@ -92,6 +101,8 @@ ARGUMENTS: dict[str, Callable[[Victim], Any]] = {
     "invoice_id": lambda v: v.invoice.pk,
     "member_id": lambda v: v.admin.pk,
     "invitation_id": lambda v: v.invitation.pk,
+    "endpoint_id": lambda v: v.endpoint.pk,
+    "delivery_id": lambda v: v.delivery.pk,
 }
 
 
@@ -107,6 +118,10 @@ def _state(victim: Victim) -> dict[str, Any]:
         "keys": list(ApiKey.objects.filter(account_id=account_id).values()),
         "members": list(Member.objects.filter(account_id=account_id).values()),
         "invitations": list(Invitation.objects.filter(account_id=account_id).values()),
+        "webhooks": list(WebhookEndpoint.objects.filter(account_id=account_id).values()),
+        "deliveries": list(
+            WebhookDelivery.objects.filter(endpoint__account_id=account_id).values()
+        ),
         "audit": AuditEntry.objects.filter(account_id=account_id).count(),
     }
 
@@ -153,6 +168,9 @@ def test_list_pages_show_nothing_of_another_account() -> None:
         "secret-invitee",
         victim.admin.user.email,
         victim.owner.account.name,
+        "secret-hook",
+        victim.endpoint.secret,
+        victim.delivery.event.public_id,
     ]
     hostile: dict[str, Any] = {
         "project": victim.project.pk,
