@@ -7,6 +7,7 @@ the gateway's own script (gateway/lua/limits_peek.lua), so it matches GET /v1/us
 
 import functools
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,8 @@ from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDay
 
 from customers.models import Account, LimitOverride
-from gateway.limits import Limits, Standing, account_keys
+from gateway.limits import Limits, Standing, account_keys, credit_parse, prepaid_keys
+from metering.credits import CREDIT_EPOCH
 from metering.models import UsageRecord
 from metering.redis_scripts import SCRIPTS, run
 
@@ -64,11 +66,20 @@ def account_limits(account: Account) -> Limits:
     return Limits(*(pick(name) for name in Limits.__dataclass_fields__))
 
 
-def account_standing(*, account_id: int, now: datetime) -> Standing:
-    """Where the account stands now against its limits (Redis); raises redis.RedisError."""
+def account_standing(*, account_id: int, now: datetime, prepaid: bool = False) -> Standing:
+    """Where the account stands now against its limits, and a `prepaid` account's credit
+    (Redis, in one read, as GET /v1/usage reads them); raises redis.RedisError."""
     keys = account_keys(account_id, now)
+    if prepaid:
+        keys += prepaid_keys(account_id)
     reply = run(_redis(), _PEEK, keys, (int(now.timestamp() * 1000),))
-    return Standing(*(int(value) for value in reply))
+    standing = Standing.from_peek(reply[:6])
+    if not prepaid:
+        return standing
+    credit = credit_parse(reply[6:])
+    if credit.balance is None and _redis().exists(CREDIT_EPOCH):
+        credit = replace(credit, balance=0)  # never granted anything, not unknown
+    return replace(standing, credit=credit)
 
 
 @functools.cache

@@ -5,16 +5,18 @@ Every inference response carries the OpenAI `x-ratelimit-*` headers (of the leve
 left, where the project has its own limit); a refusal is a 429 with `retry-after`:
 `rate_limit_exceeded` while a rate window is full (retrying later works), or
 `insufficient_quota` with `x-should-retry: false` once a day's or month's quota, or the
-month's budget under a hard cap, is spent. A refusal by the key's project names the project:
-its limits are the account's to change, not the plan's.
+month's budget under a hard cap, is spent, or a prepaid balance no longer covers the request
+(no `retry-after` then: only buying credits helps, and the message says where). A refusal by
+the key's project names the project: its limits are the account's to change, not the plan's.
 """
 
 import math
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from gateway.auth import Principal
-from gateway.errors import ApiError, invalid_request
-from gateway.limits import Admission, Limits
-from gateway.pricing import shown
+from gateway.errors import ApiError, invalid_request, unavailable
+from gateway.limits import Admission, Limits, Spend
+from gateway.pricing import pico_amount, shown
 from gateway.responses import Headers
 from gateway.validation import InferenceRequest
 
@@ -23,6 +25,8 @@ DEFAULT_COMPLETION_RESERVE = 1024
 _QUOTAS = {"tokens_per_day": "day", "tokens_per_month": "month"}
 # A project without limits of its own.
 NO_LIMITS = Limits()
+# A request that costs nothing (unpriced).
+UNPRICED = Spend()
 
 
 def completion_cap(
@@ -121,8 +125,19 @@ def rate_limit_headers(
     return tuple(headers)
 
 
-def refusal(principal: Principal, admission: Admission) -> ApiError:
-    """The 429 for a refused admission, naming the level (account or project) that refused."""
+def refusal(
+    principal: Principal, admission: Admission, *, spend: Spend = UNPRICED, credits_url: str = ""
+) -> ApiError:
+    """The 429 for a refused admission, naming the level (account or project) that refused;
+    a prepaid refusal tells what the request may cost and where to buy credits."""
+    if admission.reason == "credit":
+        return _credit_refusal(principal, admission, spend, credits_url)
+    if admission.reason == "credit_unknown":
+        return unavailable(
+            "Your prepaid credit balance cannot be checked right now; retry shortly.",
+            code="credits_unavailable",
+            retry_after="5",
+        )
     retry_after = (
         (b"retry-after", str(math.ceil(admission.retry_after_ms / 1000)).encode()),
         (b"retry-after-ms", str(admission.retry_after_ms).encode()),
@@ -167,6 +182,36 @@ def refusal(principal: Principal, admission: Admission) -> ApiError:
         code="rate_limit_exceeded",
         headers=headers,
     )
+
+
+def _credit_refusal(
+    principal: Principal, admission: Admission, spend: Spend, credits_url: str
+) -> ApiError:
+    """429 `insufficient_quota`: the balance in whole cents rounded down, the request's most
+    possible cost rounded up (so the one shown is always short of the other)."""
+    balance = _cents(admission.balance or 0, ROUND_FLOOR)
+    currency = spend.currency
+    cost = (
+        f", this request may cost up to {_cents(spend.reserve, ROUND_CEILING)} {currency}"
+        if spend.reserve
+        else ""
+    )
+    where = f"at {credits_url} " if credits_url else "(Credits) "
+    return ApiError(
+        429,
+        f"Your prepaid credit balance is used up (balance {balance} {currency}{cost}). "
+        f"Buy credits in the portal {where}to continue.",
+        type="insufficient_quota",
+        code="insufficient_quota",
+        headers=(
+            *rate_limit_headers(principal.limits, admission, principal.project_limits),
+            (b"x-should-retry", b"false"),
+        ),
+    )
+
+
+def _cents(pico: int, rounding: str) -> str:
+    return shown(pico_amount(pico).quantize(Decimal("0.01"), rounding=rounding))
 
 
 def duration(ms: int) -> str:

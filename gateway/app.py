@@ -57,6 +57,9 @@ class GatewayApp:
         self.max_body = 0
         self.fifo = False
         self.metrics_token: bytes | None = None
+        # Where a prepaid account whose credit ran out buys more ("" where the portal's
+        # address is not configured: the refusal then names the page only).
+        self.credits_url = ""
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -87,6 +90,8 @@ class GatewayApp:
         self.fifo = conf.admission == "fifo"
         if conf.metrics_token:
             self.metrics_token = b"Bearer " + conf.metrics_token.encode()
+        if settings.PORTAL_BASE_URL:
+            self.credits_url = settings.PORTAL_BASE_URL.rstrip("/") + "/portal/credits/"
         self.c = clients
 
     async def shutdown(self) -> None:
@@ -183,6 +188,7 @@ class GatewayApp:
         call.rate = self.c.prices.rate(
             currency=currency, tier=principal.tier, model=call.request.model, now=now
         )
+        spend = _spend(call, currency)
         acquiring = asyncio.ensure_future(self._wait_for_slot(call))
         try:
             admission = await self.c.limiter.admit(
@@ -191,21 +197,23 @@ class GatewayApp:
                 reserve=call.reserve,
                 limits=principal.limits,
                 now=now,
-                spend=_spend(call, currency),
+                spend=spend,
                 project_id=principal.project_id,
                 project_limits=principal.project_limits,
+                prepaid=principal.prepaid,
             )
         except aioredis.RedisError as exc:
             self._abandon(acquiring)
             log.warning("admission failed: Redis unavailable", exc_info=True)
-            if principal.fail_open:
+            # Never a prepaid account: served unchecked, it would spend credit it may not have.
+            if principal.fail_open and not principal.prepaid:
                 return None
             raise errors.unavailable(
                 "Limits cannot be checked right now; retry shortly.", code="limits_unavailable"
             ) from exc
         if not admission.admitted:
             self._abandon(acquiring)
-            refused = refusal(principal, admission)
+            refused = refusal(principal, admission, spend=spend, credits_url=self.credits_url)
             metrics.SHED.labels(principal.tier, refused.code or "refused").inc()
             raise refused
         call.slot = await self._slot(call, admission, acquiring)

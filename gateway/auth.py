@@ -48,7 +48,8 @@ SELECT k.id, k.secret_hash, k.expires_at, k.revoked_at, a.id, a.status, t.slug, 
        t.queue_timeout_seconds, t.queue_depth, t.when_redis_down = 'open',
        b.monthly_limit, b.currency, b.hard_cap,
        p.id, p.name, p.archived_at IS NOT NULL, p.monthly_budget, p.budget_hard_cap,
-       {", ".join(f"p.{name}" for name in LIMIT_FIELDS)}
+       {", ".join(f"p.{name}" for name in LIMIT_FIELDS)},
+       a.billing_mode = 'prepaid'
 FROM customers_apikey k
 JOIN customers_account a ON a.id = k.account_id
 JOIN customers_tier t ON t.id = a.tier_id
@@ -89,6 +90,9 @@ class Principal:
     project_limits: Limits
     # The project's monthly budget, in billing's currency, if it has one.
     project_budget: Budget | None
+    # Billed from prepaid credit: admitted only while the balance covers a request's most
+    # possible cost (customers.models.Account.billing_mode).
+    prepaid: bool
 
     def may_use(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
@@ -265,6 +269,7 @@ class Authenticator:
             project_budget=(
                 None if project_budget is None else Budget(project_budget, self.currency, row[26])
             ),
+            prepaid=row[27 + len(LIMIT_FIELDS)],
         )
 
     def _note_use(self, entry: _Entry, api_key_id: int) -> None:

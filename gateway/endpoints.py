@@ -85,7 +85,8 @@ async def _models(c: Clients, principal: Principal, send: Send, rid: str) -> Non
 
 async def _usage(c: Clients, principal: Principal) -> dict[str, Any]:
     """The caller's own limits, where it stands against them, and its recent usage: its
-    account's (every project's), and under `project` its key's project's own."""
+    account's (every project's), and under `project` its key's project's own; a prepaid
+    account's credit under `credits` (null for an account billed in arrears)."""
     now = datetime.now(UTC)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     month = today.replace(day=1)
@@ -93,7 +94,11 @@ async def _usage(c: Clients, principal: Principal) -> dict[str, Any]:
     currency = c.limiter.currency  # the spend counter's: billing's
     try:
         standing, project_standing = await c.limiter.standings(
-            account_id=account, project_id=project, now=now, currency=currency
+            account_id=account,
+            project_id=project,
+            now=now,
+            currency=currency,
+            prepaid=principal.prepaid,
         )
         async with c.pool.connection(timeout=2.0) as conn:
             usage, project_usage = {}, {}
@@ -112,6 +117,7 @@ async def _usage(c: Clients, principal: Principal) -> dict[str, Any]:
         "object": "usage",
         "tier": principal.tier,
         **_standing(principal.limits, principal.budget, standing, currency),
+        "credits": None if standing.credit is None else standing.credit.shown(currency),
         "usage": usage,
         "recent": recent,
         # Limits null here are the account's; remaining is shown where the project has its own.

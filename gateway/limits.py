@@ -9,6 +9,10 @@ settles it at both levels with the tokens it really used and what they cost
 (`{a:<id>}:p:<project id>:…`), share the hash tag `{a:<id>}`, so both scripts stay on one Redis
 Cluster slot and the project level costs no extra round trip.
 
+A prepaid account's credit balance (metering/credits.py) is one more limit in the same call:
+admitted only while the balance covers the request's most possible cost, which is taken off it
+and held under the request's id until the settle gives back what the request did not cost.
+
 Money is exact: Redis adds it with INCRBY (64-bit integers), the amounts travel as decimal
 strings, and the scripts compare them as strings, never as Lua numbers (doubles, exact only
 to 2^53 pico-units, about 9,000 of the currency).
@@ -18,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +30,15 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.batching import ScriptBatcher
-from gateway.pricing import DEFAULT_CURRENCY, REQUEST_MOST, SPEND_CEILING, month_spend_by_project
+from gateway.pricing import (
+    DEFAULT_CURRENCY,
+    REQUEST_MOST,
+    SPEND_CEILING,
+    month_spend_by_project,
+    pico_amount,
+    shown,
+)
+from metering.credits import CREDIT_EPOCH, credit_held_key, credit_keys
 from metering.redis_scripts import SCRIPTS
 from metering.selectors import period_totals
 
@@ -83,7 +95,9 @@ class Spend:
 class Admission:
     admitted: bool
     # Which limit refused: concurrent, requests, tokens, tokens_per_day, tokens_per_month,
-    # budget; and at which level: "account" or "project" ("" when admitted).
+    # budget, credit (a prepaid balance short of the request's most possible cost),
+    # credit_unknown (no balance, and Redis lost the credit counters: billing has not rebuilt
+    # them yet); and at which level: "account" or "project" ("" when admitted).
     reason: str
     retry_after_ms: int
     requests_used: int
@@ -104,6 +118,32 @@ class Admission:
     project_tokens_used: int = 0
     project_tokens_reset_ms: int = 0
     project_spend_reserved: int = 0
+    # Admitted against a prepaid balance: the pico-units taken off it for this request, and
+    # the balance after that (at a refusal: the balance then; None where it has none).
+    prepaid: bool = False
+    credit_reserved: int = 0
+    balance: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """A prepaid account's credit, in pico-units of billing's currency."""
+
+    # Available to admit requests now, reservations in flight taken off; None while Redis has
+    # no counters (it lost its data and billing has not rebuilt them yet).
+    balance: int | None
+    # Held for requests in flight at their most possible cost; what they did not cost comes
+    # back when they settle.
+    reserved: int
+
+    def shown(self, currency: str) -> dict[str, str | None]:
+        """As GET /v1/usage and /api/v1/me/ show it: exact decimal strings of `currency`
+        (billing's), the balance null while it cannot be read."""
+        return {
+            "currency": currency,
+            "balance": None if self.balance is None else shown(pico_amount(self.balance)),
+            "reserved": shown(pico_amount(self.reserved)),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +157,14 @@ class Standing:
     running: int
     # Pico-units of billing's currency spent this month, reservations in flight included.
     spent_this_month: int
+    # A prepaid account's credit (read with the account's standing); None otherwise.
+    credit: Credit | None = None
+
+    @classmethod
+    def from_peek(cls, level: Sequence[Any]) -> "Standing":
+        """One level's six values in limits_peek.lua's reply."""
+        requests, tokens, today, month, running, spent = (int(value) for value in level)
+        return cls(requests, tokens, today, month, running, spent)
 
 
 def account_keys(
@@ -142,6 +190,23 @@ def _level_keys(tag: str, now: datetime, currency: str) -> tuple[str, ...]:
         f"{tag}:tpmo:{now:%Y%m}",
         f"{tag}:concurrent",
         f"{tag}:spend-pico:{now:%Y%m}:{currency}",
+    )
+
+
+def prepaid_keys(account_id: int) -> tuple[str, str]:
+    """A prepaid account's credit balance and the hash of what is held from it for each
+    request in flight, under the account's hash tag."""
+    balance, _ = credit_keys(account_id)
+    return balance, credit_held_key(account_id)
+
+
+def credit_parse(reply: Sequence[Any]) -> Credit:
+    """The credit part of limits_peek.lua's reply: the balance ('' where missing: None, for
+    the caller to read as 0 while Redis holds the credit counters, CREDIT_EPOCH), then what
+    is held for each request in flight, added up here exactly."""
+    balance, *held = reply
+    return Credit(
+        None if balance in (b"", "") else int(balance), sum(int(amount) for amount in held)
     )
 
 
@@ -184,9 +249,10 @@ class Limiter:
         spend: Spend = Spend(),
         project_id: int | None = None,
         project_limits: Limits = Limits(),
+        prepaid: bool = False,
     ) -> Admission:
         """Check and count the request at its account and, with `project_id`, at its project
-        too, in one Lua call."""
+        too, and for a `prepaid` account against its credit balance, in one Lua call."""
         keys = account_keys(account_id, now, spend.currency)
         project: tuple[Any, ...] = ()
         if project_id is not None:
@@ -199,6 +265,8 @@ class Limiter:
                 _limit(project_limits.max_concurrent_requests),
                 _limit(spend.project_cap),
             )
+        if prepaid:
+            keys += prepaid_keys(account_id)
         day_left, month_left = period_ends(now)
         reply = await self._batcher.call(
             _ADMIT,
@@ -222,6 +290,11 @@ class Limiter:
             ),
         )
         admitted, reason, retry_after, requests, requests_reset, tokens, tokens_reset = reply[:7]
+        balance = None if reply[15] in (b"", "") else int(reply[15])
+        reason = _text(reason)
+        if reason == "credit" and balance is None and not await self.client.exists(CREDIT_EPOCH):
+            # Not "no credit": Redis lost the counters and billing has not rebuilt them yet.
+            reason = "credit_unknown"
         if admitted:
             slots: tuple[str, ...] = (keys[_SLOTS],)
             if project and project_limits.max_concurrent_requests is not None:
@@ -229,7 +302,7 @@ class Limiter:
             self.live[request_id] = slots
         return Admission(
             admitted=bool(admitted),
-            reason=_text(reason),
+            reason=reason,
             retry_after_ms=int(retry_after),
             requests_used=int(requests),
             requests_reset_ms=int(requests_reset),
@@ -244,38 +317,73 @@ class Limiter:
             project_tokens_used=int(reply[11]),
             project_tokens_reset_ms=int(reply[12]),
             project_spend_reserved=int(reply[13]),
+            prepaid=prepaid,
+            credit_reserved=int(reply[14]),
+            balance=balance,
         )
 
     async def peek(
-        self, *, account_id: int, now: datetime, currency: str = DEFAULT_CURRENCY
+        self,
+        *,
+        account_id: int,
+        now: datetime,
+        currency: str = DEFAULT_CURRENCY,
+        prepaid: bool = False,
     ) -> Standing:
         """Where the account stands now, without counting anything."""
         keys = account_keys(account_id, now, currency)
+        if prepaid:
+            keys += prepaid_keys(account_id)
         # Through the batcher, after any settle still lingering there: an account reads its
         # own refunds.
         reply = await self._batcher.call(_PEEK, keys, (int(now.timestamp() * 1000),))
-        return Standing(*(int(value) for value in reply))
+        return (await self._standings(reply, levels=1, prepaid=prepaid))[0]
 
     async def standings(
-        self, *, account_id: int, project_id: int, now: datetime, currency: str = DEFAULT_CURRENCY
+        self,
+        *,
+        account_id: int,
+        project_id: int,
+        now: datetime,
+        currency: str = DEFAULT_CURRENCY,
+        prepaid: bool = False,
     ) -> tuple[Standing, Standing]:
         """Where the account and its project stand now, in one call, counting nothing. The
-        project's windows and slots count only while it has a limit on them."""
+        project's windows and slots count only while it has a limit on them; a prepaid
+        account's credit is the account's."""
         keys = account_keys(account_id, now, currency)
         keys += project_keys(account_id, project_id, now, currency)
+        if prepaid:
+            keys += prepaid_keys(account_id)
         reply = await self._batcher.call(_PEEK, keys, (int(now.timestamp() * 1000),))
-        values = [int(value) for value in reply]
-        return Standing(*values[:6]), Standing(*values[6:])
+        account, project = await self._standings(reply, levels=2, prepaid=prepaid)
+        return account, project
+
+    async def _standings(self, reply: list[Any], *, levels: int, prepaid: bool) -> list[Standing]:
+        """limits_peek.lua's reply, one Standing per level, the credit with the first."""
+        standings = [Standing.from_peek(reply[i : i + 6]) for i in range(0, 6 * levels, 6)]
+        if prepaid:
+            credit = credit_parse(reply[6 * levels :])
+            if credit.balance is None and await self.client.exists(CREDIT_EPOCH):
+                credit = replace(credit, balance=0)
+            standings[0] = replace(standings[0], credit=credit)
+        return standings
 
     def settle(self, admission: Admission, *, request_id: str, used: int, spent: int = 0) -> None:
-        """Swap the reservations for the tokens used and what they cost (pico-units), and free
-        the slot, in the background."""
+        """Swap the reservations for the tokens used and what they cost (pico-units), give a
+        prepaid balance back what the request did not cost, and free the slot, in the
+        background."""
         self.live.pop(request_id, None)
         cost = min(spent, REQUEST_MOST)
         money = cost - admission.spend_reserved
         args: tuple[Any, ...] = (request_id, admission.reserved, used, money, SPEND_CEILING)
-        if len(admission.keys) > _LEVEL_KEYS:
-            args += (cost - admission.project_spend_reserved,)
+        project = len(admission.keys) - (2 if admission.prepaid else 0) > _LEVEL_KEYS
+        if project or admission.prepaid:
+            # The project's difference (0 without a project level), then a prepaid balance's
+            # cost: limits_settle.lua's ARGV[6] and ARGV[7].
+            args += (cost - admission.project_spend_reserved if project else 0,)
+        if admission.prepaid:
+            args += (cost,)
         self._batcher.call(_SETTLE, admission.keys, args, linger=True).add_done_callback(
             _check_settled
         )

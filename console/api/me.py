@@ -11,6 +11,7 @@ script); usage by day and model comes from the ledger in PostgreSQL.
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema, extend_schema_field
@@ -29,7 +30,7 @@ from console.api.permissions import IsKeyHolder, key_holder
 from console.api.usage import UsagePage, UsageViewBase, usage_parameters
 from console.selectors import account_limits, account_standing
 from customers import services
-from customers.models import LIMIT_FIELDS, ApiKey, Project
+from customers.models import LIMIT_FIELDS, Account, ApiKey, Project
 from metering.models import UsageRecord
 
 
@@ -71,6 +72,18 @@ class MeProjectSerializer(serializers.Serializer[Project]):
         return {name: getattr(project, name) for name in LIMIT_FIELDS}
 
 
+class CreditsSerializer(serializers.Serializer[Any]):
+    """A prepaid account's credit, as GET /v1/usage shows it: exact decimal strings of
+    billing's currency."""
+
+    currency = serializers.CharField()
+    # Available now, requests in flight held at their most possible cost; null while it cannot
+    # be read (Redis lost the counters and billing has not rebuilt them yet).
+    balance = serializers.CharField(allow_null=True)
+    # Held for requests in flight; what they do not cost comes back when they finish.
+    reserved = serializers.CharField()
+
+
 class MeSerializer(serializers.Serializer[Any]):
     account = serializers.DictField()
     key = serializers.DictField()
@@ -78,6 +91,7 @@ class MeSerializer(serializers.Serializer[Any]):
     tier = serializers.CharField()
     limits = EffectiveLimitsSerializer()
     remaining = RemainingSerializer()
+    credits = CreditsSerializer(allow_null=True, help_text="Null unless the account is prepaid.")
 
 
 class MeView(KeyHolderMixin, APIView):
@@ -89,7 +103,11 @@ class MeView(KeyHolderMixin, APIView):
         account = api_key.account
         limits = account_limits(account)
         try:
-            standing = account_standing(account_id=account.pk, now=timezone.now())
+            standing = account_standing(
+                account_id=account.pk,
+                now=timezone.now(),
+                prepaid=account.billing_mode == Account.Billing.PREPAID,
+            )
         except redis.RedisError as exc:
             raise Unavailable("Limits cannot be read right now; retry shortly.") from exc
         return Response(
@@ -114,6 +132,11 @@ class MeView(KeyHolderMixin, APIView):
                     "tokens_this_month": _left(limits.tokens_per_month, standing.tokens_this_month),
                     "concurrent_requests": _left(limits.max_concurrent_requests, standing.running),
                 },
+                "credits": (
+                    None
+                    if standing.credit is None
+                    else standing.credit.shown(settings.BILLING.currency)
+                ),
             }
         )
 

@@ -10,7 +10,14 @@
 -- The project's keys carry the account's hash tag, so the script stays on one Cluster slot.
 -- Its day and month counters and its spend always count; its windows and slots only while it
 -- has a limit on them (the account's always count: /v1/usage shows them).
--- KEYS (one account, one hash tag); [9..16] may be left out (no project level):
+-- A prepaid account (two credit keys after the levels' keys) is admitted only while its credit
+-- balance covers the request's most possible cost ([12]), or, unpriced ([12] = 0), while it is
+-- above zero; the reservation is taken off the balance and held under the request's id until
+-- it settles. A missing balance is none (refused, balance ''): the caller tells a Redis that
+-- lost its counters apart (metering/credits.py's epoch). Checked after every other limit, all
+-- or nothing with them.
+-- KEYS (one account, one hash tag); [9..16] may be left out (no project level), and the two
+-- credit keys come last, after the levels' eight or sixteen:
 --   [1] requests window   zset    request_id -> admission time (ms)
 --   [2] tokens window     zset    request_id -> admission time (ms)
 --   [3] tokens amounts    hash    request_id -> tokens counted in the window for it
@@ -20,6 +27,9 @@
 --   [7] concurrency       zset    request_id -> lease expiry (ms)
 --   [8] month spend       string  pico-units spent this month (UTC); expires after the month
 --   [9..16] the same eight for the key's project
+--   then, prepaid accounts only:
+--   [L+1] credit balance  string  pico-units available (metering/credits.py; no expiry)
+--   [L+2] credit held     hash    request_id -> pico-units reserved from the balance for it
 -- ARGV:
 --   [1] now (ms)            [2] request_id          [3] tokens to reserve
 --   [4] requests/minute     [5] tokens/minute       [6] tokens/day
@@ -36,7 +46,10 @@
 --          ms until that window is empty, money reserved (decimal string: [12], or '0' when
 --          the counter is saturated or the request refused), the level that refused
 --          ('', 'account' or 'project'), then the project's requests, requests reset, tokens,
---          tokens reset and money reserved, as the account's (0 where not counted)}.
+--          tokens reset and money reserved, as the account's (0 where not counted), the
+--          credit reserved (decimal string, '0' unless prepaid and admitted), and the credit
+--          balance after admission or at the refusal (decimal string; '' where not prepaid or
+--          the balance key is missing)}.
 local now = tonumber(ARGV[1])
 local reserve = tonumber(ARGV[3])
 local money, ceiling = ARGV[12], ARGV[14]
@@ -136,15 +149,27 @@ local function windows(k, s)
   return {s.requests, window_reset(KEYS[k + 1]), s.tokens, window_reset(KEYS[k + 2])}
 end
 
+-- The prepaid balance covers a reservation (both integers in decimal as Redis writes them):
+-- at least the reservation, and above zero.
+local function covers(balance, amount)
+  return at_least(balance, amount) and balance ~= '0'
+end
+
+local levels = #KEYS - #KEYS % 8
+local prepaid = #KEYS % 8 == 2
+local balance = ''
+if prepaid then balance = redis.call('GET', KEYS[levels + 1]) or '' end
+
 local account_limits = limits_at(4, ARGV[13])
 local account = standing(0)
 local project_limits, project = nil, nil
-if #KEYS == 16 then
+if levels == 16 then
   project_limits = limits_at(15, ARGV[20])
   project = standing(8)
 end
 
-local function reply(admitted, reason, retry_after, level, account_money, project_money)
+local function reply(admitted, reason, retry_after, level, account_money, project_money,
+                     credit_money)
   local out = {admitted, reason, retry_after}
   for _, value in ipairs(windows(0, account)) do out[#out + 1] = value end
   out[#out + 1] = account_money
@@ -153,6 +178,8 @@ local function reply(admitted, reason, retry_after, level, account_money, projec
   if project then project_windows = windows(8, project) end
   for _, value in ipairs(project_windows) do out[#out + 1] = value end
   out[#out + 1] = project_money
+  out[#out + 1] = credit_money
+  out[#out + 1] = balance
   return out
 end
 
@@ -162,11 +189,22 @@ if not reason and project then
   reason, retry_after = refusal(8, project_limits, project)
   level = 'project'
 end
+if not reason and prepaid and (balance == '' or not covers(balance, money)) then
+  -- Topping up is the only way out: no retry time.
+  reason, retry_after, level = 'credit', 0, 'account'
+end
 if reason then
-  return reply(0, reason, math.max(retry_after, 1), level, '0', '0')
+  return reply(0, reason, math.max(retry_after, 1), level, '0', '0', '0')
 end
 
 local account_money = count(0, account_limits, account, true)
 local project_money = '0'
 if project then project_money = count(8, project_limits, project, false) end
-return reply(1, '', 0, '', account_money, project_money)
+if prepaid then
+  -- Read back as Redis writes it: DECRBY's reply would reach Lua as a double.
+  redis.call('DECRBY', KEYS[levels + 1], money)
+  balance = redis.call('GET', KEYS[levels + 1])
+  redis.call('HSET', KEYS[levels + 2], ARGV[2], money)
+  return reply(1, '', 0, '', account_money, project_money, money)
+end
+return reply(1, '', 0, '', account_money, project_money, '0')

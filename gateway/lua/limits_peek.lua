@@ -1,15 +1,19 @@
 -- Read where an account (and, with sixteen keys, its project) stands against its limits,
 -- changing nothing.
--- KEYS: the eight or sixteen keys of limits_admit.lua.
+-- KEYS: the eight or sixteen keys of limits_admit.lua, then its two credit keys for a
+--       prepaid account.
 -- ARGV: [1] now (ms)
 -- Returns, for each level in KEYS' order, {requests in the last 60 s, tokens in the last
 --          60 s, tokens today, tokens this month, requests running, pico-units spent this
 --          month (a decimal string: it may be past 2^53, where a Lua number is no longer
---          exact)}, one after the other.
+--          exact)}, one after the other; then, with the credit keys, the credit balance
+--          (decimal string, '' where missing) and the pico-units held for each request in
+--          flight (decimal strings, for the caller to add up exactly).
 local now = tonumber(ARGV[1])
 local window_start = '(' .. (now - 60000)
 local out = {}
-for k = 0, #KEYS - 8, 8 do
+local levels = #KEYS - #KEYS % 8
+for k = 0, levels - 8, 8 do
   local requests = redis.call('ZCOUNT', KEYS[k + 1], window_start, '+inf')
   local tokens = 0
   local offset = 0
@@ -30,5 +34,9 @@ for k = 0, #KEYS - 8, 8 do
   for _, value in ipairs({requests, tokens, today, month, running, spent}) do
     out[#out + 1] = value
   end
+end
+if #KEYS % 8 == 2 then
+  out[#out + 1] = redis.call('GET', KEYS[levels + 1]) or ''
+  for _, held in ipairs(redis.call('HVALS', KEYS[levels + 2])) do out[#out + 1] = held end
 end
 return out
