@@ -17,13 +17,12 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
-from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 from django.utils import timezone
 
 from audit.admin_base import AuditedAdmin, ReadOnlyAdmin
 from billing import closing as audited
-from billing.admin_forms import CostModelForm
+from billing.admin_forms import CostModelForm, form_page
 from billing.admin_money import exact_text, minor_cell, money_cell, percent_text
 from billing.models import (
     BudgetAlert,
@@ -282,7 +281,7 @@ class InvoiceAdmin(ReadOnlyAdmin[Invoice]):
                         "bills them.",
                     )
                 return redirect("admin:billing_invoice_changelist")
-        return self._form_page(request, "Close a month", form)
+        return form_page(self, request, "Close a month", form)
 
     def credit_note_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         self._may_invoice(request)
@@ -304,20 +303,11 @@ class InvoiceAdmin(ReadOnlyAdmin[Invoice]):
             else:
                 messages.success(request, f"Credit note {note} issued.")
                 return redirect("admin:billing_invoice_change", note.pk)
-        return self._form_page(request, f"Credit note for {invoice}", form)
+        return form_page(self, request, f"Credit note for {invoice}", form)
 
     def _may_invoice(self, request: HttpRequest) -> None:
         if not request.user.has_perm("billing.change_invoice"):
             raise PermissionDenied
-
-    def _form_page(self, request: HttpRequest, title: str, form: forms.Form) -> HttpResponse:
-        context = {
-            **self.admin_site.each_context(request),
-            "title": title,
-            "form": form,
-            "opts": self.model._meta,
-        }
-        return TemplateResponse(request, "billing/admin_form.html", context)
 
 
 @admin.register(UsageRollup)

@@ -14,11 +14,11 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet, Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
-from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from audit.admin_base import AuditedAdmin, ReadOnlyAdmin
+from billing.admin_forms import form_page
 from billing.admin_money import money_cell
 from billing.credits import CreditError, credit_correct, credit_grant, credit_refund
 from billing.models import CreditEntry, CreditGrant, CreditSettings
@@ -121,7 +121,7 @@ class CreditGrantAdmin(ReadOnlyAdmin[CreditGrant]):
             else:
                 messages.success(request, f"Granted {grant.amount} {grant.currency}.")
                 return redirect("admin:billing_creditgrant_changelist")
-        return self._form_page(request, f"Grant credit ({billing_currency()})", form)
+        return form_page(self, request, f"Grant credit ({billing_currency()})", form)
 
     def refund_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         return self._movement(request, pk, "Refund", credit_refund)
@@ -148,16 +148,7 @@ class CreditGrantAdmin(ReadOnlyAdmin[CreditGrant]):
             else:
                 messages.success(request, f"{verb}: recorded in the ledger.")
                 return redirect("admin:billing_creditgrant_change", grant.pk)
-        return self._form_page(request, f"{verb} grant {grant.pk} of {grant.account}", form)
-
-    def _form_page(self, request: HttpRequest, title: str, form: forms.Form) -> HttpResponse:
-        context = {
-            **self.admin_site.each_context(request),
-            "title": title,
-            "form": form,
-            "opts": self.model._meta,
-        }
-        return TemplateResponse(request, "billing/admin_form.html", context)
+        return form_page(self, request, f"{verb} grant {grant.pk} of {grant.account}", form)
 
 
 @admin.register(CreditEntry)

@@ -1,8 +1,12 @@
-"""Forms of billing's console pages: a cost model's backend is chosen from the fleet's."""
+"""Forms of billing's console pages: a cost model's backend is chosen from the fleet's; the
+one page every form of billing's own (close a month, credit note, credit grants) is shown on."""
 
 from typing import Any
 
 from django import forms
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 
 from billing.models import CostModel
 from fleet.models import Backend
@@ -37,3 +41,16 @@ class CostModelForm(forms.ModelForm[CostModel]):
             f"“%(value)s” is not a backend of the fleet; the backends are "
             f"{', '.join(names) or 'none yet'}."
         )
+
+
+def form_page(
+    model_admin: "admin.ModelAdmin[Any]", request: HttpRequest, title: str, form: forms.Form
+) -> HttpResponse:
+    """A form of `model_admin`'s own, on the console's page for billing's forms."""
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": title,
+        "form": form,
+        "opts": model_admin.model._meta,
+    }
+    return TemplateResponse(request, "billing/admin_form.html", context)
