@@ -64,6 +64,12 @@ class CheckoutError(ValueError):
     """A purchase that cannot start; the message is for the customer."""
 
 
+PREPAID_ONLY = (
+    "This account pays for its usage by invoice each month, so it has no use for credits. "
+    "Ask us to move it to prepaid billing to buy credits."
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TopupSettings:
     """What an account's automatic top-up is set to, in billing's currency."""
@@ -100,6 +106,9 @@ def checkout_start(
     `request_key` names the customer's one attempt (the form's): sent twice, it makes one
     session. `success_url` may hold `{CHECKOUT_SESSION_ID}`, which Stripe fills in.
     """
+    if account.billing_mode != Account.Billing.PREPAID:
+        # Only prepaid usage draws grants down: credits bought here would never be used.
+        raise CheckoutError(PREPAID_ONLY)
     amount = purchase_amount_check(amount)
     currency = settings.BILLING.currency
     try:

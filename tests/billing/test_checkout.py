@@ -171,6 +171,17 @@ def test_amounts_out_of_bounds_open_no_checkout(
 
 
 @pytest.mark.django_db
+def test_an_account_billed_by_invoice_buys_no_credits_it_could_not_use(
+    seen: stripe.StripeClient,
+) -> None:
+    member = account_with_owner()  # billed in arrears: its usage never draws credits down
+    before = len(seen.v1.checkout.sessions.list(params={"limit": 100}).data)
+    with pytest.raises(CheckoutError, match="prepaid billing"):
+        bought(member)
+    assert len(seen.v1.checkout.sessions.list(params={"limit": 100}).data) == before
+
+
+@pytest.mark.django_db
 def test_without_stripe_configured_a_purchase_says_so(owner: Member, settings: Any) -> None:
     settings.STRIPE = {"API_KEY": "", "WEBHOOK_SECRET": SECRET, "API_BASE": ""}
     with pytest.raises(CheckoutError, match="not available on this service"):

@@ -160,6 +160,9 @@ def test_a_new_customer_runs_themselves_from_invitation_to_invoice(
         ("audit", "/portal/audit/"),
         ("profile", "/portal/profile/"),
         ("two-factor", "/portal/profile/two-factor/"),
+        ("credits", "/portal/credits/"),
+        ("webhooks", "/portal/webhooks/"),
+        ("webhook-new", "/portal/webhooks/new/"),
     ):
         assert status_of(browser, path)["status"] == 200, path
         browser.get(url + path)
