@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from audit.services import audit_change, audit_record, snapshot
-from billing.credits import credit_grant
+from billing.credits import credit_grant, credits_redis
 from billing.models import CreditGrant, CreditSettings
 from billing.money import AMOUNT_PLACES, CONTEXT, from_minor, to_minor
 from billing.selectors import credit_balance
@@ -370,7 +370,7 @@ def credit_available(account: Account) -> Decimal:
     (the ledger's balance lags it until usage is drawn down); the ledger's balance while
     Redis has no counters (lost, being rebuilt) or does not answer."""
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        client = credits_redis()
         if client.exists(CREDIT_EPOCH):
             counter = client.get(credit_keys(account.pk)[0])
             return CONTEXT.scaleb(Decimal(int(counter or 0)), -AMOUNT_PLACES)

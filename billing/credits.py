@@ -11,6 +11,7 @@ Redis lost its data (the epoch key is gone) the sweep rebuilds every prepaid cou
 ledger first, then applies. docs/billing.md, "Prepaid credits".
 """
 
+import functools
 import logging
 from collections import defaultdict
 from datetime import datetime
@@ -208,8 +209,14 @@ def _sync_quietly(account_id: int) -> None:
         log.warning("credit movement not yet in Redis", extra={"account_id": account_id})
 
 
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+def credits_redis() -> redis.Redis:
+    """The Redis of the gateway's counters: one client (and pool) per process and address."""
+    return _client(settings.REDIS_URL)
+
+
+@functools.cache
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
 
 def pico(amount: Decimal) -> int:
@@ -221,7 +228,7 @@ def credits_sync(*, account_id: int | None = None, client: redis.Redis | None = 
     """Add the movements not yet in the gateway's counters (of one account, or all), each
     once; returns how many were marked applied. A Redis that lost its counters is rebuilt
     from the ledger first (credits_rebuild)."""
-    client = client or _redis()
+    client = client or credits_redis()
     if not client.exists(CREDIT_EPOCH):
         credits_rebuild(client=client)
     now = timezone.now()
@@ -308,7 +315,7 @@ def credits_balance_watch() -> int:
     threshold (credits.balance_low) or to nothing (credits.exhausted), once per crossing:
     the band last seen is kept (CreditSettings.state) and a top-up resets it. Reads the
     gateway's counters (what admission sees); returns the events raised."""
-    client = _redis()
+    client = credits_redis()
     if not client.exists(CREDIT_EPOCH):
         return 0
     accounts = list(
