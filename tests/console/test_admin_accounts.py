@@ -125,6 +125,7 @@ def test_the_account_form_still_saves_and_is_audited(client: Client) -> None:
             "name": "Acme Robotics Inc",
             "status": acme.status,
             "tier": acme.tier_id,
+            "billing_mode": acme.billing_mode,
             "stripe_customer_id": "",
             "limits-TOTAL_FORMS": "0",
             "limits-INITIAL_FORMS": "0",
