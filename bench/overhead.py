@@ -1,12 +1,20 @@
-"""Gateway overhead: the same load sent straight to a simulated backend and through the gateway.
+"""Gateway overhead: the same load sent straight to a simulated backend, through a bare proxy
+and through the gateway.
 
     python -m bench.overhead [--runs 3] [--seconds 5] [--concurrency 1 16 64] [--workers 1]
 
 Needs this machine's PostgreSQL and Redis (DATABASE_URL / REDIS_URL, defaults as in settings)
 and `hey` (apt-get install hey) as the load generator. The gateway runs with auth, validation,
-routing and metering all on, pinned to CPU 0; the simulator (instant mode), the meter and
-`hey` share CPU 1. Prints requests/s and p50/p99 latency for each target, and the gateway's
-added p50/p99 (medians over the runs).
+routing and metering all on, pinned to CPU 0; the bare proxy (bench/bare_proxy.py: the same
+uvicorn and aiohttp, and nothing else) is pinned there too, idle while the gateway is measured
+and the other way round; the simulator (instant mode), the meter and `hey` share CPU 1. Each
+run measures the three targets one after the other (direct, bare, gateway), so that drift on
+the machine falls on all three alike.
+
+Prints requests/s and p50/p99 latency for each target, the added p50/p99 of the gateway and
+the bare proxy (their latency minus the direct one), the gateway's requests/s and added p50 as
+ratios to the bare proxy's, and the CPU time each proxy's processes spent per request served
+(medians over the runs).
 """
 
 import argparse
@@ -26,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import django
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-model"
@@ -39,6 +48,22 @@ class Run:
     errors: int
     # Non-200 answers by status, to tell what went wrong.
     statuses: Counter[str]
+    requests: int = 0
+    # CPU seconds (user + system) the proxy's processes spent in the run; 0 for no proxy.
+    cpu_seconds: float = 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_seconds / self.requests * 1e6 if self.requests else 0.0
+
+
+@dataclass
+class Target:
+    """Where a load is sent: the backend itself or a proxy, whose CPU time is measured."""
+
+    base: str
+    key: str | None = None
+    process: psutil.Process | None = None
 
 
 def main() -> None:
@@ -57,67 +82,51 @@ def main() -> None:
     django.setup()
     key = _prepare_fleet(sim_port := _free_port())
     env = {**os.environ, "LOG_LEVEL": "WARNING"}
-    gateway_port = _free_port()
-    children = [
-        _spawn(
-            ["1"],
-            [
-                sys.executable,
-                "-m",
-                "simulator",
-                "--port",
-                str(sim_port),
-                "--model",
-                MODEL,
-                "--speedup",
-                "0",
-                "--max-num-seqs",
-                "1024",
-            ],
-            env,
-        ),
-        _spawn(
-            ["0"],
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "config.asgi:application",
-                "--port",
-                str(gateway_port),
-                "--workers",
-                str(args.workers),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--lifespan",
-                "on",
-            ],
-            env,
-        ),
-        _spawn(["1"], [sys.executable, "manage.py", "meter"], env),
-    ]
+    gateway_port, bare_port = _free_port(), _free_port()
+    simulator = _spawn(
+        ["1"],
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "--port",
+            str(sim_port),
+            "--model",
+            MODEL,
+            "--speedup",
+            "0",
+            "--max-num-seqs",
+            "1024",
+        ],
+        env,
+    )
+    gateway_server = _spawn(
+        ["0"], _uvicorn("config.asgi:application", gateway_port, args.workers), env
+    )
+    meter = _spawn(["1"], [sys.executable, "manage.py", "meter"], env)
+    bare_env = {**env, "BARE_BACKEND": f"http://127.0.0.1:{sim_port}"}
+    bare_server = _spawn(["0"], _uvicorn("bench.bare_proxy:app", bare_port, args.workers), bare_env)
+    children = [simulator, gateway_server, meter, bare_server]
     try:
         _wait_ready(f"http://127.0.0.1:{sim_port}/health")
         _wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")
+        _wait_ready(f"http://127.0.0.1:{bare_port}/health")
+        direct = Target(f"http://127.0.0.1:{sim_port}")
+        gateway = Target(
+            f"http://127.0.0.1:{gateway_port}", key, psutil.Process(gateway_server.pid)
+        )
+        bare = Target(f"http://127.0.0.1:{bare_port}", None, psutil.Process(bare_server.pid))
         print(_machine())
         print(
             f"gateway workers: {args.workers}; {args.runs} runs of {args.seconds}s each; "
             f"{args.tokens} completion tokens per request\n"
         )
-        print(
-            f"{'mode':<7}{'conc':>5} | {'direct rps':>10} {'p50':>7} {'p99':>7} | "
-            f"{'gateway rps':>11} {'p50':>7} {'p99':>7} | {'added p50':>9} {'added p99':>9}"
-            f" {'errors':>6}"
-        )
+        _print_header()
         for stream in (False, True):
             body = _body(stream, args.tokens)
             for concurrency in args.concurrency:
-                direct = _measure(f"http://127.0.0.1:{sim_port}", None, body, concurrency, args)
-                through = _measure(f"http://127.0.0.1:{gateway_port}", key, body, concurrency, args)
-                _print_row("stream" if stream else "whole", concurrency, direct, through)
+                runs = _measure([direct, bare, gateway], body, concurrency, args)
+                _print_row("stream" if stream else "whole", concurrency, *runs)
     finally:
         for child in children:
             child.terminate()
@@ -168,14 +177,20 @@ def _body(stream: bool, tokens: int) -> str:
 
 
 def _measure(
-    base: str, key: str | None, body: str, concurrency: int, args: argparse.Namespace
-) -> list[Run]:
-    url = base + "/v1/chat/completions"
-    _hey(url, key, body, concurrency, ["-n", str(max(200, concurrency * 10))])  # warm up
-    return [_hey(url, key, body, concurrency, ["-z", f"{args.seconds}s"]) for _ in range(args.runs)]
+    targets: list[Target], body: str, concurrency: int, args: argparse.Namespace
+) -> list[list[Run]]:
+    """Each target's runs, taken in turn within each run; one warm-up each first."""
+    for target in targets:
+        _hey(target, body, concurrency, ["-n", str(max(200, concurrency * 10))])
+    runs: list[list[Run]] = [[] for _ in targets]
+    for _ in range(args.runs):
+        for target, taken in zip(targets, runs, strict=True):
+            taken.append(_hey(target, body, concurrency, ["-z", f"{args.seconds}s"]))
+    return runs
 
 
-def _hey(url: str, key: str | None, body: str, concurrency: int, amount: list[str]) -> Run:
+def _hey(target: Target, body: str, concurrency: int, amount: list[str]) -> Run:
+    url = target.base + "/v1/chat/completions"
     with tempfile.NamedTemporaryFile("w", suffix=".json") as body_file:
         body_file.write(body)
         body_file.flush()
@@ -196,9 +211,11 @@ def _hey(url: str, key: str | None, body: str, concurrency: int, amount: list[st
             "-o",
             "csv",
         ]
-        if key:
-            command += ["-H", f"Authorization: Bearer {key}"]
+        if target.key:
+            command += ["-H", f"Authorization: Bearer {target.key}"]
+        cpu_before = _cpu_seconds(target.process)
         output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+        cpu = _cpu_seconds(target.process) - cpu_before
     rows = list(csv.DictReader(io.StringIO(output)))
     times = sorted(float(row["response-time"]) * 1000 for row in rows)
     span = max(float(row["offset"]) + float(row["response-time"]) for row in rows)
@@ -208,28 +225,88 @@ def _hey(url: str, key: str | None, body: str, concurrency: int, amount: list[st
         p99_ms=_percentile(times, 99),
         errors=sum(row["status-code"] != "200" for row in rows),
         statuses=Counter(row["status-code"] for row in rows if row["status-code"] != "200"),
+        requests=len(rows),
+        cpu_seconds=cpu,
     )
+
+
+def _cpu_seconds(process: psutil.Process | None) -> float:
+    """User and system CPU time of the process and its workers (uvicorn --workers > 1)."""
+    if process is None:
+        return 0.0
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def _percentile(values: list[float], pct: float) -> float:
     return values[min(len(values) - 1, round(pct / 100 * (len(values) - 1)))]
 
 
-def _print_row(mode: str, concurrency: int, direct: list[Run], through: list[Run]) -> None:
+def _print_header() -> None:
+    print(
+        f"{'mode':<7}{'conc':>5} | {'direct rps':>10} {'p50':>7} {'p99':>7} | "
+        f"{'gateway rps':>11} {'p50':>7} {'p99':>7} | {'added p50':>9} {'added p99':>9} | "
+        f"{'bare rps':>8} {'p50':>7} {'p99':>7} {'added p50':>9} | "
+        f"{'rps/bare':>8} {'add50/bare':>10} | {'cpu us/req gw':>13} {'bare':>6} {'errors':>6}"
+    )
+
+
+def _print_row(
+    mode: str, concurrency: int, direct: list[Run], bare: list[Run], through: list[Run]
+) -> None:
     def med(runs: list[Run], field: str) -> float:
         return float(statistics.median(getattr(run, field) for run in runs))
 
-    added50 = statistics.median(t.p50_ms - d.p50_ms for d, t in zip(direct, through, strict=True))
-    added99 = statistics.median(t.p99_ms - d.p99_ms for d, t in zip(direct, through, strict=True))
-    errors = sum(run.errors for run in direct + through)
-    statuses = sum((run.statuses for run in direct + through), Counter[str]())
+    def added(runs: list[Run], field: str) -> float:
+        pairs = zip(direct, runs, strict=True)
+        return float(statistics.median(getattr(t, field) - getattr(d, field) for d, t in pairs))
+
+    added50, added99, bare50 = (
+        added(through, "p50_ms"),
+        added(through, "p99_ms"),
+        added(bare, "p50_ms"),
+    )
+    errors = sum(run.errors for run in direct + bare + through)
+    statuses = sum((run.statuses for run in direct + bare + through), Counter[str]())
     print(
         f"{mode:<7}{concurrency:>5} | {med(direct, 'rps'):>10.0f} {med(direct, 'p50_ms'):>7.2f}"
         f" {med(direct, 'p99_ms'):>7.2f} | {med(through, 'rps'):>11.0f}"
         f" {med(through, 'p50_ms'):>7.2f} {med(through, 'p99_ms'):>7.2f} |"
-        f" {added50:>9.2f} {added99:>9.2f} {errors:>6} {dict(statuses) if statuses else ''}",
+        f" {added50:>9.2f} {added99:>9.2f} | {med(bare, 'rps'):>8.0f}"
+        f" {med(bare, 'p50_ms'):>7.2f} {med(bare, 'p99_ms'):>7.2f} {bare50:>9.2f} |"
+        f" {med(through, 'rps') / med(bare, 'rps'):>8.2f} {_ratio(added50, bare50):>10} |"
+        f" {med(through, 'cpu_us_per_request'):>13.0f} {med(bare, 'cpu_us_per_request'):>6.0f}"
+        f" {errors:>6} {dict(statuses) if statuses else ''}",
         flush=True,
     )
+
+
+def _ratio(value: float, base: float) -> str:
+    """value / base, or a dash where the base is too small to divide by (hey's timer is 0.1 ms)."""
+    return f"{value / base:.2f}" if base >= 0.05 else "-"
+
+
+def _uvicorn(app: str, port: int, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--lifespan",
+        "on",
+    ]
 
 
 def _spawn(cpus: list[str], command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
