@@ -91,6 +91,8 @@ def invitation_create(
     email = email.strip().lower()
     if role not in Role.values:
         raise MemberError(f"Unknown role {role!r}: one of {', '.join(Role.values)}.")
+    if role == Role.OWNER and not _is_owner(actor, account.pk):
+        raise MemberError("Only an owner can invite an owner.")
     projects = list(projects)
     if any(p.account_id != account.pk or p.archived_at is not None for p in projects):
         raise MemberError("Projects must be live projects of this account.")

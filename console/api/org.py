@@ -67,6 +67,13 @@ class MemberMixin:
         context["member"] = self.member
         return context
 
+    def _owner_only(self, what: str) -> None:
+        """403 unless the caller is an owner (the services refuse it too, as a 400)."""
+        if self.member.role != Role.OWNER:
+            raise exceptions.PermissionDenied(
+                f"This needs the role owner: only an owner can {what}.", code="role_required"
+            )
+
 
 def _refused(exc: MemberError | ValueError) -> serializers.ValidationError:
     """A rule of the services, as the 400 the caller reads."""
@@ -268,12 +275,6 @@ class MemberViewSet(
         except MemberError as exc:
             raise _refused(exc) from None
 
-    def _owner_only(self, what: str) -> None:
-        if self.member.role != Role.OWNER:
-            raise exceptions.PermissionDenied(
-                f"This needs the role owner: only an owner can {what}.", code="role_required"
-            )
-
 
 class InvitationViewSet(
     MemberMixin,
@@ -300,11 +301,8 @@ class InvitationViewSet(
 
     def perform_create(self, serializer: InvitationSerializer) -> None:
         data = serializer.validated_data
-        if data["role"] == Role.OWNER and self.member.role != Role.OWNER:
-            raise exceptions.PermissionDenied(
-                "This needs the role owner: only an owner can invite an owner.",
-                code="role_required",
-            )
+        if data["role"] == Role.OWNER:
+            self._owner_only("invite an owner")
         # The mail is sent inside the transaction: an invitation whose mail failed is undone.
         with transaction.atomic():
             try:
