@@ -7,6 +7,9 @@ alone, a call goes out at the next loop turn. A settle may linger a few millisec
 along with the next urgent call. Pipelines of EVALSHA stay Redis Cluster-friendly: each call
 keeps its keys on one slot and a cluster client routes them. The scripts themselves are
 defined in metering/redis_scripts.py.
+
+The pipelines go over a lean connection of their own (gateway/resp.py: hiredis packs and
+parses), opened like the redis-py client given, which loads the scripts.
 """
 
 import asyncio
@@ -14,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
+from gateway.resp import RespConnection
 from metering.redis_scripts import Script, load_async
 
 # Script is re-exported: its home was here (tests/gateway/test_settle_faults.py imports it).
@@ -33,6 +37,7 @@ class _Call:
 class ScriptBatcher:
     def __init__(self, client: aioredis.Redis, *, linger: float, max_calls: int = 1024) -> None:
         self._client = client
+        self._connection = RespConnection.like(client)
         self._linger = linger
         self._max_calls = max_calls
         self._pending: list[_Call] = []
@@ -101,18 +106,9 @@ class ScriptBatcher:
         return replies
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        if len(calls) == 1:
-            # A pipeline of one costs more client CPU than the plain command.
-            call = calls[0]
-            try:
-                return [
-                    await self._client.evalsha(
-                        call.script.sha, len(call.keys), *call.keys, *call.args
-                    )
-                ]
-            except (NoScriptError, ResponseError) as exc:
-                return [exc]
-        pipe = self._client.pipeline(transaction=False)
-        for call in calls:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-        return list(await pipe.execute(raise_on_error=False))
+        return await self._connection.execute(
+            [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
+        )
+
+    def close(self) -> None:
+        self._connection.close()

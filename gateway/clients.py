@@ -57,6 +57,7 @@ class Clients:
             task.cancel()
         self.journal.retry_now()
         await self.batcher.idle()
+        self.batcher.close()
         if self.journal.unsettled:
             log.error(
                 "shut down with settles Redis never confirmed; the reaper records them as lost",
