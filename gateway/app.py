@@ -140,11 +140,14 @@ class GatewayApp:
             backends=backends,
             reserve=reserve,
         )
-        slot = await self._admit(call)  # limits and a backend slot; 429 where refused
-        if slot is None:  # Redis is away and the tier fails open
-            return await self._serve_degraded(call)
+        entry = _entry(call)
+        # Limits, a backend slot and the in-flight entry, in one round trip; 429 where refused.
+        opened = await self._admit(call, entry)
+        if opened is None:  # Redis is away and the tier fails open
+            return await self._serve_degraded(call, entry)
+        slot, progress = opened
         try:
-            await self._serve(call, self.c.journal)
+            await self._serve(call, self.c.journal, entry, progress)
         finally:
             self.c.queue.release(slot)
 
@@ -174,12 +177,13 @@ class GatewayApp:
             raise errors.no_backend(request.model)
         return backends
 
-    async def _admit(self, call: Call) -> Slot | None:
+    async def _admit(self, call: Call, entry: dict[str, Any]) -> tuple[Slot, Progress] | None:
         """Check the account's and the key's project's limits while queueing for a backend
-        slot: both calls share one Redis round trip; a refused request then gives its place
-        (or slot) back. Sets the
-        call's rate, admission and slot; returns the slot, or None where Redis is unreachable
-        and the tier fails open (the call is then served degraded)."""
+        slot and opening the request's in-flight entry: the three calls share one Redis round
+        trip. A request refused or shed then gives its place (or slot) and its entry back.
+        Sets the call's rate, admission and slot; returns the slot and the request's
+        progress, or None where Redis is unreachable and the tier fails open (the call is
+        then served degraded)."""
         assert self.c is not None
         principal = call.principal
         now = datetime.now(UTC)
@@ -190,6 +194,7 @@ class GatewayApp:
         )
         spend = _spend(call, currency)
         acquiring = asyncio.ensure_future(self._wait_for_slot(call))
+        progress, opening = self.c.journal.open(call.key, entry)
         try:
             admission = await self.c.limiter.admit(
                 account_id=principal.account_id,
@@ -204,6 +209,7 @@ class GatewayApp:
             )
         except aioredis.RedisError as exc:
             self._abandon(acquiring)
+            self._unopen(call, opening)
             log.warning("admission failed: Redis unavailable", exc_info=True)
             # Never a prepaid account: served unchecked, it would spend credit it may not have.
             if principal.fail_open and not principal.prepaid:
@@ -213,12 +219,18 @@ class GatewayApp:
             ) from exc
         if not admission.admitted:
             self._abandon(acquiring)
+            self._unopen(call, opening)
             refused = refusal(principal, admission, spend=spend, credits_url=self.credits_url)
             metrics.SHED.labels(principal.tier, refused.code or "refused").inc()
             raise refused
-        call.slot = await self._slot(call, admission, acquiring)
+        try:
+            call.slot = await self._slot(call, admission, acquiring)
+        except ApiError:
+            self._unopen(call, opening)
+            raise
         call.admission = admission
-        return call.slot
+        await self._opened(call, opening)
+        return call.slot, progress
 
     async def _wait_for_slot(self, call: Call) -> Slot:
         assert self.c is not None
@@ -263,23 +275,61 @@ class GatewayApp:
         elif not acquiring.cancelled() and acquiring.exception() is None:
             self.c.queue.release(acquiring.result())
 
-    async def _serve_degraded(self, call: Call) -> None:
+    def _unopen(self, call: Call, opening: "asyncio.Future[Any]") -> None:
+        """Take back the in-flight entry of a request that will not be served."""
+        assert self.c is not None
+        # Its outcome is the drop's to report (or, where the open failed, nothing to undo).
+        opening.add_done_callback(_retrieved)
+        if opening.done() and not opening.cancelled() and opening.exception() is not None:
+            self.c.journal.live.pop(call.key, None)
+        else:
+            self.c.journal.drop(call.key)
+
+    async def _opened(self, call: Call, opening: "asyncio.Future[Any]") -> None:
+        """Wait for Redis to confirm the in-flight entry; where it cannot, the request gives
+        its admission and slot back and is refused (503): no byte goes to a backend unless a
+        dead gateway's request would still be recorded."""
+        assert self.c is not None and call.admission is not None and call.slot is not None
+        try:
+            await opening
+        except aioredis.RedisError as exc:
+            log.warning("in-flight open failed", exc_info=True)
+            self.c.journal.live.pop(call.key, None)
+            self.c.limiter.settle(call.admission, request_id=call.key, used=0)
+            self.c.queue.release(call.slot)
+            raise errors.unavailable(
+                "Usage metering is unavailable; retry shortly.", code="metering_unavailable"
+            ) from exc
+
+    async def _serve_degraded(self, call: Call, entry: dict[str, Any]) -> None:
         """Redis is away and the tier fails open: a local cap, metering through the spool."""
         assert self.c is not None
         self.c.fail_open.take()
         try:
-            await self._serve(call, self.c.spool)
+            try:
+                progress = await self.c.spool.open(call.key, entry)
+            except OSError as exc:
+                log.warning("in-flight open failed", exc_info=True)
+                raise errors.unavailable(
+                    "Usage metering is unavailable; retry shortly.", code="metering_unavailable"
+                ) from exc
+            await self._serve(call, self.c.spool, entry, progress)
         finally:
             self.c.fail_open.give_back()
 
-    async def _serve(self, call: Call, journal: InflightJournal | UsageSpool) -> None:
-        """Open the in-flight entry, forward (retrying while nothing was sent), settle."""
+    async def _serve(
+        self,
+        call: Call,
+        journal: InflightJournal | UsageSpool,
+        entry: dict[str, Any],
+        progress: Progress,
+    ) -> None:
+        """Forward (retrying while nothing was sent), then settle."""
         assert self.c is not None
         admission = call.admission
-        entry = _entry(call)
+        entry["queue_wait_ms"] = call.waited_ms
         headers = () if admission is None else _headers(call.principal, admission)
         bounds = usage_bounds(call.request)
-        progress = await self._open(call, journal, entry)
         forwarded = Forwarded(call.backends[0], 500, "backend_error")
         try:
             forwarded = await self.c.proxy.forward(
@@ -293,21 +343,6 @@ class GatewayApp:
             )
         finally:
             self._settle(call, journal, _record(entry, forwarded, progress, call.arrived, bounds))
-
-    async def _open(
-        self, call: Call, journal: InflightJournal | UsageSpool, entry: dict[str, Any]
-    ) -> Progress:
-        """The in-flight entry, before any byte goes to a backend; 503 where it cannot be."""
-        assert self.c is not None
-        try:
-            return await journal.open(call.key, entry)
-        except (aioredis.RedisError, OSError) as exc:
-            log.warning("in-flight open failed", exc_info=True)
-            if call.admission is not None:
-                self.c.limiter.settle(call.admission, request_id=call.key, used=0)
-            raise errors.unavailable(
-                "Usage metering is unavailable; retry shortly.", code="metering_unavailable"
-            ) from exc
 
     def _settle(
         self, call: Call, journal: InflightJournal | UsageSpool, record: dict[str, Any]
@@ -341,6 +376,11 @@ class GatewayApp:
         except Exception:
             self.c.limiter.live.pop(key, None)  # its slot is freed when its lease lapses
             log.exception("could not settle a request's limits", extra={"request_id": key})
+
+
+def _retrieved(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _terms(principal: Principal, request: InferenceRequest) -> int:
@@ -389,7 +429,8 @@ def _entry(call: Call) -> dict[str, Any]:
         "streamed": request.stream,
         "started_at": time.time() - (time.monotonic() - call.arrived),
         "prompt_tokens": request.prompt_tokens_estimate,
-        "queue_wait_ms": call.waited_ms,
+        # Known once a slot is granted; a lost request's record says 0.
+        "queue_wait_ms": 0.0,
     }
 
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 LEASES, ENTRIES, PROGRESS = INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS
 _OPEN = SCRIPTS["inflight_open"]
 _SETTLE = SCRIPTS["inflight_settle"]
+_DROP = SCRIPTS["inflight_drop"]
 _RENEW = SCRIPTS["inflight_renew"]
 _REAP = SCRIPTS["inflight_reap"]
 _SETTLE_KEYS = (INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS, USAGE_STREAM)
@@ -69,13 +70,26 @@ class InflightJournal:
         self._batcher = batcher
         self._client = client
 
-    async def open(self, request_id: str, entry: dict[str, Any]) -> Progress:
-        """Record that the request is in flight; returns once Redis has it."""
+    def open(
+        self, request_id: str, entry: dict[str, Any]
+    ) -> "tuple[Progress, asyncio.Future[Any]]":
+        """Record that the request is in flight: its progress, renewed with its lease from
+        now on, and a future that resolves once Redis has the entry. The call goes out with
+        whatever else is queued, so the admission's round trip carries it (gateway/app.py);
+        a request that is then not served is `drop`ped."""
         expiry = time.time() + self.lease_seconds
-        args = (request_id, expiry, orjson.dumps(entry))
-        await self._batcher.call(_OPEN, (INFLIGHT_LEASES, INFLIGHT_ENTRIES), args)
         progress = self.live[request_id] = Progress()
-        return progress
+        args = (request_id, expiry, orjson.dumps(entry))
+        return progress, self._batcher.call(_OPEN, (INFLIGHT_LEASES, INFLIGHT_ENTRIES), args)
+
+    def drop(self, request_id: str) -> None:
+        """Remove the entry of a request refused or shed before a backend saw it, at once, in
+        the background. Should Redis not take it, the lease, no longer renewed, lapses and
+        the reaper records the request as lost."""
+        self.live.pop(request_id, None)
+        keys = (INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS)
+        dropped = self._batcher.call(_DROP, keys, (request_id,))
+        dropped.add_done_callback(functools.partial(_check_dropped, request_id))
 
     def settle(self, request_id: str, record: dict[str, Any]) -> None:
         """Hand the finished request's record to the meter, in the background.
@@ -139,6 +153,16 @@ class InflightJournal:
         await self.renew()
         if reaped := await self.reap():
             log.warning("reaped requests of a lost gateway", extra={"count": reaped})
+
+
+def _check_dropped(request_id: str, future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error(
+            "could not drop the in-flight entry of a request not served; it will be "
+            "recorded as lost",
+            extra={"request_id": request_id},
+            exc_info=exc,
+        )
 
 
 class VolatileRedis(Exception):

@@ -13,6 +13,7 @@ streamed or not, ends the upstream request at once.
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -33,16 +34,11 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-# Chunks that carry no generated token: role announcements and finish markers.
-_EMPTY_MARKS = (
-    b'"content":""',
-    b'"content": ""',
-    b'"text":""',
-    b'"text": ""',
-    b'"delta":{}',
-    b'"delta": {}',
-)
-_USAGE_NULL = (b'"usage":null', b'"usage": null')
+# Chunks that carry no generated token: role announcements and finish markers. Each event is
+# scanned by these two patterns, in C: this loop runs for every token streamed.
+_EMPTY = re.compile(rb'"(?:content|text)": ?""|"delta": ?\{\}')
+# The usage chunk (engines send `"usage":null` in the others).
+_USAGE = re.compile(rb'"usage": ?(?!null)')
 _DONE = b"data: [DONE]"
 # Statuses by which a backend declines a request without starting it: another may take it.
 _DECLINED = (429, 503)
@@ -245,11 +241,11 @@ async def _stream(
             for event in events:
                 if event.startswith(_DONE):
                     done = True
-                elif b'"usage"' in event and not any(m in event for m in _USAGE_NULL):
+                elif _USAGE.search(event):
                     result.usage = orjson.loads(event[5:]).get("usage")
                     if not request.include_usage:
                         continue
-                elif not any(mark in event for mark in _EMPTY_MARKS):
+                elif not _EMPTY.search(event):
                     progress.completion_tokens += 1
                     if result.first_token_at is None:
                         result.first_token_at = time.monotonic()

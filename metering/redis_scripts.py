@@ -57,6 +57,7 @@ SCRIPTS: Mapping[str, Script] = _registry(
     # The in-flight journal (gateway/inflight.py), on the keys of metering/events.py.
     Script.from_files(_GATEWAY_LUA, "inflight_open"),
     Script.from_files(_GATEWAY_LUA, "inflight_settle"),
+    Script.from_files(_GATEWAY_LUA, "inflight_drop"),
     Script.from_files(_GATEWAY_LUA, "inflight_renew"),
     Script.from_files(_GATEWAY_LUA, "inflight_reap"),
     # The meter's consumer group (metering/consumer.py).

@@ -1,12 +1,17 @@
 """Limits as a key holder meets them: headers on every answer, 429s that say what to do (P2)."""
 
 import time
+import uuid
 
 import openai
 import pytest
+import redis
 
 from customers.models import LimitOverride
+from metering.events import INFLIGHT_ENTRIES, INFLIGHT_LEASES
+from metering.models import UsageRecord
 from tests.support.http import call
+from tests.support.ledger import drain
 from tests.support.servers import Server
 from tests.support.tenants import MODEL, Tenant, tenant_create
 
@@ -53,6 +58,28 @@ def test_the_request_rate_limit_answers_429_with_retry_after(gateway: Server) ->
     assert 50 <= int(headers["retry-after"]) <= 60
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert "x-should-retry" not in headers
+
+
+def test_a_refused_request_is_not_billed_and_leaves_nothing_in_flight(
+    gateway: Server, redis_client: redis.Redis
+) -> None:
+    """Its in-flight entry went out with the admission, in one round trip; the refusal takes
+    it back, so no lapsed lease can ever bill it as a lost request."""
+    tenant = limited(requests_per_minute=1)
+    api = sdk(gateway, tenant)
+    api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as caught:
+        api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=1)
+    request_id = str(uuid.UUID(caught.value.response.headers["x-request-id"].removeprefix("req_")))
+    time.sleep(0.2)  # the drop goes out just after the answer
+    assert redis_client.zscore(INFLIGHT_LEASES, request_id) is None
+    assert redis_client.hget(INFLIGHT_ENTRIES, request_id) is None
+    drain()
+    assert list(
+        UsageRecord.objects.filter(account_id=tenant.account.pk).values_list(
+            "status_code", flat=True
+        )
+    ) == [200]
 
 
 def test_a_spent_daily_quota_is_insufficient_quota_and_not_retried(gateway: Server) -> None:
