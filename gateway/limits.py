@@ -19,11 +19,12 @@ to 2^53 pico-units, about 9,000 of the currency).
 """
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -170,26 +171,28 @@ class Standing:
 def account_keys(
     account_id: int, now: datetime, currency: str = DEFAULT_CURRENCY
 ) -> tuple[str, ...]:
-    return _level_keys(f"{{a:{account_id}}}", now, currency)
+    return _level_keys(f"{{a:{account_id}}}", now.date(), currency)
 
 
 def project_keys(
     account_id: int, project_id: int, now: datetime, currency: str = DEFAULT_CURRENCY
 ) -> tuple[str, ...]:
     """The project's eight keys, as account_keys(), under its account's hash tag."""
-    return _level_keys(f"{{a:{account_id}}}:p:{project_id}", now, currency)
+    return _level_keys(f"{{a:{account_id}}}:p:{project_id}", now.date(), currency)
 
 
-def _level_keys(tag: str, now: datetime, currency: str) -> tuple[str, ...]:
+# Every admission names its levels' keys: built once a day per level, not per request.
+@functools.lru_cache(maxsize=65_536)
+def _level_keys(tag: str, day: date, currency: str) -> tuple[str, ...]:
     return (
         f"{tag}:rpm",
         f"{tag}:tpm",
         f"{tag}:tpm:amounts",
         f"{tag}:tpm:sum",
-        f"{tag}:tpd:{now:%Y%m%d}",
-        f"{tag}:tpmo:{now:%Y%m}",
+        f"{tag}:tpd:{day:%Y%m%d}",
+        f"{tag}:tpmo:{day:%Y%m}",
         f"{tag}:concurrent",
-        f"{tag}:spend-pico:{now:%Y%m}:{currency}",
+        f"{tag}:spend-pico:{day:%Y%m}:{currency}",
     )
 
 

@@ -34,11 +34,15 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-# Chunks that carry no generated token: role announcements and finish markers. Each event is
-# scanned by these two patterns, in C: this loop runs for every token streamed.
-_EMPTY = re.compile(rb'"(?:content|text)": ?""|"delta": ?\{\}')
 # The usage chunk (engines send `"usage":null` in the others).
 _USAGE = re.compile(rb'"usage": ?(?!null)')
+# An event that carries a generated token: a data line that is not the end, not the usage
+# chunk and not a chunk without content (a role announcement, a finish marker). Counted over
+# each block of events the backend sends, in C: this runs for every token streamed.
+_TOKEN_EVENT = re.compile(
+    rb'^data: (?!\[DONE\])(?![^\n]*(?:"(?:content|text)": ?""|"delta": ?\{\}|"usage": ?(?!null)))',
+    re.MULTILINE,
+)
 _DONE = b"data: [DONE]"
 # Statuses by which a backend declines a request without starting it: another may take it.
 _DECLINED = (429, 503)
@@ -174,6 +178,7 @@ class Proxy:
             rewrite = _rewriter(
                 backend.model_renames.get(request.model),
                 None if request.endpoint == EMBEDDINGS else CLASS_NAMES[request.served_class],
+                stream=request.stream,
             )
             if response.status != 200:
                 await _forward_client_error(response, result, request_id, headers, send)
@@ -235,28 +240,22 @@ async def _stream(
     try:
         buffer = b""
         while True:
-            events = (buffer + pending).split(b"\n\n")
-            buffer = events.pop()
-            out = []
-            for event in events:
-                if event.startswith(_DONE):
-                    done = True
-                elif _USAGE.search(event):
-                    result.usage = orjson.loads(event[5:]).get("usage")
-                    if not request.include_usage:
-                        continue
-                elif not _EMPTY.search(event):
-                    progress.completion_tokens += 1
+            data = buffer + pending
+            # The complete events so far, each ending in a blank line; the rest waits.
+            end = data.rfind(b"\n\n") + 2
+            block, buffer = data[:end], data[end:]
+            if block:
+                done = done or _DONE in block
+                if (usage := _USAGE.search(block)) is not None:
+                    block = _usage_taken(block, usage.start(), usage.end(), result, request)
+                if tokens := len(_TOKEN_EVENT.findall(block)):
+                    progress.completion_tokens += tokens
                     if result.first_token_at is None:
                         result.first_token_at = time.monotonic()
-                if rewrite and not event.startswith(_DONE):
-                    event = rewrite(event)
-                out.append(event)
-            if out:
-                out.append(b"")
-                await send(
-                    {"type": "http.response.body", "body": b"\n\n".join(out), "more_body": True}
-                )
+                if rewrite:
+                    block = rewrite(block)
+                if block:
+                    await send({"type": "http.response.body", "body": block, "more_body": True})
             pending = await anext(chunks)
     except StopAsyncIteration:
         pass
@@ -276,6 +275,18 @@ async def _stream(
             }
         )
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _usage_taken(
+    block: bytes, start: int, end: int, result: Forwarded, request: InferenceRequest
+) -> bytes:
+    """Read the usage chunk found at block[start:end]; the block without it unless the client
+    asked for usage (the gateway always asks the backend for it)."""
+    first = block.rfind(b"\n\n", 0, start)
+    first = 0 if first < 0 else first + 2
+    last = block.index(b"\n\n", end) + 2
+    result.usage = orjson.loads(block[first + 5 : last - 2]).get("usage")
+    return block if request.include_usage else block[:first] + block[last:]
 
 
 @asynccontextmanager
@@ -355,18 +366,29 @@ def _backend_refusal(response: aiohttp.ClientResponse, backend: Backend) -> ApiE
 
 
 def _rewriter(
-    rename: tuple[bytes, bytes] | None, service_tier: str | None
+    rename: tuple[bytes, bytes] | None, service_tier: str | None, *, stream: bool
 ) -> Callable[[bytes], bytes] | None:
-    """Edits to the backend's JSON on its way out: the public model name, the tier served."""
+    """Edits to the backend's JSON on its way out: the public model name, the tier served.
+    For a stream, to a block of whole events at once, each event's object edited."""
     tag = f'{{"service_tier":"{service_tier}",'.encode() if service_tier else None
     if rename is None and tag is None:
         return None
+    # Where the tier goes: each event's object, or the answer's; `{"` becomes `<tag>"`.
+    opening, count = (b'data: {"', -1) if stream else (b'{"', 1)
+    tagged = None if tag is None else opening[:-2] + tag + b'"'
 
     def rewrite(payload: bytes) -> bytes:
         if rename is not None:
-            payload = payload.replace(*rename, 1)
-        if tag is not None and b'"service_tier"' not in payload:
-            payload = payload.replace(b'{"', tag + b'"', 1)
+            # Only the key can match: inside a string its quotes are escaped.
+            payload = payload.replace(*rename, count)
+        if tagged is not None:
+            if b'"service_tier"' not in payload:
+                payload = payload.replace(opening, tagged, count)
+            elif stream:  # the engine names a tier in some events: tag the others
+                payload = b"\n\n".join(
+                    event if b'"service_tier"' in event else event.replace(opening, tagged, 1)
+                    for event in payload.split(b"\n\n")
+                )
         return payload
 
     return rewrite
