@@ -2,19 +2,25 @@
 and through the gateway.
 
     python -m bench.overhead [--runs 3] [--seconds 5] [--concurrency 1 16 64] [--workers 1]
+                             [--paced TTFT_MS ITL_MS]
 
 Needs this machine's PostgreSQL and Redis (DATABASE_URL / REDIS_URL, defaults as in settings)
 and `hey` (apt-get install hey) as the load generator. The gateway runs with auth, validation,
-routing and metering all on, pinned to CPU 0; the bare proxy (bench/bare_proxy.py: the same
-uvicorn and aiohttp, and nothing else) is pinned there too, idle while the gateway is measured
-and the other way round; the simulator (instant mode), the meter and `hey` share CPU 1. Each
-run measures the three targets one after the other (direct, bare, gateway), so that drift on
-the machine falls on all three alike.
+routing and metering all on, pinned to CPU 0 (CPUs 0 to N-1 with --workers N); the bare proxy
+(bench/bare_proxy.py: the same uvicorn and aiohttp, and nothing else) is pinned there too, idle
+while the gateway is measured and the other way round; the simulator, the meter and `hey` share
+CPU 1. Each run measures the three targets one after the other (direct, bare, gateway), so that
+drift on the machine falls on all three alike.
 
 Prints requests/s and p50/p99 latency for each target, the added p50/p99 of the gateway and
 the bare proxy (their latency minus the direct one), the gateway's requests/s and added p50 as
-ratios to the bare proxy's, and the CPU time each proxy's processes spent per request served
-(medians over the runs).
+ratios to the bare proxy's, the gateway's requests/s as a ratio to the backend's own, and the
+CPU time each proxy's processes spent per request served (medians over the runs).
+
+With --paced the backend keeps a fixed pace (each prefill pass TTFT_MS, each decode pass ITL_MS,
+as `python -m simulator --paced`) instead of answering at once: what matters there is how much
+of the backend's throughput survives the proxy, and a third mode, "first" (one completion token,
+not streamed), whose added p50 is the time to first token that the proxy adds.
 """
 
 import argparse
@@ -73,6 +79,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument(
+        "--paced",
+        nargs=2,
+        type=float,
+        metavar=("TTFT_MS", "ITL_MS"),
+        help="a backend of fixed pace instead of an instant one",
+    )
     args = parser.parse_args()
     if shutil.which("hey") is None:
         sys.exit("bench needs `hey` as its load generator: apt-get install hey")
@@ -93,19 +106,22 @@ def main() -> None:
             str(sim_port),
             "--model",
             MODEL,
-            "--speedup",
-            "0",
+            *(["--paced", *map(str, args.paced)] if args.paced else ["--speedup", "0"]),
             "--max-num-seqs",
             "1024",
         ],
         env,
     )
+    # One core per worker, from CPU 0 up; beyond one they share cores with the load.
+    proxy_cpus = [str(cpu) for cpu in range(min(args.workers, os.cpu_count() or 1))]
     gateway_server = _spawn(
-        ["0"], _uvicorn("config.asgi:application", gateway_port, args.workers), env
+        proxy_cpus, _uvicorn("config.asgi:application", gateway_port, args.workers), env
     )
     meter = _spawn(["1"], [sys.executable, "manage.py", "meter"], env)
     bare_env = {**env, "BARE_BACKEND": f"http://127.0.0.1:{sim_port}"}
-    bare_server = _spawn(["0"], _uvicorn("bench.bare_proxy:app", bare_port, args.workers), bare_env)
+    bare_server = _spawn(
+        proxy_cpus, _uvicorn("bench.bare_proxy:app", bare_port, args.workers), bare_env
+    )
     children = [simulator, gateway_server, meter, bare_server]
     try:
         _wait_ready(f"http://127.0.0.1:{sim_port}/health")
@@ -117,16 +133,22 @@ def main() -> None:
         )
         bare = Target(f"http://127.0.0.1:{bare_port}", None, psutil.Process(bare_server.pid))
         print(_machine())
+        pace = "instant" if not args.paced else "TTFT {:g} ms, {:g} ms a token".format(*args.paced)
         print(
             f"gateway workers: {args.workers}; {args.runs} runs of {args.seconds}s each; "
-            f"{args.tokens} completion tokens per request\n"
+            f"{args.tokens} completion tokens per request; backend: {pace}\n"
         )
+        modes = [
+            ("whole", _body(False, args.tokens), args.concurrency),
+            ("stream", _body(True, args.tokens), args.concurrency),
+        ]
+        if args.paced:
+            modes.append(("first", _body(False, 1), [1]))
         _print_header()
-        for stream in (False, True):
-            body = _body(stream, args.tokens)
-            for concurrency in args.concurrency:
+        for mode, body, concurrencies in modes:
+            for concurrency in concurrencies:
                 runs = _measure([direct, bare, gateway], body, concurrency, args)
-                _print_row("stream" if stream else "whole", concurrency, *runs)
+                _print_row(mode, concurrency, *runs)
     finally:
         for child in children:
             child.terminate()
@@ -181,7 +203,7 @@ def _measure(
 ) -> list[list[Run]]:
     """Each target's runs, taken in turn within each run; one warm-up each first."""
     for target in targets:
-        _hey(target, body, concurrency, ["-n", str(max(200, concurrency * 10))])
+        _hey(target, body, concurrency, ["-z", "1s"])
     runs: list[list[Run]] = [[] for _ in targets]
     for _ in range(args.runs):
         for target, taken in zip(targets, runs, strict=True):
@@ -250,7 +272,8 @@ def _print_header() -> None:
         f"{'mode':<7}{'conc':>5} | {'direct rps':>10} {'p50':>7} {'p99':>7} | "
         f"{'gateway rps':>11} {'p50':>7} {'p99':>7} | {'added p50':>9} {'added p99':>9} | "
         f"{'bare rps':>8} {'p50':>7} {'p99':>7} {'added p50':>9} | "
-        f"{'rps/bare':>8} {'add50/bare':>10} | {'cpu us/req gw':>13} {'bare':>6} {'errors':>6}"
+        f"{'rps/bare':>8} {'add50/bare':>10} {'rps/direct':>10} | "
+        f"{'cpu us/req gw':>13} {'bare':>6} {'errors':>6}"
     )
 
 
@@ -277,7 +300,8 @@ def _print_row(
         f" {med(through, 'p50_ms'):>7.2f} {med(through, 'p99_ms'):>7.2f} |"
         f" {added50:>9.2f} {added99:>9.2f} | {med(bare, 'rps'):>8.0f}"
         f" {med(bare, 'p50_ms'):>7.2f} {med(bare, 'p99_ms'):>7.2f} {bare50:>9.2f} |"
-        f" {med(through, 'rps') / med(bare, 'rps'):>8.2f} {_ratio(added50, bare50):>10} |"
+        f" {med(through, 'rps') / med(bare, 'rps'):>8.2f} {_ratio(added50, bare50):>10}"
+        f" {med(through, 'rps') / med(direct, 'rps'):>10.3f} |"
         f" {med(through, 'cpu_us_per_request'):>13.0f} {med(bare, 'cpu_us_per_request'):>6.0f}"
         f" {errors:>6} {dict(statuses) if statuses else ''}",
         flush=True,

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from simulator.config import DEFAULT_MODEL, SimConfig
+from simulator.config import DEFAULT_MODEL, SimConfig, TimingModel
 from simulator.server import serve
 
 
@@ -39,8 +39,21 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
     parser.add_argument(
         "--gpus", type=int, default=1, help="GPUs per model (a tensor-parallel group), 1-64"
     )
+    parser.add_argument(
+        "--paced",
+        nargs=2,
+        type=float,
+        metavar=("TTFT_MS", "ITL_MS"),
+        help="fixed pace instead of the H100 model: every prefill pass takes TTFT_MS, every "
+        "decode pass ITL_MS, whatever the batch (for benchmarks of a proxy in front)",
+    )
     args = parser.parse_args(argv)
     try:
+        timing = (
+            TimingModel.paced(ttft_s=args.paced[0] / 1000, itl_s=args.paced[1] / 1000)
+            if args.paced
+            else TimingModel()
+        )
         return SimConfig(
             name=args.name,
             models=tuple(args.models or (DEFAULT_MODEL,)),
@@ -53,6 +66,7 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
             embedding_dim=args.embedding_dim,
             max_model_len=args.max_model_len,
             gpus=args.gpus,
+            timing=timing,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -22,6 +22,24 @@ class TimingModel:
     decode_per_seq_s: float = 0.00008
     embed_base_s: float = 0.002
     embed_tokens_per_s: float = 100_000.0
+    # Prefill on GPUs of its own (disaggregated serving): it no longer stalls the decode batch,
+    # and a sequence's first token comes a prefill pass after it is admitted.
+    separate_prefill: bool = False
+
+    @classmethod
+    def paced(cls, *, ttft_s: float, itl_s: float) -> TimingModel:
+        """A backend of fixed pace, for benchmarks of what sits in front of it: each request's
+        first token comes `ttft_s` after it is admitted, whatever the prompt and the batch, and
+        a decode pass takes `itl_s` whatever the batch."""
+        if ttft_s <= 0 or itl_s <= 0:
+            raise ValueError("time to first token and inter-token latency must be > 0")
+        return cls(
+            prefill_base_s=ttft_s,
+            prefill_tokens_per_s=float("inf"),
+            decode_base_s=itl_s,
+            decode_per_seq_s=0.0,
+            separate_prefill=True,
+        )
 
     def step_seconds(self, *, decode_seqs: int, prefill_seqs: int, prefill_tokens: int) -> float:
         """Duration of one engine step: decode for the batch plus prefill of new arrivals."""

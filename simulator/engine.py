@@ -182,7 +182,8 @@ class Engine:
 
     def start(self) -> None:
         if not self._config.instant:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            run = self._run_separate if self._config.timing.separate_prefill else self._run
+            self._task = asyncio.get_running_loop().create_task(run())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -300,6 +301,83 @@ class Engine:
                 # A sequence aborted while the step ran is no longer ours to advance.
                 if seq.state is SeqState.RUNNING:
                     self._advance(seq)
+
+    async def _run_separate(self) -> None:
+        """The engine loop where prefill does not share the decode batch's passes: each admitted
+        sequence's prefill runs on its own, and decode passes run over the sequences that have
+        their first token."""
+        loop = asyncio.get_running_loop()
+        timing = self._config.timing
+        prefilling: list[tuple[float, int, Sequence]] = []  # (ready at, loop time), in order
+        decoding: dict[Sequence, None] = {}
+        deadline = 0.0
+        while True:
+            now = loop.time()
+            for seq in self._admit():
+                prefill_s = timing.prefill_seconds(1, seq.uncached_tokens)
+                ready = now + self._config.wall_seconds(prefill_s)
+                heapq.heappush(prefilling, (ready, next(self._arrivals), seq))
+            while prefilling and prefilling[0][0] <= loop.time():
+                seq = heapq.heappop(prefilling)[2]
+                if seq.state is SeqState.RUNNING:
+                    self._prefilled(seq)
+                    decoding[seq] = None
+            batch = [seq for seq in decoding if seq.state is SeqState.RUNNING and not seq.stalled]
+            decoding = dict.fromkeys(seq for seq in decoding if seq.state is SeqState.RUNNING)
+            if not batch:
+                self._wakeup.clear()
+                if not prefilling:
+                    self._idle_since = self._idle_since or time.monotonic()
+                    await self._wakeup.wait()
+                    self._idle_total += time.monotonic() - self._idle_since
+                    self._idle_since = None
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), prefilling[0][0] - now)
+                deadline = loop.time()
+                continue
+            decode_s = timing.decode_seconds(len(batch))
+            step = Step(
+                model=self.model,
+                started_at=time.monotonic(),
+                duration_s=decode_s,
+                batch_size=len(batch),
+                prefill_tokens=0,
+                decode_tokens=len(batch),
+                work=tuple((seq, 0, 1) for seq in batch),
+                prefill_s=0.0,
+                decode_s=decode_s,
+                decode_batch=len(batch),
+            )
+            deadline = max(deadline, loop.time() - _MAX_CATCH_UP_S)
+            deadline += self._config.wall_seconds(decode_s)
+            self.running_step = step
+            await asyncio.sleep(deadline - loop.time())
+            self.running_step = None
+            self._emit_step(step)
+            for seq in batch:
+                if seq.state is SeqState.RUNNING:
+                    self._advance(seq)
+
+    def _prefilled(self, seq: Sequence) -> None:
+        """A separately prefilled sequence has its first token (and its prefill pass counted)."""
+        prefill_s = self._config.timing.prefill_seconds(1, seq.uncached_tokens)
+        self._emit_step(
+            Step(
+                model=self.model,
+                started_at=seq.scheduled_at or time.monotonic(),
+                duration_s=prefill_s,
+                batch_size=1,
+                prefill_tokens=seq.uncached_tokens,
+                decode_tokens=0,
+                work=((seq, seq.uncached_tokens, 0),),
+                prefill_s=prefill_s,
+                decode_s=0.0,
+                decode_batch=0,
+            )
+        )
+        seq.first_token_at = time.monotonic()
+        self._advance(seq)
 
     def _admit(self) -> list[Sequence]:
         admitted: list[Sequence] = []

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from simulator import SimServer, TimingModel
+from simulator.__main__ import parse_args
 from simulator.config import DEFAULT_MODEL as MODEL
 from tests.support.waiting import wait_until_async
 
@@ -101,3 +102,26 @@ async def test_a_full_batch_admits_by_priority_then_arrival(single_seq: SimServe
         await asyncio.gather(*tasks)
 
     assert finished == ["blocker", "urgent", "zero-a", "zero-b", "low"]
+
+
+@pytest.mark.asyncio
+async def test_a_paced_backend_keeps_its_pace_whatever_the_prompt_and_the_batch() -> None:
+    config = parse_args(["--port", "0", "--paced", "50", "10"])
+    with SimServer(config) as paced:
+        long_prompt = uuid.uuid4().hex + " word" * 3000
+        (ttft_short, short), (ttft_long, _), *_ = await asyncio.gather(
+            _stream_arrivals(paced.url, uuid.uuid4().hex, max_tokens=20),
+            _stream_arrivals(paced.url, long_prompt, max_tokens=1),
+            *(_stream_arrivals(paced.url, uuid.uuid4().hex, max_tokens=20) for _ in range(30)),
+        )
+
+    assert 0.04 <= ttft_short <= 0.15
+    assert 0.04 <= ttft_long <= 0.15  # 3,000 prompt tokens take no longer than a few
+    inter_token = (short[-1] - short[0]) / (len(short) - 1)
+    # A batch of 32 decodes at 10 ms a token (a prefill pass of late arrivals may stall one).
+    assert 0.008 <= inter_token <= 0.03
+
+
+def test_the_cli_refuses_a_pace_of_zero() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--paced", "0", "10"])
