@@ -44,8 +44,8 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
         nargs=2,
         type=float,
         metavar=("TTFT_MS", "ITL_MS"),
-        help="fixed pace instead of the H100 model: every prefill pass takes TTFT_MS, every "
-        "decode pass ITL_MS, whatever the batch (for benchmarks of a proxy in front)",
+        help="fixed pace instead of the H100 model: the first token TTFT_MS after admission, "
+        "then one every ITL_MS, whatever the prompt and the batch (for benchmarks of a proxy)",
     )
     args = parser.parse_args(argv)
     try:

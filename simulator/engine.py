@@ -308,7 +308,7 @@ class Engine:
         their first token."""
         loop = asyncio.get_running_loop()
         timing = self._config.timing
-        prefilling: list[tuple[float, int, Sequence]] = []  # (ready at, loop time), in order
+        prefilling: list[tuple[float, int, Sequence]] = []  # (ready at: loop time, arrival, seq)
         decoding: dict[Sequence, None] = {}
         deadline = 0.0
         while True:
