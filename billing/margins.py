@@ -24,9 +24,10 @@ from billing.jobs import (
     watermark_set,
 )
 from billing.models import Margin, UsageRollup
-from billing.rollups import buckets_rebuild, rollups_run
+from billing.rollups import ROLLUPS_LOCK, buckets_rebuild, rollups_arrived, rollups_run
 from billing.selectors import billing_currency
 from billing.services import month_of
+from metering.services import arrivals_cutoff
 
 _MARGINS = (Path(__file__).parent / "sql" / "margins.sql").read_text()
 
@@ -77,16 +78,17 @@ def figures_refresh(*, now: datetime | None = None) -> Window:
     hour later at the latest; this is for someone who wants to see it now (`manage.py
     refresh_figures`, which `tf demo` runs). The hour in progress is rolled up to `now`, its
     GPU time too, outside the watermark: budgets and the jobs read rollups only up to the
-    watermark, and the next rollup run after the hour ends rebuilds it whole (it is within
-    the grace window). Returns `now`'s month up to `now`.
+    watermark, and the next rollup run after the hour ends rebuilds it whole. Returns `now`'s
+    month up to `now`.
     """
     now = now or timezone.now()
     rollups_run(now=now, wait=True)
     margins_run(now=now, wait=True)
     month = month_of(now)
+    arrived_now = arrivals_cutoff()
     with transaction.atomic():
-        job_start("billing.rollups", wait=True)
-        buckets_rebuild(hour_start(now), now)
+        job_start(ROLLUPS_LOCK, wait=True)
+        buckets_rebuild(hour_start(now), now, arrived_by=rollups_arrived() or arrived_now)
     with transaction.atomic():
         job_start("billing.margins", wait=True)
         months_rebuild(Window(month.start, month.end))

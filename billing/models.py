@@ -54,8 +54,9 @@ class CostModel(models.Model):
 class UsageRollup(models.Model):
     """Rated usage summed per hour (or day) per account, project, key, tier, model and backend.
 
-    Rebuilt per bucket by the rollup job: a bucket inside the grace window is recomputed
-    from the ledger whole, so late records are included and re-running changes nothing.
+    Rebuilt per bucket by the rollup job from the records that reached the ledger by the
+    rollups' arrivals watermark: an hour is rebuilt whole when records arrive for it, are
+    corrected or get energy, so re-running changes nothing (billing/rollups.py).
     """
 
     class Grain(models.TextChoices):
@@ -74,6 +75,8 @@ class UsageRollup(models.Model):
     backend = models.CharField(max_length=64)
     price_book = models.ForeignKey(PriceBook, on_delete=models.PROTECT, null=True)
     requests = models.BigIntegerField()
+    # Of these, the requests that pay the request fee (all but those failed on every backend).
+    fee_requests = models.BigIntegerField(default=0)
     prompt_tokens = models.BigIntegerField()
     cached_prompt_tokens = models.BigIntegerField()
     completion_tokens = models.BigIntegerField()

@@ -1,14 +1,19 @@
 """The usage rollups: the ledger summed per hour and per day, rated and costed (docs/billing.md).
 
-Run by the beat every few minutes (billing.tasks.rollup_usage): whole hours since the last
-run, a grace window back (billing/jobs.py), and any earlier hour whose usage arrived since
-the last run (by the ledger's `stored_at`). Rebuilt on demand over any hours.
+Incremental (billing.tasks.rollup_usage, every few minutes): each run rebuilds the hours that
+changed since the last one and no others: the complete hours since the last run, and every
+earlier hour that records reached the ledger for (by `stored_at`, late ones included), whose
+records were corrected (`revised_at`) or got energy from intervals attributed since (by
+`attributed_at`). Every hour holds the records stored by the rollups' arrivals watermark, no
+more: the month's close runs the rollups to its own cutoff and reads its invoices from them.
+Rebuilt on demand over any hours (a correction: a cost model back-dated, a price book fixed).
 """
 
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Min
 from django.utils import timezone
@@ -18,7 +23,6 @@ from billing.jobs import (
     HOUR,
     Window,
     day_start,
-    grace,
     hour_start,
     job_start,
     watermark,
@@ -28,53 +32,92 @@ from billing.models import CostModel, JobRun, UsageRollup
 from billing.rating import FEE_EXEMPT
 from billing.selectors import billing_currency
 from metering.models import EnergyInterval
-from metering.services import arrivals_cutoff
+from metering.services import arrivals_cutoff, attributions_cutoff
 
+ROLLUPS_LOCK = "billing.rollups"
 _SQL = Path(__file__).parent / "sql"
 _ROLLUP_HOURS = (_SQL / "rollup_hours.sql").read_text()
 _ROLLUP_DAYS = (_SQL / "rollup_days.sql").read_text()
+_TOUCHED_HOURS = (_SQL / "rollup_touched.sql").read_text()
 _FIRST_USAGE = "SELECT min(started_at) FROM metering_usagerecord"
-_LATE_HOURS = (
-    "SELECT DISTINCT date_trunc('hour', started_at, 'UTC') FROM metering_usagerecord "
-    "WHERE stored_at > %(after)s AND stored_at <= %(arrived_by)s AND started_at < %(before)s "
-    "ORDER BY 1"
-)
 
 
 def rollups_run(*, now: datetime | None = None, wait: bool = False) -> Window | None:
-    """Roll up the ledger's complete hours since the last run, a grace window back, and every
-    earlier hour that records reached the ledger for since the last run (usage that arrived
-    late: a spool replayed after an outage, a reaped lease), so the margins and the report
-    count it without anyone rebuilding by hand.
+    """Bring the rollups up to date: the complete hours since the last run, and every earlier
+    hour whose records changed since (arrived late: a spool replayed after an outage, a reaped
+    lease; corrected; given energy), so the margins and the report count them without anyone
+    rebuilding by hand.
 
-    Returns the hours rebuilt since the watermark; None when another run holds the lock
+    Returns the hours rolled up since the watermark; None when another run holds the lock
     (unless `wait`) or there is nothing to roll up yet.
     """
     until = hour_start(now or timezone.now())
-    arrived_by = arrivals_cutoff()
+    arrived_by, attributed_by = arrivals_cutoff(), attributions_cutoff()
     with transaction.atomic():
-        if not job_start("billing.rollups", wait=wait):
+        if not job_start(ROLLUPS_LOCK, wait=wait):
             return None
-        rolled = watermark("rollups")
-        since = hour_start(rolled - grace()) if rolled else _first_hour()
+        return rollups_catch_up(until=until, arrived_by=arrived_by, attributed_by=attributed_by)
+
+
+def rollups_catch_up(
+    *, until: datetime, arrived_by: datetime, attributed_by: datetime
+) -> Window | None:
+    """rollups_run's work, for a caller that holds the rollups' lock (job_start(ROLLUPS_LOCK))
+    in its transaction and took the cutoffs (metering.services.arrivals_cutoff,
+    attributions_cutoff) before it: the month's close. Afterwards every hour before
+    max(until, the last run's) holds exactly the records stored by rollups_arrived()."""
+    rolled, after = watermark("rollups"), watermark("rollups.arrivals")
+    if rolled is None or after is None:  # the first run: every hour there is
+        since = _first_hour()
         if since is None or since >= until:
             return None
-        arrived_after = watermark("rollups.arrivals")
-        if arrived_after is not None:
-            for late in _late_hours(arrived_after, arrived_by, before=since):
-                buckets_rebuild(late.since, late.until)
-                _margins_redo_from(late.since)
-        buckets_rebuild(since, until)
-        watermark_set("rollups", until)
-        watermark_set("rollups.arrivals", arrived_by)
-    return Window(since, until)
+        buckets_rebuild(since, until, arrived_by=arrived_by)
+        window = Window(since, until)
+    else:
+        arrived_by = max(arrived_by, after)
+        attributed_after = watermark("rollups.attributions") or after
+        attributed_by = max(attributed_by, attributed_after)
+        touched = _touched_hours(
+            after, arrived_by, attributed_after, attributed_by, before=min(rolled, until)
+        )
+        for hours in touched:
+            buckets_rebuild(hours.since, hours.until, arrived_by=arrived_by)
+        if touched:
+            _margins_redo_from(touched[0].since)
+        window = Window(rolled, max(rolled, until))
+        if rolled < until:
+            buckets_rebuild(rolled, until, arrived_by=arrived_by)
+    watermark_set("rollups", window.until)
+    watermark_set("rollups.arrivals", arrived_by)
+    watermark_set("rollups.attributions", attributed_by)
+    return window
 
 
-def _late_hours(after: datetime, arrived_by: datetime, *, before: datetime) -> list[Window]:
-    """The hours before `before` that records reached the ledger for in (after, arrived_by],
+def rollups_arrived() -> datetime | None:
+    """The rollups' arrivals watermark: the records stored by then are in them, none later."""
+    return watermark("rollups.arrivals")
+
+
+def _touched_hours(
+    arrived_after: datetime,
+    arrived_by: datetime,
+    attributed_after: datetime,
+    attributed_by: datetime,
+    *,
+    before: datetime,
+) -> list[Window]:
+    """The hours before `before` whose records changed since the last run (rollup_touched.sql),
     as runs of consecutive hours."""
+    params: dict[str, Any] = {
+        "arrived_after": arrived_after,
+        "arrived_by": arrived_by,
+        "attributed_after": attributed_after,
+        "attributed_by": attributed_by,
+        "before": before,
+        "max_lag": timedelta(seconds=settings.METERING.attribution_max_lag_seconds),
+    }
     with connection.cursor() as cursor:
-        cursor.execute(_LATE_HOURS, {"after": after, "arrived_by": arrived_by, "before": before})
+        cursor.execute(_TOUCHED_HOURS, params)
         hours = [row[0] for row in cursor.fetchall()]
     runs: list[Window] = []
     for hour in hours:
@@ -91,20 +134,23 @@ def _margins_redo_from(since: datetime) -> None:
 
 
 def rollups_rebuild(*, since: datetime, until: datetime) -> Window:
-    """Rebuild the rollups of the hours [since, until) whatever the watermark: usage that
-    arrived after its grace window (a long outage's spool) is counted once this has run."""
+    """Rebuild the rollups of the hours [since, until) whatever the watermark, with the
+    records stored by the rollups' arrivals watermark (all stored by now before the first
+    run): a correction (a cost model back-dated, a price book fixed) counts once this has run."""
     window = Window(hour_start(since), hour_start(until + HOUR - timedelta(microseconds=1)))
+    arrived_now = arrivals_cutoff()
     with transaction.atomic():
-        job_start("billing.rollups", wait=True)
-        buckets_rebuild(window.since, window.until)
+        job_start(ROLLUPS_LOCK, wait=True)
+        buckets_rebuild(window.since, window.until, arrived_by=rollups_arrived() or arrived_now)
         _margins_redo_from(window.since)
     return window
 
 
-def buckets_rebuild(since: datetime, until: datetime) -> None:
-    """Rebuild the hours [since, until) and their days; `until` may fall inside an hour.
+def buckets_rebuild(since: datetime, until: datetime, *, arrived_by: datetime) -> None:
+    """Rebuild the hours [since, until), with the records stored by `arrived_by`, and their
+    days; `until` may fall inside an hour.
 
-    The caller holds the rollups' lock (job_start("billing.rollups")) in this transaction.
+    The caller holds the rollups' lock (job_start(ROLLUPS_LOCK)) in this transaction.
     """
     days_since, days_until = day_start(since), day_start(until - timedelta(microseconds=1)) + DAY
     hours = UsageRollup.objects.filter(grain=UsageRollup.Grain.HOUR)
@@ -115,6 +161,7 @@ def buckets_rebuild(since: datetime, until: datetime) -> None:
         params: dict[str, Any] = {
             "since": since,
             "until": until,
+            "arrived_by": arrived_by,
             "currency": billing_currency(),
             "fee_exempt": FEE_EXEMPT,
         }

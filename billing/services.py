@@ -12,8 +12,8 @@ billing/closing.py runs these with an audit entry of their own.
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import MAXYEAR, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -38,8 +38,10 @@ from billing.invoicing import (
 )
 from billing.jobs import (
     DAY,
+    HOUR,
     LONG_AGO,
     grace,
+    hour_start,
     job_start,
     month_close,
     month_close_set,
@@ -54,17 +56,25 @@ from billing.rating import FEE_EXEMPT, PriceList, Quantities
 
 # Re-exported for tests/billing/test_jobs_crash.py, whose worker process (a string it runs)
 # reaches the jobs as attributes of this module.
-from billing.rollups import rollups_run  # noqa: F401
+from billing.rollups import (
+    ROLLUPS_LOCK,
+    rollups_arrived,
+    rollups_catch_up,
+    rollups_run,  # noqa: F401
+)
 from billing.selectors import billing_currency, price_list
 from customers.models import Account, WebhookEndpoint
 from customers.webhooks import webhook_emit
-from metering.services import arrivals_cutoff
+from metering.services import arrivals_cutoff, attributions_cutoff
 
 log = logging.getLogger(__name__)
 
 _SQL = Path(__file__).parent / "sql"
 _INVOICE_USAGE = (_SQL / "invoice_usage.sql").read_text()
 _INVOICE_INCLUDED = (_SQL / "invoice_included.sql").read_text()
+_INVOICE_USAGE_ROLLUPS = (_SQL / "invoice_usage_rollups.sql").read_text()
+_INCLUDED_HOURS = (_SQL / "invoice_included_hours.sql").read_text()
+_INCLUDED_WHOLE = (_SQL / "invoice_included_whole.sql").read_text()
 _LINE_COLUMNS = (
     "invoice_id, item, tier, model, price_book_id, quantity, unit_price, amount, amount_minor, "
     "usage_from, usage_to, stripe_item_id, project_id"
@@ -150,11 +160,16 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
         )
     if Account.objects.filter(billing_mode=Account.Billing.PREPAID).exists():
         credits_drawdown_run(wait=True)  # the month's hours drawn as far as they are rolled up
-    cutoff = arrivals_cutoff()
+    arrived_by, attributed_by = arrivals_cutoff(), attributions_cutoff()
     with transaction.atomic():
         job_start("billing.invoices", wait=True)
         if month_close(period.start) is not None:
             return CloseResult(period, 0, late_pending=_late_pending())
+        # The month's own usage is read from the rollups, brought to the close's cutoff first
+        # (or the later one of a run that took the lock before us) and held until the commit.
+        job_start(ROLLUPS_LOCK, wait=True)
+        rollups_catch_up(until=hour_start(now), arrived_by=arrived_by, attributed_by=attributed_by)
+        cutoff = rollups_arrived() or arrived_by
         previous = month_start(period.start - DAY)
         late_since = month_close(previous)
         if late_since is None and JobRun.objects.filter(job="invoices").exists():
@@ -163,7 +178,12 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
             )
         credits = _credits_cut(period)
         drafts = _drafts_compute(
-            period, until=period.end, arrived_by=cutoff, late_since=late_since, credits=credits
+            period,
+            until=period.end,
+            arrived_by=cutoff,
+            late_since=late_since,
+            credits=credits,
+            rolled_up=True,
         )
         invoices = Invoice.objects.filter(kind=Invoice.Kind.INVOICE, period_start=period.start)
         closed = set(
@@ -506,24 +526,35 @@ def _drafts_compute(
     late_since: datetime | None,
     account_id: int | None = None,
     credits: CreditsCut = CreditsCut(None, None),
+    rolled_up: bool = False,
 ) -> list[Draft]:
     """Every draft of the period, or one account's: the usage that started in
     [period.start, until) and reached the ledger by `arrived_by` (None: all of it), and, when
     `late_since` is set, earlier months' usage that reached it in (late_since, arrived_by];
-    less the prepaid credit its usage drew down (`credits`)."""
+    less the prepaid credit its usage drew down (`credits`).
+
+    `rolled_up`: the period's own usage is read from the rollups, which hold exactly the
+    records stored by `arrived_by` (the close ran them to it), and of the ledger only the
+    records of the hour each plan's included tokens run out in; the same drafts, to the minor
+    unit, as from the ledger alone (tests/billing/test_close_rollups.py)."""
     currency = billing_currency()
     applied = _credits_applied(period, until, credits, account_id)
     prices = price_list(currency=currency)
-    usage = _usage_sums(
-        _INVOICE_USAGE,
-        since=period.start,
-        until=until,
-        month=period.start,
-        stored_after=None,
-        arrived_by=arrived_by,
-        currency=currency,
-        account_id=account_id,
-    )
+    if rolled_up:
+        usage = _usage_sums(
+            _INVOICE_USAGE_ROLLUPS, since=period.start, until=until, month=period.start
+        )
+    else:
+        usage = _usage_sums(
+            _INVOICE_USAGE,
+            since=period.start,
+            until=until,
+            month=period.start,
+            stored_after=None,
+            arrived_by=arrived_by,
+            currency=currency,
+            account_id=account_id,
+        )
     if late_since is not None:
         usage += _usage_sums(
             _INVOICE_USAGE,
@@ -543,10 +574,14 @@ def _drafts_compute(
     covered = []
     for month, allowances in sorted(by_month.items()):
         own = month == period.start
+        if own and rolled_up:
+            covered += _included_rolled_up(month, until, arrived_by, currency, allowances)
+            continue
+        end = until if own else next_month(month)
         covered += _usage_sums(
             _INVOICE_INCLUDED,
             since=month,
-            until=until if own else next_month(month),
+            until=end,
             month=month,
             stored_after=None if own else late_since,
             arrived_by=arrived_by,
@@ -554,11 +589,13 @@ def _drafts_compute(
             accounts=[a[0] for a in allowances],
             tiers=[a[1] for a in allowances],
             allowances=[a[2] for a in allowances],
+            starts=[month] * len(allowances),
+            ends=[end] * len(allowances),
         )
     usage_of, covered_of = defaultdict(list), defaultdict(list)
     for row in usage:
         usage_of[row.account_id].append(row)
-    for row in covered:
+    for row in _merged(covered):
         covered_of[row.account_id].append(row)
     fees = {a for a, plan in plans.items() if plan.plan.monthly_fee and plan.open.microseconds}
     return [
@@ -574,6 +611,72 @@ def _drafts_compute(
         )
         for account in sorted(used | fees | set(applied))
     ]
+
+
+def _included_rolled_up(
+    month: datetime,
+    until: datetime,
+    arrived_by: datetime | None,
+    currency: str,
+    allowances: Sequence[tuple[int, str, int]],
+) -> list[UsageSum]:
+    """The usage of the month's own allowances, from the rollups: the hours each covers
+    whole, then, record by record, the hour it runs out in."""
+    accounts, tiers = [a[0] for a in allowances], [a[1] for a in allowances]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INCLUDED_HOURS,
+            {
+                "since": month,
+                "until": until,
+                "accounts": accounts,
+                "tiers": tiers,
+                "allowances": [a[2] for a in allowances],
+            },
+        )
+        spent = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+    covered = _usage_sums(
+        _INCLUDED_WHOLE,
+        since=month,
+        month=month,
+        accounts=accounts,
+        tiers=tiers,
+        whole_until=[spent[a][0] for a in accounts],
+    )
+    running_out = [(a, t) for a, t in zip(accounts, tiers, strict=True) if spent[a][1]]
+    if running_out:
+        hours = [spent[a][0] for a, _ in running_out]
+        covered += _usage_sums(
+            _INVOICE_INCLUDED,
+            since=min(hours),
+            until=max(hours) + HOUR,
+            month=month,
+            stored_after=None,
+            arrived_by=arrived_by,
+            currency=currency,
+            accounts=[a for a, _ in running_out],
+            tiers=[t for _, t in running_out],
+            allowances=[spent[a][1] for a, _ in running_out],
+            starts=hours,
+            ends=[hour + HOUR for hour in hours],
+        )
+    return covered
+
+
+def _merged(sums: Iterable[UsageSum]) -> list[UsageSum]:
+    """One sum per account, month, tier, model, book and project (one invoice line each)."""
+    merged: dict[tuple[Any, ...], UsageSum] = {}
+    for row in sums:
+        key = (row.account_id, row.month, row.tier, row.model, row.book_id, row.project_id)
+        kept = merged.get(key)
+        merged[key] = (
+            row if kept is None else replace(kept, quantities=kept.quantities + row.quantities)
+        )
+    return [merged[key] for key in sorted(merged, key=_sort_key)]
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((value is None, value) for value in key)
 
 
 def _allowances(

@@ -389,7 +389,7 @@ def energy_attribute(
     prices: dict[str, Any] = {"backends": backends}
     for name in Coefficients.__slots__:
         prices[name] = [getattr(models[b], name) for b in backends]
-    while _attribute_batch(claim, prices, now, max_lag, result):
+    while _attribute_batch(claim, prices, max_lag, result):
         pass
     if result.intervals:
         log.info("energy attributed", extra=asdict(result))
@@ -406,7 +406,6 @@ def energy_attribute_ready() -> Attributed:
 def _attribute_batch(
     claim: dict[str, Any],
     prices: dict[str, Any],
-    now: datetime,
     max_lag: timedelta,
     result: Attributed,
 ) -> bool:
@@ -419,7 +418,7 @@ def _attribute_batch(
         span = _records_span(cursor, ids, max_lag)
         _work_build(cursor, {**span, **prices, "ids": ids})
         cursor.execute(_PRICE, prices)
-        cursor.execute(_SPLIT, {**prices, "ids": ids, "now": now})
+        cursor.execute(_SPLIT, {**prices, "ids": ids})
         for energy_j, idle_j, attributed_j, _ in cursor.fetchall():
             result.measured_j += energy_j
             result.idle_j += idle_j

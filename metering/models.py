@@ -52,6 +52,10 @@ class UsageRecord(models.Model):
         null=True,
         db_default=models.Func(function="clock_timestamp", output_field=models.DateTimeField()),
     )
+    # When a `gateway_lost` guess was replaced by the request's final record (the database's
+    # clock, as stored_at); null for a record never corrected. Billing's rollups rebuild the
+    # hours of records corrected since their last run.
+    revised_at = models.DateTimeField(null=True)
     # Filled by energy attribution; null until then.
     energy_joules = models.FloatField(null=True)
     # The backend's own usage report when the gateway refused it (negative, not a number, out

@@ -40,7 +40,8 @@ def usage_insert_sql(source: str) -> str:
     return (
         f"INSERT INTO metering_usagerecord ({_COLUMN_LIST}) "  # noqa: S608 (constant names)
         f"SELECT {_SELECTED} FROM {source} AS incoming "
-        f"ON CONFLICT (request_id, started_at) DO UPDATE SET {_CORRECTED} "
+        f"ON CONFLICT (request_id, started_at) DO UPDATE SET {_CORRECTED}, "
+        "revised_at = clock_timestamp() "
         "WHERE metering_usagerecord.outcome = 'gateway_lost' AND EXCLUDED.outcome <> 'gateway_lost'"
     )
 
@@ -49,17 +50,28 @@ _DEFAULT = "metering_usagerecord_default"
 
 
 def arrivals_cutoff() -> datetime:
-    """An instant that splits the ledger's arrivals cleanly: every record stored at or before
-    it (`stored_at`) is committed and visible to any statement run after this returns, and
-    every record stored later gets a later `stored_at`.
+    """An instant that splits the ledger's arrivals cleanly: every record stored (or corrected)
+    at or before it (`stored_at`, `revised_at`) is committed and visible to any statement run
+    after this returns, and every record stored later gets a later stamp.
 
     It waits for the writers in progress to commit (a SHARE lock conflicts with their ROW
     EXCLUSIVE one) and reads the clock while new writers wait; a writer then reads
     `clock_timestamp()` for its rows after the lock is released. Held for milliseconds when
     called outside a transaction, as billing's close and rollups do; inside one, until it ends.
     """
+    return _writes_cutoff("metering_usagerecord")
+
+
+def attributions_cutoff() -> datetime:
+    """The same clean split for energy attribution (`EnergyInterval.attributed_at`, stamped
+    with the database's clock): every interval attributed at or before it, and the energy it
+    added to the usage records, is committed and visible after this returns."""
+    return _writes_cutoff("metering_energyinterval")
+
+
+def _writes_cutoff(table: str) -> datetime:
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("LOCK TABLE metering_usagerecord IN SHARE MODE")
+        cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")
         cursor.execute("SELECT clock_timestamp()")
         cutoff: datetime = cursor.fetchone()[0]
     return cutoff

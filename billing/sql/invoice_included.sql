@@ -7,13 +7,17 @@
 -- late usage) in the order they were made (started_at, then request_id), and within a record its
 -- classes in the order input, cached input, output, reasoning, until it runs out
 -- (billing/rating.py: cover_included). Records of other tiers use none. Token sums are 64-bit.
--- Parameters: since, until, month, stored_after, arrived_by, currency, and three arrays of the same
--- length: accounts (ids), tiers (the plan's tier) and allowances (included tokens left). The book
--- in force: catalogue_book_span (catalogue/migrations/0002).
+-- Parameters: since, until, month, stored_after, arrived_by, currency, and five arrays of the same
+-- length: accounts (ids), tiers (the plan's tier), allowances (included tokens left), and the
+-- range of each account's records [starts, ends) within [since, until) that use them: the whole
+-- month, or the hour its rollups show the allowance running out in (the close: the hours before
+-- it are covered whole, invoice_included_whole.sql). The book in force: catalogue_book_span
+-- (catalogue/migrations/0002).
 WITH plans AS (
     SELECT *
-    FROM unnest(%(accounts)s::bigint[], %(tiers)s::text[], %(allowances)s::bigint[])
-        AS p(account_id, tier, allowance)
+    FROM unnest(%(accounts)s::bigint[], %(tiers)s::text[], %(allowances)s::bigint[],
+                %(starts)s::timestamptz[], %(ends)s::timestamptz[])
+        AS p(account_id, tier, allowance, starts, ends)
 ),
 records AS (
     SELECT u.account_id, u.tier, u.model, b.id AS book_id,
@@ -32,6 +36,7 @@ records AS (
         AND u.started_at >= b.effective_from AND u.started_at < b.effective_to
     LEFT JOIN customers_project d ON d.account_id = u.account_id AND d.is_default
     WHERE u.started_at >= %(since)s AND u.started_at < %(until)s
+      AND u.started_at >= p.starts AND u.started_at < p.ends
       AND (%(stored_after)s::timestamptz IS NULL OR u.stored_at > %(stored_after)s::timestamptz)
       AND (%(arrived_by)s::timestamptz IS NULL OR u.stored_at IS NULL
            OR u.stored_at <= %(arrived_by)s::timestamptz)

@@ -1,4 +1,5 @@
--- The hourly usage rollups of [since, until), rebuilt from the ledger: inserts one row per
+-- The hourly usage rollups of [since, until), rebuilt from the ledger's records that reached
+-- it by `arrived_by` (stored_at; null: stored before arrivals were recorded): one row per
 -- hour, account, project (the records'; null where they carry none), key, tier, model, backend
 -- and price book (null: unpriced), and one row per hour and backend whose cost no request
 -- carries (account 0, no project, tier and model ''). `since` is
@@ -22,7 +23,7 @@
 -- Energy is summed in whole millijoules, integers: exact, whatever order rows are read in.
 -- The book in force: catalogue_book_span; its price row: catalogue_price_in_force's rule
 -- (catalogue/migrations/0002).
--- Token sums are 64-bit. Parameters: since, until, currency, fee_exempt.
+-- Token sums are 64-bit. Parameters: since, until, arrived_by, currency, fee_exempt.
 WITH costs AS (
     SELECT id, backend, electricity_per_kwh, pue, gpu_cost_per_hour, effective_from,
            lead(effective_from, 1, 'infinity')
@@ -54,6 +55,7 @@ ledger AS (
     LEFT JOIN costs c ON c.backend = u.backend
                      AND u.started_at >= c.effective_from AND u.started_at < c.effective_to
     WHERE u.started_at >= %(since)s AND u.started_at < %(until)s
+      AND (u.stored_at IS NULL OR u.stored_at <= %(arrived_by)s)
     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 ),
 -- Priced: the book's (tier, model) row (pe), else the tier's '*' row (ps): the rule of
@@ -134,11 +136,11 @@ shared AS (
 )
 INSERT INTO billing_usagerollup
     (grain, bucket, account_id, project_id, api_key_id, tier, model, backend, price_book_id,
-     requests, prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens,
-     energy_joules, revenue, energy_cost, gpu_cost, measured_requests, measured_tokens,
-     costed_tokens, costed_measured_tokens)
+     requests, fee_requests, prompt_tokens, cached_prompt_tokens, completion_tokens,
+     reasoning_tokens, energy_joules, revenue, energy_cost, gpu_cost, measured_requests,
+     measured_tokens, costed_tokens, costed_measured_tokens)
 SELECT 'hour', s.bucket, s.account_id, s.project_id, s.api_key_id, s.tier, s.model, s.backend,
-       s.price_book_id, s.requests, s.prompt_tokens, s.cached_prompt_tokens,
+       s.price_book_id, s.requests, s.fee_requests, s.prompt_tokens, s.cached_prompt_tokens,
        s.completion_tokens, s.reasoning_tokens,
        (s.energy_j + s.share * coalesce(o.idle_j, 0))::float8,
        coalesce((s.prompt_tokens - s.cached_prompt_tokens) * p.input_per_million
@@ -154,7 +156,7 @@ FROM shared s
 LEFT JOIN catalogue_price p ON p.id = s.price_id
 LEFT JOIN overhead o ON o.bucket = s.bucket AND o.backend = s.backend
 UNION ALL
-SELECT 'hour', o.bucket, 0, NULL, 0, '', '', o.backend, NULL, 0, 0, 0, 0, 0, o.idle_j::float8, 0,
+SELECT 'hour', o.bucket, 0, NULL, 0, '', '', o.backend, NULL, 0, 0, 0, 0, 0, 0, o.idle_j::float8, 0,
        o.idle_cost, o.gpu_cost, 0, 0, 0, 0
 FROM overhead o
 WHERE NOT EXISTS (SELECT FROM usage us WHERE us.bucket = o.bucket AND us.backend = o.backend)

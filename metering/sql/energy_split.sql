@@ -2,7 +2,9 @@
 -- the part of the interval in which no request was active, never more than was measured, and
 -- all of it when the model prices no work in the interval. Attributed: the rest, shared by
 -- work afterwards. attributed_j + idle_j = energy_j by construction.
--- Parameters: ids (claimed intervals), backends, idle_watts (parallel arrays), now.
+-- attributed_at is the database's clock when the row is written (metering.services.
+-- attributions_cutoff splits attributions cleanly by it, for billing's rollups).
+-- Parameters: ids (claimed intervals), backends, idle_watts (parallel arrays).
 WITH per_interval AS (
     SELECT interval_id, count(*) AS requests, sum(work) AS work, range_agg(busy) AS busy
     FROM energy_work
@@ -27,7 +29,7 @@ split AS (
 )
 UPDATE metering_energyinterval AS i
 SET idle_j = split.idle_j, attributed_j = i.energy_j - split.idle_j,
-    requests = split.requests, attributed_at = %(now)s
+    requests = split.requests, attributed_at = clock_timestamp()
 FROM split
 WHERE i.id = split.id
 RETURNING i.energy_j, i.idle_j, i.attributed_j, i.requests
