@@ -10,9 +10,11 @@ premium; traffic skewed, the busiest 1% sending about a fifth of it), 1-3 keys e
 models on six backends (and a spare backend that idles), tokens of every class, energy
 attributed, one-minute energy intervals with idle energy, two price books (prices change
 mid-month) with plan fees and included tokens, and cost models. Then it times the billing
-jobs as they would run once the month is closed: rollups, margins, invoices (the month closed
-for every account); then each again over the whole month (rollups rebuilt, margins, the close
-re-run), checking that the second run leaves every table as the first did. `--exports` also
+jobs as they run once the month is over: the rollups of the whole month from nothing, one more
+hour of arrivals (the watermarks set an hour back), margins, the close (invoices, included
+tokens, plan fees, numbers: read from the rollups), the finance report; then checks: every
+invoice computed again from the raw records (the same to the minor unit), and the rollups
+rebuilt for a correction (the same rows as run by run). `--exports` also
 times the month's usage export as CSV and Parquet. `--reuse` runs the jobs again on a database
 kept by `--keep` (its billing tables emptied first), without generating anything.
 """
@@ -40,6 +42,9 @@ MODELS = {
 }
 REASONING = {"deepseek-r1"}
 SPARE_BACKEND = "gpu-spare"
+# The share of records that reach the ledger late (a reaped lease, a spool replayed after an
+# outage): up to two hours after they end; the others 1-5 s after.
+LATE = 0.005
 
 
 @dataclass
@@ -101,55 +106,94 @@ def _run(args: argparse.Namespace, month: datetime) -> list[Phase]:
 
 
 def _jobs(records: int, month: datetime) -> list[Phase]:
-    """The month's jobs once, then again over the whole month: the second run must find
-    nothing to change."""
-    from billing.jobs import grace
+    """The month's jobs as they run once it is over: the rollups of the whole month from
+    nothing, then one more hour of arrivals, margins, the close and the finance report; then
+    the checks (the close's invoices against the raw records, the rollups rebuilt)."""
     from billing.margins import margins_run
-    from billing.models import Invoice, InvoiceLine, JobRun, Margin, UsageRollup
+    from billing.models import Invoice, Margin, UsageRollup
+    from billing.report_forms import report_render
     from billing.rollups import rollups_rebuild, rollups_run
     from billing.services import invoices_close
 
     end = _month_after(month)
-    now = end + grace() + timedelta(minutes=5)
-    tables = {"rollups": UsageRollup, "margins": Margin, "invoices": InvoiceLine}
+    now = end + timedelta(hours=2, minutes=5)  # the grace window over
     phases = [
-        _timed("rollups", records, lambda: rollups_run(now=now), UsageRollup),
+        _timed("rollups, whole month", records, lambda: rollups_run(now=now), UsageRollup),
+    ]
+    whole = _fingerprint(UsageRollup)
+    arrived = _watermarks_back(end - timedelta(hours=1))
+    phases += [
+        _timed("rollups, one hour", arrived, lambda: rollups_run(now=now), UsageRollup),
         _timed("margins", _count(UsageRollup, grain="day"), lambda: margins_run(now=now), Margin),
         _timed(
-            "invoices",
+            "close (invoices)",
             records,
             lambda: invoices_close(period_start=month, now=now),
             Invoice,
         ),
     ]
-    first = {name: _fingerprint(table) for name, table in tables.items()}
-    # Margins follow the rollups' watermark; without their own they rebuild every month.
-    JobRun.objects.filter(job="margins").delete()
-    phases += [
+    hour = _fingerprint(UsageRollup)
+    days = _count(UsageRollup, grain="day")
+    for fmt in ("html", "csv"):
+        phases.append(
+            _timed(
+                f"finance report, {fmt.upper()}",
+                days,
+                lambda fmt=fmt: report_render(period_start=month, currency="USD", fmt=fmt, now=now),
+            )
+        )
+    phases.append(_timed("close, from the records", records, lambda: _invoices_check(month)))
+    phases.append(
         _timed(
-            "rollups, again",
+            "rollups, rebuilt",
             records,
             lambda: rollups_rebuild(since=month, until=end),
             UsageRollup,
-        ),
-        _timed(
-            "margins, again",
-            _count(UsageRollup, grain="day"),
-            lambda: margins_run(now=now),
-            Margin,
-        ),
-        _timed(
-            "invoices, again",
-            records,
-            lambda: invoices_close(period_start=month, now=now),
-            Invoice,
-        ),
-    ]
-    second = {name: _fingerprint(table) for name, table in tables.items()}
-    for name in tables:
-        verdict = "identical" if first[name] == second[name] else "CHANGED"
-        print(f"  {name} after the second run: {verdict}")
+        )
+    )
+    rebuilt = _fingerprint(UsageRollup)
+    print(f"  rollups after one more hour: {_same(hour, whole)}; rebuilt: {_same(rebuilt, whole)}")
     return phases
+
+
+def _watermarks_back(to: datetime) -> int:
+    """Set the rollups' watermarks back to `to`, as if the last run had been then: the next run
+    finds what arrived since (the records stored after it); returns how many arrived."""
+    from django.db import connection
+
+    from billing.models import JobRun
+
+    for job in ("rollups", "rollups.arrivals", "rollups.attributions"):
+        JobRun.objects.filter(job=job, scope="").update(watermark=to)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM metering_usagerecord WHERE stored_at > %s", [to])
+        return int(cursor.fetchone()[0])
+
+
+def _invoices_check(month: datetime) -> None:
+    """Every invoice of the close, computed again from the raw records at its cutoff: the same
+    total to the minor unit, account by account."""
+    from billing.invoicing import Period
+    from billing.jobs import month_close
+    from billing.models import Invoice
+    from billing.services import _drafts_compute
+
+    end = _month_after(month)
+    drafts = _drafts_compute(
+        Period(month, end), until=end, arrived_by=month_close(month), late_since=None
+    )
+    expected = {d.account_id: d.total_minor for d in drafts if d.lines}
+    billed = dict(
+        Invoice.objects.filter(period_start=month).values_list("account_id", "total_minor")
+    )
+    differ = sum(1 for a in expected.keys() | billed.keys() if expected.get(a) != billed.get(a))
+    print(
+        f"  invoices from the rollups vs the raw records: {len(billed):,} invoices, {differ} differ"
+    )
+
+
+def _same(a: tuple[int, int], b: tuple[int, int]) -> str:
+    return "identical" if a == b else "CHANGED"
 
 
 def _exports(records: int, month: datetime) -> list[Phase]:
@@ -221,8 +265,8 @@ def _print(phases: list[Phase]) -> None:
             f"{phase.name:<22}{phase.seconds:>9.1f}{phase.rows_in:>13,}{rate:>13,.0f}"
             f"{phase.rows_out:>12,}"
         )
-    jobs = [p for p in phases if p.name in ("rollups", "margins", "invoices")]
-    print(f"{'billing jobs, total':<22}{sum(p.seconds for p in jobs):>9.1f}")
+    jobs = [p for p in phases if p.name in ("rollups, whole month", "margins", "close (invoices)")]
+    print(f"{'the month from nothing':<22}{sum(p.seconds for p in jobs):>9.1f}")
 
 
 # Data -----------------------------------------------------------------------------------------
@@ -246,6 +290,7 @@ def _generate(args: argparse.Namespace, month: datetime) -> None:
         "models": list(MODELS),
         "backends": sorted({b for backends in MODELS.values() for b in backends}),
         "spare": SPARE_BACKEND,
+        "late": LATE,
     }
     with transaction.atomic(), connection.cursor() as cursor:
         for statement in _GENERATE:
@@ -380,7 +425,9 @@ _GENERATE = [
 # Sessions: an account's (skewed: n = M * u^3, traffic ~ rank^-2/3) run of requests through
 # one key, on its usual model 80% of the time, `session` requests 30 s apart from a random
 # start in the month. Each request draws its tokens and energy and alternates between its
-# model's two backends. Stored in start order, as the meter writes them.
+# model's two backends. Stored in start order, as the meter writes them; each arrives
+# (stored_at) 1-5 s after it ends, or, LATE of them, up to two hours after. Each one-minute
+# energy interval is attributed three minutes after it starts.
 _SESSIONS = """
 CREATE TEMP TABLE bench_session ON COMMIT DROP AS
 SELECT s, 1 + floor(%(accounts)s * random() ^ 3)::int AS n, random() AS u_key,
@@ -393,7 +440,7 @@ _USAGE = """
 INSERT INTO metering_usagerecord (request_id, account_id, api_key_id, project_id, tier, model,
     backend, endpoint, prompt_tokens, cached_prompt_tokens, completion_tokens, reasoning_tokens,
     tokens_estimated, queue_wait_ms, ttft_ms, latency_ms, status_code, outcome, streamed,
-    started_at, ended_at, energy_joules)
+    started_at, ended_at, energy_joules, stored_at)
 SELECT md5(r.g::text)::uuid, a.id, a.keys[1 + floor(ss.u_key * cardinality(a.keys))::int],
        a.projects[1 + floor(ss.u_key * cardinality(a.keys))::int],
        a.tier, m.model, m.backends[1 + r.g %% 2], 'chat.completions',
@@ -403,13 +450,16 @@ SELECT md5(r.g::text)::uuid, a.id, a.keys[1 + floor(ss.u_key * cardinality(a.key
        ss.start + ((r.g - 1) %% %(session)s) * interval '30 seconds',
        ss.start + ((r.g - 1) %% %(session)s) * interval '30 seconds'
            + r.latency * interval '1 millisecond',
-       5 + 0.3 * (r.prompt - r.cached) + 2.0 * r.completion
+       5 + 0.3 * (r.prompt - r.cached) + 2.0 * r.completion,
+       ss.start + ((r.g - 1) %% %(session)s) * interval '30 seconds'
+           + r.latency * interval '1 millisecond' + r.delay * interval '1 second'
 FROM (
-    SELECT g, u4, prompt, CASE WHEN u3 < 0.3 THEN floor(prompt * u3 * 2)::int ELSE 0 END AS cached,
+    SELECT g, u4, prompt, CASE WHEN u5 < %(late)s THEN 7200 * u5 / %(late)s ELSE 1 + 4 * u5 END
+           AS delay, CASE WHEN u3 < 0.3 THEN floor(prompt * u3 * 2)::int ELSE 0 END AS cached,
            completion, 100 + completion * 20.0 AS latency
-    FROM (SELECT g, u3, u4, 50 + floor(u2 ^ 2 * 4000)::int AS prompt,
+    FROM (SELECT g, u3, u4, u5, 50 + floor(u2 ^ 2 * 4000)::int AS prompt,
                  10 + floor(u4 ^ 2 * 1500)::int AS completion
-          FROM (SELECT g, random() AS u2, random() AS u3, random() AS u4
+          FROM (SELECT g, random() AS u2, random() AS u3, random() AS u4, random() AS u5
                 FROM generate_series(1, %(records)s) g) u) t
 ) r
 JOIN bench_session ss ON ss.s = (r.g - 1) / %(session)s
@@ -427,7 +477,7 @@ INSERT INTO metering_energyinterval (backend, started_at, ended_at, energy_j, gp
     attributed_at)
 SELECT b.backend, t, t + interval '1 minute', 40000 + coalesce(u.joules, 0), 8,
        coalesce(u.prompt, 0), coalesce(u.completion, 0), false, 40000,
-       coalesce(u.joules, 0), coalesce(u.requests, 0), %(end)s
+       coalesce(u.joules, 0), coalesce(u.requests, 0), t + interval '3 minutes'
 FROM unnest(%(backends)s::text[] || %(spare)s::text) AS b (backend)
 CROSS JOIN generate_series(%(month)s::timestamptz, %(end)s::timestamptz - interval '1 minute',
                            interval '1 minute') t

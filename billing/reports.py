@@ -26,10 +26,11 @@ from typing import Any, Literal
 from django.db import connection
 from django.utils import timezone
 
-from billing.jobs import month_close, month_closed_last, watermark
+from billing.jobs import LONG_AGO, month_close, month_closed_last, watermark
 from billing.models import Invoice, Margin
 from billing.money import from_minor, to_minor
 from billing.rating import FEE_EXEMPT
+from billing.rollups import rollups_arrived
 from billing.selectors import Unpriced, billing_currency, usage_unpriced
 from fleet.models import Backend
 
@@ -423,12 +424,28 @@ def _billing(
         if rated:
             cursor.execute(
                 _USAGE,
-                {**params, "cutoff": cutoff, "last_cutoff": last_cutoff, "fee_exempt": FEE_EXEMPT},
+                {
+                    **params,
+                    "cutoff": cutoff,
+                    "last_cutoff": last_cutoff,
+                    "fee_exempt": FEE_EXEMPT,
+                    **_rolled(cutoff),
+                },
             )
             usage = [
                 Usage(row[0], row[1], int(row[2]), int(row[3]), row[4]) for row in cursor.fetchall()
             ]
     return Billing(documents, parts, usage, rated, cutoff)
+
+
+def _rolled(cutoff: datetime | None) -> dict[str, datetime]:
+    """What the rollups hold (report_usage.sql): the hours before `rolled_until`, with the
+    records stored by `rolled_by`; the ledger is read after `after`."""
+    rolled_until, rolled_by = watermark("rollups"), rollups_arrived()
+    if rolled_until is None or rolled_by is None:
+        return {"rolled_until": LONG_AGO, "rolled_by": LONG_AGO, "after": LONG_AGO}
+    after = min(cutoff, rolled_by) if cutoff is not None else rolled_by
+    return {"rolled_until": rolled_until, "rolled_by": rolled_by, "after": after}
 
 
 def _gaps(period_start: datetime, period_end: datetime, currency: str, notes: list[str]) -> Gaps:

@@ -31,15 +31,24 @@ records AS (
            coalesce(sum(u.prompt_tokens) OVER before + sum(u.completion_tokens) OVER before, 0)
                AS used_before
     FROM plans p
-    JOIN metering_usagerecord u ON u.account_id = p.account_id AND u.tier = p.tier
+    -- Each account's records through the ledger's (account_id, started_at) index, its range
+    -- the index scan's bounds: an hour of them when the close reads the rest from rollups.
+    -- OFFSET 0 keeps the subquery a loop per account; flattened into a join, the planner
+    -- reads every record of the month and applies the ranges after.
+    CROSS JOIN LATERAL (
+        SELECT * FROM metering_usagerecord u
+        WHERE u.account_id = p.account_id AND u.tier = p.tier
+          AND u.started_at >= %(since)s AND u.started_at < %(until)s
+          AND u.started_at >= p.starts AND u.started_at < p.ends
+          AND (%(stored_after)s::timestamptz IS NULL
+               OR u.stored_at > %(stored_after)s::timestamptz)
+          AND (%(arrived_by)s::timestamptz IS NULL OR u.stored_at IS NULL
+               OR u.stored_at <= %(arrived_by)s::timestamptz)
+        OFFSET 0
+    ) u
     LEFT JOIN catalogue_book_span b ON b.currency = %(currency)s
         AND u.started_at >= b.effective_from AND u.started_at < b.effective_to
     LEFT JOIN customers_project d ON d.account_id = u.account_id AND d.is_default
-    WHERE u.started_at >= %(since)s AND u.started_at < %(until)s
-      AND u.started_at >= p.starts AND u.started_at < p.ends
-      AND (%(stored_after)s::timestamptz IS NULL OR u.stored_at > %(stored_after)s::timestamptz)
-      AND (%(arrived_by)s::timestamptz IS NULL OR u.stored_at IS NULL
-           OR u.stored_at <= %(arrived_by)s::timestamptz)
     WINDOW before AS (PARTITION BY u.account_id ORDER BY u.started_at, u.request_id
                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
 ),
