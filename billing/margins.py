@@ -88,7 +88,8 @@ def figures_refresh(*, now: datetime | None = None) -> Window:
     arrived_now = arrivals_cutoff()
     with transaction.atomic():
         job_start(ROLLUPS_LOCK, wait=True)
-        buckets_rebuild(hour_start(now), now, arrived_by=rollups_arrived() or arrived_now)
+        hour = Window(hour_start(now), now)
+        buckets_rebuild([hour], arrived_by=rollups_arrived() or arrived_now)
     with transaction.atomic():
         job_start("billing.margins", wait=True)
         months_rebuild(Window(month.start, month.end))

@@ -40,6 +40,11 @@ _ROLLUP_HOURS = (_SQL / "rollup_hours.sql").read_text()
 _ROLLUP_DAYS = (_SQL / "rollup_days.sql").read_text()
 _TOUCHED_HOURS = (_SQL / "rollup_touched.sql").read_text()
 _FIRST_USAGE = "SELECT min(started_at) FROM metering_usagerecord"
+# Per backend, the span of the energy intervals attributed in (after, by] before `before`.
+_ATTRIBUTED = (
+    "SELECT backend, min(started_at), max(ended_at) FROM metering_energyinterval "
+    "WHERE attributed_at > %s AND attributed_at <= %s AND started_at < %s GROUP BY backend"
+)
 
 
 def rollups_run(*, now: datetime | None = None, wait: bool = False) -> Window | None:
@@ -71,8 +76,8 @@ def rollups_catch_up(
         since = _first_hour()
         if since is None or since >= until:
             return None
-        buckets_rebuild(since, until, arrived_by=arrived_by)
         window = Window(since, until)
+        buckets_rebuild([window], arrived_by=arrived_by)
     else:
         arrived_by = max(arrived_by, after)
         attributed_after = watermark("rollups.attributions") or after
@@ -80,13 +85,12 @@ def rollups_catch_up(
         touched = _touched_hours(
             after, arrived_by, attributed_after, attributed_by, before=min(rolled, until)
         )
-        for hours in touched:
-            buckets_rebuild(hours.since, hours.until, arrived_by=arrived_by)
         if touched:
             _margins_redo_from(touched[0].since)
         window = Window(rolled, max(rolled, until))
         if rolled < until:
-            buckets_rebuild(rolled, until, arrived_by=arrived_by)
+            touched.append(window)
+        buckets_rebuild(touched, arrived_by=arrived_by)
     watermark_set("rollups", window.until)
     watermark_set("rollups.arrivals", arrived_by)
     watermark_set("rollups.attributions", attributed_by)
@@ -108,23 +112,33 @@ def _touched_hours(
 ) -> list[Window]:
     """The hours before `before` whose records changed since the last run (rollup_touched.sql),
     as runs of consecutive hours."""
-    params: dict[str, Any] = {
-        "arrived_after": arrived_after,
-        "arrived_by": arrived_by,
-        "attributed_after": attributed_after,
-        "attributed_by": attributed_by,
-        "before": before,
-        "max_lag": timedelta(seconds=settings.METERING.attribution_max_lag_seconds),
-    }
+    max_lag = timedelta(seconds=settings.METERING.attribution_max_lag_seconds)
     with connection.cursor() as cursor:
+        cursor.execute(_ATTRIBUTED, [attributed_after, attributed_by, before])
+        spans = cursor.fetchall()
+        params: dict[str, Any] = {
+            "arrived_after": arrived_after,
+            "arrived_by": arrived_by,
+            "before": before,
+            "max_lag": max_lag,
+            "backends": [backend for backend, _, _ in spans],
+            "firsts": [first for _, first, _ in spans],
+            "lasts": [last for _, _, last in spans],
+            "lower": min((first for _, first, _ in spans), default=before) - max_lag,
+            "upper": min(max((last for _, _, last in spans), default=before), before),
+        }
         cursor.execute(_TOUCHED_HOURS, params)
-        hours = [row[0] for row in cursor.fetchall()]
+        return _runs([row[0] for row in cursor.fetchall()], HOUR)
+
+
+def _runs(buckets: list[datetime], size: timedelta) -> list[Window]:
+    """Ordered buckets of one size as runs of consecutive ones."""
     runs: list[Window] = []
-    for hour in hours:
-        if runs and runs[-1].until == hour:
-            runs[-1] = Window(runs[-1].since, hour + HOUR)
+    for bucket in buckets:
+        if runs and runs[-1].until == bucket:
+            runs[-1] = Window(runs[-1].since, bucket + size)
         else:
-            runs.append(Window(hour, hour + HOUR))
+            runs.append(Window(bucket, bucket + size))
     return runs
 
 
@@ -141,32 +155,57 @@ def rollups_rebuild(*, since: datetime, until: datetime) -> Window:
     arrived_now = arrivals_cutoff()
     with transaction.atomic():
         job_start(ROLLUPS_LOCK, wait=True)
-        buckets_rebuild(window.since, window.until, arrived_by=rollups_arrived() or arrived_now)
+        buckets_rebuild([window], arrived_by=rollups_arrived() or arrived_now)
         _margins_redo_from(window.since)
     return window
 
 
-def buckets_rebuild(since: datetime, until: datetime, *, arrived_by: datetime) -> None:
-    """Rebuild the hours [since, until), with the records stored by `arrived_by`, and their
-    days; `until` may fall inside an hour.
+def buckets_rebuild(hours: list[Window], *, arrived_by: datetime) -> None:
+    """Rebuild the runs of `hours` (in order, apart), with the records stored by `arrived_by`,
+    then their days: a day all of whose hours were rebuilt whole, another only for the accounts
+    whose hours were (the rest of its rows are sums of hours that did not change). A run's
+    `until` may fall inside an hour.
 
     The caller holds the rollups' lock (job_start(ROLLUPS_LOCK)) in this transaction.
     """
-    days_since, days_until = day_start(since), day_start(until - timedelta(microseconds=1)) + DAY
-    hours = UsageRollup.objects.filter(grain=UsageRollup.Grain.HOUR)
-    hours.filter(bucket__gte=since, bucket__lt=until).delete()
-    days = UsageRollup.objects.filter(grain=UsageRollup.Grain.DAY)
-    days.filter(bucket__gte=days_since, bucket__lt=days_until).delete()
+    params: dict[str, Any] = {
+        "arrived_by": arrived_by,
+        "currency": billing_currency(),
+        "fee_exempt": FEE_EXEMPT,
+    }
+    accounts: set[int] = set()
     with connection.cursor() as cursor:
-        params: dict[str, Any] = {
-            "since": since,
-            "until": until,
-            "arrived_by": arrived_by,
-            "currency": billing_currency(),
-            "fee_exempt": FEE_EXEMPT,
-        }
-        cursor.execute(_ROLLUP_HOURS, params)
-        cursor.execute(_ROLLUP_DAYS, {"since": days_since, "until": days_until})
+        for run in hours:
+            rows = UsageRollup.objects.filter(
+                grain="hour", bucket__gte=run.since, bucket__lt=run.until
+            )
+            whole_days = all(_days([run]).values())
+            if not whole_days:
+                accounts.update(rows.values_list("account_id", flat=True).distinct())
+            rows.delete()
+            cursor.execute(_ROLLUP_HOURS, {**params, "since": run.since, "until": run.until})
+            if not whole_days:
+                accounts.update(rows.values_list("account_id", flat=True).distinct())
+        for day, whole in sorted(_days(hours).items()):
+            days = UsageRollup.objects.filter(grain="day", bucket=day)
+            if not whole:
+                days = days.filter(account_id__in=accounts)
+            days.delete()
+            cursor.execute(
+                _ROLLUP_DAYS,
+                {"since": day, "until": day + DAY, "accounts": None if whole else sorted(accounts)},
+            )
+
+
+def _days(hours: list[Window]) -> dict[datetime, bool]:
+    """The UTC days the runs of hours touch, and whether all of a day's hours are among them."""
+    days: dict[datetime, bool] = {}
+    for run in hours:
+        day = day_start(run.since)
+        while day < run.until:
+            days[day] = days.get(day, False) or (run.since <= day and day + DAY <= run.until)
+            day += DAY
+    return days
 
 
 def _first_hour() -> datetime | None:

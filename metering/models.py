@@ -145,6 +145,8 @@ class EnergyInterval(models.Model):
                 name="energyinterval_pending",
                 condition=models.Q(attributed_at__isnull=True),
             ),
+            # Billing's rollups find the intervals attributed since their last run.
+            models.Index(fields=["attributed_at"], name="energyinterval_attributed"),
         ]
 
     def __str__(self) -> str:

@@ -1,6 +1,6 @@
 -- The daily usage rollups of [since, until) (whole UTC days), rebuilt as the sums of their
--- hourly rows; the caller deletes the same days first, in the same transaction.
--- Parameters: since, until.
+-- hourly rows, of every account or of `accounts` (null: all); the caller deletes the same
+-- rows first, in the same transaction. Parameters: since, until, accounts.
 INSERT INTO billing_usagerollup
     (grain, bucket, account_id, project_id, api_key_id, tier, model, backend, price_book_id,
      requests, fee_requests, prompt_tokens, cached_prompt_tokens, completion_tokens,
@@ -14,5 +14,6 @@ SELECT 'day', date_trunc('day', bucket, 'UTC'), account_id, project_id, api_key_
        sum(costed_measured_tokens)
 FROM billing_usagerollup
 WHERE grain = 'hour' AND bucket >= %(since)s AND bucket < %(until)s
+  AND (%(accounts)s::bigint[] IS NULL OR account_id = ANY(%(accounts)s::bigint[]))
 GROUP BY 2, 3, 4, 5, 6, 7, 8, 9
 ORDER BY 2, 3, 4, 5, 6, 7, 8, 9

@@ -1,4 +1,7 @@
-"""When a stored record was last replaced: a `gateway_lost` guess corrected by the request's
+"""When a stored record was last replaced, and an index of energy intervals by when they were
+attributed (billing's rollups find what changed since their last run by both).
+
+A record's `revised_at`: a `gateway_lost` guess corrected by the request's
 final record keeps the guess's arrival (`stored_at`), so billing's incremental rollups find
 the hours whose records changed by this stamp (docs/billing.md, "Rollups").
 
@@ -35,5 +38,9 @@ class Migration(migrations.Migration):
                     field=models.DateTimeField(null=True),
                 )
             ],
-        )
+        ),
+        migrations.AddIndex(
+            model_name="energyinterval",
+            index=models.Index(fields=["attributed_at"], name="energyinterval_attributed"),
+        ),
     ]
