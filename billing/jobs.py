@@ -48,9 +48,16 @@ def job_start(name: str, *, wait: bool) -> bool:
         row = cursor.fetchone()
         if not wait and row[0] != "true":
             return False
+    job_settings()
+    return True
+
+
+def job_settings() -> None:
+    """The memory and planner settings of a job's transaction (job_start's), for a
+    connection that works for a job holding the lock elsewhere."""
+    with connection.cursor() as cursor:
         cursor.execute("SET LOCAL jit = off")
         cursor.execute("SET LOCAL work_mem = '256MB'")
-    return True
 
 
 def watermark(job: str) -> datetime | None:

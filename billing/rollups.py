@@ -9,6 +9,7 @@ more: the month's close runs the rollups to its own cutoff and reads its invoice
 Rebuilt on demand over any hours (a correction: a cost model back-dated, a price book fixed).
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from billing.jobs import (
     Window,
     day_start,
     hour_start,
+    job_settings,
     job_start,
     watermark,
     watermark_set,
@@ -35,6 +37,7 @@ from metering.models import EnergyInterval
 from metering.services import arrivals_cutoff, attributions_cutoff
 
 ROLLUPS_LOCK = "billing.rollups"
+_ANALYZE_AFTER_DAYS = 7
 _SQL = Path(__file__).parent / "sql"
 _ROLLUP_HOURS = (_SQL / "rollup_hours.sql").read_text()
 _ROLLUP_DAYS = (_SQL / "rollup_days.sql").read_text()
@@ -58,26 +61,38 @@ def rollups_run(*, now: datetime | None = None, wait: bool = False) -> Window | 
     """
     until = hour_start(now or timezone.now())
     arrived_by, attributed_by = arrivals_cutoff(), attributions_cutoff()
+    in_parallel = not connection.in_atomic_block
     with transaction.atomic():
         if not job_start(ROLLUPS_LOCK, wait=wait):
             return None
-        return rollups_catch_up(until=until, arrived_by=arrived_by, attributed_by=attributed_by)
+        return rollups_catch_up(
+            until=until,
+            arrived_by=arrived_by,
+            attributed_by=attributed_by,
+            in_parallel=in_parallel,
+        )
 
 
 def rollups_catch_up(
-    *, until: datetime, arrived_by: datetime, attributed_by: datetime
+    *, until: datetime, arrived_by: datetime, attributed_by: datetime, in_parallel: bool = False
 ) -> Window | None:
     """rollups_run's work, for a caller that holds the rollups' lock (job_start(ROLLUPS_LOCK))
     in its transaction and took the cutoffs (metering.services.arrivals_cutoff,
     attributions_cutoff) before it: the month's close. Afterwards every hour before
-    max(until, the last run's) holds exactly the records stored by rollups_arrived()."""
+    max(until, the last run's) holds exactly the records stored by rollups_arrived().
+
+    `in_parallel`: the first run's days are rebuilt by other connections, each committing its
+    own (days_rebuild); the caller's transaction must hold nothing they need to see."""
     rolled, after = watermark("rollups"), watermark("rollups.arrivals")
     if rolled is None or after is None:  # the first run: every hour there is
         since = _first_hour()
         if since is None or since >= until:
             return None
         window = Window(since, until)
-        buckets_rebuild([window], arrived_by=arrived_by)
+        if in_parallel:
+            days_rebuild(window, arrived_by=arrived_by)
+        else:
+            buckets_rebuild([window], arrived_by=arrived_by)
     else:
         arrived_by = max(arrived_by, after)
         attributed_after = watermark("rollups.attributions") or after
@@ -150,14 +165,50 @@ def _margins_redo_from(since: datetime) -> None:
 def rollups_rebuild(*, since: datetime, until: datetime) -> Window:
     """Rebuild the rollups of the hours [since, until) whatever the watermark, with the
     records stored by the rollups' arrivals watermark (all stored by now before the first
-    run): a correction (a cost model back-dated, a price book fixed) counts once this has run."""
+    run): a correction (a cost model back-dated, a price book fixed) counts once this has run.
+
+    Outside a transaction, a few days at a time on BILLING_REBUILD_WORKERS connections, each
+    committed: a rebuild cut short leaves every hour either rebuilt or as it was (each holds
+    the records stored by the same watermark), and is finished by running it again."""
     window = Window(hour_start(since), hour_start(until + HOUR - timedelta(microseconds=1)))
     arrived_now = arrivals_cutoff()
+    in_parallel = not connection.in_atomic_block
     with transaction.atomic():
         job_start(ROLLUPS_LOCK, wait=True)
-        buckets_rebuild([window], arrived_by=rollups_arrived() or arrived_now)
+        arrived_by = rollups_arrived() or arrived_now
+        if in_parallel:
+            days_rebuild(window, arrived_by=arrived_by)
+        else:
+            buckets_rebuild([window], arrived_by=arrived_by)
         _margins_redo_from(window.since)
     return window
+
+
+def days_rebuild(window: Window, *, arrived_by: datetime) -> None:
+    """buckets_rebuild of `window` in pieces of whole days, BILLING_REBUILD_WORKERS at a time,
+    each on a connection of its own and committed there (PostgreSQL runs no INSERT ... SELECT
+    with parallel workers). The caller holds the rollups' lock, so no run interleaves."""
+    first, last = day_start(window.since), day_start(window.until - timedelta(microseconds=1))
+    days = (last - first) // DAY + 1
+    workers = settings.BILLING.rebuild_workers
+    size = max(1, -(-days // (workers * 4)))  # a few pieces a worker: they even out
+    pieces = [
+        Window(max(window.since, first + DAY * n), min(window.until, first + DAY * (n + size)))
+        for n in range(0, days, size)
+    ]
+
+    def piece_rebuild(piece: Window) -> None:
+        try:
+            with transaction.atomic():
+                job_settings()
+                buckets_rebuild([piece], arrived_by=arrived_by)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(piece_rebuild, pieces))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE billing_usagerollup")
 
 
 def buckets_rebuild(hours: list[Window], *, arrived_by: datetime) -> None:
@@ -186,15 +237,21 @@ def buckets_rebuild(hours: list[Window], *, arrived_by: datetime) -> None:
             cursor.execute(_ROLLUP_HOURS, {**params, "since": run.since, "until": run.until})
             if not whole_days:
                 accounts.update(rows.values_list("account_id", flat=True).distinct())
-        for day, whole in sorted(_days(hours).items()):
-            days = UsageRollup.objects.filter(grain="day", bucket=day)
-            if not whole:
-                days = days.filter(account_id__in=accounts)
-            days.delete()
+        days = _days(hours)
+        for run in _runs(sorted(day for day, whole in days.items() if whole), DAY):
+            UsageRollup.objects.filter(
+                grain="day", bucket__gte=run.since, bucket__lt=run.until
+            ).delete()
+            cursor.execute(_ROLLUP_DAYS, {"since": run.since, "until": run.until, "accounts": None})
+        for day in sorted(day for day, whole in days.items() if not whole):
+            UsageRollup.objects.filter(grain="day", bucket=day, account_id__in=accounts).delete()
             cursor.execute(
-                _ROLLUP_DAYS,
-                {"since": day, "until": day + DAY, "accounts": None if whole else sorted(accounts)},
+                _ROLLUP_DAYS, {"since": day, "until": day + DAY, "accounts": sorted(accounts)}
             )
+        if sum(days.values()) >= _ANALYZE_AFTER_DAYS:
+            # Days of rows written at once: the planner's statistics of the table would be
+            # off until autovacuum came by, and the close's plans with them (10 s, not 3).
+            cursor.execute("ANALYZE billing_usagerollup")
 
 
 def _days(hours: list[Window]) -> dict[datetime, bool]:

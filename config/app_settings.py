@@ -293,9 +293,12 @@ class MeteringSettings(_Group):
 
 @dataclass(frozen=True, kw_only=True)
 class BillingSettings(_Group):
-    # Usage that arrives this late (meter lag, energy attribution lag) still lands in its hour;
-    # rollups recompute buckets this far back and a period closes this long after it ends.
+    # A month closes this long after it ends (usage that arrives later is billed on the next
+    # close), and margins are rebuilt this far back.
     grace_seconds: float = setting("BILLING_GRACE_SECONDS", number(), 2 * 3600.0)
+    # Connections a rebuild of many days of rollups (the first run, a correction) works with
+    # at once, a few days each: PostgreSQL runs no INSERT ... SELECT in parallel by itself.
+    rebuild_workers: int = setting("BILLING_REBUILD_WORKERS", whole(minimum=1), 2)
     # The currency price books, invoices and spend caps are in unless a row says otherwise.
     currency: str = setting("BILLING_CURRENCY", currency_code, "USD")
 

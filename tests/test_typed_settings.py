@@ -133,7 +133,11 @@ def test_the_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -
         "MAX_PROMPT_TOKENS": 2_000_000,
         "MAX_COMPLETION_TOKENS": 1_048_576,
     }
-    assert dict(BillingSettings.from_env(env)) == {"GRACE_SECONDS": 7200.0, "CURRENCY": "USD"}
+    assert dict(BillingSettings.from_env(env)) == {
+        "GRACE_SECONDS": 7200.0,
+        "REBUILD_WORKERS": 2,
+        "CURRENCY": "USD",
+    }
     assert dict(StripeSettings.from_env(env)) == {
         "API_KEY": "",
         "WEBHOOK_SECRET": "",
