@@ -1,9 +1,17 @@
 """Usage and invoice exports as CSV and Parquet, streamed (docs/billing.md, "Exports and reports").
 
-Rows leave PostgreSQL by `COPY (SELECT ...) TO STDOUT` in CSV, usage one day at a time, and go
-out as they come: CSV as PostgreSQL formats it, Parquet through pyarrow's streaming CSV reader,
-a row group at a time. Neither holds more than a block of rows, whatever the range, so a year
-of usage exports in the memory of a day's sort on the server and a row group here.
+`sql/export_*.sql` select the rows with their columns as stored; `_select` puts each format's
+columns and the export's order around that query (one plan in PostgreSQL), and the rows leave
+PostgreSQL by `COPY (SELECT ...) TO STDOUT`, usage one day at a time:
+
+- CSV is PostgreSQL's own (`FORMAT csv`), times ISO 8601 in UTC with 'Z', booleans true/false,
+  handed on in pieces of CHUNK_BYTES as the rows arrive.
+- Parquet is read in PostgreSQL's binary form (`FORMAT binary`: nothing is written as text to
+  be parsed back), decoded into Arrow columns with numpy DECODE_ROWS rows at a time, and
+  written a row group at a time, each handed on when full, the footer last.
+
+Neither holds more than a piece, or a block of rows and a row group, whatever the range, so a
+year of usage exports in the memory of a day's sort on the server and a row group here.
 
 Every surface (the API, the console, the command) starts an export with `export_started`: its
 first piece is made before anything is sent, so an export that cannot start (the query, the
@@ -13,14 +21,17 @@ logged and cut short (a truncated transfer, never a complete-looking file).
 
 import io
 import logging
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import chain
 from pathlib import Path
 from typing import IO, Literal
 
+import numpy as np
+import psycopg
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from django.db import connection
 
@@ -39,12 +50,31 @@ _SQL = Path(__file__).parent / "sql"
 # What is handed on at once: CSV text, and rows per Parquet row group.
 CHUNK_BYTES = 256 * 1024
 ROW_GROUP_ROWS = 128 * 1024
+# Binary rows read before they are decoded into Arrow columns.
+DECODE_ROWS = 8 * 1024
 _TIME = pa.timestamp("us", tz="UTC")
+_ISO_8601 = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+
+# PostgreSQL's binary COPY: a 19-byte header, the rows, an int16 -1. Each Arrow type's column
+# is sent as a PostgreSQL type and read as a numpy type (big-endian; text by its own length);
+# times are microseconds since 2000-01-01 UTC.
+_HEADER_BYTES = 19
+_POSTGRES_EPOCH_US = 946_684_800_000_000
+_WIRE = {
+    pa.int64().id: ("int8", ">i8"),
+    pa.int32().id: ("int4", ">i4"),
+    pa.float64().id: ("float8", ">f8"),
+    pa.bool_().id: ("bool", "?"),
+    pa.string().id: ("text", ""),
+    _TIME.id: ("timestamptz", ">i8"),
+}
 
 
 @dataclass(frozen=True)
 class _Export:
+    # The rows, their columns as stored (billing/sql/export_*.sql), and their order.
     sql: str
+    order: tuple[str, ...]
     schema: pa.Schema
     # The range is read in windows this long (one sort each on the server); None: at once.
     window: timedelta | None
@@ -53,6 +83,7 @@ class _Export:
 _EXPORTS: dict[Kind, _Export] = {
     "usage": _Export(
         sql=(_SQL / "export_usage.sql").read_text(),
+        order=("started_at", "request_id"),
         schema=pa.schema(
             [
                 ("request_id", pa.string()),
@@ -84,6 +115,7 @@ _EXPORTS: dict[Kind, _Export] = {
     ),
     "invoices": _Export(
         sql=(_SQL / "export_invoices.sql").read_text(),
+        order=("period_start", "account_id", "invoice_id", "line_id"),
         schema=pa.schema(
             [
                 ("invoice_id", pa.int64()),
@@ -202,9 +234,8 @@ def export_stream(
     export = _EXPORTS[kind]
     scope = _Scope(account_id, project_id)
     if fmt == "csv":
-        return _csv_pieces(export, since, until, scope, header=True, size=CHUNK_BYTES)
-    pieces = _csv_pieces(export, since, until, scope, header=False, size=4 * CHUNK_BYTES)
-    return _parquet_stream(pieces, export.schema, row_group_rows)
+        return _csv_pieces(export, since, until, scope)
+    return _parquet_stream(_batches(export, since, until, scope), export.schema, row_group_rows)
 
 
 def export_write(
@@ -233,75 +264,171 @@ def export_write(
 
 
 def _csv_pieces(
-    export: _Export,
-    since: datetime,
-    until: datetime,
-    scope: "_Scope",
-    *,
-    header: bool,
-    size: int,
+    export: _Export, since: datetime, until: datetime, scope: _Scope
 ) -> Generator[bytes, None, None]:
-    """CSV in pieces of about `size` bytes, window after window. COPY sends one message per
-    row, so every piece ends at the end of a row."""
+    """CSV with a header in pieces of about CHUNK_BYTES, window after window. COPY sends one
+    message per row, so every piece ends at the end of a row."""
+    select = _select(export, _csv_column)
+    options = "FORMAT csv, HEADER true"
     pending = bytearray()
-    for start, end in _windows(since, until, export.window):
-        params = {
+    for params in _windows(since, until, export.window, scope):
+        with _copy(select, options, params) as copy:
+            for row in copy:
+                pending += row
+                if len(pending) >= CHUNK_BYTES:
+                    yield bytes(pending)
+                    pending.clear()
+        options = "FORMAT csv"
+    if pending:
+        yield bytes(pending)
+
+
+def _csv_column(field: pa.Field) -> str:
+    """A column as CSV text: PostgreSQL's, but times in ISO 8601 and booleans true/false."""
+    if pa.types.is_timestamp(field.type):
+        return f"to_char(e.{field.name} AT TIME ZONE 'UTC', '{_ISO_8601}') AS {field.name}"
+    if pa.types.is_boolean(field.type):
+        return f"e.{field.name}::text AS {field.name}"
+    return f"e.{field.name}"
+
+
+def _batches(
+    export: _Export, since: datetime, until: datetime, scope: _Scope
+) -> Generator[pa.RecordBatch, None, None]:
+    """The rows as record batches, read in PostgreSQL's binary form and decoded DECODE_ROWS
+    at a time."""
+    select = _select(export, _binary_column)
+    data = bytearray()
+    lengths: list[int] = []
+    for params in _windows(since, until, export.window, scope):
+        with _copy(select, "FORMAT binary", params) as copy:
+            rows = iter(copy)
+            # One message per row; the stream's header opens the first, its trailer is the last.
+            for row in chain([next(rows)[_HEADER_BYTES:]], rows):
+                data += row
+                lengths.append(len(row))
+                if len(lengths) == DECODE_ROWS:
+                    yield _decoded(data, lengths, export.schema)
+                    data, lengths = bytearray(), []
+    yield _decoded(data, lengths, export.schema)
+
+
+def _binary_column(field: pa.Field) -> str:
+    """A column as the PostgreSQL type `_decoded` reads for its Arrow type (decimals as text,
+    cast by Arrow)."""
+    if pa.types.is_decimal(field.type):
+        return f"e.{field.name}::text"
+    return f"e.{field.name}::{_WIRE[field.type.id][0]}"
+
+
+def _select(export: _Export, column: Callable[[pa.Field], str]) -> str:
+    """The export's query, each column as `column` writes it, in the export's order.
+    PostgreSQL flattens the subquery: one plan, the columns made before the sort."""
+    columns = ", ".join(column(field) for field in export.schema)
+    order = ", ".join(f"e.{name}" for name in export.order)
+    return f"SELECT {columns} FROM ({export.sql}) e ORDER BY {order}"  # noqa: S608 (names)
+
+
+@contextmanager
+def _copy(select: str, options: str, params: Mapping[str, object]) -> Iterator[psycopg.Copy]:
+    # psycopg's own cursor: Django's debug wrapper (DEBUG=true) takes no COPY params.
+    with (
+        connection.cursor() as wrapper,
+        wrapper.cursor.copy(f"COPY ({select}) TO STDOUT WITH ({options})", params) as copy,
+    ):
+        yield copy
+
+
+def _windows(
+    since: datetime, until: datetime, window: timedelta | None, scope: _Scope
+) -> Iterator[dict[str, object]]:
+    """The query's parameters for each window of [since, until); the first one even when the
+    range is empty, so the header is always written."""
+    start = since
+    while True:
+        end = until if window is None else min(until, start + window)
+        yield {
             "since": start,
             "until": end,
             "account_id": scope.account_id,
             "project_id": scope.project_id,
         }
-        options = "FORMAT csv, HEADER true" if header else "FORMAT csv"
-        header = False
-        with (
-            connection.cursor() as wrapper,
-            # psycopg's own cursor: Django's debug wrapper (DEBUG=true) takes no COPY params.
-            wrapper.cursor.copy(f"COPY ({export.sql}) TO STDOUT WITH ({options})", params) as copy,
-        ):
-            for row in copy:
-                pending += row
-                if len(pending) >= size:
-                    yield bytes(pending)
-                    pending.clear()
-    if pending:
-        yield bytes(pending)
-
-
-def _windows(
-    since: datetime, until: datetime, window: timedelta | None
-) -> Iterator[tuple[datetime, datetime]]:
-    """[since, until) cut into windows; the first one even when the range is empty, so the
-    header is always written."""
-    start = since
-    while True:
-        end = until if window is None else min(until, start + window)
-        yield start, end
         start = end
         if start >= until:
             return
 
 
-def _parquet_stream(
-    pieces: Iterator[bytes], schema: pa.Schema, row_group_rows: int
-) -> Generator[bytes, None, None]:
-    """Parquet from CSV pieces (whole rows, no header): each parsed by pyarrow as it comes, a
-    row group written and handed on every `row_group_rows` rows, the footer last.
+def _decoded(data: bytearray, lengths: list[int], schema: pa.Schema) -> pa.RecordBatch:
+    """Messages of binary COPY, one after another (a trailer among them, perhaps), as a record
+    batch. A row: an int16 count of fields, then each field's int32 length (-1: null) and its
+    bytes, big-endian; a trailer: an int16 -1."""
+    sizes = np.array(lengths, dtype=np.int64)
+    ends = np.cumsum(sizes)
+    at = ends - sizes
+    fields = _big_endian(data, at, ">i2")
+    rows = fields != -1
+    at, ends = at[rows] + 2, ends[rows]
+    columns = []
+    for field in schema:
+        length = _big_endian(data, at, ">i4").astype(np.int64)
+        at += 4
+        valid = length >= 0
+        length[~valid] = 0
+        columns.append(_column(field.type, data, at, length, valid))
+        at += length
+    if (fields[rows] != len(schema)).any() or (at != ends).any():
+        raise ValueError("the binary COPY's rows are not the export's columns")
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
-    Pieces are pushed to pyarrow from this thread: its streaming reader would pull from a
-    thread of its own, where Django's connection (thread-local) is another one."""
-    read_options = pacsv.ReadOptions(column_names=schema.names, use_threads=False)
-    convert_options = pacsv.ConvertOptions(
-        column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False
-    )
-    batches = (
-        batch
-        for piece in pieces
-        for batch in pacsv.read_csv(
-            pa.py_buffer(piece), read_options=read_options, convert_options=convert_options
-        ).to_batches()
-    )
+
+def _column(
+    kind: pa.DataType, data: bytearray, at: np.ndarray, length: np.ndarray, valid: np.ndarray
+) -> pa.Array:
+    """One column's values (`length` bytes at `at`, where `valid`) as an Arrow array."""
+    nulls = None if valid.all() else ~valid
+    if pa.types.is_string(kind) or pa.types.is_decimal(kind):
+        strings = _strings(data, at, length, nulls)
+        return strings if pa.types.is_string(kind) else strings.cast(kind)
+    values = _big_endian(data, np.where(valid, at, 0), _WIRE[kind.id][1])
+    if pa.types.is_timestamp(kind):
+        values += _POSTGRES_EPOCH_US
+    return pa.array(values, type=kind, mask=nulls)
+
+
+def _big_endian(data: bytearray, at: np.ndarray, dtype: str) -> np.ndarray:
+    """The values of `dtype` (big-endian) at the offsets `at` of `data`, in native order."""
+    kind = np.dtype(dtype)
+    # Item i of `every` is the value whose bytes start at offset i.
+    size = max(len(data) - kind.itemsize + 1, 0)
+    every: np.ndarray = np.ndarray((size,), dtype=kind, buffer=data, strides=(1,))
+    values: np.ndarray = every[at]
+    return values.astype(kind.newbyteorder("="))
+
+
+def _strings(
+    data: bytearray, at: np.ndarray, length: np.ndarray, nulls: np.ndarray | None
+) -> pa.Array:
+    """The strings of `length` bytes at `at`, gathered end to end."""
+    offsets = np.zeros(len(at) + 1, dtype=np.int32)
+    np.cumsum(length, out=offsets[1:])
+    index = np.repeat(at - offsets[:-1], length) + np.arange(offsets[-1])
+    values = np.frombuffer(data, dtype=np.uint8)[index]
+    bitmap = None if nulls is None else pa.py_buffer(np.packbits(~nulls, bitorder="little"))
+    return pa.StringArray.from_buffers(len(at), pa.py_buffer(offsets), pa.py_buffer(values), bitmap)
+
+
+def _parquet_stream(
+    batches: Iterator[pa.RecordBatch], schema: pa.Schema, row_group_rows: int
+) -> Generator[bytes, None, None]:
+    """Parquet from record batches: a row group written and handed on every `row_group_rows`
+    rows, the footer last."""
     sink = _Sink()
-    with pq.ParquetWriter(sink, schema) as writer:
+    # A column with many distinct values (ids, times) gives up dictionary encoding after
+    # 64 KiB, not 1 MiB, and zstd: against pyarrow's defaults (snappy), a month of 2M records
+    # in 99 MB instead of 156, written in 1.1 CPU-seconds instead of 1.6.
+    with pq.ParquetWriter(
+        sink, schema, compression="zstd", dictionary_pagesize_limit=64 * 1024
+    ) as writer:
         for group in _row_groups(batches, row_group_rows):
             writer.write_table(pa.Table.from_batches(group, schema=schema))
             yield sink.drain()

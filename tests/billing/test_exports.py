@@ -9,15 +9,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
+from billing import exports
 from billing.exports import CHUNK_BYTES, export_stream
 from billing.models import Invoice, InvoiceLine
 from customers.models import Account, Project
-from customers.services import account_create, tiers_ensure_defaults
+from customers.services import account_create, project_create, tiers_ensure_defaults
 from metering.events import COLUMNS
 from metering.models import UsageRecord
 from metering.services import usage_records_write
@@ -137,10 +139,7 @@ def test_the_csv_is_the_ledger_row_for_row(ledger: None) -> None:
 
 
 def test_the_parquet_is_the_ledger_row_for_row(ledger: None) -> None:
-    table = pq.read_table(io.BytesIO(read("usage", "parquet")))
-    assert table.column_names == list(EXPORTED)
-    rows = [{**row, "request_id": uuid.UUID(row["request_id"])} for row in table.to_pylist()]
-    assert rows == ledger_rows()
+    assert parquet_rows(read("usage", "parquet")) == ledger_rows()
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -151,6 +150,71 @@ def test_an_accounts_export_holds_its_records_and_no_one_elses(ledger: None, fmt
     assert [str(row["request_id"]) for row in rows] == [
         str(row["request_id"]) for row in ledger_rows(account_id=2)
     ]
+
+
+def parquet_rows(data: bytes) -> list[dict[str, Any]]:
+    table = pq.read_table(io.BytesIO(data))
+    assert table.column_names == list(EXPORTED)
+    return [{**row, "request_id": uuid.UUID(row["request_id"])} for row in table.to_pylist()]
+
+
+def test_rows_come_in_start_order_across_days_whatever_order_they_were_stored() -> None:
+    """Stored newest first, some starting at the same instant, over days with a day of none
+    between: both files list them by start, then request id, as the ledger sorts them."""
+    starts = [SINCE + timedelta(hours=3 * n, microseconds=n % 3) for n in range(6)]
+    starts += [UNTIL - timedelta(microseconds=1)] * 3  # after a day without records
+    records = [usage(n, account_id=1, started_at=start) for n, start in enumerate(starts)]
+    usage_records_write(records=records[::-1])
+    ordered = [
+        r["request_id"] for r in sorted(records, key=lambda r: (r["started_at"], r["request_id"]))
+    ]
+    assert [row["request_id"] for row in ledger_rows()] == ordered
+    assert [row["request_id"] for row in csv_rows(read("usage", "csv"))] == ordered
+    assert [row["request_id"] for row in parquet_rows(read("usage", "parquet"))] == ordered
+
+
+def test_times_are_utc_iso_8601_with_z_whatever_the_sessions_time_zone(ledger: None) -> None:
+    stored = ledger_rows()  # read first: Django reads times as if the session were in UTC
+    with connection.cursor() as cursor:  # undone with the test's transaction
+        cursor.execute("SET LOCAL TIME ZONE 'America/St_Johns'")
+    text = list(csv.DictReader(io.StringIO(read("usage", "csv").decode())))
+    for column in ("started_at", "ended_at"):
+        assert [row[column] for row in text] == [
+            f"{row[column].astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}Z" for row in stored
+        ]
+    assert {row["streamed"] for row in text} == {"true", "false"}
+    table = pq.read_table(io.BytesIO(read("usage", "parquet")))
+    assert table.schema.field("started_at").type == pa.timestamp("us", tz="UTC")
+    assert table.column("started_at").to_pylist() == [row["started_at"] for row in stored]
+
+
+@pytest.mark.parametrize("decode_rows", [1, 3, exports.DECODE_ROWS])
+def test_the_parquet_keeps_nulls_empty_and_non_ascii_text_however_it_is_read(
+    decode_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoded a message at a time, three at a time (a day's four rows and its trailer cut
+    inside the day and across days) or all at once: the same table."""
+    monkeypatch.setattr(exports, "DECODE_ROWS", decode_rows)
+    tiers_ensure_defaults()
+    account = account_create(name=f"ünï-{uuid.uuid4().hex[:6]}", tier_slug="free")
+    project = project_create(account=account, name='Ünïcode 数据 "quoted", comma')
+    records = [
+        usage(
+            n,
+            account_id=account.pk,
+            started_at=SINCE + timedelta(hours=6 * n, microseconds=n),
+            project_id=project.pk if n % 2 else None,
+            model=("", "modèle-é", "m" * 128)[n % 3],
+            prompt_tokens=2**31 - 1 if n == 3 else n,
+        )
+        for n in range(12)
+    ]
+    records[-1] |= {"ttft_ms": None, "energy_joules": None}  # the last field of the last row
+    usage_records_write(records=records)
+    rows = parquet_rows(read("usage", "parquet"))
+    assert rows == ledger_rows()
+    assert {row["project_name"] for row in rows} == {None, project.name}
+    assert {row["model"] for row in rows} == {"", "modèle-é", "m" * 128}
 
 
 def test_an_empty_range_is_a_header_or_an_empty_table() -> None:
@@ -190,6 +254,36 @@ def test_a_large_parquet_export_is_written_a_row_group_at_a_time(ledger: None) -
     # One piece per row group, handed on as written, then the footer.
     assert len(pieces) == len(groups) + 1
     assert pieces[0].startswith(b"PAR1")
+
+
+def test_a_large_parquet_export_holds_a_block_and_a_row_group_whatever_the_range(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(exports, "DECODE_ROWS", 1000)
+    usage_records_write(
+        records=[
+            usage(n, account_id=1, started_at=SINCE + timedelta(seconds=10 * n))
+            for n in range(16_000)  # not quite two days
+        ]
+    )
+
+    def peak(days: int) -> int:
+        tracemalloc.start()
+        try:
+            for _ in export_stream(
+                kind="usage",
+                fmt="parquet",
+                since=SINCE,
+                until=SINCE + timedelta(days=days),
+                row_group_rows=1000,
+            ):
+                pass
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(1)  # pyarrow's and numpy's first-use allocations
+    assert peak(2) < 1.2 * peak(1)
 
 
 @pytest.fixture
