@@ -112,6 +112,7 @@ def _jobs(records: int, month: datetime) -> list[Phase]:
     from billing.margins import margins_run
     from billing.models import Invoice, Margin, UsageRollup
     from billing.report_forms import report_render
+    from billing.reports import ReportFormat
     from billing.rollups import rollups_rebuild, rollups_run
     from billing.services import invoices_close
 
@@ -134,14 +135,12 @@ def _jobs(records: int, month: datetime) -> list[Phase]:
     ]
     hour = _fingerprint(UsageRollup)
     days = _count(UsageRollup, grain="day")
-    for fmt in ("html", "csv"):
-        phases.append(
-            _timed(
-                f"finance report, {fmt.upper()}",
-                days,
-                lambda fmt=fmt: report_render(period_start=month, currency="USD", fmt=fmt, now=now),
-            )
-        )
+
+    def report(fmt: ReportFormat) -> Callable[[], bytes]:
+        return lambda: report_render(period_start=month, currency="USD", fmt=fmt, now=now)
+
+    formats: tuple[ReportFormat, ...] = ("html", "csv")
+    phases += [_timed(f"finance report, {fmt.upper()}", days, report(fmt)) for fmt in formats]
     phases.append(_timed("close, from the records", records, lambda: _invoices_check(month)))
     phases.append(
         _timed(

@@ -3,8 +3,8 @@
 Each job takes a PostgreSQL advisory lock for its scope and rebuilds whole buckets in one
 transaction (DELETE the buckets, INSERT ... SELECT them again), so a second run, concurrent or
 later, computes the same rows, and a worker killed mid-job leaves the previous state. JobRun
-keeps each job's watermark: the next run starts a grace window before it, so usage that
-arrives late (meter lag, energy attribution) still lands in its hour.
+keeps each job's watermark: the rollups' next run rebuilds what arrived since theirs
+(billing/rollups.py), the margins' starts a grace window before theirs.
 
 The jobs: billing.rollups (hourly and daily usage rollups), billing.margins (margins and the
 figures at once), billing.services (invoices and credit notes).

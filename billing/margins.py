@@ -69,6 +69,9 @@ def months_rebuild(window: Window) -> None:
             "currency": billing_currency(),
         }
         cursor.execute(_MARGINS, params)
+        # A month's margins written at once: without fresh statistics the finance report's
+        # plans, which join them, take seconds instead of milliseconds (docs/benchmarks.md).
+        cursor.execute("ANALYZE billing_margin")
 
 
 def figures_refresh(*, now: datetime | None = None) -> Window:

@@ -114,8 +114,8 @@ class UsageRollup(models.Model):
                 nulls_distinct=False,
             )
         ]
+        # (grain, bucket) is the unique constraint's prefix: no index of its own to write.
         indexes = [
-            models.Index(fields=["grain", "bucket"]),
             models.Index(fields=["account_id", "grain", "bucket"]),
             models.Index(fields=["project_id", "grain", "bucket"]),
         ]

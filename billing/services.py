@@ -79,6 +79,7 @@ _LINE_COLUMNS = (
     "invoice_id, item, tier, model, price_book_id, quantity, unit_price, amount, amount_minor, "
     "usage_from, usage_to, stripe_item_id, project_id"
 )
+_ANALYZE_AFTER_INVOICES = 1000
 _LINE_TYPES = [
     "int8", "text", "text", "text", "int8", "int8", "numeric", "numeric", "int8",
     "timestamptz", "timestamptz", "text", "int8",
@@ -202,6 +203,9 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
         _drafts_store(period, billable)
         finalised = _finalise(invoices.filter(status=Invoice.Status.DRAFT), now=now)
         month_close_set(period.start, cutoff)
+        if finalised >= _ANALYZE_AFTER_INVOICES:  # for the finance report's plans
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE billing_invoice, billing_invoiceline")
     return _close_reported(period, finalised, drafts, known)
 
 

@@ -2,20 +2,25 @@
 
 Whatever order usage arrives in (late, out of order, a lost request's guess corrected by its
 final record, a price change mid-month), the rollups brought up to date run by run equal those
-rebuilt from scratch, and the invoices the close reads from them equal, to the minor unit, the
-invoices computed from the raw records at the same cutoff.
+rebuilt from scratch, the invoices the close reads from them equal, to the minor unit, the
+invoices computed from the raw records at the same cutoff, and the finance report's
+reconciliation read from them and the late records is the ledger's.
 """
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from billing import reports
 from billing.invoicing import Period
-from billing.jobs import month_close
+from billing.jobs import LONG_AGO, month_close
 from billing.models import Invoice, JobRun, UsageRollup
+from billing.rating import FEE_EXEMPT
 from billing.rollups import rollups_run
 from billing.services import _drafts_compute, invoices_close
 from tests.billing.factories import (
@@ -146,6 +151,23 @@ def test_a_close_from_the_rollups_bills_what_the_records_do(
             for invoice in Invoice.objects.filter(kind=Invoice.Kind.INVOICE)
         }
         assert billed == expected
+
+        # Usage of the month arrives after its close: the finance report's reconciliation,
+        # read from the rollups and the late records, is the ledger's alone.
+        late = [r | {"request_id": str(uuid.uuid4())} for r in batches[0][:3]]
+        usage_write(late)
+        rollups_run(now=CLOSE + timedelta(hours=1))
+        whole_ledger = {"rolled_until": LONG_AGO, "rolled_by": LONG_AGO, "after": LONG_AGO}
+        assert report_usage(reports._rolled(cutoff)) == report_usage(whole_ledger)
+
+
+def report_usage(rolled: dict[str, Any]) -> list[tuple[Any, ...]]:
+    cutoff = month_close(MONTH)
+    params = {"since": MONTH, "until": NEXT_MONTH, "currency": "USD", "cutoff": cutoff}
+    params |= {"last_cutoff": cutoff, "fee_exempt": list(FEE_EXEMPT), **rolled}
+    with connection.cursor() as cursor:
+        cursor.execute(reports._USAGE, params)
+        return sorted(cursor.fetchall())
 
 
 def test_a_run_rebuilds_only_the_hours_whose_records_changed() -> None:
