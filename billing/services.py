@@ -199,7 +199,8 @@ def invoices_close(*, period_start: datetime, now: datetime | None = None) -> Cl
                 "pk", flat=True
             )
         )
-        billable = [d for d in drafts if d.lines and d.account_id in known - closed]
+        open_accounts = known - closed
+        billable = [d for d in drafts if d.lines and d.account_id in open_accounts]
         _drafts_store(period, billable)
         finalised = _finalise(invoices.filter(status=Invoice.Status.DRAFT), now=now)
         month_close_set(period.start, cutoff)

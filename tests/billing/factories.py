@@ -260,23 +260,38 @@ def books_in_month(draw: st.DrawFn) -> list[BookSpec]:
 
 @st.composite
 def records_in_month(draw: st.DrawFn, accounts: Sequence[int] = (1,)) -> list[dict[str, Any]]:
-    count = draw(st.integers(1, 25))
-    records = []
-    for _ in range(count):
-        prompt = draw(st.integers(0, 200_000))
-        completion = draw(st.integers(0, 50_000))
-        records.append(
-            usage(
-                MONTH + timedelta(microseconds=draw(st.integers(0, 31 * 86400 * 10**6 - 1))),
-                account_id=draw(st.sampled_from(accounts)),
-                tier=draw(st.sampled_from(TIERS)),
-                model=draw(st.sampled_from(MODELS)),
-                backend=draw(st.sampled_from(("gpu-a", "gpu-b"))),
-                prompt=prompt,
-                cached=draw(st.integers(0, prompt)),
-                completion=completion,
-                reasoning=draw(st.integers(0, completion)),
-                energy=draw(st.one_of(st.none(), st.floats(0, 5000, allow_nan=False))),
-            )
+    starts = st.integers(0, 31 * 86400 * 10**6 - 1).map(
+        lambda us: MONTH + timedelta(microseconds=us)
+    )
+    return draw(
+        st.lists(
+            a_record(starts, accounts, prompt=200_000, completion=50_000), min_size=1, max_size=25
         )
-    return records
+    )
+
+
+@st.composite
+def a_record(
+    draw: st.DrawFn,
+    starts: st.SearchStrategy[datetime],
+    accounts: Sequence[int],
+    *,
+    prompt: int,
+    completion: int,
+) -> dict[str, Any]:
+    """One usage record that started at one of `starts`, of one of `accounts`, with up to
+    `prompt` and `completion` tokens, of every class."""
+    prompt_tokens = draw(st.integers(0, prompt))
+    completion_tokens = draw(st.integers(0, completion))
+    return usage(
+        draw(starts),
+        account_id=draw(st.sampled_from(accounts)),
+        tier=draw(st.sampled_from(TIERS)),
+        model=draw(st.sampled_from(MODELS)),
+        backend=draw(st.sampled_from(("gpu-a", "gpu-b"))),
+        prompt=prompt_tokens,
+        cached=draw(st.integers(0, prompt_tokens)),
+        completion=completion_tokens,
+        reasoning=draw(st.integers(0, completion_tokens)),
+        energy=draw(st.one_of(st.none(), st.floats(0, 5000, allow_nan=False))),
+    )

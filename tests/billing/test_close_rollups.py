@@ -24,10 +24,10 @@ from billing.rating import FEE_EXEMPT
 from billing.rollups import rollups_run
 from billing.services import _drafts_compute, invoices_close
 from tests.billing.factories import (
-    MODELS,
     MONTH,
     NEXT_MONTH,
     TIERS,
+    a_record,
     account_make,
     book_create,
     books_in_month,
@@ -52,22 +52,11 @@ def arrivals(draw: st.DrawFn) -> list[list[dict[str, Any]]]:
     later batch corrects."""
     hours = draw(st.lists(st.integers(0, 31 * 24 - 1), min_size=1, max_size=4, unique=True))
     batches: list[list[dict[str, Any]]] = [[], [], []]
+    starts = st.tuples(st.sampled_from(hours), st.integers(0, 3600 * 10**6 - 1)).map(
+        lambda at: MONTH + timedelta(hours=at[0], microseconds=at[1])
+    )
     for _ in range(draw(st.integers(1, 20))):
-        prompt = draw(st.integers(0, 120_000))
-        completion = draw(st.integers(0, 40_000))
-        hour = MONTH + timedelta(hours=draw(st.sampled_from(hours)))
-        record = usage(
-            hour + timedelta(microseconds=draw(st.integers(0, 3600 * 10**6 - 1))),
-            account_id=draw(st.integers(0, 1)),
-            tier=draw(st.sampled_from(TIERS)),
-            model=draw(st.sampled_from(MODELS)),
-            backend=draw(st.sampled_from(("gpu-a", "gpu-b"))),
-            prompt=prompt,
-            cached=draw(st.integers(0, prompt)),
-            completion=completion,
-            reasoning=draw(st.integers(0, completion)),
-            energy=draw(st.one_of(st.none(), st.floats(0, 5000, allow_nan=False))),
-        )
+        record = draw(a_record(starts, (0, 1), prompt=120_000, completion=40_000))
         record["outcome"] = draw(st.sampled_from(("ok", "ok", "backend_error")))
         batch = draw(st.integers(0, 2))
         if batch < 2 and draw(st.booleans()):
