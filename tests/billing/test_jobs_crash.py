@@ -18,10 +18,12 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.db.models import Sum
 
+from billing import rollups as rollups_module
 from billing.margins import margins_run
 from billing.models import CostModel, Invoice, InvoiceNumber, JobRun, Margin, UsageRollup
-from billing.rollups import rollups_run
+from billing.rollups import rollups_rebuild, rollups_run
 from billing.seal import seal_lifted
 from billing.services import invoices_close
 from catalogue.models import PriceBook
@@ -103,7 +105,9 @@ def _remove(accounts: list[Account], book: PriceBook, cost: CostModel) -> None:
         book.prices.all().delete()
         book.plans.all().delete()
         book.delete()
-    JobRun.objects.filter(job__in=["rollups", "margins", "invoices"]).delete()
+    JobRun.objects.filter(
+        job__in=["rollups", "rollups.arrivals", "rollups.attributions", "margins", "invoices"]
+    ).delete()
     cost.delete()
     Account.objects.filter(pk__in=ids).delete()
 
@@ -199,6 +203,45 @@ def test_a_rollup_killed_mid_run_leaves_the_last_state_and_a_rerun_finishes_it(
     assert [table(name) for name in TABLES] == before
     rollups_run(now=later)
     assert [table(name) for name in TABLES] == expected
+
+
+def test_a_rebuild_cut_short_leaves_each_hour_rebuilt_or_as_it_was_and_a_rerun_finishes_it(
+    month_of_usage: list[Account], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A month's rebuild goes a few days at a time on connections of its own, each piece
+    committed (billing/rollups.py, days_rebuild): one piece that fails leaves its hours as
+    they were and the others rebuilt, never an hour half done; running it again finishes."""
+    rollups_run(now=CLOSE)
+    before = hours_gpu_cost()
+    CostModel.objects.filter(backend="gpu-a").update(gpu_cost_per_hour=Decimal(20))  # corrected
+    expected = clean_run(lambda: rollups_rebuild(since=MONTH, until=NEXT_MONTH))
+    calls, lock = [0], threading.Lock()
+    rebuild = rollups_module.buckets_rebuild
+
+    def failing_third(*args: Any, **kwargs: Any) -> None:
+        with lock:
+            calls[0] += 1
+            third = calls[0] == 3
+        if third:
+            raise RuntimeError("the database went away")
+        rebuild(*args, **kwargs)
+
+    monkeypatch.setattr(rollups_module, "buckets_rebuild", failing_third)
+    with pytest.raises(RuntimeError):
+        rollups_rebuild(since=MONTH, until=NEXT_MONTH)
+    monkeypatch.undo()
+
+    after = hours_gpu_cost()
+    rebuilt = {hour for hour, cost in after.items() if cost != before[hour]}
+    assert rebuilt and rebuilt != set(before)  # some pieces done, one not
+    assert all(abs(after[hour] - before[hour] * 20 / 12) < Decimal("1e-9") for hour in rebuilt)
+    rollups_rebuild(since=MONTH, until=NEXT_MONTH)
+    assert [table(name) for name in TABLES] == expected
+
+
+def hours_gpu_cost() -> dict[datetime, Decimal]:
+    hours = UsageRollup.objects.filter(grain="hour", bucket__gte=MONTH, bucket__lt=NEXT_MONTH)
+    return dict(hours.values("bucket").annotate(cost=Sum("gpu_cost")).values_list("bucket", "cost"))
 
 
 def test_a_close_killed_mid_run_takes_no_number_and_a_rerun_closes_the_month(
