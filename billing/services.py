@@ -53,13 +53,12 @@ from billing.jobs import (
 from billing.models import CreditEntry, Invoice, InvoiceLine, InvoiceNumber, JobRun
 from billing.money import from_minor, minor_text
 from billing.rating import FEE_EXEMPT, PriceList, Quantities
-
-# Re-exported for tests/billing/test_jobs_crash.py, whose worker process (a string it runs)
-# reaches the jobs as attributes of this module.
 from billing.rollups import (
     ROLLUPS_LOCK,
     rollups_arrived,
     rollups_catch_up,
+    # Re-exported for tests/billing/test_jobs_crash.py, whose worker process (a string it
+    # runs) reaches the jobs as attributes of this module.
     rollups_run,  # noqa: F401
 )
 from billing.selectors import billing_currency, price_list
