@@ -6,6 +6,8 @@ Tolerances are wide on purpose: these run on shared, noisy machines.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import statistics
 import time
 import uuid
 
@@ -108,6 +110,7 @@ async def test_a_full_batch_admits_by_priority_then_arrival(single_seq: SimServe
 async def test_a_paced_backend_keeps_its_pace_whatever_the_prompt_and_the_batch() -> None:
     config = parse_args(["--port", "0", "--paced", "50", "10"])
     with SimServer(config) as paced:
+        await _stream_arrivals(paced.url, "warm-up", max_tokens=1)  # the server's first answer
         long_prompt = uuid.uuid4().hex + " word" * 3000
         (ttft_short, short), (ttft_long, _), *_ = await asyncio.gather(
             _stream_arrivals(paced.url, uuid.uuid4().hex, max_tokens=20),
@@ -115,11 +118,13 @@ async def test_a_paced_backend_keeps_its_pace_whatever_the_prompt_and_the_batch(
             *(_stream_arrivals(paced.url, uuid.uuid4().hex, max_tokens=20) for _ in range(30)),
         )
 
-    assert 0.04 <= ttft_short <= 0.15
-    assert 0.04 <= ttft_long <= 0.15  # 3,000 prompt tokens take no longer than a few
-    inter_token = (short[-1] - short[0]) / (len(short) - 1)
+    # Never sooner than the pace; 3,000 prompt tokens no later than a few. The bounds are
+    # relative or medians: a loaded machine may stall every stream at once (CI saw 0.6 s).
+    assert ttft_short >= 0.04 and ttft_long >= 0.04
+    assert ttft_long <= ttft_short + 0.1
+    gaps = [later - earlier for earlier, later in itertools.pairwise(short)]
     # A batch of 32 decodes at 10 ms a token (a prefill pass of late arrivals may stall one).
-    assert 0.008 <= inter_token <= 0.03
+    assert 0.008 <= statistics.median(gaps) <= 0.03
 
 
 def test_the_cli_refuses_a_pace_of_zero() -> None:
