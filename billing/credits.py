@@ -32,6 +32,7 @@ from billing.selectors import billing_currency, credit_remaining
 from customers.models import Account
 from customers.webhooks import webhook_emit
 from metering.credits import CREDIT_EPOCH, credit_held_key, credit_keys
+from metering.redis_clients import redis_connect
 from metering.redis_scripts import SCRIPTS, run
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ def credits_redis() -> redis.Redis:
 
 @functools.cache
 def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return redis_connect(url, socket_timeout=5, socket_connect_timeout=5)
 
 
 def pico(amount: Decimal) -> int:

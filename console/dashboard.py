@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 import redis
 from django.conf import settings
-from django.db import connection
 
 from billing.report_forms import month_by_tier
 from billing.selectors import billing_currency
@@ -25,6 +24,7 @@ from customers.models import Tier
 from fleet.models import Backend
 from gateway import metrics
 from gateway.queueing import CLASSES, pool_keys
+from metering.redis_clients import redis_connect
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ TOP_ACCOUNTS_HOURS = 24
 
 @functools.cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    return redis_connect(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
 
 
 def dashboard_data(*, now: datetime) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def dashboard_data(*, now: datetime) -> dict[str, Any]:
 
 
 def _rows(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    with connection.cursor() as cursor:
+    with reading().cursor() as cursor:
         cursor.execute(sql, params)
         names = [column.name for column in cursor.description]
         return [

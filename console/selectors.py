@@ -20,6 +20,7 @@ from customers.models import Account, LimitOverride
 from gateway.limits import Limits, Standing, account_keys, credit_parse, prepaid_keys
 from metering.credits import CREDIT_EPOCH
 from metering.models import UsageRecord
+from metering.redis_clients import redis_connect
 from metering.redis_scripts import SCRIPTS, run
 
 # What usage can be grouped by, and the column each group is read from.
@@ -84,4 +85,4 @@ def account_standing(*, account_id: int, now: datetime, prepaid: bool = False) -
 
 @functools.cache
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0)
+    return redis_connect(settings.REDIS_URL, socket_timeout=2.0, socket_connect_timeout=2.0)

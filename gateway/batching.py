@@ -5,11 +5,12 @@ through one ScriptBatcher per process. Calls made while a pipeline is in flight 
 out together in the next one, so under load N requests share a round trip and a connection;
 alone, a call goes out at the next loop turn. A settle may linger a few milliseconds to ride
 along with the next urgent call. Pipelines of EVALSHA stay Redis Cluster-friendly: each call
-keeps its keys on one slot and a cluster client routes them. The scripts themselves are
+keeps its keys on one slot, and on a cluster goes to that slot's primary. The scripts themselves are
 defined in metering/redis_scripts.py.
 
 The pipelines go over a lean connection of their own (gateway/resp.py: hiredis packs and
-parses), opened like the redis-py client given, which loads the scripts.
+parses), opened like the redis-py client given, which loads the scripts; on a Redis Cluster,
+one per primary (gateway/resp.py, RespCluster).
 """
 
 import asyncio
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import NoScriptError
 
-from gateway.resp import RespConnection
+from gateway.resp import RespCluster, RespConnection
 from metering.redis_scripts import Script, load_async
 
 # Script is re-exported: its home was here (tests/gateway/test_settle_faults.py imports it).
@@ -37,7 +39,11 @@ class _Call:
 class ScriptBatcher:
     def __init__(self, client: aioredis.Redis, *, linger: float, max_calls: int = 1024) -> None:
         self._client = client
-        self._connection = RespConnection.like(client)
+        self._connection: RespConnection | RespCluster
+        if isinstance(client, AsyncRedisCluster):
+            self._connection = RespCluster(client)
+        else:
+            self._connection = RespConnection.like(client)
         self._linger = linger
         self._max_calls = max_calls
         self._pending: list[_Call] = []
@@ -106,9 +112,12 @@ class ScriptBatcher:
         return replies
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        return await self._connection.execute(
-            [("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls]
-        )
+        commands = [
+            ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls
+        ]
+        if isinstance(self._connection, RespCluster):
+            return await self._connection.execute(commands, [call.keys[0] for call in calls])
+        return await self._connection.execute(commands)
 
     def close(self) -> None:
         self._connection.close()

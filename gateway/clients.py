@@ -27,6 +27,7 @@ from gateway.proxy import Proxy
 from gateway.queueing import AdmissionQueue
 from gateway.routing import Router
 from gateway.spool import FailOpenCap, UsageSpool
+from metering.redis_clients import redis_connect_async
 
 # These lines were logged from gateway/app.py; they keep its logger name.
 log = logging.getLogger("gateway.app")
@@ -75,7 +76,7 @@ async def clients_open() -> Clients:
     """
     conf = settings.GATEWAY
     # Batching keeps the connections in use to a handful; the cap is only a guard.
-    client = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=conf.redis_max_connections)
+    client = redis_connect_async(settings.REDIS_URL, max_connections=conf.redis_max_connections)
     await persistence_check(
         client,
         production=not settings.LOCAL,

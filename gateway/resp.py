@@ -9,7 +9,9 @@ asyncio connection with the replies matched to their pipelines in order. It does
 classes, so callers catch what they always caught); everything else keeps redis-py.
 
 It connects as the redis-py client it is built from (`RespConnection.like`): same host or
-socket, database, credentials, TLS and timeouts, so there is one Redis configuration.
+socket, database, credentials, TLS and timeouts, so there is one Redis configuration. On a
+Redis Cluster, `RespCluster` keeps one such connection per primary and sends each command to
+the primary of its key's slot, as redis-py's cluster client maps them.
 """
 
 import asyncio
@@ -21,6 +23,15 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 from redis._parsers.base import BaseParser
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -111,7 +122,11 @@ class RespConnection:
     @classmethod
     def like(cls, client: aioredis.Redis) -> "RespConnection":
         """A connection to the Redis `client` talks to, as it connects."""
-        kwargs = client.connection_pool.connection_kwargs
+        return cls.from_kwargs(client.connection_pool.connection_kwargs)
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> "RespConnection":
+        """A connection as redis-py connects with these connection arguments."""
         tls = None
         if kwargs.get("ssl_cert_reqs") is not None or "ssl_ca_certs" in kwargs:
             tls = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
@@ -195,3 +210,91 @@ class RespConnection:
         if self._protocol is not None:
             self._protocol._fail(RedisConnectionError("Connection closed by the gateway"))
             self._protocol = None
+
+
+# A cluster's replies that say "ask again, elsewhere or later": the slot moved (a failover or
+# resharding), or the cluster is between states. The command did not run.
+_REROUTE = (MovedError, AskError, ClusterDownError, TryAgainError)
+# How often a command is sent again after such a reply, the slot map refreshed in between.
+_REROUTE_ATTEMPTS = 5
+_REROUTE_PAUSE = 0.05
+
+
+class RespCluster:
+    """`RespConnection`s to the primaries of a Redis Cluster, one each: every command goes to
+    the primary of the slot of its routing key, the pipelines to different primaries at once.
+
+    The slot map is redis-py's (`client`, an asyncio RedisCluster). A command answered MOVED,
+    ASK, TRYAGAIN or CLUSTERDOWN did not run: the map is refreshed and the command sent again,
+    up to _REROUTE_ATTEMPTS times. A primary that cannot be reached raises ConnectionError for
+    its commands, as a single Redis would (they may or may not have run), and the map is
+    refreshed before the next pipeline, so that once its replica has taken over, commands go
+    there.
+    """
+
+    def __init__(self, client: AsyncRedisCluster) -> None:
+        self._client = client
+        self._connections: dict[str, RespConnection] = {}
+        self._mapped = False
+        self._stale = True
+
+    async def execute(self, commands: Sequence[Command], keys: Sequence[str]) -> list[Any]:
+        """`RespConnection.execute` for commands each routed by its key in `keys`."""
+        replies: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        for attempt in range(_REROUTE_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(_REROUTE_PAUSE * attempt)
+            await self._refresh()
+            by_node: dict[str, list[int]] = {}
+            for i in todo:
+                node = self._client.get_node_from_key(keys[i])
+                if node is None:
+                    raise ClusterDownError(f"no node serves the slot of {keys[i]}")
+                by_node.setdefault(self._connect(node), []).append(i)
+            sent = await asyncio.gather(
+                *(
+                    self._connections[name].execute([commands[i] for i in indices])
+                    for name, indices in by_node.items()
+                ),
+                return_exceptions=True,
+            )
+            todo = []
+            for indices, answered in zip(by_node.values(), sent, strict=True):
+                if isinstance(answered, BaseException):
+                    self._stale = True
+                    answered = [answered] * len(indices)
+                for i, reply in zip(indices, answered, strict=True):
+                    replies[i] = reply
+                    if isinstance(reply, _REROUTE):
+                        todo.append(i)
+            if not todo:
+                break
+            self._stale = True
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, RedisError):
+                raise reply
+        return replies
+
+    async def _refresh(self) -> None:
+        if not self._stale:
+            return
+        try:
+            if self._mapped:
+                await self._client.nodes_manager.initialize()
+            else:
+                await self._client.initialize()
+                self._mapped = True
+        except RedisError:
+            return  # the map in hand serves; the commands sent on it say what is wrong
+        self._stale = False
+
+    def _connect(self, node: ClusterNode) -> str:
+        if node.name not in self._connections:
+            self._connections[node.name] = RespConnection.from_kwargs(node.connection_kwargs)
+        return node.name
+
+    def close(self) -> None:
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()

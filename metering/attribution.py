@@ -25,6 +25,7 @@ from scipy.optimize import nnls
 
 from metering.events import INFLIGHT_ENTRIES, USAGE_STREAM
 from metering.models import EnergyCalibration
+from metering.redis_clients import redis_connect
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ def _horizon(horizons: dict[str, float] | None, backend: str, now: datetime) -> 
 
 
 def _horizons_read() -> tuple[datetime, dict[str, float] | None]:
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_connect(settings.REDIS_URL)
     try:
         at = time.time()
         return datetime.fromtimestamp(at, tz=UTC), attribution_horizons(client, now=at)

@@ -31,6 +31,7 @@ from redis.typing import StreamIdT
 
 from metering.events import USAGE_GROUP, USAGE_STREAM, record_from_event
 from metering.models import QuarantinedEvent
+from metering.redis_clients import redis_connect
 from metering.redis_scripts import SCRIPTS, run
 from metering.services import usage_records_write
 
@@ -84,7 +85,7 @@ class Meter:
     @classmethod
     def from_settings(cls) -> "Meter":
         return cls(
-            redis.Redis.from_url(settings.REDIS_URL),
+            redis_connect(settings.REDIS_URL),
             batch_size=settings.METERING.batch_size,
             claim_idle_seconds=settings.METERING.claim_idle_seconds,
         )

@@ -37,6 +37,7 @@ from django.db import connection, transaction
 from fleet.models import Backend
 from metering.models import EnergyInterval, GpuSample
 from metering.prometheus import GpuReading, TokenTotals, dcgm_readings, vllm_token_totals
+from metering.redis_clients import redis_connect
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def telemetry_scrape(
     backends = list(found if names is None else found.filter(name__in=names))
     outcomes: dict[str, Outcome] = {}
     live: dict[str, dict[str, Any] | None] = {}
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_connect(settings.REDIS_URL)
     try:
         with transaction.atomic():
             mine = _locks_try(backends)

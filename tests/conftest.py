@@ -1,5 +1,6 @@
 """Shared fixtures: the real PostgreSQL and Redis of this machine, real server processes."""
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,8 @@ from django.test.utils import setup_databases, teardown_databases
 
 from customers.services import tiers_ensure_defaults
 from fleet.services import backend_register
+from metering.redis_clients import redis_connect
+from tests.support.redis_cluster import RedisClusterServers
 from tests.support.servers import ROOT, Server, gateway_env, start_gateway, start_simulator
 from tests.support.tenants import MODEL, UPSTREAM_MODEL, Tenant, tenant_create
 
@@ -20,9 +23,25 @@ def _var_dir() -> None:
     (ROOT / "var").mkdir(exist_ok=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _redis_cluster() -> Iterator[None]:
+    """With TF_TEST_REDIS_CLUSTER=1, the run's Redis is a Redis Cluster of its own (three
+    primaries, three replicas) instead of REDIS_URL: `make test` runs the tests marked
+    `redis_cluster` (the gateway's limits, queue and exactly-once metering) that way too."""
+    if os.environ.get("TF_TEST_REDIS_CLUSTER") != "1":
+        yield
+        return
+    servers = RedisClusterServers()
+    settings.REDIS_URL = servers.url
+    try:
+        yield
+    finally:
+        servers.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_connect(settings.REDIS_URL)
     client.flushdb()
     yield client
     client.close()

@@ -24,7 +24,7 @@ from tests.support.waiting import wait_until
 FAULT_MODEL = "llama-faulty"
 CHAT = [{"role": "user", "content": "Tell me a long story."}]
 
-pytestmark = pytest.mark.usefixtures("gateway")
+pytestmark = [pytest.mark.usefixtures("gateway"), pytest.mark.redis_cluster]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis.asyncio as aioredis
 from django.conf import settings
 from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
@@ -16,6 +15,9 @@ from hypothesis import strategies as st
 
 from gateway.batching import ScriptBatcher
 from gateway.limits import Admission, Limiter, Limits, Spend, period_ends
+from metering.redis_clients import redis_connect_async
+
+pytestmark = pytest.mark.redis_cluster
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 LEASE_MS = 30_000
@@ -70,7 +72,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 @pytest.fixture(scope="module")
 def limiter(loop: asyncio.AbstractEventLoop) -> Iterator[Limiter]:
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    client = redis_connect_async(settings.REDIS_URL)
     batcher = ScriptBatcher(client, linger=0.001)
     yield Limiter(client, batcher, lease_seconds=LEASE_MS / 1000)
     loop.run_until_complete(client.aclose())

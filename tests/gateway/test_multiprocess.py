@@ -24,6 +24,8 @@ from tests.support.servers import Server, gateway_env, start_gateway
 from tests.support.tenants import MODEL, Tenant, tenant_create
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.redis_cluster
+
 GATEWAYS = 4
 REQUESTS = 240
 

@@ -13,6 +13,7 @@ from django.conf import settings
 from fleet.models import Backend
 from fleet.services import backend_register
 from gateway.queueing import CLASSES, pool_keys
+from metering.redis_clients import redis_connect
 from tests.support.gateway import wait_routable
 from tests.support.http import call, stream_request
 from tests.support.ledger import usage_for
@@ -22,7 +23,7 @@ from tests.support.waiting import wait_until
 
 NARROW = "llama-narrow"  # served by one backend that runs one sequence at a time
 CHAT = [{"role": "user", "content": "hi"}]
-pytestmark = pytest.mark.usefixtures("gateway")
+pytestmark = [pytest.mark.usefixtures("gateway"), pytest.mark.redis_cluster]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_premium_waiting_behind_a_full_backend_goes_before_free(
         json.dumps({"kind": "stall", "seconds": 30, "after_tokens": 1}).encode(),
     )
     holder, _ = stream_request(gateway.url, tenant_create("premium").key, NARROW)
-    queue = redis.Redis.from_url(settings.REDIS_URL)
+    queue = redis_connect(settings.REDIS_URL)
     finished: list[tuple[str, str]] = []
 
     def ask(name: str, tenant: Tenant) -> None:

@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -22,10 +21,13 @@ from customers.services import project_create, project_default
 from gateway.batching import ScriptBatcher
 from gateway.limits import Admission, Limiter, Limits, Spend, Standing, project_keys
 from metering.events import FINAL, record_from_event
+from metering.redis_clients import redis_connect_async
 from metering.services import usage_records_write
 from tests.support.events import usage
 from tests.support.tenants import tenant_create
 from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.redis_cluster
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 LEASE_MS = 30_000
@@ -43,7 +45,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 @pytest.fixture(scope="module")
 def limiter(loop: asyncio.AbstractEventLoop) -> Iterator[Limiter]:
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    client = redis_connect_async(settings.REDIS_URL)
     batcher = ScriptBatcher(client, linger=0.001)
     yield Limiter(client, batcher, lease_seconds=LEASE_MS / 1000)
     loop.run_until_complete(client.aclose())
@@ -347,7 +349,6 @@ def test_projects_counters_are_rebuilt_from_the_ledger_alone(
     assert (own.tokens_today, own.tokens_this_month) == (90, 90)
     assert standings(default.pk)[1].tokens_today == 12
     assert account.tokens_today == 0  # the accounts' epoch was there: left as it was
-    client.close()
 
 
 def record(**overrides: object) -> dict[str, object]:

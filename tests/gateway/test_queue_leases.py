@@ -10,18 +10,20 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 
 from fleet.models import Backend
 from fleet.services import backend_register
 from gateway.batching import ScriptBatcher
 from gateway.queueing import AdmissionQueue, pool_keys
+from metering.redis_clients import redis_connect_async
 from tests.support.http import call, stream_request
 from tests.support.queues import queued, wait_listening
 from tests.support.servers import Server, gateway_env, start_gateway
 from tests.support.tenants import UPSTREAM_MODEL, Tenant, tenant_create
 from tests.support.waiting import wait_until, wait_until_async
+
+pytestmark = pytest.mark.redis_cluster
 
 FOUR = "llama-four"  # served by one backend that runs four sequences at once
 SLOTS, WAITERS = 4, 36
@@ -33,7 +35,7 @@ PREMIUM = 0
 async def queues() -> AsyncIterator[tuple[AdmissionQueue, AdmissionQueue]]:
     """Two gateways' queues on one Redis: one lives on, the other is left to die."""
     name = f"test-queues-{uuid.uuid4().hex[:8]}"
-    client = aioredis.Redis.from_url(settings.REDIS_URL, client_name=name)
+    client = redis_connect_async(settings.REDIS_URL, client_name=name)
     batcher = ScriptBatcher(client, linger=0.001)
     live = AdmissionQueue(client, batcher, lease_seconds=1.0)
     doomed = AdmissionQueue(client, batcher, lease_seconds=1.0)

@@ -5,14 +5,16 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 from django.conf import settings
 
 from gateway.batching import ScriptBatcher
 from gateway.errors import ApiError
 from gateway.queueing import AdmissionQueue, Slot, pool_keys
+from metering.redis_clients import redis_connect_async
 from tests.support.queues import queued, wait_listening
 from tests.support.waiting import wait_until_async
+
+pytestmark = pytest.mark.redis_cluster
 
 PREMIUM, FREE = 0, 2
 
@@ -20,7 +22,7 @@ PREMIUM, FREE = 0, 2
 @pytest.fixture
 async def queue() -> AsyncIterator[AdmissionQueue]:
     name = f"test-queue-{uuid.uuid4().hex[:8]}"
-    client = aioredis.Redis.from_url(settings.REDIS_URL, client_name=name)
+    client = redis_connect_async(settings.REDIS_URL, client_name=name)
     batcher = ScriptBatcher(client, linger=0.001)
     admission = AdmissionQueue(client, batcher, lease_seconds=2.0)
     listener = asyncio.create_task(admission.listen())

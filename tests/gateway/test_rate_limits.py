@@ -15,7 +15,7 @@ from tests.support.ledger import drain
 from tests.support.servers import Server
 from tests.support.tenants import MODEL, Tenant, tenant_create
 
-pytestmark = pytest.mark.usefixtures("gateway")
+pytestmark = [pytest.mark.usefixtures("gateway"), pytest.mark.redis_cluster]
 CHAT = [{"role": "user", "content": "hi"}]
 
 

@@ -16,7 +16,6 @@ import openai
 import psycopg
 import pytest
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import transaction
 
@@ -30,12 +29,15 @@ from gateway.batching import ScriptBatcher
 from gateway.limits import Admission, Limiter, Limits, Spend
 from gateway.pricing import REQUEST_MOST, SPEND_CEILING, month_spend
 from metering.models import UsageRecord
+from metering.redis_clients import redis_connect, redis_connect_async
 from tests.support.gateway import wait_routable
 from tests.support.http import call
 from tests.support.ledger import drain
 from tests.support.servers import Server, gateway_env, start_gateway, start_simulator
 from tests.support.tenants import UPSTREAM_MODEL, Tenant, tenant_create
 from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.redis_cluster
 
 # This module's own currency (no other test prices in it), and its own models and backend.
 CURRENCY = "XBA"
@@ -279,7 +281,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 @pytest.fixture(scope="module")
 def limiter(loop: asyncio.AbstractEventLoop) -> Iterator[Limiter]:
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    client = redis_connect_async(settings.REDIS_URL)
     yield Limiter(client, ScriptBatcher(client, linger=0.001), lease_seconds=30)
     loop.run_until_complete(client.aclose())
 
@@ -336,7 +338,7 @@ def test_the_counter_saturates_short_of_redis_64_bits(
     ceiling, so a capped account is refused there."""
     account_id, now = next(accounts), datetime.now(UTC)
     key = f"{{a:{account_id}}}:spend-pico:{now:%Y%m}:{CURRENCY}"
-    redis.Redis.from_url(settings.REDIS_URL).set(key, SPEND_CEILING - 1, ex=3600)
+    redis_connect(settings.REDIS_URL).set(key, SPEND_CEILING - 1, ex=3600)
 
     def admit(request_id: str, cap: int | None = None) -> Admission:
         return loop.run_until_complete(

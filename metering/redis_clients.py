@@ -1,0 +1,46 @@
+"""The one way to connect to the project's Redis: a single server or a Redis Cluster.
+
+`REDIS_URL` names either. Which one it is, is asked of the server itself once per process
+and address (`INFO cluster`), so the same URL works whichever it names; a cluster gets
+redis-py's cluster clients, which route each command to the primary of its key's slot and
+follow the cluster through failovers and resharding. Every script and pipeline the project
+runs keeps its keys on one slot (the `{...}` hash tags of metering/events.py, gateway/limits.py,
+gateway/queueing.py), which is what makes that possible.
+
+The cluster clients are typed as the single-server ones: they offer the same commands, and a
+caller that needs to know which it has asks `is_cluster`.
+"""
+
+import functools
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+
+
+@functools.cache
+def is_cluster(url: str) -> bool:
+    """Whether the Redis at `url` is a node of a Redis Cluster (asked once per process).
+    Raises redis.RedisError where it cannot be reached: nothing can be done without it."""
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        info: Any = client.info("cluster")
+    finally:
+        client.close()
+    return bool(info.get("cluster_enabled"))
+
+
+def redis_connect(url: str, **options: Any) -> redis.Redis:
+    """A client of the Redis (or Redis Cluster) at `url`; `options` as redis-py takes them."""
+    if is_cluster(url):
+        return cast(redis.Redis, RedisCluster.from_url(url, **options))
+    return redis.Redis.from_url(url, **options)
+
+
+def redis_connect_async(url: str, **options: Any) -> aioredis.Redis:
+    """`redis_connect` for asyncio."""
+    if is_cluster(url):
+        return cast(aioredis.Redis, AsyncRedisCluster.from_url(url, **options))
+    return aioredis.Redis.from_url(url, **options)
