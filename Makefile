@@ -30,9 +30,11 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
 
-# Tests use this machine's PostgreSQL (a test_* database they create) and Redis db 15.
+# Tests use this machine's PostgreSQL (a test_* database they create) and Redis db 15; then
+# the tests marked redis_cluster run again on a Redis Cluster of their own (tests/conftest.py).
 test: lint browser
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} $(PY) -m pytest
+	TF_TEST_REDIS_CLUSTER=1 $(PY) -m pytest -m redis_cluster
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.overhead
