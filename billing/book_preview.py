@@ -11,12 +11,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from django.db import connection
-
 from billing.jobs import month_start
 from billing.money import total_of
 from billing.rating import FEE_EXEMPT
 from catalogue.models import PriceBook
+from config.db_routing import reading
 
 _BOOK_PREVIEW = (Path(__file__).parent / "sql" / "book_preview.sql").read_text()
 
@@ -77,7 +76,7 @@ def book_preview(*, book: PriceBook, now: datetime) -> BookPreview:
         "book_id": book.pk,
         "fee_exempt": FEE_EXEMPT,
     }
-    with connection.cursor() as cursor:
+    with reading().cursor() as cursor:
         cursor.execute(_BOOK_PREVIEW, params)
         lines = [PreviewLine(*row) for row in cursor.fetchall()]
     return BookPreview(book, since, until, lines)

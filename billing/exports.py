@@ -17,6 +17,9 @@ Every surface (the API, the console, the command) starts an export with `export_
 first piece is made before anything is sent, so an export that cannot start (the query, the
 first row group) is an error its caller can answer, not an empty 200; one that fails later is
 logged and cut short (a truncated transfer, never a complete-looking file).
+
+Exports read the replica where there is one (config/db_routing.py): the database is chosen
+when the export starts, and its pieces, pulled later, all come from it.
 """
 
 import io
@@ -33,7 +36,9 @@ import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
-from django.db import connection
+from django.db import connections
+
+from config.db_routing import read_alias, replica_reads
 
 Kind = Literal["usage", "invoices"]
 Format = Literal["csv", "parquet"]
@@ -154,10 +159,12 @@ _EXPORTS: dict[Kind, _Export] = {
 
 @dataclass(frozen=True, slots=True)
 class _Scope:
-    """Whose rows: one account's or all (None), one project's or all (None)."""
+    """Whose rows: one account's or all (None), one project's or all (None); and the database
+    they are read from."""
 
     account_id: int | None
     project_id: int | None
+    database: str
 
 
 class ExportFailed(Exception):
@@ -232,7 +239,8 @@ def export_stream(
     """The export of [since, until), of one account or all and one project or all, as
     successive pieces of the file."""
     export = _EXPORTS[kind]
-    scope = _Scope(account_id, project_id)
+    with replica_reads():
+        scope = _Scope(account_id, project_id, read_alias())
     if fmt == "csv":
         return _csv_pieces(export, since, until, scope)
     return _parquet_stream(_batches(export, since, until, scope), export.schema, row_group_rows)
@@ -272,7 +280,7 @@ def _csv_pieces(
     options = "FORMAT csv, HEADER true"
     pending = bytearray()
     for params in _windows(since, until, export.window, scope):
-        with _copy(select, options, params) as copy:
+        with _copy(select, options, params, scope.database) as copy:
             for row in copy:
                 pending += row
                 if len(pending) >= CHUNK_BYTES:
@@ -301,7 +309,7 @@ def _batches(
     data = bytearray()
     lengths: list[int] = []
     for params in _windows(since, until, export.window, scope):
-        with _copy(select, "FORMAT binary", params) as copy:
+        with _copy(select, "FORMAT binary", params, scope.database) as copy:
             rows = iter(copy)
             # One message per row; the stream's header opens the first, its trailer is the last.
             for row in chain([next(rows)[_HEADER_BYTES:]], rows):
@@ -330,10 +338,12 @@ def _select(export: _Export, column: Callable[[pa.Field], str]) -> str:
 
 
 @contextmanager
-def _copy(select: str, options: str, params: Mapping[str, object]) -> Iterator[psycopg.Copy]:
+def _copy(
+    select: str, options: str, params: Mapping[str, object], database: str
+) -> Iterator[psycopg.Copy]:
     # psycopg's own cursor: Django's debug wrapper (DEBUG=true) takes no COPY params.
     with (
-        connection.cursor() as wrapper,
+        connections[database].cursor() as wrapper,
         wrapper.cursor.copy(f"COPY ({select}) TO STDOUT WITH ({options})", params) as copy,
     ):
         yield copy

@@ -107,6 +107,12 @@ def http_url_or_empty(value: object) -> str:
     return value
 
 
+def postgres_url_or_empty(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"((postgres|postgresql)://\S+)?", value):
+        raise ValueError("empty or a postgres:// URL")
+    return value
+
+
 def path(value: object) -> Path:
     if not isinstance(value, str | Path) or not str(value):
         raise ValueError("a path")

@@ -18,6 +18,7 @@ from config.app_settings import (
     flag,
     http_url_or_empty,
     number,
+    postgres_url_or_empty,
     read,
     whole,
 )
@@ -51,20 +52,32 @@ VAR_DIR = Path(env.str("TF_VAR_DIR", default=str(BASE_DIR / "var")))
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/postgres")
 }
-# One pool of connections per process (psycopg_pool, through Django): a request borrows a
-# connection and hands it back when it ends. Persistent connections leaked under ASGI, where
-# each request runs on a thread of its own and every thread kept its connection.
-DATABASES["default"]["CONN_MAX_AGE"] = 0
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-DATABASES["default"]["OPTIONS"] = {
-    **DATABASES["default"].get("OPTIONS", {}),
-    "pool": {
-        "min_size": read(env, "DB_POOL_MIN_SIZE", whole(minimum=0), default=1),
-        "max_size": read(env, "DB_POOL_MAX_SIZE", whole(minimum=1), default=10),
-        # A request waits this long for a free connection, then fails (503 in the API).
-        "timeout": read(env, "DB_POOL_TIMEOUT_SECONDS", number(inclusive=False), default=10.0),
-    },
+# A streaming replica of it, optional: the console's pages and API reads, the finance report and
+# exports read it where a few seconds' lag is harmless, everything else the primary
+# (config/db_routing.py, docs/deployment.md). Unset: one database, as before.
+_replica_url = read(env, "DATABASE_REPLICA_URL", postgres_url_or_empty, default="")
+if _replica_url:
+    DATABASES["replica"] = env.db_url_config(_replica_url)
+    # Tests read the test database through it: nothing is created on a replica.
+    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+    DATABASE_ROUTERS = ["config.db_routing.ReplicaRouter"]
+# One pool of connections per process and database (psycopg_pool, through Django): a request
+# borrows a connection and hands it back when it ends. Persistent connections leaked under
+# ASGI, where each request runs on a thread of its own and every thread kept its connection.
+_pool = {
+    "min_size": read(env, "DB_POOL_MIN_SIZE", whole(minimum=0), default=1),
+    "max_size": read(env, "DB_POOL_MAX_SIZE", whole(minimum=1), default=10),
+    # A request waits this long for a free connection, then fails (503 in the API).
+    "timeout": read(env, "DB_POOL_TIMEOUT_SECONDS", number(inclusive=False), default=10.0),
 }
+for _alias, _database in DATABASES.items():
+    _database["CONN_MAX_AGE"] = 0
+    _database["CONN_HEALTH_CHECKS"] = True
+    _database["OPTIONS"] = {**_database.get("OPTIONS", {}), "pool": dict(_pool)}
+    if _alias == "replica":
+        # A replica that gives no connection within 2 s is taken as down and the request is
+        # served again from the primary, rather than waiting as long as for a busy primary.
+        _database["OPTIONS"]["pool"]["timeout"] = min(_pool["timeout"], 2.0)
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
 INSTALLED_APPS = [
@@ -107,6 +120,8 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # With a read replica: the console's safe requests read it (config/db_routing.py).
+    *(["config.db_routing.ReplicaReadsMiddleware"] if _replica_url else []),
     # Last, as django-axes requires: answers sign-ins from a locked-out username and address.
     "axes.middleware.AxesMiddleware",
 ]

@@ -25,7 +25,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db import connection, transaction
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -38,6 +38,7 @@ from billing.jobs import month_start, next_month
 from billing.money import money_text
 from billing.rating import FEE_EXEMPT
 from billing.selectors import billing_currency
+from config.db_routing import reading
 from customers.admin import AccountAdmin, ApiKeyAdmin
 from customers.mail import invitation_send
 from customers.members import MemberError, owner_add
@@ -75,7 +76,7 @@ def key_month_usage(
         "account_ids": sorted(set(account_ids)),
         "key_ids": None if key_ids is None else list(key_ids),
     }
-    with connection.cursor() as cursor:
+    with reading().cursor() as cursor:
         cursor.execute(_KEY_MONTH_USAGE, params)
         return {
             key_id: MonthUsage(requests, tokens, spend)

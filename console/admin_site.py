@@ -27,6 +27,7 @@ from django_otp import login as otp_login
 from django_otp.admin import OTPAdminAuthenticationForm
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from config.db_routing import replica_lag_note
 from console.dashboard import dashboard_data
 from console.two_factor import staff_needs_device, two_factor_required
 
@@ -63,6 +64,13 @@ class ConsoleAdminSite(admin.AdminSite):
             return False
         user: Any = request.user
         return bool(user.is_verified()) or not user_has_device(user)
+
+    def each_context(self, request: HttpRequest) -> dict[str, Any]:
+        """Every page's context; a page read from a replica that lags says so at its top."""
+        note = replica_lag_note()
+        if note is not None:
+            messages.warning(request, note, fail_silently=True)
+        return super().each_context(request)
 
     def admin_view(self, view: Callable[..., Any], cacheable: bool = False) -> Any:
         """Every console page, but where two-factor is required and the user has no device

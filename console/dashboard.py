@@ -20,6 +20,7 @@ from django.conf import settings
 
 from billing.report_forms import month_by_tier
 from billing.selectors import billing_currency
+from config.db_routing import reading
 from customers.models import Tier
 from fleet.models import Backend
 from gateway import metrics
