@@ -262,7 +262,8 @@ def _meter(stop: threading.Event) -> None:
     from metering.consumer import Meter
 
     try:
-        Meter.from_settings().run(stop)
+        (meter,) = Meter.from_settings()  # one shard: bench.energy runs on one Redis
+        meter.run(stop)
     finally:
         connection.close()
 
@@ -305,7 +306,8 @@ def _final_jobs() -> None:
     from metering.attribution import energy_attribute_ready
     from metering.consumer import Meter
 
-    Meter.from_settings().drain()
+    for meter in Meter.from_settings():
+        meter.drain()
     energy_attribute_ready()
 
 

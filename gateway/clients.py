@@ -107,7 +107,9 @@ async def clients_open() -> Clients:
     router = Router(pool, eject_seconds=conf.backend_eject_seconds)
     prices = PriceList(pool)
     batcher = ScriptBatcher(client, linger=_SETTLE_LINGER)
-    journal = InflightJournal(client, batcher, lease_seconds=conf.lease_seconds)
+    journal = InflightJournal(
+        client, batcher, lease_seconds=conf.lease_seconds, shards=settings.METERING.shards
+    )
     currency = settings.BILLING.currency
     limiter = Limiter(client, batcher, lease_seconds=conf.lease_seconds, currency=currency)
     queue = AdmissionQueue(client, batcher, lease_seconds=conf.lease_seconds)

@@ -23,20 +23,16 @@ import orjson
 import redis.asyncio as aioredis
 
 from gateway.batching import ScriptBatcher
-from metering.events import INFLIGHT_ENTRIES, INFLIGHT_LEASES, INFLIGHT_PROGRESS, USAGE_STREAM
+from metering.events import JournalKeys, journal_of, journal_shards
 from metering.redis_scripts import SCRIPTS, run_async
 
 log = logging.getLogger(__name__)
 
-# The journal's keys, named by the meter (metering/events.py); kept here under their old names
-# for the tests (tests/gateway/test_multiprocess.py reads LEASES).
-LEASES, ENTRIES, PROGRESS = INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS
 _OPEN = SCRIPTS["inflight_open"]
 _SETTLE = SCRIPTS["inflight_settle"]
 _DROP = SCRIPTS["inflight_drop"]
 _RENEW = SCRIPTS["inflight_renew"]
 _REAP = SCRIPTS["inflight_reap"]
-_SETTLE_KEYS = (INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS, USAGE_STREAM)
 # A failed settle is sent again after this long, doubling up to the most.
 _RETRY_FIRST_SECONDS = 0.1
 _RETRY_MOST_SECONDS = 5.0
@@ -61,9 +57,17 @@ class _Settle:
 
 class InflightJournal:
     def __init__(
-        self, client: aioredis.Redis, batcher: ScriptBatcher, *, lease_seconds: float
+        self,
+        client: aioredis.Redis,
+        batcher: ScriptBatcher,
+        *,
+        lease_seconds: float,
+        shards: int = 1,
     ) -> None:
         self.lease_seconds = lease_seconds
+        # The journal's keys, named by the meter (metering/events.py): a request's entry and
+        # its usage event are in its shard.
+        self.shards = journal_shards(shards)
         self.live: dict[str, Progress] = {}
         # Settles that failed and wait for their next try, by request id.
         self.unsettled: dict[str, _Settle] = {}
@@ -80,15 +84,18 @@ class InflightJournal:
         expiry = time.time() + self.lease_seconds
         progress = self.live[request_id] = Progress()
         args = (request_id, expiry, orjson.dumps(entry))
-        return progress, self._batcher.call(_OPEN, (INFLIGHT_LEASES, INFLIGHT_ENTRIES), args)
+        keys = journal_of(request_id, self.shards)
+        return progress, self._batcher.call(_OPEN, (keys.leases, keys.entries), args)
 
     def drop(self, request_id: str) -> None:
         """Remove the entry of a request refused or shed before a backend saw it, at once, in
         the background. Should Redis not take it, the lease, no longer renewed, lapses and
         the reaper records the request as lost."""
         self.live.pop(request_id, None)
-        keys = (INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS)
-        dropped = self._batcher.call(_DROP, keys, (request_id,))
+        keys = journal_of(request_id, self.shards)
+        dropped = self._batcher.call(
+            _DROP, (keys.leases, keys.entries, keys.progress), (request_id,)
+        )
         dropped.add_done_callback(functools.partial(_check_dropped, request_id))
 
     def settle(self, request_id: str, record: dict[str, Any]) -> None:
@@ -105,7 +112,8 @@ class InflightJournal:
     def _send(self, settle: _Settle) -> None:
         settle.retry = None
         args = (settle.request_id, settle.record)
-        sent = self._batcher.call(_SETTLE, _SETTLE_KEYS, args, linger=not settle.attempts)
+        keys = _settle_keys(journal_of(settle.request_id, self.shards))
+        sent = self._batcher.call(_SETTLE, keys, args, linger=not settle.attempts)
         sent.add_done_callback(functools.partial(self._settled, settle))
 
     def _settled(self, settle: _Settle, future: "asyncio.Future[Any]") -> None:
@@ -138,21 +146,42 @@ class InflightJournal:
         if not self.live:
             return 0
         now = time.time()
-        args: list[Any] = [now + self.lease_seconds]
+        by_shard: dict[JournalKeys, list[Any]] = {}
         for request_id, progress in self.live.items():
+            args = by_shard.setdefault(journal_of(request_id, self.shards), [])
             args += [request_id, f"{progress.completion_tokens} {now:.3f}"]
-        keys = (INFLIGHT_LEASES, INFLIGHT_PROGRESS)
-        return int(await run_async(self._client, _RENEW, keys, args))
+        renewed = await asyncio.gather(
+            *(
+                run_async(
+                    self._client,
+                    _RENEW,
+                    (keys.leases, keys.progress),
+                    [now + self.lease_seconds, *args],
+                )
+                for keys, args in by_shard.items()
+            )
+        )
+        return sum(int(count) for count in renewed)
 
     async def reap(self, *, limit: int = 500) -> int:
-        keys = (INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS, USAGE_STREAM)
-        return int(await run_async(self._client, _REAP, keys, (time.time(), limit)))
+        reaped = await asyncio.gather(
+            *(
+                run_async(self._client, _REAP, _settle_keys(keys), (time.time(), limit))
+                for keys in self.shards
+            )
+        )
+        return sum(int(count) for count in reaped)
 
     async def maintain(self) -> None:
         """Renew this process's leases and reap dead peers' requests."""
         await self.renew()
         if reaped := await self.reap():
             log.warning("reaped requests of a lost gateway", extra={"count": reaped})
+
+
+def _settle_keys(keys: JournalKeys) -> tuple[str, str, str, str]:
+    """The keys of the scripts that end entries into usage events (settle, reap)."""
+    return (keys.leases, keys.entries, keys.progress, keys.stream)
 
 
 def _check_dropped(request_id: str, future: "asyncio.Future[Any]") -> None:

@@ -23,7 +23,7 @@ from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
 from scipy.optimize import nnls
 
-from metering.events import INFLIGHT_ENTRIES, USAGE_STREAM
+from metering.events import journal_shards
 from metering.models import EnergyCalibration
 from metering.redis_clients import redis_connect
 
@@ -324,18 +324,19 @@ def attribution_horizons(client: redis.Redis, *, now: float) -> dict[str, float]
     Such a request is either in flight (the gateway's journal holds it) or settled and
     waiting in the usage stream for the meter. An interval of the backend that ended by its
     horizon has every record it needs. Backends with no such request are absent: their
-    horizon is `now`, taken before the reads. The journal is read before the stream, so a
-    request settling in between is seen in one or the other. None when the meter is too far
-    behind to scan its stream.
+    horizon is `now`, taken before the reads. In each shard (a request stays in one) the
+    journal is read before the stream, so a request settling in between is seen in one or
+    the other. None when the meter is too far behind to scan a stream.
     """
     horizons: dict[str, float] = {}
-    for raw in client.hvals(INFLIGHT_ENTRIES):
-        _earliest(horizons, orjson.loads(raw))
-    if client.xlen(USAGE_STREAM) > STREAM_SCAN_LIMIT:
-        return None
-    events: Any = client.xrange(USAGE_STREAM, count=STREAM_SCAN_LIMIT)
-    for _, fields in events:
-        _earliest(horizons, orjson.loads(fields[b"record"]))
+    for shard in journal_shards(settings.METERING.shards):
+        for raw in client.hvals(shard.entries):
+            _earliest(horizons, orjson.loads(raw))
+        if client.xlen(shard.stream) > STREAM_SCAN_LIMIT:
+            return None
+        events: Any = client.xrange(shard.stream, count=STREAM_SCAN_LIMIT)
+        for _, fields in events:
+            _earliest(horizons, orjson.loads(fields[b"record"]))
     return {backend: min(start, now) for backend, start in horizons.items()}
 
 

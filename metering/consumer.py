@@ -29,7 +29,7 @@ from django.db import DatabaseError, DataError, IntegrityError, close_old_connec
 from prometheus_client import Counter
 from redis.typing import StreamIdT
 
-from metering.events import USAGE_GROUP, USAGE_STREAM, record_from_event
+from metering.events import FIRST_SHARD, USAGE_GROUP, journal_shards, record_from_event
 from metering.models import QuarantinedEvent
 from metering.redis_clients import redis_connect
 from metering.redis_scripts import SCRIPTS, run
@@ -75,24 +75,32 @@ class Meter:
         batch_size: int,
         claim_idle_seconds: float,
         name: str | None = None,
+        stream: str = FIRST_SHARD.stream,
     ) -> None:
         self.client = client
+        self.stream = stream
         self.batch_size = batch_size
         self.claim_idle_ms = int(claim_idle_seconds * 1000)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._sweep_at = 0.0
 
     @classmethod
-    def from_settings(cls) -> "Meter":
-        return cls(
-            redis_connect(settings.REDIS_URL),
-            batch_size=settings.METERING.batch_size,
-            claim_idle_seconds=settings.METERING.claim_idle_seconds,
-        )
+    def from_settings(cls) -> "list[Meter]":
+        """One meter per shard of the usage stream (METERING_SHARDS), on one client."""
+        client = redis_connect(settings.REDIS_URL)
+        return [
+            cls(
+                client,
+                batch_size=settings.METERING.batch_size,
+                claim_idle_seconds=settings.METERING.claim_idle_seconds,
+                stream=shard.stream,
+            )
+            for shard in journal_shards(settings.METERING.shards)
+        ]
 
     def ensure_group(self) -> None:
         try:
-            self.client.xgroup_create(USAGE_STREAM, USAGE_GROUP, id="0", mkstream=True)
+            self.client.xgroup_create(self.stream, USAGE_GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -131,7 +139,7 @@ class Meter:
         reply: Any = self.client.xreadgroup(
             USAGE_GROUP,
             self.name,
-            {USAGE_STREAM: "0" if backlog else ">"},
+            {self.stream: "0" if backlog else ">"},
             count=self.batch_size,
             block=None if backlog else block,
         )
@@ -150,14 +158,14 @@ class Meter:
 
     def _claim(self) -> _Entries:
         reply: Any = self.client.xautoclaim(
-            USAGE_STREAM, USAGE_GROUP, self.name, self.claim_idle_ms, count=self.batch_size
+            self.stream, USAGE_GROUP, self.name, self.claim_idle_ms, count=self.batch_size
         )
         return [entry for entry in reply[1] if entry[1]]
 
     def _forget_dead(self) -> None:
         """Remove the consumers of meters that are gone: none of their events is pending any
         more (claimed above) and they have been silent longer than a live meter ever is."""
-        consumers: Any = self.client.xinfo_consumers(USAGE_STREAM, USAGE_GROUP)
+        consumers: Any = self.client.xinfo_consumers(self.stream, USAGE_GROUP)
         for consumer in consumers:
             name = consumer["name"].decode()
             silent = consumer["pending"] == 0 and consumer["idle"] > self.claim_idle_ms
@@ -177,7 +185,7 @@ class Meter:
     def _forget(self, consumer: str, idle_ms: int) -> bool:
         """Remove the consumer unless it holds events or was active within `idle_ms`; returns
         whether it is gone."""
-        gone = run(self.client, _FORGET, (USAGE_STREAM,), (USAGE_GROUP, consumer, idle_ms))
+        gone = run(self.client, _FORGET, (self.stream,), (USAGE_GROUP, consumer, idle_ms))
         return bool(gone)
 
     def _store(self, entries: _Entries, stop: threading.Event) -> int:
@@ -264,20 +272,20 @@ class Meter:
     def _acknowledge(self, entries: _Entries) -> None:
         ids = [entry_id for entry_id, _ in entries]
         pipe = self.client.pipeline(transaction=True)
-        pipe.xack(USAGE_STREAM, USAGE_GROUP, *ids)
-        pipe.xdel(USAGE_STREAM, *ids)
+        pipe.xack(self.stream, USAGE_GROUP, *ids)
+        pipe.xdel(self.stream, *ids)
         pipe.execute()
 
     def _hand_back(self) -> None:
         """Mark the events pending on this meter as idle for the claim time, so that another
         meter claims them at once instead of after that time."""
         pending: Any = self.client.xpending_range(
-            USAGE_STREAM, USAGE_GROUP, "-", "+", self.batch_size, consumername=self.name
+            self.stream, USAGE_GROUP, "-", "+", self.batch_size, consumername=self.name
         )
         ids: list[StreamIdT] = [entry["message_id"] for entry in pending]
         if ids:
             self.client.xclaim(
-                USAGE_STREAM, USAGE_GROUP, self.name, 0, ids, idle=self.claim_idle_ms, justid=True
+                self.stream, USAGE_GROUP, self.name, 0, ids, idle=self.claim_idle_ms, justid=True
             )
 
 

@@ -6,17 +6,24 @@ gateway died. The meter consumer turns both into UsageRecord rows. Field values 
 timestamps as Unix seconds (UTC).
 
 The Redis keys both sides use are named here, and only here: the usage stream and the
-in-flight journal's keys. Every one shares the `{meter}` hash tag so the Lua scripts stay on
-one Redis Cluster slot.
+in-flight journal's keys. They come in METERING_SHARDS shards (`journal_shards`), each under a
+hash tag of its own, so that each shard's Lua scripts stay on one Redis Cluster slot and the
+shards spread over the cluster's primaries; a request belongs to one shard (`journal_of`) for
+its whole life. The first shard is `{meter}`, the only one there was before shards: a single
+Redis, or a fleet going from one shard to several, keeps the events it has.
 """
 
+import functools
 import re
 import uuid
+import zlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from psycopg.types.json import Jsonb
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 # What a client quotes for a request: the gateway's `x-request-id` (`req_<32 hex>`, the
 # request's UUID), or the bare UUID, with or without its dashes.
@@ -24,16 +31,66 @@ _REQUEST_ID = re.compile(
     r"(?:req_)?([0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12})"
 )
 
-USAGE_STREAM = "{meter}:usage"
-# The gateway's in-flight journal (gateway/inflight.py, gateway/lua/inflight_*.lua):
-# request id -> lease expiry (Unix seconds), a sorted set;
-INFLIGHT_LEASES = "{meter}:inflight:leases"
-# request id -> JSON entry with at least "backend" and "started_at". Energy attribution reads
-# it to know which records are still due;
-INFLIGHT_ENTRIES = "{meter}:inflight:entries"
-# request id -> "<completion tokens so far> <Unix seconds seen>", from lease renewals.
-INFLIGHT_PROGRESS = "{meter}:inflight:progress"
 USAGE_GROUP = "meter"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalKeys:
+    """One shard's keys: its usage stream and the in-flight journal of its requests
+    (gateway/inflight.py, gateway/lua/inflight_*.lua)."""
+
+    tag: str
+
+    @property
+    def stream(self) -> str:
+        return f"{{{self.tag}}}:usage"
+
+    @property
+    def leases(self) -> str:
+        """request id -> lease expiry (Unix seconds), a sorted set."""
+        return f"{{{self.tag}}}:inflight:leases"
+
+    @property
+    def entries(self) -> str:
+        """request id -> JSON entry with at least "backend" and "started_at". Energy
+        attribution reads it to know which records are still due."""
+        return f"{{{self.tag}}}:inflight:entries"
+
+    @property
+    def progress(self) -> str:
+        """request id -> "<completion tokens so far> <Unix seconds seen>", from renewals."""
+        return f"{{{self.tag}}}:inflight:progress"
+
+
+FIRST_SHARD = JournalKeys("meter")
+# The first shard's keys, by their names from before shards.
+USAGE_STREAM = FIRST_SHARD.stream
+INFLIGHT_LEASES = FIRST_SHARD.leases
+INFLIGHT_ENTRIES = FIRST_SHARD.entries
+INFLIGHT_PROGRESS = FIRST_SHARD.progress
+
+
+@functools.cache
+def journal_shards(count: int) -> tuple[JournalKeys, ...]:
+    """The `count` shards. Their tags are chosen so that their slots fall in `count` equal
+    parts of the slot space, one each, the first shard's (`{meter}`) where it falls: a
+    cluster made by `redis-cli --cluster create` gives its primaries equal ranges of slots
+    in order, so `count` shards (a multiple of the primaries) spread evenly over them."""
+    part = REDIS_CLUSTER_HASH_SLOTS / count
+    first = int(key_slot(FIRST_SHARD.tag.encode()) // part)
+    shards = [FIRST_SHARD]
+    for index in (i for i in range(count) if i != first):
+        low, high = index * part, (index + 1) * part
+        suffix = next(n for n in range(100_000) if low <= key_slot(f"meter-{n}".encode()) < high)
+        shards.append(JournalKeys(f"meter-{suffix}"))
+    return tuple(shards)
+
+
+def journal_of(request_id: str, shards: tuple[JournalKeys, ...]) -> JournalKeys:
+    """The shard of a request, by its id."""
+    if len(shards) == 1:
+        return shards[0]
+    return shards[zlib.crc32(request_id.encode()) % len(shards)]
 
 FINAL = b"final"
 LOST = b"lost"

@@ -14,9 +14,9 @@ import redis
 from django.db.models import QuerySet
 
 from customers.models import LimitOverride
-from gateway.inflight import LEASES
 from gateway.limits import account_keys
 from gateway.queueing import pool_keys
+from metering.events import INFLIGHT_LEASES as LEASES
 from metering.models import UsageRecord
 from tests.support.http import call, stream_request
 from tests.support.ledger import drain

@@ -21,22 +21,26 @@ class Command(BaseCommand):
         parser.add_argument("--drain", action="store_true", help="store what is queued, then exit")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        meter = Meter.from_settings()
+        meters = Meter.from_settings()  # one per shard of the usage stream
         if options["drain"]:
-            self.stdout.write(f"stored {meter.drain()} usage events")
+            self.stdout.write(f"stored {sum(meter.drain() for meter in meters)} usage events")
             return
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
-        running = _start(meter, stop)
+        running = [_start(meter, stop) for meter in meters]
         # This thread only polls: the signal handler runs on it, and setting `stop` while
-        # this thread held the event's lock (inside stop.wait) would deadlock.
-        while not stop.is_set() and not running.done():
+        # this thread held the event's lock (inside stop.wait) would deadlock. One meter that
+        # fails stops them all: the process exits and its supervisor starts it again.
+        while not stop.is_set() and not any(future.done() for future in running):
             time.sleep(0.05)
-        try:
-            running.result(timeout=STOP_GRACE_SECONDS)
-        except TimeoutError:
-            meter.leave()
+        stop.set()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for meter, future in zip(meters, running, strict=True):
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                meter.leave()
 
 
 def _start(meter: Meter, stop: threading.Event) -> Future[None]:
@@ -52,5 +56,5 @@ def _start(meter: Meter, stop: threading.Event) -> Future[None]:
         else:
             running.set_result(None)
 
-    threading.Thread(target=work, name="meter", daemon=True).start()
+    threading.Thread(target=work, name=f"meter {meter.stream}", daemon=True).start()
     return running
