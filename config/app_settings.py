@@ -266,6 +266,10 @@ class GatewaySettings(_Group):
 @dataclass(frozen=True, kw_only=True)
 class MeteringSettings(_Group):
     batch_size: int = setting("METERING_BATCH_SIZE", whole(minimum=1), 2000)
+    # Usage streams (and in-flight journals) the requests are spread over, each on a slot of
+    # its own: on a Redis Cluster, one per primary or more, so that metering grows with the
+    # primaries. The same on every gateway and meter (metering/events.py, journal_shards).
+    shards: int = setting("METERING_SHARDS", whole(minimum=1), 1)
     # Entries unacknowledged this long (a meter consumer died) are claimed by another consumer.
     claim_idle_seconds: float = setting(
         "METERING_CLAIM_IDLE_SECONDS", number(inclusive=False), 30.0
