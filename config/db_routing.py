@@ -54,7 +54,7 @@ PRIMARY_ONLY = frozenset(
 PROBE_SECONDS = 2.0
 # libpq's connect_timeout, in whole seconds (it takes 2 for anything less).
 PROBE_TIMEOUT_SECONDS = 2
-DOWN_SECONDS = 10.0
+DOWN_SECONDS = 5.0
 # From this far behind, console pages read from the replica say so, and the log says it once.
 LAG_NOTE_SECONDS = 5.0
 # The primary's WAL position after this client's last write; kept at most this long.
@@ -171,7 +171,7 @@ class ReplicaReadsMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        path = request.path
+        path = request.path_info
         if not path.startswith(REPLICA_PATHS) or path.startswith(PRIMARY_PATHS):
             return self.get_response(request)
         if request.method not in _SAFE_METHODS:
@@ -196,9 +196,11 @@ class ReplicaReadsMiddleware:
 
 
 def _pin(response: HttpResponseBase) -> None:
+    # Where the primary inserts WAL now, past every commit of the request: its write position
+    # may still be short of them (synchronous_commit off).
     try:
         with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-            cursor.execute("SELECT pg_current_wal_lsn()::text")
+            cursor.execute("SELECT pg_current_wal_insert_lsn()::text")
             (position,) = cursor.fetchone()
     except DatabaseError:
         return  # the primary did not answer: nothing was written
