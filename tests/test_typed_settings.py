@@ -59,6 +59,11 @@ from tests.support.manage import manage
         ("BILLING_GRACE_SECONDS", "-1", "BILLING_GRACE_SECONDS must be a number of at least 0"),
         ("STRIPE_API_BASE", "localhost:12111", "STRIPE_API_BASE must be empty or an http(s) URL"),
         ("DB_POOL_MAX_SIZE", "ten", "DB_POOL_MAX_SIZE must be a whole number of at least 1"),
+        (
+            "DATABASE_REPLICA_URL",
+            "mysql://reader@replica/tf",
+            "DATABASE_REPLICA_URL must be empty or a postgres:// URL",
+        ),
         ("DEBUG", "perhaps", "DEBUG must be true or false"),
     ],
 )
