@@ -34,6 +34,7 @@ class _Call:
     keys: tuple[str, ...]
     args: tuple[Any, ...]
     future: "asyncio.Future[Any]"
+    durable: bool
 
 
 class ScriptBatcher:
@@ -53,13 +54,21 @@ class ScriptBatcher:
         self._timer: asyncio.TimerHandle | None = None
 
     def call(
-        self, script: Script, keys: tuple[str, ...], args: tuple[Any, ...], *, linger: bool = False
+        self,
+        script: Script,
+        keys: tuple[str, ...],
+        args: tuple[Any, ...],
+        *,
+        linger: bool = False,
+        durable: bool = False,
     ) -> "asyncio.Future[Any]":
-        """Queue a script call; the future resolves with its reply (or its error)."""
+        """Queue a script call; the future resolves with its reply (or its error). On a Redis
+        Cluster, a `durable` call's reply waits until a replica has its writes too (WAIT),
+        so that a failover cannot lose what it wrote once it has answered."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._scripts.setdefault(script.sha, script)
-        self._pending.append(_Call(script, keys, args, future))
+        self._pending.append(_Call(script, keys, args, future, durable))
         if not linger:
             self._start()
         elif self._flushing is None and self._timer is None:
@@ -116,7 +125,9 @@ class ScriptBatcher:
             ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls
         ]
         if isinstance(self._connection, RespCluster):
-            return await self._connection.execute(commands, [call.keys[0] for call in calls])
+            return await self._connection.execute(
+                commands, [call.keys[0] for call in calls], [call.durable for call in calls]
+            )
         return await self._connection.execute(commands)
 
     def close(self) -> None:

@@ -36,6 +36,8 @@ _REAP = SCRIPTS["inflight_reap"]
 # A failed settle is sent again after this long, doubling up to the most.
 _RETRY_FIRST_SECONDS = 0.1
 _RETRY_MOST_SECONDS = 5.0
+# A failed drop is tried this many times in all (about 25 s, within any sane lease).
+_DROP_ATTEMPTS = 10
 
 
 @dataclass(slots=True)
@@ -87,16 +89,37 @@ class InflightJournal:
         keys = journal_of(request_id, self.shards)
         return progress, self._batcher.call(_OPEN, (keys.leases, keys.entries), args)
 
-    def drop(self, request_id: str) -> None:
+    def drop(self, request_id: str, *, attempts: int = 0) -> None:
         """Remove the entry of a request refused or shed before a backend saw it, at once, in
-        the background. Should Redis not take it, the lease, no longer renewed, lapses and
-        the reaper records the request as lost."""
+        the background. Should Redis not take it (unreachable, or a Cluster primary failing
+        over), the drop is sent again, backing off as settles do, for up to _DROP_ATTEMPTS
+        tries; after those, the lease, no longer renewed, lapses and the reaper records the
+        request as lost (prompt estimate, no completion)."""
         self.live.pop(request_id, None)
         keys = journal_of(request_id, self.shards)
         dropped = self._batcher.call(
             _DROP, (keys.leases, keys.entries, keys.progress), (request_id,)
         )
-        dropped.add_done_callback(functools.partial(_check_dropped, request_id))
+        dropped.add_done_callback(functools.partial(self._dropped, request_id, attempts + 1))
+
+    def _dropped(self, request_id: str, attempts: int, future: "asyncio.Future[Any]") -> None:
+        if future.cancelled() or (exc := future.exception()) is None:
+            return
+        extra = {"request_id": request_id, "attempts": attempts}
+        if attempts >= _DROP_ATTEMPTS:
+            log.error(
+                "could not drop the in-flight entry of a request not served; it will be "
+                "recorded as lost",
+                extra=extra,
+                exc_info=exc,
+            )
+            return
+        if attempts & (attempts - 1) == 0:
+            log.warning("could not drop a request's in-flight entry; retrying", extra=extra)
+        delay = min(_RETRY_FIRST_SECONDS * 2 ** (attempts - 1), _RETRY_MOST_SECONDS)
+        future.get_loop().call_later(
+            delay, functools.partial(self.drop, request_id, attempts=attempts)
+        )
 
     def settle(self, request_id: str, record: dict[str, Any]) -> None:
         """Hand the finished request's record to the meter, in the background.
@@ -113,7 +136,7 @@ class InflightJournal:
         settle.retry = None
         args = (settle.request_id, settle.record)
         keys = _settle_keys(journal_of(settle.request_id, self.shards))
-        sent = self._batcher.call(_SETTLE, keys, args, linger=not settle.attempts)
+        sent = self._batcher.call(_SETTLE, keys, args, linger=not settle.attempts, durable=True)
         sent.add_done_callback(functools.partial(self._settled, settle))
 
     def _settled(self, settle: _Settle, future: "asyncio.Future[Any]") -> None:
@@ -182,16 +205,6 @@ class InflightJournal:
 def _settle_keys(keys: JournalKeys) -> tuple[str, str, str, str]:
     """The keys of the scripts that end entries into usage events (settle, reap)."""
     return (keys.leases, keys.entries, keys.progress, keys.stream)
-
-
-def _check_dropped(request_id: str, future: "asyncio.Future[Any]") -> None:
-    if not future.cancelled() and (exc := future.exception()) is not None:
-        log.error(
-            "could not drop the in-flight entry of a request not served; it will be "
-            "recorded as lost",
-            extra={"request_id": request_id},
-            exc_info=exc,
-        )
 
 
 class VolatileRedis(Exception):

@@ -218,6 +218,8 @@ _REROUTE = (MovedError, AskError, ClusterDownError, TryAgainError)
 # How often a command is sent again after such a reply, the slot map refreshed in between.
 _REROUTE_ATTEMPTS = 5
 _REROUTE_PAUSE = 0.05
+# The most a durable command's reply waits for a replica to confirm its writes (WAIT).
+_REPLICA_WAIT_MS = 200
 
 
 class RespCluster:
@@ -230,6 +232,13 @@ class RespCluster:
     its commands, as a single Redis would (they may or may not have run), and the map is
     refreshed before the next pipeline, so that once its replica has taken over, commands go
     there.
+
+    Replication is asynchronous: a primary killed a moment after it answered takes with it
+    what its replica had not received yet. A command marked durable therefore gets its reply
+    only once a replica has confirmed the writes before it (WAIT 1, after its node's other
+    commands of the pipeline, which do not wait). A primary with no replica to confirm
+    (its own has not come back since it took over) confirms on its own after
+    _REPLICA_WAIT_MS; `unreplicated` counts those commands.
     """
 
     def __init__(self, client: AsyncRedisCluster) -> None:
@@ -237,9 +246,16 @@ class RespCluster:
         self._connections: dict[str, RespConnection] = {}
         self._mapped = False
         self._stale = True
+        self.unreplicated = 0
 
-    async def execute(self, commands: Sequence[Command], keys: Sequence[str]) -> list[Any]:
-        """`RespConnection.execute` for commands each routed by its key in `keys`."""
+    async def execute(
+        self,
+        commands: Sequence[Command],
+        keys: Sequence[str],
+        durable: Sequence[bool] | None = None,
+    ) -> list[Any]:
+        """`RespConnection.execute` for commands each routed by its key in `keys`, those
+        marked in `durable` answered once a replica has their writes."""
         replies: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
         for attempt in range(_REROUTE_ATTEMPTS):
@@ -254,7 +270,7 @@ class RespCluster:
                 by_node.setdefault(self._connect(node), []).append(i)
             sent = await asyncio.gather(
                 *(
-                    self._connections[name].execute([commands[i] for i in indices])
+                    self._node_execute(name, indices, commands, durable)
                     for name, indices in by_node.items()
                 ),
                 return_exceptions=True,
@@ -275,6 +291,33 @@ class RespCluster:
             if isinstance(reply, BaseException) and not isinstance(reply, RedisError):
                 raise reply
         return replies
+
+    async def _node_execute(
+        self,
+        name: str,
+        indices: list[int],
+        commands: Sequence[Command],
+        durable: Sequence[bool] | None,
+    ) -> list[Any]:
+        """One node's commands, in `indices` order; the durable ones as a pipeline of their
+        own behind the others, closed by WAIT, so that only they wait for the replica."""
+        connection = self._connections[name]
+        waiting = [i for i in indices if durable is not None and durable[i]]
+        if not waiting:
+            return await connection.execute([commands[i] for i in indices])
+        prompt = [i for i in indices if durable is None or not durable[i]]
+        wait: Command = ("WAIT", 1, _REPLICA_WAIT_MS)
+        first, then = await asyncio.gather(
+            connection.execute([commands[i] for i in prompt]),
+            connection.execute([*(commands[i] for i in waiting), wait]),
+        )
+        *durable_replies, replicas = then
+        if replicas == 0:
+            self.unreplicated += len(waiting)
+        replies = dict(zip(prompt, first, strict=True)) | dict(
+            zip(waiting, durable_replies, strict=True)
+        )
+        return [replies[i] for i in indices]
 
     async def _refresh(self) -> None:
         if not self._stale:

@@ -77,6 +77,9 @@ class RedisClusterServers:
                 "everysec",
                 "--save",
                 "",
+                # A replica syncs at once, not after the 5 s a primary waits for others.
+                "--repl-diskless-sync-delay",
+                "0",
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -87,18 +90,22 @@ class RedisClusterServers:
             client.close()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until every live node says the cluster is ok, with every slot served."""
+        """Until every live node says the cluster is ok, with every slot served, and every
+        replica has synced with its primary (only then can it take over)."""
 
         def ok() -> bool:
             for port in self.processes:
                 client = redis.Redis(port=port, socket_timeout=1)
                 try:
                     info: Any = client.cluster("info")
+                    replication: Any = client.info("replication")
                 except redis.RedisError:
                     return False
                 finally:
                     client.close()
                 if info.get("cluster_state") != "ok" or int(info["cluster_slots_ok"]) != 16384:
+                    return False
+                if replication["role"] == "slave" and replication["master_link_status"] != "up":
                     return False
             return True
 
