@@ -78,18 +78,18 @@ def replica_configured() -> bool:
 
 
 @dataclass
-class _Scope:
+class ReadScope:
     """Where one `replica_reads()` block reads, and whether it has written (then: the primary)."""
 
     alias: str
     wrote: bool = False
 
 
-_scope: ContextVar[_Scope | None] = ContextVar("replica_reads", default=None)
+_scope: ContextVar[ReadScope | None] = ContextVar("replica_reads", default=None)
 
 
 @contextmanager
-def replica_reads(*, after_lsn: int | None = None) -> Iterator[_Scope]:
+def replica_reads(*, after_lsn: int | None = None) -> Iterator[ReadScope]:
     """Reads in the block may go to the replica (module doc): where it is configured, up, and
     has replayed `after_lsn` (the client's last write) if given. A block inside another one
     reads where the outer one does."""
@@ -97,7 +97,7 @@ def replica_reads(*, after_lsn: int | None = None) -> Iterator[_Scope]:
     if outer is not None:
         yield outer
         return
-    scope = _Scope(REPLICA if _health.usable(after_lsn) else DEFAULT_DB_ALIAS)
+    scope = ReadScope(REPLICA if _health.usable(after_lsn) else DEFAULT_DB_ALIAS)
     token = _scope.set(scope)
     try:
         yield scope
