@@ -23,12 +23,15 @@ from tests.support.waiting import wait_until
 
 # The server's own tools: initdb on PATH is a link into their directory.
 BIN = Path(shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb").resolve().parent
-# A test server: no fsync, nothing that matters is lost if the machine dies.
+# Test servers: no fsync (a machine that crashes may lose them; no test survives that anyway).
 FAST = "-c fsync=off"
 
 
 class PostgresPair:
     def __init__(self) -> None:
+        assert (BIN / "pg_basebackup").exists(), (
+            "the tests need PostgreSQL's server programs (initdb, pg_ctl, pg_basebackup) on PATH"
+        )
         self.directory = Path(tempfile.mkdtemp(prefix="tf-pg-pair-"))
         self.user = "postgres" if os.geteuid() == 0 else None
         if self.user is not None:
