@@ -10,13 +10,15 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 
 from gateway.batching import ScriptBatcher
 from gateway.limits import Admission, Limiter, Limits, Spend, Standing, prepaid_keys
 from gateway.pricing import PICO
 from metering.credits import CREDIT_EPOCH
+from metering.redis_clients import redis_connect, redis_connect_async
+
+pytestmark = pytest.mark.redis_cluster
 
 START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 CENT = PICO // 100
@@ -34,14 +36,14 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 @pytest.fixture(scope="module")
 def limiter(loop: asyncio.AbstractEventLoop) -> Iterator[Limiter]:
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    client = redis_connect_async(settings.REDIS_URL)
     yield Limiter(client, ScriptBatcher(client, linger=0.001), lease_seconds=30)
     loop.run_until_complete(client.aclose())
 
 
 @pytest.fixture(scope="module")
 def store() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_connect(settings.REDIS_URL)
     client.set(CREDIT_EPOCH, "test")  # this Redis holds the credit counters
     yield client
     client.close()
