@@ -129,6 +129,7 @@ def test_the_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -
     }
     assert dict(MeteringSettings.from_env(env)) == {
         "BATCH_SIZE": 2000,
+        "SHARDS": 1,
         "CLAIM_IDLE_SECONDS": 30.0,
         "TELEMETRY_SECONDS": 5.0,
         "TELEMETRY_TIMEOUT_SECONDS": 2.0,
