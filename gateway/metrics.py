@@ -52,6 +52,12 @@ SHED = Counter(
     ["tier", "reason"],
 )
 
+UNREPLICATED = Counter(
+    "tf_redis_unreplicated_settles",
+    "Settles a Redis Cluster primary answered with no replica confirming them within 200 ms "
+    "(its replica is away or was promoted): a failover of that primary now could lose them.",
+)
+
 USAGE_ANOMALIES = Counter(
     "tf_usage_anomalies",
     "Usage reports refused as impossible (not integers, negative, beyond the request's limits) "

@@ -35,6 +35,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.metrics import UNREPLICATED
+
 Command = Sequence[str | bytes | int | float]
 
 
@@ -238,7 +240,7 @@ class RespCluster:
     only once a replica has confirmed the writes before it (WAIT 1, after its node's other
     commands of the pipeline, which do not wait). A primary with no replica to confirm
     (its own has not come back since it took over) confirms on its own after
-    _REPLICA_WAIT_MS; `unreplicated` counts those commands.
+    _REPLICA_WAIT_MS; `tf_redis_unreplicated_settles_total` counts those commands.
     """
 
     def __init__(self, client: AsyncRedisCluster) -> None:
@@ -246,7 +248,6 @@ class RespCluster:
         self._connections: dict[str, RespConnection] = {}
         self._mapped = False
         self._stale = True
-        self.unreplicated = 0
 
     async def execute(
         self,
@@ -313,7 +314,7 @@ class RespCluster:
         )
         *durable_replies, replicas = then
         if replicas == 0:
-            self.unreplicated += len(waiting)
+            UNREPLICATED.inc(len(waiting))
         replies = dict(zip(prompt, first, strict=True)) | dict(
             zip(waiting, durable_replies, strict=True)
         )
