@@ -3,6 +3,7 @@
 endpoint; a path that is none of these is a 404 here.
 """
 
+import asyncio
 import hmac
 import logging
 from datetime import UTC, datetime
@@ -60,7 +61,7 @@ async def _metrics(
     except aioredis.RedisError:
         log.warning("fleet energy figures unavailable for /metrics", exc_info=True)
         energy = {}
-    body = metrics.render(energy)
+    body = metrics.render(energy, await _journal_sizes(c))
     await send(
         {
             "type": "http.response.start",
@@ -72,6 +73,24 @@ async def _metrics(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _journal_sizes(c: Clients) -> dict[str, tuple[int, int]]:
+    """Per shard of the usage stream: events waiting for the meter, requests in flight."""
+    try:
+        sizes = await asyncio.gather(
+            *(
+                asyncio.gather(c.redis.xlen(shard.stream), c.redis.zcard(shard.leases))
+                for shard in c.journal.shards
+            )
+        )
+    except aioredis.RedisError:
+        log.warning("usage stream sizes unavailable for /metrics", exc_info=True)
+        return {}
+    return {
+        shard.tag: (int(events), int(live))
+        for shard, (events, live) in zip(c.journal.shards, sizes, strict=True)
+    }
 
 
 async def _models(c: Clients, principal: Principal, send: Send, rid: str) -> None:

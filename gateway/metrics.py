@@ -79,15 +79,37 @@ def observe(record: dict[str, Any]) -> None:
         TTFT.labels(tier).observe(record["ttft_ms"] / 1000)
 
 
-def render(energy_live: Mapping[Any, Any]) -> bytes:
-    """The exposition text: this process's (or every worker's) metrics plus fleet energy."""
+def render(energy_live: Mapping[Any, Any], journal_sizes: Mapping[str, tuple[int, int]]) -> bytes:
+    """The exposition text: this process's (or every worker's) metrics plus fleet energy and
+    the usage streams' sizes (events waiting, requests in flight, by shard)."""
     if _MULTIPROCESS:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         own = generate_latest(registry)
     else:
         own = generate_latest(REGISTRY)
-    return own + generate_latest(_energy_registry(energy_live))
+    fleet = _energy_registry(energy_live)
+    _journal_gauges(fleet, journal_sizes)
+    return own + generate_latest(fleet)
+
+
+def _journal_gauges(registry: CollectorRegistry, sizes: Mapping[str, tuple[int, int]]) -> None:
+    waiting = Gauge(
+        "tf_usage_stream_events",
+        "Usage events waiting in a shard's stream for the meter (all gateways'): a backlog "
+        "that grows means the meters or PostgreSQL fall behind.",
+        ["shard"],
+        registry=registry,
+    )
+    live = Gauge(
+        "tf_inflight_requests",
+        "Requests in flight in a shard's journal (all gateways').",
+        ["shard"],
+        registry=registry,
+    )
+    for shard, (events, in_flight) in sizes.items():
+        waiting.labels(shard).set(events)
+        live.labels(shard).set(in_flight)
 
 
 def _energy_registry(energy_live: Mapping[Any, Any]) -> CollectorRegistry:

@@ -15,6 +15,7 @@ from metering.consumer import Meter
 from metering.events import journal_shards
 from metering.models import UsageRecord
 from metering.redis_clients import redis_connect
+from tests.support.gateway import scrape
 from tests.support.redis_cluster import RedisClusterServers, failover_wait
 from tests.support.servers import Server, gateway_env, start_gateway
 from tests.support.tenants import MODEL, Tenant, tenant_create
@@ -88,6 +89,15 @@ def openai_client(gateway: Server, tenant: Tenant) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=tenant.key, max_retries=0)
 
 
+def backlog(gateway: Server) -> dict[str, float]:
+    """Events waiting for the meter, by shard, as the gateway's /metrics shows them."""
+    return {
+        dict(labels)["shard"]: value
+        for (name, labels), value in scrape(gateway).items()
+        if name == "tf_usage_stream_events"
+    }
+
+
 def records_of(tenant: Tenant) -> dict[str, UsageRecord]:
     return {
         f"req_{record.request_id.hex}": record
@@ -110,8 +120,12 @@ def test_usage_is_sharded_over_the_primaries_and_stored_once(
     redis_cluster = cluster.client()
     added = [redis_cluster.xinfo_stream(shard.stream)["entries-added"] for shard in shards]
     assert sum(added) == 60 and min(added) > 0, added
+    # /metrics shows each shard's backlog, and that it is gone once the meters ran.
+    waiting = backlog(cluster_gateway)
+    assert set(waiting) == {shard.tag for shard in shards} and sum(waiting.values()) == 60
 
     assert drain(cluster) == 60
+    assert sum(backlog(cluster_gateway).values()) == 0
     stored = records_of(tenant)
     assert set(stored) == {a.request_id for a in answers}
     assert all(
