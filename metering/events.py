@@ -92,6 +92,7 @@ def journal_of(request_id: str, shards: tuple[JournalKeys, ...]) -> JournalKeys:
         return shards[0]
     return shards[zlib.crc32(request_id.encode()) % len(shards)]
 
+
 FINAL = b"final"
 LOST = b"lost"
 
