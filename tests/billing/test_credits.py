@@ -36,7 +36,7 @@ from tests.billing.factories import (
     usage_write,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.redis_cluster]
 # Output at 1 a million tokens, no input price: a request of N completion tokens costs N µ.
 OUTPUT_PER_MILLION = Decimal(1)
 

@@ -23,6 +23,8 @@ from metering.models import UsageRecord
 from tests.support.events import inflight_entry, usage
 from tests.support.waiting import wait_until_async
 
+pytestmark = pytest.mark.redis_cluster
+
 GATEWAYS = 3
 REQUESTS_EACH = 100
 SECONDS_EACH = 20.0  # a slow machine makes fewer requests, not a hung test

@@ -9,7 +9,7 @@ from tests.support.ledger import usage_for
 from tests.support.servers import Server
 from tests.support.tenants import MODEL, Tenant, tenant_create
 
-pytestmark = pytest.mark.usefixtures("gateway")
+pytestmark = [pytest.mark.usefixtures("gateway"), pytest.mark.redis_cluster]
 
 
 def chat(gateway: Server, tenant: Tenant, max_tokens: int) -> str:
