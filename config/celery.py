@@ -1,9 +1,32 @@
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import beat_init, worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("token_factory")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+class BrokerOnCluster(Exception):
+    """Celery's broker would be a Redis Cluster, which its Redis transport cannot use."""
+
+
+@worker_init.connect
+@beat_init.connect
+def broker_check(**_: Any) -> None:
+    """Refuse to start on a Redis Cluster as broker, in one line that says what to set:
+    kombu's Redis transport keeps a queue's list and its bindings under keys on different
+    slots, and a cluster answers its first command MOVED or CROSSSLOT."""
+    from metering.redis_clients import is_cluster
+
+    url = app.conf.broker_url
+    if isinstance(url, str) and url.startswith(("redis://", "rediss://")) and is_cluster(url):
+        raise BrokerOnCluster(
+            f"Celery's broker {url} is a Redis Cluster, which Celery cannot use: set "
+            "CELERY_BROKER_URL to a Redis of its own (or RabbitMQ); REDIS_URL may stay the "
+            "cluster (docs/deployment.md)."
+        )
