@@ -15,8 +15,6 @@ class BrokerOnCluster(Exception):
     """Celery's broker would be a Redis Cluster, which its Redis transport cannot use."""
 
 
-@worker_init.connect
-@beat_init.connect
 def broker_check(**_: Any) -> None:
     """Refuse to start on a Redis Cluster as broker, in one line that says what to set:
     kombu's Redis transport keeps a queue's list and its bindings under keys on different
@@ -30,3 +28,7 @@ def broker_check(**_: Any) -> None:
             "CELERY_BROKER_URL to a Redis of its own (or RabbitMQ); REDIS_URL may stay the "
             "cluster (docs/deployment.md)."
         )
+
+
+worker_init.connect(broker_check)
+beat_init.connect(broker_check)
