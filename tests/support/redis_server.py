@@ -3,10 +3,8 @@
 import subprocess
 from pathlib import Path
 
-import redis
-
+from bench.redis_cluster import wait_answers
 from tests.support.servers import free_port
-from tests.support.waiting import wait_until
 
 
 class RedisServer:
@@ -31,18 +29,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                return False
-
-        try:
-            wait_until(answers, what=f"redis-server on port {self.port} to answer")
-        finally:
-            client.close()
+        wait_answers(self.port)
 
     def kill(self) -> None:
         """SIGKILL: nothing is saved on the way out."""
