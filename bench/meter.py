@@ -2,18 +2,22 @@
 
     python -m bench.meter [--events 1000000] [--meters 1 2] [--accounts 1000]
                           [--batch-size N] [--database tf_bench_meter]
+                          [--redis-cluster PRIMARIES] [--shards N]
 
 Starts a redis-server of its own on a spare port (append-only file, fsync every second, as
-production must run it) and creates the database `--database` on the server of DATABASE_URL
-(dropped first if it exists, and after the run), migrated. For each count in `--meters` it
-fills the usage stream with `--events` final usage events, built and appended as the gateway
-builds and appends them (gateway.usage.usage_record, then gateway/lua/inflight_settle.lua),
-over `--accounts` accounts, four models on six backends, streamed and not, a few requests
-disconnected or failed. Then it starts that many `manage.py meter` processes on the backlog and
-times them until the stream is empty and the ledger holds every record: records stored per
-second, counted from the first read (the processes' start-up is reported apart). Then it
-appends again the first 10,000 events, as a gateway retrying its settles would, and checks
-that the ledger still holds exactly `--events` rows and nothing was quarantined.
+production must run it), or with --redis-cluster a Redis Cluster of that many primaries, each
+with a replica (bench/redis_cluster.py), and creates the database `--database` on the server of
+DATABASE_URL (dropped first if it exists, and after the run), migrated. For each count in
+`--meters` it fills the usage streams with `--events` final usage events, built and appended as
+the gateway builds and appends them (gateway.usage.usage_record, then
+gateway/lua/inflight_settle.lua, each in the shard of METERING_SHARDS=`--shards` that its
+request id picks; one shard per primary by default), over `--accounts` accounts, four models
+on six backends, streamed and not, a few requests disconnected or failed. Then it starts that
+many `manage.py meter` processes (each one consumer per shard) on the backlog and times them
+until every stream is empty and the ledger holds every record: records stored per second,
+counted from the first read (the processes' start-up is reported apart). Then it appends
+again the first 10,000 events, as a gateway retrying its settles would, and checks that the
+ledger still holds exactly `--events` rows and nothing was quarantined.
 """
 
 import argparse
@@ -22,7 +26,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,7 +39,10 @@ import psutil
 import redis
 
 from bench.billing import MODELS, REASONING, _drop, _recreate, _server_url
-from bench.overhead import ROOT, _free_port, _machine
+from bench.overhead import ROOT, _machine
+from bench.redis_cluster import RedisClusterServers, redis_server
+from metering.events import JournalKeys, journal_of, journal_shards
+from metering.redis_clients import redis_connect
 
 # The events appended again after the run, to check that the ledger stores each request once.
 REPLAYED = 10_000
@@ -46,7 +52,52 @@ _TIERS = ("free",) * 6 + ("interactive",) * 3 + ("premium",)
 
 
 @dataclass
+class Store:
+    """The Redis a bench runs on (one redis-server or a cluster) and the usage shards on it."""
+
+    name: str
+    url: str
+    client: redis.Redis
+    processes: list[psutil.Process]
+    shards: tuple[JournalKeys, ...]
+
+    def env(self) -> dict[str, str]:
+        """The environment of a gateway or meter process on it."""
+        return {
+            **os.environ,
+            "LOG_LEVEL": "WARNING",
+            "REDIS_URL": self.url,
+            "METERING_SHARDS": str(len(self.shards)),
+        }
+
+    def backlog(self) -> int:
+        """Events in the usage streams, not yet stored and acknowledged."""
+        return sum(int(self.client.xlen(shard.stream)) for shard in self.shards)
+
+
+@contextmanager
+def store(primaries: int, shards: int, replicas: int = 1) -> Iterator[Store]:
+    """One redis-server of the bench's own (`primaries` 0), or a Redis Cluster of `primaries`
+    primaries with `replicas` replicas each; removed afterwards."""
+    if primaries == 0:
+        with redis_server() as (url, process):
+            processes = [psutil.Process(process.pid)]
+            yield Store("single", url, redis_connect(url), processes, journal_shards(shards))
+        return
+    servers = RedisClusterServers(primaries=primaries, replicas=replicas)
+    try:
+        processes = [psutil.Process(process.pid) for process in servers.processes.values()]
+        name = f"cluster {primaries}+{primaries * replicas}"
+        client = redis_connect(servers.url)
+        yield Store(name, servers.url, client, processes, journal_shards(shards))
+    finally:
+        servers.stop()
+
+
+@dataclass
 class Result:
+    redis: str
+    shards: int
     meters: int
     events: int
     fill_seconds: float
@@ -59,6 +110,10 @@ class Result:
     rows_after_replay: int
     quarantined: int
 
+    @property
+    def records_per_second(self) -> float:
+        return self.events / self.drain_seconds
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -67,84 +122,103 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=1_000)
     parser.add_argument("--batch-size", type=int, help="METERING_BATCH_SIZE (default: settings)")
     parser.add_argument("--database", default="tf_bench_meter")
+    parser.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="PRIMARIES",
+        help="a Redis Cluster of this many primaries, each with a replica, not one redis-server",
+    )
+    parser.add_argument("--shards", type=int, help="METERING_SHARDS (default: one per primary)")
     args = parser.parse_args()
+    shards = args.shards or max(1, args.redis_cluster)
+    with (
+        bench_database(args.database, args.batch_size),
+        store(args.redis_cluster, shards) as redis_store,
+    ):
+        print(_machine())
+        print(f"{_backlog_line(args)}; {_store_line(redis_store)}\n", flush=True)
+        results = [run(redis_store, meters, args) for meters in args.meters]
+    print_results(results)
+
+
+@contextmanager
+def bench_database(name: str, batch_size: int | None) -> Iterator[None]:
+    """Django set up on a database of the bench's own on DATABASE_URL's server, migrated;
+    dropped afterwards."""
     if shutil.which("redis-server") is None:
         sys.exit("bench needs redis-server on the PATH")
-
     server = _server_url()
-    _recreate(server, args.database)
-    os.environ["DATABASE_URL"] = f"{server}/{args.database}"
-    if args.batch_size:
-        os.environ["METERING_BATCH_SIZE"] = str(args.batch_size)
+    _recreate(server, name)
+    os.environ["DATABASE_URL"] = f"{server}/{name}"
+    if batch_size:
+        os.environ["METERING_BATCH_SIZE"] = str(batch_size)
     os.environ.setdefault("TF_PROFILE", "local")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     try:
-        with _redis_server() as (redis_url, redis_process):
-            os.environ["REDIS_URL"] = redis_url
-            django.setup()
-            from django.conf import settings
-            from django.core.management import call_command
+        django.setup()
+        from django.core.management import call_command
 
-            call_command("migrate", verbosity=0)
-            print(_machine())
-            print(
-                f"{args.events:,} usage events over {args.accounts:,} accounts; meter batch "
-                f"size {settings.METERING.batch_size:,}; private redis-server with AOF "
-                "(fsync every second)\n",
-                flush=True,
-            )
-            client = redis.Redis.from_url(redis_url)
-            results = [_run(client, redis_process, meters, args) for meters in args.meters]
+        call_command("migrate", verbosity=0)
+        yield
     finally:
         from django.db import connections
 
         connections.close_all()
-        _drop(server, args.database)
-    _print(results)
+        _drop(server, name)
 
 
-def _run(
-    client: redis.Redis, redis_process: psutil.Process, meters: int, args: argparse.Namespace
-) -> Result:
+def _backlog_line(args: argparse.Namespace) -> str:
+    from django.conf import settings
+
+    return (
+        f"{args.events:,} usage events over {args.accounts:,} accounts; meter batch size "
+        f"{settings.METERING.batch_size:,}"
+    )
+
+
+def _store_line(redis_store: Store) -> str:
+    what = "redis-server" if redis_store.name == "single" else f"Redis {redis_store.name}"
+    return f"private {what} with AOF (fsync every second), {len(redis_store.shards)} usage shard(s)"
+
+
+def run(redis_store: Store, meters: int, args: argparse.Namespace) -> Result:
     """One backlog of `args.events` drained by `meters` meter processes."""
-    from metering.events import USAGE_STREAM
-
-    _reset(client)
+    client = redis_store.client
+    reset(redis_store)
     started = time.monotonic()
-    replay = _fill(client, args.events, args.accounts, random.Random(meters))
+    replay = _fill(redis_store, args.events, args.accounts, random.Random(meters))
     fill_seconds = time.monotonic() - started
     print(
-        f"{meters} meter(s): backlog of {client.xlen(USAGE_STREAM):,} events appended in "
-        f"{fill_seconds:.1f} s",
+        f"{meters} meter(s) on {redis_store.name}: backlog of {redis_store.backlog():,} events "
+        f"appended in {fill_seconds:.1f} s",
         flush=True,
     )
 
-    env = {**os.environ, "LOG_LEVEL": "WARNING"}
     spawned = time.monotonic()
-    processes = [
-        subprocess.Popen([sys.executable, "manage.py", "meter"], cwd=ROOT, env=env)
-        for _ in range(meters)
-    ]
+    processes = [meter_spawn(redis_store) for _ in range(meters)]
     try:
         watched = [psutil.Process(process.pid) for process in processes]
-        first_read = _wait_first_read(client, processes)
+        first_read = _wait_first_read(client, redis_store.shards, processes)
         # From here on: the meters' start-up (imports, Django) is not theirs per record.
-        meter_cpu, redis_cpu = _cpu_seconds(watched), _cpu_seconds([redis_process])
+        meter_cpu, redis_cpu = _cpu_seconds(watched), _cpu_seconds(redis_store.processes)
         busy = _busy_cpu_seconds()
-        _wait_drained(client, processes, args.events, timeout=120 + args.events / 500)
+        wait_drained(redis_store, processes, args.events, timeout=120 + args.events / 500)
         done = time.monotonic()
         meter_cpu = _cpu_seconds(watched) - meter_cpu
-        redis_cpu = _cpu_seconds([redis_process]) - redis_cpu
+        redis_cpu = _cpu_seconds(redis_store.processes) - redis_cpu
         busy = _busy_cpu_seconds() - busy
-        rows = _ledger_rows()
-        _append(client, replay)
-        _wait_drained(client, processes, args.events, timeout=120)
+        rows = ledger_rows()
+        _append(redis_store, replay)
+        wait_drained(redis_store, processes, args.events, timeout=120)
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(30)
     return Result(
+        redis=redis_store.name,
+        shards=len(redis_store.shards),
         meters=meters,
         events=args.events,
         fill_seconds=fill_seconds,
@@ -154,24 +228,31 @@ def _run(
         redis_cpu_seconds=redis_cpu,
         busy_cpu_seconds=busy,
         rows=rows,
-        rows_after_replay=_ledger_rows(),
+        rows_after_replay=ledger_rows(),
         quarantined=_quarantined(),
     )
 
 
-def _reset(client: redis.Redis) -> None:
-    """An empty stream (its consumer group goes with it) and an empty ledger."""
+def meter_spawn(redis_store: Store, cpus: str | None = None) -> subprocess.Popen[bytes]:
+    """A `manage.py meter` process on the store (one consumer per shard), on `cpus` if given
+    (taskset's list)."""
+    pinned = ["taskset", "-c", cpus] if cpus else []
+    command = [*pinned, sys.executable, "manage.py", "meter"]
+    return subprocess.Popen(command, cwd=ROOT, env=redis_store.env())
+
+
+def reset(redis_store: Store) -> None:
+    """Empty streams (their consumer groups go with them) and an empty ledger."""
     from django.db import connection
 
-    from metering.events import USAGE_STREAM
-
-    client.delete(USAGE_STREAM)
+    for shard in redis_store.shards:
+        redis_store.client.delete(shard.stream)
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE metering_usagerecord, metering_quarantinedevent")
 
 
 def _fill(
-    client: redis.Redis, events: int, accounts: int, rng: random.Random
+    redis_store: Store, events: int, accounts: int, rng: random.Random
 ) -> list[tuple[str, bytes]]:
     """Append the events; returns the first REPLAYED of them, to append again later."""
     batch: list[tuple[str, bytes]] = []
@@ -181,23 +262,24 @@ def _fill(
         if len(replay) < REPLAYED:
             replay.append(event)
         if len(batch) == _PIPELINE:
-            _append(client, batch)
+            _append(redis_store, batch)
             batch = []
-    _append(client, batch)
+    _append(redis_store, batch)
     return replay
 
 
-def _append(client: redis.Redis, events: list[tuple[str, bytes]]) -> None:
+def _append(redis_store: Store, events: list[tuple[str, bytes]]) -> None:
     """Settle the requests as the gateway's in-flight journal does (gateway/inflight.py):
-    one inflight_settle call each, which appends the usage event to the meter's stream."""
-    from metering.events import INFLIGHT_ENTRIES, INFLIGHT_LEASES, INFLIGHT_PROGRESS, USAGE_STREAM
+    one inflight_settle call each, on the keys of the request's shard, which appends the usage
+    event to that shard's stream."""
     from metering.redis_scripts import SCRIPTS
 
     settle = SCRIPTS["inflight_settle"]
-    keys = (INFLIGHT_LEASES, INFLIGHT_ENTRIES, INFLIGHT_PROGRESS, USAGE_STREAM)
-    client.script_load(settle.text)
-    pipe = client.pipeline(transaction=False)
+    redis_store.client.script_load(settle.text)
+    pipe = redis_store.client.pipeline(transaction=False)
     for request_id, record in events:
+        shard = journal_of(request_id, redis_store.shards)
+        keys = (shard.leases, shard.entries, shard.progress, shard.stream)
         pipe.evalsha(settle.sha, len(keys), *keys, request_id, record)
     pipe.execute()
 
@@ -270,34 +352,37 @@ def _events(count: int, accounts: int, rng: random.Random) -> Iterator[tuple[str
         yield request_id, orjson.dumps(record)
 
 
-def _wait_first_read(client: redis.Redis, processes: list[subprocess.Popen[bytes]]) -> float:
-    """When a meter first read from the stream: its consumer exists from its first read."""
-    from metering.events import USAGE_GROUP, USAGE_STREAM
+def _wait_first_read(
+    client: redis.Redis,
+    shards: tuple[JournalKeys, ...],
+    processes: list[subprocess.Popen[bytes]],
+) -> float:
+    """When a meter first read from a stream: its consumer exists from its first read."""
+    from metering.events import USAGE_GROUP
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         _check_alive(processes)
-        groups = client.xinfo_groups(USAGE_STREAM)
-        if any(group["name"].decode() == USAGE_GROUP and group["consumers"] for group in groups):
-            return time.monotonic()
+        for shard in shards:
+            groups = client.xinfo_groups(shard.stream) if client.exists(shard.stream) else []
+            if any(g["name"].decode() == USAGE_GROUP and g["consumers"] for g in groups):
+                return time.monotonic()
         time.sleep(0.005)
     sys.exit("no meter read the stream within 60 s")
 
 
-def _wait_drained(
-    client: redis.Redis, processes: list[subprocess.Popen[bytes]], rows: int, *, timeout: float
+def wait_drained(
+    redis_store: Store, processes: list[subprocess.Popen[bytes]], rows: int, *, timeout: float
 ) -> None:
-    """Until the stream is empty (every event stored and acknowledged) and the ledger has
+    """Until every stream is empty (every event stored and acknowledged) and the ledger has
     `rows` rows."""
-    from metering.events import USAGE_STREAM
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _check_alive(processes)
-        if client.xlen(USAGE_STREAM) == 0 and _ledger_rows() + _quarantined() >= rows:
+        if redis_store.backlog() == 0 and ledger_rows() + _quarantined() >= rows:
             return
         time.sleep(0.02)
-    sys.exit(f"the meters did not drain the stream within {timeout:.0f} s")
+    sys.exit(f"the meters did not drain the streams within {timeout:.0f} s")
 
 
 def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -306,7 +391,7 @@ def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
             sys.exit(f"a meter exited with status {process.returncode}")
 
 
-def _ledger_rows() -> int:
+def ledger_rows() -> int:
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -334,61 +419,19 @@ def _busy_cpu_seconds() -> float:
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
-@contextmanager
-def _redis_server() -> Iterator[tuple[str, psutil.Process]]:
-    """A redis-server of the bench's own, on a spare port, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="bench-meter-redis-") as directory:
-        port = _free_port()
-        process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                directory,
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            url = f"redis://127.0.0.1:{port}/0"
-            _wait_redis(url)
-            yield url, psutil.Process(process.pid)
-        finally:
-            process.terminate()
-            process.wait(30)
-
-
-def _wait_redis(url: str) -> None:
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            if client.ping():
-                return
-        except (redis.ConnectionError, redis.BusyLoadingError):
-            time.sleep(0.05)
-    sys.exit(f"redis-server at {url} did not answer within 10 s")
-
-
-def _print(results: list[Result]) -> None:
+def print_results(results: list[Result]) -> None:
     print(
-        f"\n{'meters':>6} {'events':>10} {'fill s':>7} {'start s':>7} {'drain s':>8} "
-        f"{'records/s':>10} {'meter cpu us/rec':>16} {'redis us/rec':>12} "
-        f"{'machine us/rec':>14} {'ledger rows':>11} {'after replay':>12} {'quarantined':>11}"
+        f"\n{'redis':<13} {'shards':>6} {'meters':>6} {'events':>10} {'fill s':>7} "
+        f"{'start s':>7} {'drain s':>8} {'records/s':>10} {'meter cpu us/rec':>16} "
+        f"{'redis us/rec':>12} {'machine us/rec':>14} {'ledger rows':>11} {'after replay':>12} "
+        f"{'quarantined':>11}"
     )
     for r in results:
         per_record = 1e6 / r.events
         print(
-            f"{r.meters:>6} {r.events:>10,} {r.fill_seconds:>7.1f} {r.startup_seconds:>7.2f}"
-            f" {r.drain_seconds:>8.1f} {r.events / r.drain_seconds:>10,.0f}"
+            f"{r.redis:<13} {r.shards:>6} {r.meters:>6} {r.events:>10,} {r.fill_seconds:>7.1f}"
+            f" {r.startup_seconds:>7.2f}"
+            f" {r.drain_seconds:>8.1f} {r.records_per_second:>10,.0f}"
             f" {r.meter_cpu_seconds * per_record:>16.0f} {r.redis_cpu_seconds * per_record:>12.0f}"
             f" {r.busy_cpu_seconds * per_record:>14.0f} {r.rows:>11,} {r.rows_after_replay:>12,}"
             f" {r.quarantined:>11}"
@@ -397,7 +440,7 @@ def _print(results: list[Result]) -> None:
         exact = r.rows == r.rows_after_replay == r.events and r.quarantined == 0
         verdict = "exactly" if exact else "NOT exactly"
         print(
-            f"{r.meters} meter(s): the ledger holds {verdict} {r.events:,} rows "
+            f"{r.meters} meter(s) on {r.redis}: the ledger holds {verdict} {r.events:,} rows "
             f"({r.rows_after_replay:,} after {min(REPLAYED, r.events):,} events were appended "
             f"again; {r.quarantined} quarantined)"
         )
