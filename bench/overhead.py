@@ -96,22 +96,7 @@ def main() -> None:
     key = _prepare_fleet(sim_port := _free_port())
     env = {**os.environ, "LOG_LEVEL": "WARNING"}
     gateway_port, bare_port = _free_port(), _free_port()
-    simulator = _spawn(
-        ["1"],
-        [
-            sys.executable,
-            "-m",
-            "simulator",
-            "--port",
-            str(sim_port),
-            "--model",
-            MODEL,
-            *(["--paced", *map(str, args.paced)] if args.paced else ["--speedup", "0"]),
-            "--max-num-seqs",
-            "1024",
-        ],
-        env,
-    )
+    simulator = _spawn(["1"], _simulator(sim_port, args.paced), env)
     # One core per worker, from CPU 0 up; beyond one they share cores with the load.
     proxy_cpus = [str(cpu) for cpu in range(min(args.workers, os.cpu_count() or 1))]
     gateway_server = _spawn(
@@ -311,6 +296,23 @@ def _print_row(
 def _ratio(value: float, base: float) -> str:
     """value / base, or a dash where the base is too small to divide by (hey's timer is 0.1 ms)."""
     return f"{value / base:.2f}" if base >= 0.05 else "-"
+
+
+def _simulator(port: int, paced: list[float] | None = None) -> list[str]:
+    """The simulated backend serving MODEL on `port`: instant, or at a fixed pace (TTFT_MS,
+    ITL_MS)."""
+    return [
+        sys.executable,
+        "-m",
+        "simulator",
+        "--port",
+        str(port),
+        "--model",
+        MODEL,
+        *(["--paced", *map(str, paced)] if paced else ["--speedup", "0"]),
+        "--max-num-seqs",
+        "1024",
+    ]
 
 
 def _uvicorn(app: str, port: int, workers: int) -> list[str]:
