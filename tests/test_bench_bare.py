@@ -4,16 +4,14 @@ and from a three-primary cluster's three shards (the figures are in docs/benchma
 timings are never asserted)."""
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
-from django.conf import settings
 
+from tests.support.bench import TINY_BACKLOG, bench_run
 from tests.support.http import call
-from tests.support.servers import ROOT, Server, free_port, start_simulator
+from tests.support.servers import Server, free_port, start_simulator
 
 MODEL = "bench-model"
 
@@ -78,37 +76,13 @@ def test_the_bare_proxy_streams_every_event(bare_proxy: Server) -> None:
     ids=["one-redis", "cluster-three-shards"],
 )
 def test_the_meter_bench_stores_a_backlog_exactly_once(redis: str, options: list[str]) -> None:
-    db = settings.DATABASES["default"]
-    server = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}"
-    env = {
-        **os.environ,
-        "TF_PROFILE": "local",
-        "DATABASE_URL": f"{server}/postgres",
-        "LOG_LEVEL": "WARNING",
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.meter",
-            "--events",
-            "2000",
-            "--accounts",
-            "20",
-            "--batch-size",
-            "500",
-            "--database",
-            f"test_bench_meter_{os.getpid()}",
-            *options,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
+    out = bench_run(
+        "bench.meter",
+        *TINY_BACKLOG,
+        *options,
+        database="test_bench_meter",
     )
 
-    assert f"1 meter(s) on {redis}: backlog of 2,000 events appended" in result.stdout
-    assert f"1 meter(s) on {redis}: the ledger holds exactly 2,000 rows" in result.stdout
-    assert "(2,000 after 2,000 events were appended again; 0 quarantined)" in result.stdout
+    assert f"1 meter(s) on {redis}: backlog of 2,000 events appended" in out
+    assert f"1 meter(s) on {redis}: the ledger holds exactly 2,000 rows" in out
+    assert "(2,000 after 2,000 events were appended again; 0 quarantined)" in out

@@ -3,16 +3,12 @@ gateway and the meters on one redis-server and on clusters of one and three prim
 figure printed, and the ledger holding every request and every event once (the figures are in
 docs/benchmarks.md; timings are never asserted)."""
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
-from django.conf import settings
 
-from tests.support.servers import ROOT
+from tests.support.bench import TINY_BACKLOG, bench_run
 
 REDIS = ("single", "cluster 1+1", "cluster 3+3")
 
@@ -22,48 +18,22 @@ REDIS = ("single", "cluster 1+1", "cluster 3+3")
     shutil.which("hey") is None, reason="the bench's load generator: apt-get install hey"
 )
 def test_a_small_run_prints_every_figure_and_stores_everything_once() -> None:
-    db = settings.DATABASES["default"]
-    server = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}"
-    env = {
-        **os.environ,
-        "TF_PROFILE": "local",
-        "DATABASE_URL": f"{server}/postgres",
-        "LOG_LEVEL": "WARNING",
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.cluster",
-            "--gateways",
-            "1",
-            "--meters",
-            "1",
-            "--primaries",
-            "1",
-            "3",
-            "--runs",
-            "1",
-            "--seconds",
-            "1",
-            "--events",
-            "2000",
-            "--accounts",
-            "20",
-            "--batch-size",
-            "500",
-            "--database",
-            f"test_bench_cluster_{os.getpid()}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
+    out = bench_run(
+        "bench.cluster",
+        "--gateways",
+        "1",
+        "--meters",
+        "1",
+        "--primaries",
+        "1",
+        "3",
+        "--runs",
+        "1",
+        "--seconds",
+        "1",
+        *TINY_BACKLOG,
+        database="test_bench_cluster",
     )
-
-    out = result.stdout
     for redis, shards in zip(REDIS, (1, 1, 3), strict=True):
         # The gateway's row: req/s, p50, p99, CPU per request, no errors.
         number = r"[\d,]+(?:\.\d+)?"
