@@ -51,6 +51,8 @@ class ScriptBatcher:
         # Every script this batcher has sent: after a Redis restart they are loaded together.
         self._scripts: dict[str, Script] = {}
         self._flushing: asyncio.Task[None] | None = None
+        # Durable calls on a cluster waiting for a replica's confirmation.
+        self._replicating: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def call(
@@ -64,7 +66,8 @@ class ScriptBatcher:
     ) -> "asyncio.Future[Any]":
         """Queue a script call; the future resolves with its reply (or its error). On a Redis
         Cluster, a `durable` call's reply waits until a replica has its writes too (WAIT),
-        so that a failover cannot lose what it wrote once it has answered."""
+        so that a failover cannot lose what it wrote once it has answered; such calls go out
+        in pipelines of their own, which the others do not wait for."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._scripts.setdefault(script.sha, script)
@@ -76,10 +79,12 @@ class ScriptBatcher:
         return future
 
     async def idle(self) -> None:
-        """Send everything queued so far and wait until it is sent."""
+        """Send everything queued so far and wait until it is answered."""
         self._start()
         while self._flushing is not None:
             await asyncio.shield(self._flushing)
+        while self._replicating:
+            await asyncio.gather(*self._replicating, return_exceptions=True)
 
     def _start(self) -> None:
         if self._timer is not None:
@@ -93,41 +98,54 @@ class ScriptBatcher:
             while self._pending:
                 batch = self._pending[: self._max_calls]
                 del self._pending[: self._max_calls]
-                try:
-                    replies = await self._run(batch)
-                except Exception as exc:
-                    replies = [exc] * len(batch)
-                for call, reply in zip(batch, replies, strict=True):
-                    if call.future.done():
-                        continue
-                    if isinstance(reply, Exception):
-                        call.future.set_exception(reply)
-                    else:
-                        call.future.set_result(reply)
+                if isinstance(self._connection, RespCluster) and any(c.durable for c in batch):
+                    # Their replies wait for a replica (WAIT): the next batches go on meanwhile.
+                    task = asyncio.create_task(
+                        self._answer([call for call in batch if call.durable], durable=True)
+                    )
+                    self._replicating.add(task)
+                    task.add_done_callback(self._replicating.discard)
+                    batch = [call for call in batch if not call.durable]
+                await self._answer(batch)
         finally:
             self._flushing = None
 
-    async def _run(self, batch: list[_Call]) -> list[Any]:
-        replies = await self._pipeline(batch)
+    async def _answer(self, batch: list[_Call], *, durable: bool = False) -> None:
+        """Send the batch and resolve each call's future with its reply or error."""
+        if not batch:
+            return
+        try:
+            replies = await self._run(batch, durable)
+        except Exception as exc:
+            replies = [exc] * len(batch)
+        for call, reply in zip(batch, replies, strict=True):
+            if call.future.done():
+                continue
+            if isinstance(reply, Exception):
+                call.future.set_exception(reply)
+            else:
+                call.future.set_result(reply)
+
+    async def _run(self, batch: list[_Call], durable: bool) -> list[Any]:
+        replies = await self._pipeline(batch, durable)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             # Redis restarted or was flushed since the scripts were loaded: load, then redo.
             # All of them, not only those missing here: were only some loaded, a later batch
             # could run a request's admission before the settle queued ahead of it.
             await load_async(self._client, list(self._scripts.values()))
-            redone = await self._pipeline([batch[i] for i in missing])
+            redone = await self._pipeline([batch[i] for i in missing], durable)
             for i, reply in zip(missing, redone, strict=True):
                 replies[i] = reply
         return replies
 
-    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+    async def _pipeline(self, calls: list[_Call], durable: bool) -> list[Any]:
         commands = [
             ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls
         ]
         if isinstance(self._connection, RespCluster):
-            return await self._connection.execute(
-                commands, [call.keys[0] for call in calls], [call.durable for call in calls]
-            )
+            keys = [call.keys[0] for call in calls]
+            return await self._connection.execute(commands, keys, durable=durable)
         return await self._connection.execute(commands)
 
     def close(self) -> None:

@@ -236,11 +236,11 @@ class RespCluster:
     there.
 
     Replication is asynchronous: a primary killed a moment after it answered takes with it
-    what its replica had not received yet. A command marked durable therefore gets its reply
-    only once a replica has confirmed the writes before it (WAIT 1, after its node's other
-    commands of the pipeline, which do not wait). A primary with no replica to confirm
-    (its own has not come back since it took over) confirms on its own after
-    _REPLICA_WAIT_MS; `tf_redis_unreplicated_settles_total` counts those commands.
+    what its replica had not received yet. Commands executed as durable therefore get their
+    replies only once a replica has confirmed their writes (WAIT 1 closes each node's
+    pipeline). A primary with no replica to confirm (its own has not come back since it took
+    over) answers on its own after _REPLICA_WAIT_MS; `tf_redis_unreplicated_settles_total`
+    counts those commands.
     """
 
     def __init__(self, client: AsyncRedisCluster) -> None:
@@ -250,13 +250,10 @@ class RespCluster:
         self._stale = True
 
     async def execute(
-        self,
-        commands: Sequence[Command],
-        keys: Sequence[str],
-        durable: Sequence[bool] | None = None,
+        self, commands: Sequence[Command], keys: Sequence[str], *, durable: bool = False
     ) -> list[Any]:
-        """`RespConnection.execute` for commands each routed by its key in `keys`, those
-        marked in `durable` answered once a replica has their writes."""
+        """`RespConnection.execute` for commands each routed by its key in `keys`; `durable`
+        ones answered once a replica has their writes."""
         replies: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
         for attempt in range(_REROUTE_ATTEMPTS):
@@ -294,31 +291,17 @@ class RespCluster:
         return replies
 
     async def _node_execute(
-        self,
-        name: str,
-        indices: list[int],
-        commands: Sequence[Command],
-        durable: Sequence[bool] | None,
+        self, name: str, indices: list[int], commands: Sequence[Command], durable: bool
     ) -> list[Any]:
-        """One node's commands, in `indices` order; the durable ones as a pipeline of their
-        own behind the others, closed by WAIT, so that only they wait for the replica."""
+        """One node's commands, in `indices` order; if `durable`, closed by WAIT."""
         connection = self._connections[name]
-        waiting = [i for i in indices if durable is not None and durable[i]]
-        if not waiting:
-            return await connection.execute([commands[i] for i in indices])
-        prompt = [i for i in indices if durable is None or not durable[i]]
-        wait: Command = ("WAIT", 1, _REPLICA_WAIT_MS)
-        first, then = await asyncio.gather(
-            connection.execute([commands[i] for i in prompt]),
-            connection.execute([*(commands[i] for i in waiting), wait]),
-        )
-        *durable_replies, replicas = then
+        sent = [commands[i] for i in indices]
+        if not durable:
+            return await connection.execute(sent)
+        *replies, replicas = await connection.execute([*sent, ("WAIT", 1, _REPLICA_WAIT_MS)])
         if replicas == 0:
-            UNREPLICATED.inc(len(waiting))
-        replies = dict(zip(prompt, first, strict=True)) | dict(
-            zip(waiting, durable_replies, strict=True)
-        )
-        return [replies[i] for i in indices]
+            UNREPLICATED.inc(len(indices))
+        return replies
 
     async def _refresh(self) -> None:
         if not self._stale:

@@ -2,6 +2,8 @@
 sharded over the primaries, and a primary killed under load (its replica takes over) without
 a usage record lost or doubled."""
 
+import asyncio
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -11,10 +13,12 @@ from dataclasses import dataclass
 import openai
 import pytest
 
+from gateway.batching import ScriptBatcher
 from metering.consumer import Meter
 from metering.events import journal_shards
 from metering.models import UsageRecord
-from metering.redis_clients import redis_connect
+from metering.redis_clients import redis_connect, redis_connect_async
+from metering.redis_scripts import Script
 from tests.support.gateway import scrape
 from tests.support.redis_cluster import RedisClusterServers, failover_wait
 from tests.support.servers import Server, gateway_env, start_gateway
@@ -197,3 +201,29 @@ def test_a_primary_killed_under_load_loses_no_usage(
         f"{len(failed)} refused ({sorted({a.status for a in failed})}) within {window:.1f} s "
         f"of the kill; the slowest answer {slowest:.1f} s"
     )
+
+
+_INCR_TEXT = "return redis.call('INCR', KEYS[1])"
+INCR = Script("incr", _INCR_TEXT, hashlib.sha1(_INCR_TEXT.encode()).hexdigest())  # noqa: S324
+
+
+async def test_admissions_do_not_wait_for_a_replica_that_is_not_there() -> None:
+    """Primaries with no replica (theirs was promoted, or is down) confirm a settle only after
+    the replica wait; the calls queued behind it go out and come back meanwhile."""
+    servers = RedisClusterServers(primaries=3, replicas=0)
+    client = redis_connect_async(servers.url)
+    batcher = ScriptBatcher(client, linger=0.0)
+    try:
+        began = time.monotonic()
+        settled = batcher.call(INCR, ("{meter}:x",), (), durable=True)
+        await asyncio.sleep(0.01)
+        assert await batcher.call(INCR, ("{a:1}:x",), ()) == 1
+        admitted = time.monotonic() - began
+        assert await settled == 1
+        confirmed = time.monotonic() - began
+        assert admitted < 0.1 <= 0.2 <= confirmed, (admitted, confirmed)
+    finally:
+        await batcher.idle()
+        batcher.close()
+        await client.aclose()
+        servers.stop()
