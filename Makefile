@@ -24,11 +24,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy config customers catalogue fleet audit gateway metering billing simulator bench console portal
 	$(PY) manage.py makemigrations --check --dry-run
 
-# The console's browser tests drive Debian's headless Chromium.
+# The console's browser tests drive Debian's headless Chromium; bench.cluster's test drives hey.
 browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v hey >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver hey; }
 
 # Tests use this machine's PostgreSQL (a test_* database they create) and Redis db 15; then
 # the tests marked redis_cluster run again on a Redis Cluster of their own (tests/conftest.py).
