@@ -236,6 +236,11 @@ class GatewaySettings(_Group):
     reaper_interval_seconds: float = setting(
         "GATEWAY_REAPER_INTERVAL_SECONDS", number(inclusive=False), 5.0
     )
+    # How often a gateway renews its requests' leases and reports how far each has streamed
+    # (one Redis call per usage shard, not one per chunk): a gateway that dies leaves its
+    # requests recorded with the tokens and the time of its last report, so this bounds what
+    # goes unbilled.
+    progress_seconds: float = setting("GATEWAY_PROGRESS_SECONDS", number(inclusive=False), 1.0)
     # "priority" (tiers in order, fair within a tier) or "fifo" (one line, first come first
     # served), the baseline the overload benchmark compares against.
     admission: str = setting("GATEWAY_ADMISSION", one_of("priority", "fifo"), "priority")

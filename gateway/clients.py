@@ -123,10 +123,12 @@ async def clients_open() -> Clients:
     except Exception:
         log.exception("startup refresh failed; retrying in the background")
     interval = min(conf.lease_seconds / 3, conf.reaper_interval_seconds)
+    progress_interval = min(interval, conf.progress_seconds)
     tasks = [
         asyncio.create_task(_every(conf.backends_refresh_seconds, router.refresh)),
         asyncio.create_task(_every(conf.prices_refresh_seconds, prices.refresh)),
-        asyncio.create_task(_every(interval, journal.maintain)),
+        asyncio.create_task(_every(progress_interval, journal.renew)),
+        asyncio.create_task(_every(interval, journal.reap_lost)),
         asyncio.create_task(_every(interval, limiter.renew)),
         asyncio.create_task(_every(min(interval, 1.0), queue.maintain)),
         asyncio.create_task(_forever(queue.listen)),

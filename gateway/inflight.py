@@ -166,6 +166,9 @@ class InflightJournal:
                 self._send(settle)
 
     async def renew(self) -> int:
+        """Extend the leases of this process's live requests and report, for each, the
+        completion tokens streamed so far and that it was alive now: what the reaper records
+        should this process die. Returns how many leases were renewed."""
         if not self.live:
             return 0
         now = time.time()
@@ -195,9 +198,8 @@ class InflightJournal:
         )
         return sum(int(count) for count in reaped)
 
-    async def maintain(self) -> None:
-        """Renew this process's leases and reap dead peers' requests."""
-        await self.renew()
+    async def reap_lost(self) -> None:
+        """Record the requests of dead peers whose leases lapsed (and log how many)."""
         if reaped := await self.reap():
             log.warning("reaped requests of a lost gateway", extra={"count": reaped})
 

@@ -119,6 +119,7 @@ def test_the_defaults_are_the_documented_ones(monkeypatch: pytest.MonkeyPatch) -
         "REDIS_MAX_CONNECTIONS": 64,
         "LEASE_SECONDS": 60.0,
         "REAPER_INTERVAL_SECONDS": 5.0,
+        "PROGRESS_SECONDS": 1.0,
         "ADMISSION": "priority",
         "FAIL_OPEN_CONCURRENCY": 8,
         "FAIL_OPEN_REQUESTS_PER_MINUTE": 600,
