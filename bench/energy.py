@@ -1,6 +1,7 @@
 """Energy attribution: accuracy against the simulator's ground truth, and what the jobs cost.
 
-    python -m bench.energy [--seconds 60] [--rate 25] [--records 200000] [--skip-accuracy]
+    python -m bench.energy [--seconds 60] [--rate 25] [--runs 1] [--records 200000]
+                           [--skip-accuracy] [--skip-cost]
 
 Needs this machine's PostgreSQL and Redis (DATABASE_URL / REDIS_URL; the database is migrated).
 
@@ -10,7 +11,9 @@ outputs and agent requests with a shared system prompt, Poisson arrivals at `--r
 `--seconds`. Meanwhile, as in production, the meter stores usage, the collector scrapes every
 `--scrape` s, the attribution job runs every 5 s and the calibration job every 15 s. After the
 load it prints each account's energy against the simulator's ground truth, the per-request error
-percentiles, the idle share and the fitted model.
+percentiles, the idle share and the fitted model. With `--runs N` it does that N times over
+(the same workload and seeds: what changes is only how the run unfolds in time) and ends with
+each account's error in every run and the spread.
 
 Cost: `--records` synthetic usage records on four backends (64 requests in flight each, 5 s
 intervals) are written to PostgreSQL, then the calibration and attribution jobs are timed over
@@ -100,6 +103,7 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=2)
     parser.add_argument("--scrape", type=float, default=0.5, help="seconds between scrapes")
     parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=1, help="accuracy runs, then their spread")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
     args = parser.parse_args()
@@ -111,7 +115,9 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     print(_machine())
     if not args.skip_accuracy:
-        _accuracy(args)
+        runs = [_accuracy(args) for _ in range(args.runs)]
+        if len(runs) > 1:
+            _spread(runs)
     if not args.skip_cost:
         _cost(args.records)
 
@@ -119,7 +125,7 @@ def main() -> None:
 # Accuracy ----------------------------------------------------------------------------------
 
 
-def _accuracy(args: argparse.Namespace) -> None:
+def _accuracy(args: argparse.Namespace) -> "Run":
     from fleet.models import Backend
     from metering.models import EnergyCalibration, EnergyInterval, GpuSample, UsageRecord
 
@@ -171,11 +177,12 @@ def _accuracy(args: argparse.Namespace) -> None:
         for r in UsageRecord.objects.filter(backend=name, started_at__gte=started)
     }
     calibration = EnergyCalibration.objects.filter(backend=name).latest()
-    _report(accounts, intervals, records, truth, calibration)
+    run = _report(accounts, intervals, records, truth, calibration)
     # The usage stays, as any usage does; the energy rows would only be refitted for an hour.
     Backend.objects.filter(name=name).update(enabled=False)
     for table in (EnergyInterval, GpuSample, EnergyCalibration):
         table.objects.filter(backend=name).delete()
+    return run
 
 
 def _prepare(name: str, sim_port: int) -> list[Account]:
@@ -320,13 +327,24 @@ def _truth(sim_port: int) -> dict[str, Any]:
     return truth
 
 
+@dataclass
+class Run:
+    """One accuracy run's figures: each account's error (%, by label) and the per-request
+    |error| percentiles."""
+
+    accounts: dict[str, float]
+    p50: float
+    p90: float
+    p99: float
+
+
 def _report(
     accounts: list[Account],
     intervals: list[Any],
     records: dict[str, Any],
     truth: dict[str, Any],
     calibration: Any,
-) -> None:
+) -> Run:
     measured = sum(i.energy_j for i in intervals)
     idle = sum(i.idle_j or 0 for i in intervals)
     attributed = sum(i.attributed_j or 0 for i in intervals)
@@ -349,6 +367,7 @@ def _report(
     print("\n| account | requests | truth (kJ) | attributed (kJ) | error |\n|---|---|---|---|---|")
     worst, errors = 0.0, []
     by_label: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    by_account: dict[str, float] = {}
     for account in accounts:
         ids = [rid for rid, status in account.sent if status == 200 and rid in records]
         true_j = sum(truth["requests"].get(rid, 0.0) for rid in ids)
@@ -357,6 +376,10 @@ def _report(
         worst = max(worst, abs(error))
         kj = f"{true_j / 1000:.1f} | {got_j / 1000:.1f}"
         print(f"| {account.label} | {len(ids)} | {kj} | {error:+.2f}% |")
+        label = account.label
+        while label in by_account:  # two accounts of each tier and kind
+            label += "'"
+        by_account[label] = error
         for rid in ids:
             if truth["requests"].get(rid):
                 t = truth["requests"][rid]
@@ -372,6 +395,29 @@ def _report(
     )
     for kind, (n, true_j, got_j) in by_label.items():
         print(f"  {kind:12} {int(n):5} requests {100 * (got_j - true_j) / true_j:+6.2f}%")
+    return Run(by_account, cuts[49], cuts[89], cuts[98])
+
+
+def _spread(runs: list[Run]) -> None:
+    """Each account's error in every run, and how far they spread."""
+    print(f"\n{len(runs)} runs: each account's error, run by run\n")
+    heads = " | ".join(f"run {i}" for i in range(1, len(runs) + 1))
+    print(f"| account | {heads} | spread | worst |\n|---|{'---|' * (len(runs) + 2)}")
+    for label in runs[0].accounts:
+        errors = [run.accounts[label] for run in runs]
+        cells = " | ".join(f"{e:+.2f}%" for e in errors)
+        spread = max(errors) - min(errors)
+        print(f"| {label} | {cells} | {spread:.2f} | {max(map(abs, errors)):.2f}% |")
+    worst = [max(map(abs, run.accounts.values())) for run in runs]
+    within = [sum(abs(e) <= 2.0 for e in run.accounts.values()) for run in runs]
+    print(f"| worst account | {' | '.join(f'{w:.2f}%' for w in worst)} | | {max(worst):.2f}% |")
+    total = len(runs[0].accounts)
+    cells = " | ".join(f"{n}/{total}" for n in within)
+    print(f"| accounts within 2% | {cells} | | |")
+    for name in ("p50", "p90", "p99"):
+        values = [getattr(run, name) for run in runs]
+        cells = " | ".join(f"{v:.1f}%" for v in values)
+        print(f"| per request {name} | {cells} | | {max(values):.1f}% |")
 
 
 # Cost --------------------------------------------------------------------------------------
