@@ -12,14 +12,13 @@ import aiohttp
 import pytest
 import redis
 
-from customers.models import LimitOverride
 from fleet.services import backend_register
 from metering.events import INFLIGHT_PROGRESS
 from metering.models import UsageRecord
 from tests.support.gateway import wait_routable
 from tests.support.ledger import drain
 from tests.support.servers import Server, gateway_env, start_gateway, start_simulator
-from tests.support.tenants import UPSTREAM_MODEL, Tenant, tenant_create
+from tests.support.tenants import UPSTREAM_MODEL, Tenant, tenant_unlimited
 from tests.support.waiting import wait_until
 
 PACED = "llama-paced"
@@ -43,17 +42,7 @@ def paced(live_db: None) -> Iterator[Server]:
 
 @pytest.fixture
 def unlimited(live_db: None) -> Tenant:
-    tenant = tenant_create("premium")
-    big = 10**9
-    LimitOverride.objects.create(
-        account=tenant.account,
-        requests_per_minute=big,
-        tokens_per_minute=big,
-        tokens_per_day=big,
-        tokens_per_month=big,
-        max_concurrent_requests=10_000,
-    )
-    return tenant
+    return tenant_unlimited(max_concurrent_requests=10_000)
 
 
 async def stream(url: str, key: str, delivered: dict[str, int], killed: threading.Event) -> None:

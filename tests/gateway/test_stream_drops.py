@@ -8,10 +8,9 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from customers.models import LimitOverride
 from tests.support.ledger import drain
 from tests.support.servers import Server, gateway_env, start_gateway
-from tests.support.tenants import MODEL, Tenant, tenant_create
+from tests.support.tenants import MODEL, Tenant, tenant_unlimited
 
 WARM_UP = 1000  # drops before the first measure: caches, pools and arenas reach their size
 # 5,000 in CI (~7 s); TF_SOAK_DROPS=20000 for the full soak.
@@ -31,16 +30,7 @@ def gateway_alone(fleet: None) -> Iterator[Server]:
 
 @pytest.fixture
 def unlimited() -> Tenant:
-    tenant = tenant_create("premium")
-    big = 10**9
-    LimitOverride.objects.create(
-        account=tenant.account,
-        requests_per_minute=big,
-        tokens_per_minute=big,
-        tokens_per_day=big,
-        tokens_per_month=big,
-    )
-    return tenant
+    return tenant_unlimited()
 
 
 def chat_request(key: str) -> bytes:
