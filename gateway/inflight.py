@@ -114,11 +114,10 @@ class InflightJournal:
                 exc_info=exc,
             )
             return
-        if attempts & (attempts - 1) == 0:
+        if _worth_logging(attempts):
             log.warning("could not drop a request's in-flight entry; retrying", extra=extra)
-        delay = min(_RETRY_FIRST_SECONDS * 2 ** (attempts - 1), _RETRY_MOST_SECONDS)
         future.get_loop().call_later(
-            delay, functools.partial(self.drop, request_id, attempts=attempts)
+            _retry_delay(attempts), functools.partial(self.drop, request_id, attempts=attempts)
         )
 
     def settle(self, request_id: str, record: dict[str, Any]) -> None:
@@ -151,11 +150,11 @@ class InflightJournal:
             elif settle.attempts > 1:
                 log.info("settled a request after retrying", extra=extra)
             return
-        # Logged at the 1st, 2nd, 4th, 8th... failure: enough to follow, not a flood.
-        if settle.attempts & (settle.attempts - 1) == 0:
+        if _worth_logging(settle.attempts):
             log.warning("could not settle a request; retrying", extra=extra, exc_info=exc)
-        delay = min(_RETRY_FIRST_SECONDS * 2 ** (settle.attempts - 1), _RETRY_MOST_SECONDS)
-        settle.retry = future.get_loop().call_later(delay, self._send, settle)
+        settle.retry = future.get_loop().call_later(
+            _retry_delay(settle.attempts), self._send, settle
+        )
         self.unsettled[request_id] = settle
 
     def retry_now(self) -> None:
@@ -202,6 +201,16 @@ class InflightJournal:
         """Record the requests of dead peers whose leases lapsed (and log how many)."""
         if reaped := await self.reap():
             log.warning("reaped requests of a lost gateway", extra={"count": reaped})
+
+
+def _retry_delay(attempts: int) -> float:
+    """Seconds before the next try of a call that failed `attempts` times: doubling."""
+    return min(_RETRY_FIRST_SECONDS * 2 ** (attempts - 1), _RETRY_MOST_SECONDS)
+
+
+def _worth_logging(attempts: int) -> bool:
+    """The 1st, 2nd, 4th, 8th... failure: enough to follow, not a flood."""
+    return attempts & (attempts - 1) == 0
 
 
 def _settle_keys(keys: JournalKeys) -> tuple[str, str, str, str]:
