@@ -4,15 +4,14 @@ and the rollups' watermark, which the finance report states. Prints their ids as
 tokens: a second one for a test to revoke)."""
 
 import json
-import uuid
-from datetime import timedelta
 
 from django.contrib.auth.models import User
 
 from billing.jobs import watermark_set
 from console.tokens import staff_token_issue
 from customers.services import account_create, tiers_ensure_defaults
-from metering.models import UsageRecord
+from metering.services import usage_records_write
+from tests.billing.factories import usage
 from tests.replica.support import ACCOUNT, MODEL, PASSWORD, ROLLED_UP_TO, STARTED_AT, USERNAME
 
 
@@ -22,28 +21,15 @@ def seed() -> None:
     token = staff_token_issue(actor=None, user=user, scopes=["read", "billing"])
     spare = staff_token_issue(actor=None, user=user, scopes=["read"])
     account = account_create(name=ACCOUNT, tier_slug="premium")
-    record = UsageRecord.objects.create(
-        request_id=uuid.uuid4(),
-        account_id=account.pk,
-        api_key_id=1,
-        tier="premium",
-        model=MODEL,
-        backend="gpu-0",
-        endpoint="chat.completions",
-        prompt_tokens=10,
-        completion_tokens=20,
-        latency_ms=10.0,
-        status_code=200,
-        outcome="ok",
-        streamed=False,
-        started_at=STARTED_AT,
-        ended_at=STARTED_AT + timedelta(seconds=1),
+    record = usage(
+        STARTED_AT, account_id=account.pk, model=MODEL, backend="gpu-0", prompt=10, completion=20
     )
+    usage_records_write(records=[record])
     watermark_set("rollups", ROLLED_UP_TO)
     ids = {
         "token": token.plaintext,
         "spare_token": spare.plaintext,
         "account_id": account.pk,
-        "request_id": str(record.pk),
+        "request_id": str(record["request_id"]),
     }
     print(json.dumps(ids))
