@@ -205,7 +205,7 @@ class InflightJournal:
 
 def _retry_delay(attempts: int) -> float:
     """Seconds before the next try of a call that failed `attempts` times: doubling."""
-    return min(_RETRY_FIRST_SECONDS * 2 ** (attempts - 1), _RETRY_MOST_SECONDS)
+    return float(min(_RETRY_FIRST_SECONDS * 2 ** (attempts - 1), _RETRY_MOST_SECONDS))
 
 
 def _worth_logging(attempts: int) -> bool:

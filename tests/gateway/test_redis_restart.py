@@ -22,7 +22,7 @@ from metering.models import UsageRecord
 from tests.support.events import inflight_entry, usage
 from tests.support.gateway import slots_held
 from tests.support.redis_server import RedisServer
-from tests.support.servers import ROOT, Server, gateway_env, start_gateway
+from tests.support.servers import ROOT, Server, free_port, gateway_env, start_gateway
 from tests.support.tenants import MODEL, Tenant, tenant_create
 from tests.support.waiting import wait_until
 
@@ -172,3 +172,25 @@ async def test_a_dead_gateways_spooled_requests_are_stored_as_lost(
     finally:
         await pool.close()
     assert stored == {finished: "ok", cut_off: "gateway_lost"}
+
+
+def test_a_gateway_started_while_redis_is_away_serves_the_free_tier(
+    own_redis: RedisServer, fleet: None, tmp_path: Path
+) -> None:
+    """It cannot ask Redis whether it is a cluster: it starts as on one server, and the free
+    tier is served through the spool until Redis answers."""
+    free = tenant_create("free")
+    own_redis.kill()
+    env = {**gateway_env(), "REDIS_URL": own_redis.url, "GATEWAY_SPOOL_DIR": str(tmp_path)}
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port)]
+    gateway = Server(args, port=port, ready_path="/healthz", env=env)
+    try:
+        api = openai.OpenAI(base_url=gateway.url + "/v1", api_key=free.key, max_retries=0)
+        api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5
+        )
+        records = UsageRecord.objects.filter(account_id=free.account.pk)
+        wait_until(lambda: records.count() == 1, what="the spooled record stored")
+    finally:
+        gateway.stop()
