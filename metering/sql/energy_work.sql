@@ -6,8 +6,8 @@
 --                   not known)
 --   prefills        its share of a prefill pass in the interval (0..1): prompts computed at
 --                   the same time share one
---   decode_tokens   its completion tokens, spread evenly over [first token, end] except
---                   while prompts are computed (decoding waits then)
+--   decode_tokens   its completion tokens, spread evenly over the time in [first token,
+--                   end] in which no prompt was computed (decoding waits then)
 --   decode_seconds  its share of the interval's decode time: at each moment the sequences
 --                   decoding share the GPUs equally, as continuous batching runs them, except
 --                   while a prompt is being computed (the prompt has the GPUs then)
@@ -142,24 +142,32 @@ curve AS (
     WINDOW running AS (PARTITION BY interval_id ORDER BY t
                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
 )
-SELECT o.interval_id, o.request_id, o.started_at, o.busy,
-       o.prompt * o.prefills AS prefill_tokens,
-       -- Prompts computed together share their pass, as an engine batches them into one.
+SELECT interval_id, request_id, started_at, busy, prefill_tokens, prefills,
+       -- Tokens are made only while no prompt is computed: a request's output is spread over
+       -- the time it decoded unstalled, so a span stretched by stalls still makes all of it,
+       -- faster in between. Its time outside these intervals counts as unstalled.
        CASE
-           WHEN o.compute_from IS NULL THEN o.prefills
-           ELSE (done.passing - begun.passing) / o.compute_span
-       END AS prefills,
-       -- Tokens flow only while no prompt is computed: a span stretched by such stalls has
-       -- its tokens where they were made (those the stalls seem to take are not counted).
-       CASE
-           WHEN o.decode_from IS NULL THEN o.output * o.decodes
-           ELSE o.output * (upto.flowing - since.flowing) / o.decode_span
+           WHEN flowed IS NULL OR NOT flowed_total > 0 THEN output * decodes
+           ELSE output * flowed / flowed_total
        END AS decode_tokens,
-       coalesce(upto.shared - since.shared, 0) AS decode_seconds,
-       0::float8 AS work  -- priced by energy_price.sql
-FROM overlap AS o
-LEFT JOIN curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
-LEFT JOIN curve AS upto ON upto.interval_id = o.interval_id AND upto.t = o.decode_to
-LEFT JOIN curve AS begun ON begun.interval_id = o.interval_id AND begun.t = o.compute_from
-LEFT JOIN curve AS done ON done.interval_id = o.interval_id AND done.t = o.compute_to
-WHERE o.prompt * o.prefills + o.output * o.decodes > 0
+       decode_seconds, 0::float8 AS work  -- priced by energy_price.sql
+FROM (
+    SELECT o.interval_id, o.request_id, o.started_at, o.busy, o.output, o.decodes,
+           o.prompt * o.prefills AS prefill_tokens,
+           -- Prompts computed together share their pass, as an engine batches them into one.
+           CASE
+               WHEN o.compute_from IS NULL THEN o.prefills
+               ELSE (done.passing - begun.passing) / o.compute_span
+           END AS prefills,
+           upto.flowing - since.flowing AS flowed,
+           sum(upto.flowing - since.flowing) OVER request
+               + o.decode_span - sum(o.decode_to - o.decode_from) OVER request AS flowed_total,
+           coalesce(upto.shared - since.shared, 0) AS decode_seconds
+    FROM overlap AS o
+    LEFT JOIN curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
+    LEFT JOIN curve AS upto ON upto.interval_id = o.interval_id AND upto.t = o.decode_to
+    LEFT JOIN curve AS begun ON begun.interval_id = o.interval_id AND begun.t = o.compute_from
+    LEFT JOIN curve AS done ON done.interval_id = o.interval_id AND done.t = o.compute_to
+    WHERE o.prompt * o.prefills + o.output * o.decodes > 0
+    WINDOW request AS (PARTITION BY o.request_id)
+) AS r

@@ -304,13 +304,29 @@ def test_decoding_waits_while_a_prompt_is_computed() -> None:
                                  ttft_seconds_per_token=0.001))  # fmt: skip
     decoder = usage(start=0, first_token=0, end=10, completion=100)
     reader = usage(start=2, first_token=6, end=6, prompt=2000)
-    interval(0, 10, energy_j=320)
+    interval(0, 10, energy_j=340)
 
     attribute()
 
-    # decoder: 8 s of decoding and the 80 tokens made in them (16), reader: 2,000 x 0.008.
-    assert energy(decoder) == pytest.approx(160)
+    # decoder: 8 s of decoding and its 100 tokens, all made in them (18); reader: 2,000 x 0.008.
+    assert energy(decoder) == pytest.approx(180)
     assert energy(reader) == pytest.approx(160)
+
+
+@pytest.mark.django_db
+def test_a_decoder_stalled_by_a_prompt_makes_all_its_tokens_faster_in_between() -> None:
+    calibrate(model=Coefficients(0.0, 0.01, 0.0, decode_watts=0.0, decode_j_per_token=1.0,
+                                 ttft_seconds_per_token=0.001))  # fmt: skip
+    decoder = usage(start=0, first_token=0, end=10, completion=80)
+    reader = usage(start=0, first_token=3, end=3, prompt=2000)  # computed from 1 s to 3 s
+    # The decoder makes its 80 tokens in the 8 s it is not stalled: 30 in the first interval.
+    interval(0, 5, energy_j=30 + 20)
+    interval(5, 10, energy_j=50)
+
+    attribute()
+
+    assert energy(reader) == pytest.approx(20)
+    assert energy(decoder) == pytest.approx(80)
 
 
 @pytest.mark.django_db
