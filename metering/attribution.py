@@ -38,6 +38,7 @@ _LOCK_RECORDS = (_SQL / "energy_lock_records.sql").read_text()
 _ADD_RECORDS = (_SQL / "energy_add_records.sql").read_text()
 _CALIBRATION_INTERVALS = (_SQL / "energy_calibration_intervals.sql").read_text()
 _PREFILL_RATE = (_SQL / "energy_prefill_rate.sql").read_text()
+_PREFILL_TIMES = (_SQL / "energy_prefill_times.sql").read_text()
 
 # Fewer intervals than this cannot pin five coefficients down, and a fit that explains less
 # of the variance than this says the model does not describe the backend (or its telemetry is
@@ -45,6 +46,10 @@ _PREFILL_RATE = (_SQL / "energy_prefill_rate.sql").read_text()
 MIN_INTERVALS = 20
 MIN_R_SQUARED = 0.9
 OUTLIER_SIGMAS = 4.0
+# With the engine's timing measured, the prefill and the decode energy a first fit prices
+# must be known to this relative standard error: a fit on a few minutes of data can be
+# several percent off, and requests keep what they were attributed with it.
+MAX_PRICE_ERROR = 0.02
 # Requests with a first token needed to trust the prefill rate (seconds per prompt token).
 MIN_PREFILL_SAMPLES = 10
 # A usage stream longer than this means the meter is far behind: only intervals past the
@@ -85,11 +90,14 @@ class Coefficients:
 @dataclass(frozen=True, slots=True)
 class Timing:
     """A backend's time to first token after the queue (fixed + per uncached prompt token)
-    and how much of the fixed part a prefill pass holds the GPUs."""
+    and how much of the fixed part a prefill pass holds the GPUs. `measured`: the seconds a
+    pass and a prompt token take were measured from the engine's reports (measured_timing),
+    so prefill energy is their time at one power."""
 
     seconds: float = 0.0
     seconds_per_token: float = 0.0
     prefill_seconds: float = 0.0
+    measured: bool = False
 
     def pass_seconds(self, fit: "Fit") -> float:
         """The GPU time of a prefill pass besides its tokens', from a fit that did not know it.
@@ -107,7 +115,8 @@ class Timing:
 
 @dataclass(frozen=True, slots=True)
 class IntervalWork:
-    """One interval's sums of the work components over its requests, and its energy."""
+    """One interval's sums of the work components over its requests, its energy, its length
+    and the engine's steps in it (None when the engine does not report them)."""
 
     idle_seconds: float
     prefill_tokens: float
@@ -115,6 +124,8 @@ class IntervalWork:
     decode_seconds: float
     decode_tokens: float
     energy_j: float
+    seconds: float = 0.0
+    iterations: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +138,13 @@ class Fit:
 @dataclass(frozen=True, slots=True)
 class CalibrationPolicy:
     """Which intervals a fit uses: those of the last `lookback`, with the requests that
-    started up to `max_lag` before them (longer ones are left out, as in attribution)."""
+    started up to `max_lag` before them (longer ones are left out, as in attribution). A
+    backend with less than `lookback` of telemetry waits for a fit whose prices are known to
+    `price_error` (see MAX_PRICE_ERROR; None: any usable fit will do)."""
 
     lookback: timedelta
     max_lag: timedelta
+    price_error: float | None = MAX_PRICE_ERROR
 
     @classmethod
     def from_settings(cls) -> "CalibrationPolicy":
@@ -154,34 +168,34 @@ class Attributed:
 # Calibration -------------------------------------------------------------------------------
 
 
-def calibration_fit(intervals: Sequence[IntervalWork], *, timing: Timing) -> Fit | None:
+def calibration_fit(
+    intervals: Sequence[IntervalWork], *, timing: Timing, max_price_error: float | None = None
+) -> Fit | None:
     """Non-negative least squares of interval energy on the work components.
 
-    Intervals the first fit cannot explain (residual beyond OUTLIER_SIGMAS robust standard
-    deviations: a stalled backend, a scrape that read its counters late) are left out and the
-    fit is done again. `timing` (the backend's time to first token, from the ledger) is stored
-    with the model: attribution needs it to place prompt computations in time. None when the
-    data cannot support a usable model.
+    With a measured timing, prefill is one term: its seconds (a pass's plus its tokens') at
+    one power, which the fit cannot trade between a pass and a token. Otherwise both are
+    fitted. Intervals the first fit cannot explain (residual beyond OUTLIER_SIGMAS robust
+    standard deviations: a stalled backend, a scrape that read its counters late) are left
+    out and the fit is done again. `timing` (the backend's time to first token, from the
+    ledger) is stored with the model: attribution needs it to place prompt computations in
+    time. None when the data cannot support a usable model.
     """
     if len(intervals) < MIN_INTERVALS:
         return None
-    design = np.array(
-        [
-            (w.idle_seconds, w.prefill_tokens, w.prefills, w.decode_seconds, w.decode_tokens)
-            for w in intervals
-        ]
+    design, energy = _inliers(
+        np.array([calibration_terms(w, timing) for w in intervals]),
+        np.array([w.energy_j for w in intervals]),
     )
-    energy = np.array([w.energy_j for w in intervals])
-    solution = _nnls(design, energy)
-    residual = energy - design @ solution
-    spread = 1.4826 * np.median(np.abs(residual - np.median(residual)))
-    # The floor keeps an exact fit's rounding noise from counting as outliers.
-    kept = np.abs(residual) <= max(OUTLIER_SIGMAS * spread, 1e-9 * float(np.abs(energy).max()))
-    design, energy = design[kept], energy[kept]
     if len(energy) < MIN_INTERVALS:
         return None
     solution = _nnls(design, energy)
-    idle, per_token, per_request, decode_watts, decode_per_token = (float(c) for c in solution)
+    if timing.measured:
+        idle, prefill_watts, decode_watts, decode_per_token = (float(c) for c in solution)
+        per_token = prefill_watts * timing.seconds_per_token
+        per_request = prefill_watts * timing.prefill_seconds
+    else:
+        idle, per_token, per_request, decode_watts, decode_per_token = (float(c) for c in solution)
     coefficients = Coefficients(
         idle,
         per_token,
@@ -198,7 +212,127 @@ def calibration_fit(intervals: Sequence[IntervalWork], *, timing: Timing) -> Fit
     r_squared = 1 - float(np.sum((energy - design @ solution) ** 2)) / total
     if r_squared < MIN_R_SQUARED:
         return None
+    if (
+        timing.measured
+        and max_price_error is not None
+        and max(_price_errors(design, energy, solution)) > max_price_error
+    ):
+        return None
     return Fit(coefficients, len(energy), r_squared)
+
+
+def _price_errors(design: Any, target: Any, solution: Any) -> tuple[float, float]:
+    """The relative standard errors of the prefill and of the decode energy a measured fit
+    prices the intervals' work at (least squares over the terms it kept positive). Decode's
+    two terms trade off against each other; what they price together is what counts."""
+    active = solution > 0
+    if len(target) <= active.sum() or not active[1]:
+        return 0.0, 0.0
+    x = design[:, active]
+    residual = target - x @ solution[active]
+    covariance = np.zeros((len(solution), len(solution)))
+    variance = float(residual @ residual) / (len(target) - int(active.sum()))
+    covariance[np.ix_(active, active)] = variance * np.linalg.pinv(x.T @ x)
+    totals = design.sum(axis=0)
+    prefill, decode = np.zeros(len(solution)), np.zeros(len(solution))
+    prefill[1], decode[2:] = totals[1], totals[2:]
+    prefill_j, decode_j = float(prefill @ solution), float(decode @ solution)
+    return (
+        float(np.sqrt(prefill @ covariance @ prefill)) / prefill_j if prefill_j else 0.0,
+        float(np.sqrt(decode @ covariance @ decode)) / decode_j if decode_j else 0.0,
+    )
+
+
+def calibration_terms(w: IntervalWork, timing: Timing) -> tuple[float, ...]:
+    """What the fit's coefficients multiply in one interval."""
+    if timing.measured:
+        prefill_seconds = (
+            timing.prefill_seconds * w.prefills + timing.seconds_per_token * w.prefill_tokens
+        )
+        return (w.idle_seconds, prefill_seconds, w.decode_seconds, w.decode_tokens)
+    return (w.idle_seconds, w.prefill_tokens, w.prefills, w.decode_seconds, w.decode_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class StepTime:
+    """What an engine step takes, in seconds: a fixed time, plus a prefill pass's fixed time
+    for each prompt computed in it, plus each prompt token's and each output token's time."""
+
+    fixed: float
+    per_pass: float
+    per_prompt_token: float
+    per_output_token: float
+
+
+def step_time_fit(intervals: Sequence[IntervalWork]) -> StepTime | None:
+    """An engine runs one step after another while it has work, so the seconds it was busy
+    in an interval are StepTime's line in four counts: the engine's steps (vLLM's
+    iteration_tokens_total) and, from the ledger, the prompts computed, their tokens and the
+    tokens output. Time has no curve in it, unlike power. None without the engine's steps in
+    enough intervals, or when the line does not explain their busy time."""
+    known = [w for w in intervals if w.iterations is not None]
+    if len(known) < MIN_INTERVALS:
+        return None
+    design = np.array(
+        [(w.iterations, w.prefills, w.prefill_tokens, w.decode_tokens) for w in known]
+    )
+    busy = np.array([max(w.seconds - w.idle_seconds, 0.0) for w in known])
+    solution = _nnls(design, busy)
+    total = float(np.sum((busy - busy.mean()) ** 2))
+    if total == 0 or 1 - float(np.sum((busy - design @ solution) ** 2)) / total < MIN_R_SQUARED:
+        return None
+    return StepTime(*(float(c) for c in solution))
+
+
+def prefill_time_fit(rows: Sequence[tuple[int, float, int]]) -> tuple[float, float] | None:
+    """The engine's prefill time of a request (scheduled to first token, by its own clock) as
+    a line: (seconds besides its tokens', seconds per uncached prompt token), fitted on the
+    intervals' (requests the engine timed, the sum of their times, their prompts' uncached
+    tokens from the ledger). None without enough intervals or a line with a positive slope."""
+    if len(rows) < MIN_INTERVALS:
+        return None
+    design = np.array([(count, tokens) for count, _, tokens in rows], dtype=float)
+    seconds = np.array([total for _, total, _ in rows], dtype=float)
+    design, seconds = _inliers(design, seconds)
+    if len(seconds) < MIN_INTERVALS:
+        return None
+    fixed, per_token = (float(c) for c in _nnls(design, seconds))
+    return (fixed, per_token) if per_token > 0 else None
+
+
+def _inliers(design: Any, target: Any) -> tuple[Any, Any]:
+    """The rows a first fit explains: residual within OUTLIER_SIGMAS robust standard
+    deviations (the floor keeps an exact fit's rounding noise from counting as outliers)."""
+    residual = target - design @ _nnls(design, target)
+    spread = 1.4826 * np.median(np.abs(residual - np.median(residual)))
+    kept = np.abs(residual) <= max(OUTLIER_SIGMAS * spread, 1e-9 * float(np.abs(target).max()))
+    return design[kept], target[kept]
+
+
+def measured_timing(
+    timing: Timing,
+    steps: StepTime | None,
+    prefill: tuple[float, float] | None,
+    batch: float,
+) -> Timing | None:
+    """How long a prefill pass and a prompt token hold the GPUs, from the engine's reports.
+
+    From its prefill times when it gives them: a request's prefill time is the step that
+    computed its prompt, so besides its tokens' it holds the pass and the decode step over
+    the `batch` sequences decoding meanwhile (the step line's fixed and output-token times),
+    which is the decoders' work. Otherwise the step line's own pass time. None when neither
+    is known, or the pass comes out at no time.
+    """
+    if steps is None:
+        return None
+    if prefill is None:
+        pass_seconds, per_token = steps.per_pass, steps.per_prompt_token
+    else:
+        fixed, per_token = prefill
+        pass_seconds = fixed - (steps.fixed + steps.per_output_token * batch)
+    if pass_seconds <= 0 or per_token <= 0:
+        return None
+    return replace(timing, seconds_per_token=per_token, prefill_seconds=pass_seconds, measured=True)
 
 
 def _nnls(design: Any, energy: Any) -> Any:
@@ -231,17 +365,11 @@ def energy_calibrate(
         ids = [row[0] for row in cursor.fetchall()]
         if len(ids) < MIN_INTERVALS:
             return None
-        span = _records_span(cursor, ids, policy.max_lag)
-        cursor.execute(_PREFILL_RATE, {"backend": backend, **span})
-        seconds, seconds_per_token, samples = cursor.fetchone()
-        timing = Timing(seconds, seconds_per_token) if samples >= MIN_PREFILL_SAMPLES else Timing()
-        fit = calibration_fit(_intervals_work(cursor, ids, backend, span, timing), timing=timing)
-        # Knowing how long a pass holds the GPUs, the decoders no longer get that time and
-        # the pass is priced whole: fit again with it.
-        if fit is not None and (pass_seconds := timing.pass_seconds(fit)) > 0:
-            timing = replace(timing, prefill_seconds=pass_seconds)
-            work = _intervals_work(cursor, ids, backend, span, timing)
-            fit = calibration_fit(work, timing=timing) or fit
+        cursor.execute(
+            "SELECT min(started_at) FROM metering_energyinterval WHERE backend = %s", [backend]
+        )
+        young = cursor.fetchone()[0] > now - policy.lookback
+        fit = _fit(cursor, ids, backend, policy, policy.price_error if young else None)
     if fit is None:
         log.info("energy calibration kept", extra={"backend": backend, "intervals": len(ids)})
         return None
@@ -253,6 +381,38 @@ def energy_calibrate(
         r_squared=fit.r_squared,
         **asdict(fit.coefficients),
     )
+
+
+def _fit(
+    cursor: CursorWrapper,
+    ids: list[int],
+    backend: str,
+    policy: CalibrationPolicy,
+    max_price_error: float | None,
+) -> Fit | None:
+    span = _records_span(cursor, ids, policy.max_lag)
+    cursor.execute(_PREFILL_RATE, {"backend": backend, **span})
+    seconds, seconds_per_token, samples = cursor.fetchone()
+    timing = Timing(seconds, seconds_per_token) if samples >= MIN_PREFILL_SAMPLES else Timing()
+    work = _intervals_work(cursor, ids, backend, span, timing)
+    cursor.execute(_PREFILL_TIMES, {"ids": ids, **span})
+    measured = measured_timing(
+        timing, step_time_fit(work), prefill_time_fit(cursor.fetchall()), _batch(work)
+    )
+    if measured is not None:
+        # Passes placed in time as long as they last, prefill priced by its seconds.
+        work = _intervals_work(cursor, ids, backend, span, measured)
+        return calibration_fit(work, timing=measured, max_price_error=max_price_error)
+    fit = calibration_fit(work, timing=timing)
+    # Knowing how long a pass holds the GPUs, the decoders no longer get that time and the
+    # pass is priced whole: fit again with it.
+    if fit is not None and (pass_seconds := timing.pass_seconds(fit)) > 0:
+        timing = replace(timing, prefill_seconds=pass_seconds)
+        fit = (
+            calibration_fit(_intervals_work(cursor, ids, backend, span, timing), timing=timing)
+            or fit
+        )
+    return fit
 
 
 def _intervals_work(
@@ -267,9 +427,20 @@ def _intervals_work(
     }
     _work_build(cursor, {**span, **models, "ids": ids})
     cursor.execute(_CALIBRATION_INTERVALS, {"ids": ids})
-    intervals = [IntervalWork(*(float(v) for v in row)) for row in cursor.fetchall()]
+    intervals = []
+    for *figures, steps in cursor.fetchall():
+        idle, tokens, prefills, decode_s, decode_tokens, energy, seconds = map(float, figures)
+        work = IntervalWork(idle, tokens, prefills, decode_s, decode_tokens, energy, seconds, steps)
+        intervals.append(work)
     cursor.execute("DROP TABLE energy_work")
     return intervals
+
+
+def _batch(intervals: Sequence[IntervalWork]) -> float:
+    """The mean number of sequences a step decoded, where the engine counted its steps."""
+    known = [w for w in intervals if w.iterations]
+    steps = sum(w.iterations or 0 for w in known)
+    return sum(w.decode_tokens for w in known) / steps if steps else 0.0
 
 
 def energy_calibration_configure(

@@ -127,6 +127,13 @@ class EnergyInterval(models.Model):
     # vLLM counter deltas over the interval; null when the engine's /metrics was not readable.
     prompt_tokens = models.BigIntegerField(null=True)
     generation_tokens = models.BigIntegerField(null=True)
+    # What the engine (vLLM) reported of its own work in the interval; null when it does not
+    # export it. Calibration times a step and a prefill pass with these (docs/energy.md):
+    # engine steps (the count of iteration_tokens_total), and the requests whose prefill time
+    # it observed (they finished) with those times' sum (request_prefill_time_seconds).
+    iterations = models.BigIntegerField(null=True)
+    engine_prefills = models.BigIntegerField(null=True)
+    engine_prefill_seconds = models.FloatField(null=True)
     # A counter went backwards inside the interval: energy_j is a lower bound (see docs/energy.md).
     counter_reset = models.BooleanField(default=False)
     idle_j = models.FloatField(null=True)

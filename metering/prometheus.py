@@ -21,6 +21,11 @@ _FP64_BLANK = 140737488355328.0
 # vLLM engine counters, one series per model_name.
 PROMPT_TOKENS = "vllm:prompt_tokens"
 GENERATION_TOKENS = "vllm:generation_tokens"
+# A histogram observed once per engine step: its count is the number of steps.
+ITERATIONS = "vllm:iteration_tokens_total"
+# A histogram observed when a request finishes: the seconds from its scheduling to its first
+# token, by the engine's clock.
+PREFILL_TIME = "vllm:request_prefill_time_seconds"
 
 
 @dataclass(frozen=True)
@@ -33,11 +38,16 @@ class GpuReading:
 
 
 @dataclass(frozen=True)
-class TokenTotals:
-    """A model's vLLM token counters: totals since the engine started."""
+class EngineTotals:
+    """A model's vLLM counters, totals since the engine started: tokens; engine steps; and
+    the requests whose prefill time it observed, with those times' sum. The last three are
+    None from an engine that does not export them."""
 
     prompt: int
     generation: int
+    iterations: int | None = None
+    prefills: int | None = None
+    prefill_seconds: float | None = None
 
 
 def dcgm_readings(text: str) -> list[GpuReading]:
@@ -60,18 +70,23 @@ def dcgm_readings(text: str) -> list[GpuReading]:
     ]
 
 
-def vllm_token_totals(text: str) -> dict[str, TokenTotals]:
-    """Prompt and generation token counters by model_name. Raises ValueError on bad text."""
-    prompt: dict[str, int] = {}
-    generation: dict[str, int] = {}
-    for sample in _samples(text, PROMPT_TOKENS + "_total", GENERATION_TOKENS + "_total"):
-        model = sample.labels.get("model_name", "")
-        target = prompt if sample.name.startswith(PROMPT_TOKENS) else generation
-        target[model] = round(sample.value)
-    return {
-        model: TokenTotals(prompt=prompt.get(model, 0), generation=generation.get(model, 0))
-        for model in prompt.keys() | generation.keys()
-    }
+def vllm_totals(text: str) -> dict[str, EngineTotals]:
+    """The engine's counters by model_name (EngineTotals). Raises ValueError on bad text."""
+    found: dict[str, dict[str, float]] = {}
+    names = (PROMPT_TOKENS, GENERATION_TOKENS, ITERATIONS + "_count", PREFILL_TIME + "_count")
+    for sample in _samples(text, *names, PREFILL_TIME + "_sum"):
+        found.setdefault(sample.labels.get("model_name", ""), {})[sample.name] = sample.value
+    totals = {}
+    for model, values in found.items():
+        steps, prefills = values.get(ITERATIONS + "_count"), values.get(PREFILL_TIME + "_count")
+        totals[model] = EngineTotals(
+            prompt=round(values.get(PROMPT_TOKENS, 0)),
+            generation=round(values.get(GENERATION_TOKENS, 0)),
+            iterations=None if steps is None else round(steps),
+            prefills=None if prefills is None else round(prefills),
+            prefill_seconds=values.get(PREFILL_TIME + "_sum"),
+        )
+    return totals
 
 
 def _samples(text: str, *names: str) -> Iterator[Sample]:
@@ -81,7 +96,9 @@ def _samples(text: str, *names: str) -> Iterator[Sample]:
     of other fields (a vLLM page is mostly histograms), and parsing is the scrape's main cost.
     """
     wanted = {name: name for name in names} | {name + "_total": name for name in names}
-    prefixes = tuple(f"{lead}{name}" for name in names for lead in ("", "# HELP ", "# TYPE "))
+    # A histogram's _count and _sum come with its family's HELP and TYPE lines.
+    families = {name.removesuffix("_count").removesuffix("_sum") for name in names}
+    prefixes = tuple(f"{lead}{name}" for name in families for lead in ("", "# HELP ", "# TYPE "))
     lines = [line for line in text.splitlines() if line.startswith(prefixes)]
     for family in text_string_to_metric_families("\n".join(lines) + "\n"):
         for sample in family.samples:

@@ -1,8 +1,9 @@
 """The telemetry collector: each backend's GPU energy and token counters, into PostgreSQL.
 
 One run scrapes every enabled backend that has a `telemetry_url` (its DCGM exporter) and its
-engine's `/metrics` (vLLM token counters), all at once, then per backend stores one
-`GpuSample` per GPU and the `EnergyInterval` since the backend's previous scrape:
+engine's `/metrics` (vLLM's token counters, engine steps and prefill times), all at once,
+then per backend stores one `GpuSample` per GPU and the `EnergyInterval` since the backend's
+previous scrape:
 
 - energy is the sum over GPUs of counter deltas; a counter that went backwards (driver or
   backend restart) counts its new value, energy since the reset, and flags the interval
@@ -23,10 +24,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -36,7 +37,7 @@ from django.db import connection, transaction
 
 from fleet.models import Backend
 from metering.models import EnergyInterval, GpuSample
-from metering.prometheus import GpuReading, TokenTotals, dcgm_readings, vllm_token_totals
+from metering.prometheus import EngineTotals, GpuReading, dcgm_readings, vllm_totals
 from metering.redis_clients import redis_connect
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ _LOCK_NAMESPACE = 0x7E1E
 # counters per backend.
 LIVE_KEY = "{energy}:live"
 COUNTERS_KEY = "{energy}:engine_counters"
+
+_N = TypeVar("_N", int, float)
 
 _LAST_SAMPLES = """
 SELECT s.backend, s.scraped_at, s.gpu_uuid, s.energy_mj
@@ -76,7 +79,7 @@ class Scrape:
     at: datetime
     gpus: list[GpuReading]
     # None when the engine's /metrics could not be read.
-    tokens: dict[str, TokenTotals] | None
+    tokens: dict[str, EngineTotals] | None
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class EnergyDelta:
     inexact: bool
 
 
-def counter_step(before: int, now: int) -> tuple[int, bool]:
+def counter_step(before: _N, now: _N) -> tuple[_N, bool]:
     """A counter's increase, and whether it went backwards: then it restarted from zero
     since `before`, and `now` is what it counted since (a lower bound of the increase)."""
     if now < before:
@@ -122,24 +125,32 @@ def energy_delta(
     return EnergyDelta(energy_mj=total, inexact=inexact)
 
 
-def token_delta(
-    *, previous: Mapping[str, TokenTotals] | None, current: Mapping[str, TokenTotals] | None
-) -> tuple[TokenTotals | None, bool]:
-    """Tokens the engine processed between two scrapes, summed over its models, and whether
-    a counter went backwards. A model that appears counts from zero (vLLM's counters start at
-    zero when a model's series first appears); None when either side is unknown."""
+_ENGINE_FIELDS = ("prompt", "generation", "iterations", "prefills", "prefill_seconds")
+_ENGINE_ZERO = EngineTotals(prompt=0, generation=0, iterations=0, prefills=0, prefill_seconds=0.0)
+
+
+def engine_delta(
+    *, previous: Mapping[str, EngineTotals] | None, current: Mapping[str, EngineTotals] | None
+) -> tuple[EngineTotals | None, bool]:
+    """What the engine did between two scrapes, summed over its models (each figure None
+    unless every model reports it both times), and whether a counter went backwards. A model
+    that appears counts from zero (vLLM's counters start at zero when a model's series first
+    appears); None when either side is unknown."""
     if previous is None or current is None:
         return None, False
-    prompt = generation = 0
+    sums: dict[str, Any] = dict.fromkeys(_ENGINE_FIELDS, 0)
     went_back = False
     for model, now in current.items():
-        before = previous.get(model, TokenTotals(prompt=0, generation=0))
-        prompt_step, prompt_back = counter_step(before.prompt, now.prompt)
-        generation_step, generation_back = counter_step(before.generation, now.generation)
-        prompt += prompt_step
-        generation += generation_step
-        went_back = went_back or prompt_back or generation_back
-    return TokenTotals(prompt=prompt, generation=generation), went_back
+        before = previous.get(model, _ENGINE_ZERO)
+        for name in _ENGINE_FIELDS:
+            old, new = getattr(before, name), getattr(now, name)
+            if sums[name] is None or old is None or new is None:
+                sums[name] = None
+                continue
+            step, back = counter_step(old, new)
+            sums[name] += step
+            went_back = went_back or back
+    return EngineTotals(**sums), went_back
 
 
 def telemetry_scrape(
@@ -240,7 +251,7 @@ def _interval_build(
     name: str,
     scrape: Scrape,
     last: LastSample,
-    counters: tuple[datetime, dict[str, TokenTotals]] | None,
+    counters: tuple[datetime, dict[str, EngineTotals]] | None,
 ) -> EnergyInterval:
     current = {gpu.uuid: gpu.energy_mj for gpu in scrape.gpus}
     energy = energy_delta(
@@ -250,7 +261,7 @@ def _interval_build(
     )
     # Token counters read at another time than the previous sample would not match it.
     previous_tokens = counters[1] if counters is not None and counters[0] == last.at else None
-    tokens, tokens_went_back = token_delta(previous=previous_tokens, current=scrape.tokens)
+    tokens, tokens_went_back = engine_delta(previous=previous_tokens, current=scrape.tokens)
     return EnergyInterval(
         backend=name,
         started_at=last.at,
@@ -259,6 +270,9 @@ def _interval_build(
         gpus=len(scrape.gpus),
         prompt_tokens=tokens.prompt if tokens else None,
         generation_tokens=tokens.generation if tokens else None,
+        iterations=tokens.iterations if tokens else None,
+        engine_prefills=tokens.prefills if tokens else None,
+        engine_prefill_seconds=tokens.prefill_seconds if tokens else None,
         counter_reset=energy.inexact or tokens_went_back,
     )
 
@@ -328,12 +342,12 @@ async def _scrape(session: aiohttp.ClientSession, backend: Backend) -> Scrape | 
 
 def _tokens(
     name: str, engine: tuple[str, datetime] | BaseException
-) -> dict[str, TokenTotals] | None:
+) -> dict[str, EngineTotals] | None:
     try:
         if isinstance(engine, BaseException):
             raise engine
         # No vLLM counters at all (another engine, or not vLLM's names) is unknown, not zero.
-        return vllm_token_totals(engine[0]) or None
+        return vllm_totals(engine[0]) or None
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         log.warning("engine metrics unreadable", extra={"backend": name, "error": repr(exc)})
         return None
@@ -351,7 +365,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> tuple[str, datetime]
 
 def _counters_read(
     client: redis.Redis, names: list[str]
-) -> dict[str, tuple[datetime, dict[str, TokenTotals]]]:
+) -> dict[str, tuple[datetime, dict[str, EngineTotals]]]:
     if not names:
         return {}
     try:
@@ -363,9 +377,8 @@ def _counters_read(
     for name, value in zip(names, values, strict=True):
         if value is not None:
             stored = orjson.loads(value)
-            totals = {
-                m: TokenTotals(prompt=p, generation=g) for m, (p, g) in stored["models"].items()
-            }
+            # Readings stored by an earlier version have fewer figures.
+            totals = {m: EngineTotals(*figures) for m, figures in stored["models"].items()}
             found[name] = (datetime.fromisoformat(stored["at"]), totals)
     return found
 
@@ -379,7 +392,7 @@ def _counters_write(client: redis.Redis, scrapes: Mapping[str, Scrape]) -> None:
             if scrape.tokens is None:
                 pipe.hdel(COUNTERS_KEY, name)
                 continue
-            models = {m: (t.prompt, t.generation) for m, t in scrape.tokens.items()}
+            models = {m: astuple(t) for m, t in scrape.tokens.items()}
             stored = orjson.dumps({"at": scrape.at.isoformat(), "models": models})
             pipe.hset(COUNTERS_KEY, name, stored)
         pipe.execute()

@@ -45,6 +45,9 @@ class Sequence:
         "finish_reason",
         "finished_at",
         "first_token_at",
+        "gpu_first_token",
+        "gpu_finished",
+        "gpu_scheduled",
         "length_limited",
         "max_tokens",
         "model",
@@ -94,6 +97,10 @@ class Sequence:
         self.scheduled_at: float | None = None
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
+        # The same three moments by the engine's clock (Engine.clock), as vLLM times them.
+        self.gpu_scheduled: float | None = None
+        self.gpu_first_token: float | None = None
+        self.gpu_finished: float | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -158,6 +165,10 @@ class Engine:
         self._idle_total = 0.0
         # The step being "run" right now (slept through), for a power reading mid-step.
         self.running_step: Step | None = None
+        # The engine's own clock: modelled GPU seconds of the steps run so far. The engine
+        # times requests by it, as a real one times them by its GPUs' work; wall time may
+        # differ when this process falls behind and catches up.
+        self.clock = 0.0
 
     @property
     def num_running(self) -> int:
@@ -234,6 +245,9 @@ class Engine:
         timing = self._config.timing
         prefill_s = timing.prefill_seconds(1, seq.uncached_tokens)
         decode_s = decode_tokens * timing.decode_seconds(1)
+        seq.gpu_scheduled = self.clock
+        seq.gpu_first_token = self.clock + prefill_s
+        self.clock += prefill_s + decode_s
         self._emit_step(
             Step(
                 model=self.model,
@@ -293,10 +307,12 @@ class Engine:
             self.running_step = step
             await asyncio.sleep(deadline - loop.time())
             self.running_step = None
+            self.clock += step.duration_s
             self._emit_step(step)
             now = time.monotonic()
             for seq in admitted:
                 seq.first_token_at = now
+                seq.gpu_first_token = self.clock
             for seq in itertools.chain(decoding, admitted):
                 # A sequence aborted while the step ran is no longer ours to advance.
                 if seq.state is SeqState.RUNNING:
@@ -354,6 +370,7 @@ class Engine:
             self.running_step = step
             await asyncio.sleep(deadline - loop.time())
             self.running_step = None
+            self.clock += decode_s
             self._emit_step(step)
             for seq in batch:
                 if seq.state is SeqState.RUNNING:
@@ -377,6 +394,9 @@ class Engine:
             )
         )
         seq.first_token_at = time.monotonic()
+        # Its prefill ran beside the decode steps that advanced the clock meanwhile.
+        seq.gpu_first_token = self.clock
+        seq.gpu_scheduled = self.clock - prefill_s
         self._advance(seq)
 
     def _admit(self) -> list[Sequence]:
@@ -399,6 +419,7 @@ class Engine:
             budget -= seq.uncached_tokens
             seq.state = SeqState.RUNNING
             seq.scheduled_at = now
+            seq.gpu_scheduled = self.clock
             self._running[seq] = None
             admitted.append(seq)
         return admitted
@@ -418,6 +439,7 @@ class Engine:
         seq.state = state
         seq.finish_reason = reason
         seq.finished_at = time.monotonic()
+        seq.gpu_finished = self.clock
         if seq.event is not None:
             seq.event.set()
         for observer in self._observers:

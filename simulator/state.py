@@ -25,7 +25,7 @@ class Simulator:
         self.engines = {model: Engine(model=model, config=config) for model in config.models}
         self.faults = Faults()
         self.stats = Stats()
-        self.metrics = Metrics(self.engines)
+        self.metrics = Metrics(self.engines, speedup=config.speedup)
         for engine in self.engines.values():
             engine.add_observer(self.stats)
             engine.add_observer(self.metrics)

@@ -1,6 +1,7 @@
 -- Per interval of energy_work: what the energy model's coefficients multiply (the sums of
--- the work components over its requests), the seconds nothing was active, and the energy
--- measured. Intervals with no request are included: they pin the idle power.
+-- the work components over its requests), the seconds nothing was active, the energy
+-- measured, the interval's length and the engine's steps in it (null when not reported).
+-- Intervals with no request are included: they pin the idle power.
 -- Parameters: ids (the intervals energy_work was built for).
 WITH per_interval AS (
     SELECT interval_id, range_agg(busy) AS busy,
@@ -12,7 +13,7 @@ WITH per_interval AS (
 SELECT greatest(0, date_part('epoch', i.ended_at - i.started_at) - coalesce(b.seconds, 0)),
        coalesce(t.prefill_tokens, 0), coalesce(t.prefills, 0),
        coalesce(t.decode_seconds, 0), coalesce(t.decode_tokens, 0),
-       i.energy_j
+       i.energy_j, date_part('epoch', i.ended_at - i.started_at), i.iterations::float8
 FROM metering_energyinterval AS i
 LEFT JOIN per_interval AS t ON t.interval_id = i.id
 LEFT JOIN LATERAL (

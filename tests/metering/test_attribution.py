@@ -3,10 +3,11 @@
 import threading
 import time
 import uuid
-from dataclasses import astuple
+from dataclasses import astuple, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 import redis
@@ -22,6 +23,7 @@ from metering.attribution import (
     Timing,
     attribution_horizons,
     calibration_fit,
+    calibration_terms,
     energy_attribute,
     energy_calibrate,
     energy_calibration_configure,
@@ -417,6 +419,85 @@ def test_a_missing_calibration_is_fitted_from_the_telemetry_and_the_ledger() -> 
     assert fitted.prefill_j_per_token == pytest.approx(0.1, rel=1e-3)
     assert fitted.ttft_seconds_per_token == pytest.approx(PREFILL_S_PER_TOKEN, rel=1e-3)
     assert fitted.ttft_seconds == pytest.approx(0, abs=1e-6)
+
+
+# What the engine reports besides: a step takes 10 ms (a few output tokens each), a prefill
+# pass 0.5 ms besides its prompt's tokens, which the prefill power (0.1 J / 10 µs = 10 kW)
+# makes the 5 J of TRUE.
+STEP_S, PASS_S = 0.01, 0.0005
+
+
+def engine_telemetry(intervals: int) -> None:
+    """As telemetry(), with the engine's steps and prefill times in each interval; an energy
+    fit alone could not tell the pass's 5 J from the prompt tokens' price here, as every busy
+    interval computes one prompt."""
+    for n in range(intervals):
+        prompt, steps = 200 + (n * 7919) % 3000, 5 + (n * 31) % 60
+        output = 3 * steps + (n * 104729) % 2
+        prefill = PASS_S + prompt * PREFILL_S_PER_TOKEN
+        if n % 5 == 4:
+            energy_j, iterations, prefills, prefill_seconds = TRUE.idle_watts, 0, 0, 0.0
+        else:
+            start = n + 0.05 * (n % 3)
+            end = start + prefill + STEP_S * steps
+            usage(start=start, first_token=start + prefill, end=end, prompt=prompt,
+                  completion=output)  # fmt: skip
+            energy_j = (
+                TRUE.idle_watts * (1 - (end - start))
+                + TRUE.prefill_j_per_token * prompt
+                + TRUE.prefill_j_per_request
+                + TRUE.decode_watts * STEP_S * steps
+                + TRUE.decode_j_per_token * output
+            )
+            # Its prefill time holds the step's decode part too (no other sequence here).
+            iterations, prefills, prefill_seconds = steps, 1, prefill + STEP_S
+        EnergyInterval.objects.create(
+            backend="gpu-a",
+            started_at=at(n),
+            ended_at=at(n + 1),
+            energy_j=energy_j,
+            gpus=1,
+            iterations=iterations,
+            engine_prefills=prefills,
+            engine_prefill_seconds=prefill_seconds,
+        )
+
+
+@pytest.mark.django_db
+def test_with_the_engines_steps_and_prefill_times_a_pass_is_priced_by_its_time() -> None:
+    engine_telemetry(60)
+
+    fitted = energy_calibrate(backend="gpu-a", now=at(3600), until=at(60), policy=POLICY)
+
+    assert fitted is not None
+    assert fitted.prefill_seconds == pytest.approx(PASS_S, rel=1e-2)
+    assert fitted.ttft_seconds_per_token == pytest.approx(PREFILL_S_PER_TOKEN, rel=1e-3)
+    assert fitted.prefill_j_per_token == pytest.approx(0.1, rel=1e-2)
+    assert fitted.prefill_j_per_request == pytest.approx(5, rel=2e-2)
+    assert (fitted.idle_watts, fitted.decode_watts) == (
+        pytest.approx(100, rel=1e-2),
+        pytest.approx(300, rel=1e-2),
+    )
+
+
+def test_a_new_backends_first_fit_waits_for_prices_it_knows_well() -> None:
+    noise_j = 5.0  # leaves the prefill and the decode price 3-4% uncertain (a standard error)
+    timing = Timing(0.01, 1e-5, 5e-4, measured=True)
+    model = np.array((100.0, 1e4, 300.0, 0.2))  # idle W, prefill W, decode W, J a token
+
+    def intervals(noise: float) -> list[IntervalWork]:
+        rows = []
+        for n in range(30):
+            work = IntervalWork(0.1, 1000 + 300 * (n % 7), 1 + n % 2, 0.5 + 0.1 * (n % 5),
+                                30 + n, 0.0, seconds=1.0, iterations=50)  # fmt: skip
+            energy = float(model @ np.array(calibration_terms(work, timing)))
+            rows.append(replace(work, energy_j=energy + noise * ((n * 7919) % 11 - 5)))
+        return rows
+
+    assert calibration_fit(intervals(0.0), timing=timing, max_price_error=0.02) is not None
+    # The same intervals a few joules off: a fit, but not one a first calibration may use.
+    assert calibration_fit(intervals(noise_j), timing=timing) is not None
+    assert calibration_fit(intervals(noise_j), timing=timing, max_price_error=0.02) is None
 
 
 @pytest.mark.django_db

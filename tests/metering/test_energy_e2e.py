@@ -246,7 +246,10 @@ def run(
     client.close()
     now = datetime.fromtimestamp(at, UTC)
     assert horizons is not None and fleet.name not in horizons  # every record is stored
-    policy = CalibrationPolicy(lookback=timedelta(hours=1), max_lag=timedelta(hours=6))
+    # The run is all there will be: fit on it, however precise the prices come out.
+    policy = CalibrationPolicy(
+        lookback=timedelta(hours=1), max_lag=timedelta(hours=6), price_error=None
+    )
     calibration = energy_calibrate(backend=fleet.name, now=now, until=now, policy=policy)
     energy_attribute(horizons=horizons, now=now, max_lag=policy.max_lag)
     intervals = list(EnergyInterval.objects.filter(backend=fleet.name).order_by("started_at"))

@@ -23,15 +23,15 @@ from django.db import connection
 from fleet.models import Backend
 from fleet.services import backend_register
 from metering.models import EnergyInterval, GpuSample
-from metering.prometheus import GpuReading, TokenTotals, dcgm_readings, vllm_token_totals
+from metering.prometheus import EngineTotals, GpuReading, dcgm_readings, vllm_totals
 from metering.tasks import scrape_telemetry
 from metering.telemetry import (
     LIVE_KEY,
     SAMPLE_RETENTION,
     Outcome,
     energy_delta,
+    engine_delta,
     telemetry_scrape,
-    token_delta,
 )
 from tests.support.http import call
 from tests.support.servers import Server, free_port, start_simulator
@@ -69,6 +69,17 @@ vllm:prompt_tokens_created{model_name="llama"} 1.7e+09
 # HELP vllm:generation_tokens_total Number of generation tokens processed.
 # TYPE vllm:generation_tokens_total counter
 vllm:generation_tokens_total{model_name="llama"} 800.0
+# HELP vllm:iteration_tokens_total Histogram of number of tokens per engine_step.
+# TYPE vllm:iteration_tokens_total histogram
+vllm:iteration_tokens_total_bucket{le="1.0",model_name="llama"} 610.0
+vllm:iteration_tokens_total_bucket{le="+Inf",model_name="llama"} 640.0
+vllm:iteration_tokens_total_count{model_name="llama"} 640.0
+vllm:iteration_tokens_total_sum{model_name="llama"} 2000.0
+# HELP vllm:request_prefill_time_seconds Histogram of time spent in PREFILL phase for request.
+# TYPE vllm:request_prefill_time_seconds histogram
+vllm:request_prefill_time_seconds_bucket{le="+Inf",model_name="llama"} 12.0
+vllm:request_prefill_time_seconds_count{model_name="llama"} 12.0
+vllm:request_prefill_time_seconds_sum{model_name="llama"} 0.75
 """
 
 
@@ -96,10 +107,10 @@ def test_it_rejects_text_that_is_not_the_prometheus_format() -> None:
         dcgm_readings('DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{gpu="0" 12\n')
 
 
-def test_it_reads_vllm_token_counters_per_model() -> None:
-    assert vllm_token_totals(VLLM_TEXT) == {
-        "llama": TokenTotals(prompt=1200, generation=800),
-        "qwen": TokenTotals(prompt=30, generation=0),
+def test_it_reads_vllm_token_counters_engine_steps_and_prefill_times_per_model() -> None:
+    assert vllm_totals(VLLM_TEXT) == {
+        "llama": EngineTotals(1200, 800, iterations=640, prefills=12, prefill_seconds=0.75),
+        "qwen": EngineTotals(prompt=30, generation=0),
     }
 
 
@@ -138,30 +149,39 @@ def test_a_gpu_back_from_a_missed_reading_counts_everything_since_its_last_one()
 
 
 def test_token_deltas_sum_over_models_and_count_a_new_model_from_zero() -> None:
-    before = {"llama": TokenTotals(prompt=100, generation=50)}
+    before = {"llama": EngineTotals(100, 50, iterations=40, prefills=2, prefill_seconds=0.5)}
     after = {
-        "llama": TokenTotals(prompt=160, generation=90),
-        "qwen": TokenTotals(prompt=7, generation=3),
+        "llama": EngineTotals(160, 90, iterations=75, prefills=5, prefill_seconds=1.25),
+        "qwen": EngineTotals(7, 3, iterations=3, prefills=1, prefill_seconds=0.25),
     }
-    assert token_delta(previous=before, current=after) == (
-        TokenTotals(prompt=67, generation=43),
+    assert engine_delta(previous=before, current=after) == (
+        EngineTotals(67, 43, iterations=38, prefills=4, prefill_seconds=1.0),
+        False,
+    )
+
+
+def test_engine_steps_are_unknown_unless_every_model_reports_them_both_times() -> None:
+    before = {"llama": EngineTotals(prompt=100, generation=50)}  # an older engine, or a reading
+    after = {"llama": EngineTotals(prompt=160, generation=90, iterations=75)}  # kept before
+    assert engine_delta(previous=before, current=after) == (
+        EngineTotals(prompt=60, generation=40, iterations=None),
         False,
     )
 
 
 def test_token_counters_that_restarted_count_their_new_values() -> None:
-    before = {"llama": TokenTotals(prompt=100, generation=50)}
-    after = {"llama": TokenTotals(prompt=12, generation=60)}
-    assert token_delta(previous=before, current=after) == (
-        TokenTotals(prompt=12, generation=10),
+    before = {"llama": EngineTotals(prompt=100, generation=50)}
+    after = {"llama": EngineTotals(prompt=12, generation=60)}
+    assert engine_delta(previous=before, current=after) == (
+        EngineTotals(prompt=12, generation=10),
         True,
     )
 
 
 def test_token_deltas_are_unknown_when_either_reading_is() -> None:
-    totals = {"llama": TokenTotals(prompt=1, generation=1)}
-    assert token_delta(previous=None, current=totals) == (None, False)
-    assert token_delta(previous=totals, current=None) == (None, False)
+    totals = {"llama": EngineTotals(prompt=1, generation=1)}
+    assert engine_delta(previous=None, current=totals) == (None, False)
+    assert engine_delta(previous=totals, current=None) == (None, False)
 
 
 # Against the simulator ---------------------------------------------------------------------
@@ -313,6 +333,12 @@ def test_token_deltas_are_the_tokens_the_engine_served_in_the_interval(
     [row] = intervals(backend)
     assert row.prompt_tokens == sum(usage["prompt_tokens"] for usage in usages)
     assert row.generation_tokens == sum(usage["completion_tokens"] for usage in usages)
+    # Each step makes one token of every sequence in it, and at least one token.
+    assert row.iterations is not None
+    assert max(u["completion_tokens"] for u in usages) <= row.iterations <= row.generation_tokens
+    # The engine timed each request's prefill, by its own clock.
+    assert row.engine_prefills == len(usages)
+    assert row.engine_prefill_seconds is not None and row.engine_prefill_seconds > 0
 
 
 def test_energy_is_stored_when_the_engines_metrics_cannot_be_read(
@@ -326,7 +352,8 @@ def test_energy_is_stored_when_the_engines_metrics_cannot_be_read(
     finally:
         Backend.objects.filter(pk=backend.pk).update(enabled=False)
     [row] = intervals(backend)
-    assert (row.prompt_tokens, row.generation_tokens) == (None, None)
+    assert (row.prompt_tokens, row.generation_tokens, row.iterations) == (None, None, None)
+    assert (row.engine_prefills, row.engine_prefill_seconds) == (None, None)
     assert row.energy_j > 0
 
 

@@ -46,6 +46,16 @@ def test_metrics_parse_and_count_tokens_and_outcomes(sim: SimServer, client: ope
     assert after[_key("vllm:num_requests_running")] == 0
     assert after[_key("vllm:num_requests_waiting")] == 0
     assert _key("vllm:num_requests_running", model_name="other-model") in after
+    # Every step's tokens (the 7 of the prompt, then 4 decoded after the first) and how many
+    # steps: one with instant answers, one a token with the engine loop.
+    assert grew(_key("vllm:iteration_tokens_total_sum")) == 11
+    assert grew(_key("vllm:iteration_tokens_total_count")) == (1 if sim.config.instant else 5)
+    assert grew(_key("vllm:request_prefill_time_seconds_count")) == 1
+    assert grew(_key("vllm:request_decode_time_seconds_count")) == 1
+    # Timed by the engine's clock: the modelled pass over its 7 tokens, in the server's time.
+    timing, speedup = sim.config.timing, sim.config.speedup
+    seconds = timing.prefill_seconds(1, 7) / (speedup or 1)
+    assert grew(_key("vllm:request_prefill_time_seconds_sum")) == pytest.approx(seconds)
 
 
 def test_stats_tell_what_reached_the_backend(sim: SimServer, client: openai.OpenAI) -> None:
