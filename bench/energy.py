@@ -1,19 +1,25 @@
 """Energy attribution: accuracy against the simulator's ground truth, and what the jobs cost.
 
-    python -m bench.energy [--seconds 60] [--rate 25] [--runs 1] [--records 200000]
-                           [--skip-accuracy] [--skip-cost]
+    python -m bench.energy [--seconds 60] [--rate 25] [--runs 1] [--gpus 2] [--backends 1]
+                           [--mix default] [--train-mix chat-heavy --train-seconds 60]
+                           [--records 200000] [--skip-accuracy] [--skip-cost]
 
 Needs this machine's PostgreSQL and Redis (DATABASE_URL / REDIS_URL; the database is migrated).
 
 Accuracy: a simulated backend (a tensor-parallel group of `--gpus` GPUs at `--speedup`) behind
 the gateway; twelve accounts on all tiers send chats, essays, long prompts, long reasoning
 outputs and agent requests with a shared system prompt, Poisson arrivals at `--rate` req/s for
-`--seconds`. Meanwhile, as in production, the meter stores usage, the collector scrapes every
-`--scrape` s, the attribution job runs every 5 s and the calibration job every 15 s. After the
-load it prints each account's energy against the simulator's ground truth, the per-request error
-percentiles, the idle share and the fitted model. With `--runs N` it does that N times over
-(the same workload and seeds: what changes is only how the run unfolds in time) and ends with
-each account's error in every run and the spread.
+`--seconds`, in the shares `--mix` gives. With `--backends 2` a second backend serves a larger
+model (prompts computed 5x slower, decode steps 3x longer) on as many GPUs, both scraped at
+once, and each request goes to either. Meanwhile, as in production, the meter stores usage, the
+collector scrapes every `--scrape` s, the attribution job runs every 5 s and the calibration job
+every 15 s. After the load it prints each account's energy against the simulator's ground
+truth, the per-request error percentiles, the idle share, and each backend's fitted model next
+to the simulator's true terms. With `--train-mix M --train-seconds T` the backends are first
+calibrated on T seconds of mix M, then the calibration stays as it is while `--mix` is scored
+(a model fitted on one hour's traffic pricing another's). With `--runs N` it does all that N
+times over (the same workload and seeds: what changes is only how the run unfolds in time) and
+ends with each account's error in every run and the spread.
 
 Cost: `--records` synthetic usage records on four backends (64 requests in flight each, 5 s
 intervals) are written to PostgreSQL, then the calibration and attribution jobs are timed over
@@ -30,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,6 +70,17 @@ KINDS = {
     "reasoning": Kind((30, 120), (1000, 4000), 0.5),
     "agent": Kind((100, 1500), (50, 1000), 0.5, system_words=1500),
 }
+# Traffic mixes: each kind's arrivals are its accounts' shares times the mix's weight.
+MIXES = {
+    "default": {},
+    "chat-heavy": {"chat": 3.0, "long prompt": 0.25},
+    "long-prompt-heavy": {"long prompt": 4.0, "chat": 0.5},
+}
+# The second backend of --backends 2: a larger model on the same GPUs (simulator pace flags).
+LARGER_MODEL = [
+    "--prefill-tokens-per-s", "4000", "--prefill-base-ms", "25",
+    "--decode-base-ms", "20", "--decode-per-seq-ms", "0.24",
+]  # fmt: skip
 # (tier, kind, share of the arrivals) per account.
 ACCOUNTS = [
     ("free", "chat", 0.14),
@@ -104,6 +121,10 @@ def main() -> None:
     parser.add_argument("--scrape", type=float, default=0.5, help="seconds between scrapes")
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--runs", type=int, default=1, help="accuracy runs, then their spread")
+    parser.add_argument("--backends", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--mix", choices=sorted(MIXES), default="default")
+    parser.add_argument("--train-mix", choices=sorted(MIXES), help="calibrate on this first")
+    parser.add_argument("--train-seconds", type=float, default=60.0)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
     args = parser.parse_args()
@@ -130,76 +151,114 @@ def _accuracy(args: argparse.Namespace) -> "Run":
     from metering.models import EnergyCalibration, EnergyInterval, GpuSample, UsageRecord
 
     name = f"bench-energy-{uuid.uuid4().hex[:6]}"
+    names = [name, f"{name}-larger"][: args.backends]
     started = datetime.now(UTC)
-    sim_port, gateway_port = _free_port(), _free_port()
+    ports = {backend: _free_port() for backend in names}
+    gateway_port = _free_port()
     env = {**os.environ, "LOG_LEVEL": "ERROR"}
-    sim_args = ["--port", str(sim_port), "--name", name, "--model", name, "--seed", "3"]
-    sim_args += ["--speedup", str(args.speedup), "--gpus", str(args.gpus)]
-    simulator = _spawn(["1"], [sys.executable, "-m", "simulator", *sim_args], env)
+    simulators = []
+    for n, backend in enumerate(names):
+        sim_args = ["--port", str(ports[backend]), "--name", backend, "--model", backend]
+        sim_args += ["--seed", "3", "--speedup", str(args.speedup), "--gpus", str(args.gpus)]
+        sim_args += LARGER_MODEL if n else []
+        simulators.append(_spawn(["1"], [sys.executable, "-m", "simulator", *sim_args], env))
     gateway_args = ["config.asgi:application", "--port", str(gateway_port), "--no-access-log"]
     gateway = _spawn(["0"], [sys.executable, "-m", "uvicorn", *gateway_args], env)
-    stop = threading.Event()
+    stop, frozen = threading.Event(), threading.Event()
+    base = f"http://127.0.0.1:{gateway_port}"
     try:
-        _wait_ready(f"http://127.0.0.1:{sim_port}/health")
-        _wait_ready(f"http://127.0.0.1:{gateway_port}/readyz")
-        accounts = _prepare(name, sim_port)
+        for backend in names:
+            _wait_ready(f"http://127.0.0.1:{ports[backend]}/health")
+        _wait_ready(f"{base}/readyz")
+        accounts = _prepare(ports)
         workers = [
             threading.Thread(target=target, args=(stop, *extra), daemon=True)
             for target, extra in (
                 (_meter, ()),
-                (_scraper, (name, args.scrape)),
-                (_jobs, ()),
+                (_scraper, (names, args.scrape)),
+                (_jobs, (frozen,)),
             )
         ]
         for worker in workers:
             worker.start()
         time.sleep(1.0)
-        print(
-            f"\nworkload: {args.rate:g} req/s for {args.seconds:g} s through the gateway; "
-            f"{args.gpus} GPUs at speedup {args.speedup:g}; scrapes every {args.scrape:g} s"
-        )
-        asyncio.run(_offer(f"http://127.0.0.1:{gateway_port}", name, accounts, args))
+        setup = f"{args.gpus} GPUs a backend at speedup {args.speedup:g}"
+        setup += f"; scrapes every {args.scrape:g} s"
+        if args.train_mix:
+            train = f"mix {args.train_mix}, {args.rate:g} req/s for {args.train_seconds:g} s"
+            print(f"\ntraining: {train}")
+            asyncio.run(
+                _offer(base, names, accounts, args.rate, args.train_seconds, args.train_mix)
+            )
+            _freeze(names, frozen, args.scrape)
+            for account in accounts:  # only what the frozen models price is scored
+                account.sent.clear()
+        print(f"\nworkload: mix {args.mix}, {args.rate:g} req/s for {args.seconds:g} s; {setup}")
+        asyncio.run(_offer(base, names, accounts, args.rate, args.seconds, args.mix))
         time.sleep(2 * args.scrape + 1.0)
         stop.set()
         for worker in workers:
             worker.join()
-        truth = _truth(sim_port)
+        truth = _truth(list(ports.values()))
     finally:
         stop.set()
-        gateway.terminate()
-        simulator.terminate()
-        gateway.wait(10)
-        simulator.wait(10)
+        for process in (gateway, *simulators):
+            process.terminate()
+        for process in (gateway, *simulators):
+            process.wait(10)
     _final_jobs()
-    intervals = list(EnergyInterval.objects.filter(backend=name))
+    intervals = list(EnergyInterval.objects.filter(backend__in=names))
     records = {
         f"req_{r.request_id.hex}": r
-        for r in UsageRecord.objects.filter(backend=name, started_at__gte=started)
+        for r in UsageRecord.objects.filter(backend__in=names, started_at__gte=started)
     }
-    calibration = EnergyCalibration.objects.filter(backend=name).latest()
-    run = _report(accounts, intervals, records, truth, calibration)
+    for n, backend in enumerate(names):
+        calibration = EnergyCalibration.objects.filter(backend=backend).latest()
+        _model(calibration, args, larger=n > 0)
+    run = _report(accounts, intervals, records, truth)
     # The usage stays, as any usage does; the energy rows would only be refitted for an hour.
-    Backend.objects.filter(name=name).update(enabled=False)
+    Backend.objects.filter(name__in=names).update(enabled=False)
     for table in (EnergyInterval, GpuSample, EnergyCalibration):
-        table.objects.filter(backend=name).delete()
+        table.objects.filter(backend__in=names).delete()
     return run
 
 
-def _prepare(name: str, sim_port: int) -> list[Account]:
+def _freeze(names: list[str], frozen: threading.Event, scrape: float) -> None:
+    """Fit each backend on what it has served so far and keep that model from now on."""
+    from metering.attribution import CalibrationPolicy, energy_calibrate
+    from metering.consumer import Meter
+
+    frozen.set()
+    time.sleep(2 * scrape + 1.0)  # the last scrapes, and the meter's last records
+    for meter in Meter.from_settings():
+        meter.drain()
+    policy = CalibrationPolicy.from_settings()
+    now = datetime.now(UTC)
+    for backend in names:
+        # Fitted on the training traffic however precise it is: that is what is tested.
+        fitted = energy_calibrate(
+            backend=backend, now=now, until=now, policy=replace(policy, price_error=None)
+        )
+        print(f"  {backend}: calibrated on the training traffic" if fitted else "  (kept)")
+
+
+def _prepare(ports: dict[str, int]) -> list[Account]:
     from customers.models import LimitOverride
     from customers.services import account_create, api_key_issue, tiers_ensure_defaults
     from fleet.services import backend_register
 
     tiers_ensure_defaults()
-    url = f"http://127.0.0.1:{sim_port}"
-    backend_register(
-        name=name,
-        base_url=url,
-        upstream_model=name,
-        public_models=[name],
-        telemetry_url=url + "/dcgm/metrics",
-        supports_priority=True,
-    )
+    for backend, port in ports.items():
+        url = f"http://127.0.0.1:{port}"
+        backend_register(
+            name=backend,
+            base_url=url,
+            upstream_model=backend,
+            public_models=[backend],
+            telemetry_url=url + "/dcgm/metrics",
+            supports_priority=True,
+        )
+    name = next(iter(ports))
     rng = random.Random(5)
     accounts = []
     for tier, kind, share in ACCOUNTS:
@@ -221,20 +280,23 @@ def _prepare(name: str, sim_port: int) -> list[Account]:
     return accounts
 
 
-async def _offer(base: str, model: str, accounts: list[Account], args: Any) -> None:
-    """Open loop: Poisson arrivals at `rate`, each from an account drawn by its share."""
+async def _offer(
+    base: str, models: list[str], accounts: list[Account], rate: float, seconds: float, mix: str
+) -> None:
+    """Open loop: Poisson arrivals at `rate`, each from an account drawn by its share in the
+    mix, to one of the models."""
     rng = random.Random(11)
-    weights = [a.share for a in accounts]
+    weights = [a.share * MIXES[mix].get(a.kind, 1.0) for a in accounts]
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=300)
     ) as session:
         tasks = []
-        end = time.monotonic() + args.seconds
+        end = time.monotonic() + seconds
         while time.monotonic() < end:
             account = rng.choices(accounts, weights)[0]
-            body = _body(model, account, rng)
+            body = _body(rng.choice(models), account, rng)
             tasks.append(asyncio.create_task(_one(session, base, account, body)))
-            await asyncio.sleep(rng.expovariate(args.rate))
+            await asyncio.sleep(rng.expovariate(rate))
         await asyncio.gather(*tasks)
 
 
@@ -275,21 +337,22 @@ def _meter(stop: threading.Event) -> None:
         connection.close()
 
 
-def _scraper(stop: threading.Event, name: str, every: float) -> None:
+def _scraper(stop: threading.Event, names: list[str], every: float) -> None:
     from django.db import connection
 
     from metering.telemetry import telemetry_scrape
 
     try:
         while not stop.wait(every):
-            telemetry_scrape(timeout=2.0, min_gap=every / 2, names=[name])
-        telemetry_scrape(timeout=2.0, min_gap=0, names=[name])
+            telemetry_scrape(timeout=2.0, min_gap=every / 2, names=names)
+        telemetry_scrape(timeout=2.0, min_gap=0, names=names)
     finally:
         connection.close()
 
 
-def _jobs(stop: threading.Event) -> None:
-    """The attribution and calibration jobs on their beat schedule (shortened)."""
+def _jobs(stop: threading.Event, frozen: threading.Event) -> None:
+    """The attribution and calibration jobs on their beat schedule (shortened); calibration
+    stops once `frozen` is set."""
     from django.db import connection
 
     from metering.attribution import energy_attribute_ready, energy_calibrate_ready
@@ -298,7 +361,7 @@ def _jobs(stop: threading.Event) -> None:
     try:
         while not stop.wait(0.5):
             now = time.monotonic()
-            if now >= due["calibrate"]:
+            if now >= due["calibrate"] and not frozen.is_set():
                 energy_calibrate_ready()
                 due["calibrate"] = now + JOB_SECONDS["calibrate"]
             if now >= due["attribute"]:
@@ -318,13 +381,41 @@ def _final_jobs() -> None:
     energy_attribute_ready()
 
 
-def _truth(sim_port: int) -> dict[str, Any]:
+def _truth(ports: list[int]) -> dict[str, Any]:
+    """Every simulator's ground truth: the energy of each request, by its id."""
     import urllib.request
 
-    url = f"http://127.0.0.1:{sim_port}/_sim/energy"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        truth: dict[str, Any] = orjson.loads(response.read())
-    return truth
+    requests: dict[str, float] = {}
+    for port in ports:
+        url = f"http://127.0.0.1:{port}/_sim/energy"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            requests |= orjson.loads(response.read())["requests"]
+    return {"requests": requests}
+
+
+def _model(c: Any, args: argparse.Namespace, *, larger: bool) -> None:
+    """A backend's fitted model next to the simulator's true terms (simulator/power.py)."""
+    from simulator.__main__ import parse_args
+    from simulator.power import PowerModel
+
+    timing = parse_args(LARGER_MODEL if larger else []).timing
+    power, gpus, speedup = PowerModel(), args.gpus, args.speedup
+    print(
+        f"\n{c.backend} ({c.source}, {c.intervals} intervals, R^2 {c.r_squared or 0:.4f})\n"
+        "| term | fitted | simulator's truth |\n|---|---|---|\n"
+        f"| idle power | {c.idle_watts:,.0f} W | {power.idle_w * gpus * speedup:,.0f} W |\n"
+        f"| a prompt token | {c.prefill_j_per_token:.4f} J | "
+        f"{power.max_w * gpus / timing.prefill_tokens_per_s:.4f} J |\n"
+        f"| a prefill pass | {c.prefill_j_per_request:.1f} J | "
+        f"{power.max_w * gpus * timing.prefill_base_s:.1f} J |\n"
+        f"| a pass's time | {1000 * c.prefill_seconds:.3f} ms | "
+        f"{1000 * timing.prefill_base_s / speedup:.3f} ms |\n"
+        f"| a prompt token's time | {1e6 * c.ttft_seconds_per_token:.3f} µs | "
+        f"{1e6 / timing.prefill_tokens_per_s / speedup:.3f} µs |\n"
+        f"| decode | {c.decode_watts:,.0f} W + {c.decode_j_per_token:.4f} J a token | "
+        f"{power.decode_watts(1) * gpus * speedup:,.0f} W at 1 sequence, "
+        f"{power.decode_watts(64) * gpus * speedup:,.0f} W at 64 |"
+    )
 
 
 @dataclass
@@ -343,7 +434,6 @@ def _report(
     intervals: list[Any],
     records: dict[str, Any],
     truth: dict[str, Any],
-    calibration: Any,
 ) -> Run:
     measured = sum(i.energy_j for i in intervals)
     idle = sum(i.idle_j or 0 for i in intervals)
@@ -355,14 +445,6 @@ def _report(
         f"measured {measured / 1000:.1f} kJ = attributed {attributed / 1000:.1f} kJ + idle "
         f"{idle / 1000:.1f} kJ ({100 * idle / measured:.1f}% idle); records carry "
         f"{on_records / 1000:.1f} kJ"
-    )
-    c = calibration
-    print(
-        f"model ({c.source}, {c.intervals} intervals, R^2 {c.r_squared or 0:.4f}): idle "
-        f"{c.idle_watts:.0f} W, prefill {c.prefill_j_per_token:.4f} J/token + "
-        f"{c.prefill_j_per_request:.1f} J, decode {c.decode_watts:.0f} W + "
-        f"{c.decode_j_per_token:.4f} J/token; time to first token {1000 * c.ttft_seconds:.2f} "
-        f"ms + {1e6 * c.ttft_seconds_per_token:.2f} µs/token"
     )
     print("\n| account | requests | truth (kJ) | attributed (kJ) | error |\n|---|---|---|---|---|")
     worst, errors = 0.0, []

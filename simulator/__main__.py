@@ -47,12 +47,42 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
         help="fixed pace instead of the H100 model: the first token TTFT_MS after admission, "
         "then one every ITL_MS, whatever the prompt and the batch (for benchmarks of a proxy)",
     )
+    model = TimingModel()
+    parser.add_argument(
+        "--prefill-tokens-per-s",
+        type=float,
+        default=model.prefill_tokens_per_s,
+        help="prompt tokens a prefill pass computes a second (a larger model: fewer)",
+    )
+    parser.add_argument(
+        "--prefill-base-ms",
+        type=float,
+        default=1000 * model.prefill_base_s,
+        help="a prefill pass's time besides its tokens'",
+    )
+    parser.add_argument(
+        "--decode-base-ms",
+        type=float,
+        default=1000 * model.decode_base_s,
+        help="a decode pass's time besides the sequences'",
+    )
+    parser.add_argument(
+        "--decode-per-seq-ms",
+        type=float,
+        default=1000 * model.decode_per_seq_s,
+        help="a decode pass's time for each sequence in the batch",
+    )
     args = parser.parse_args(argv)
     try:
         timing = (
             TimingModel.paced(ttft_s=args.paced[0] / 1000, itl_s=args.paced[1] / 1000)
             if args.paced
-            else TimingModel()
+            else TimingModel(
+                prefill_base_s=args.prefill_base_ms / 1000,
+                prefill_tokens_per_s=args.prefill_tokens_per_s,
+                decode_base_s=args.decode_base_ms / 1000,
+                decode_per_seq_s=args.decode_per_seq_ms / 1000,
+            )
         )
         return SimConfig(
             name=args.name,

@@ -26,6 +26,12 @@ class TimingModel:
     # and a sequence's first token comes a prefill pass after it is admitted.
     separate_prefill: bool = False
 
+    def __post_init__(self) -> None:
+        if self.prefill_tokens_per_s <= 0:
+            raise ValueError("prefill tokens per second must be > 0")
+        if min(self.prefill_base_s, self.decode_base_s, self.decode_per_seq_s) < 0:
+            raise ValueError("pass times must be >= 0")
+
     @classmethod
     def paced(cls, *, ttft_s: float, itl_s: float) -> TimingModel:
         """A backend of fixed pace, for benchmarks of what sits in front of it: each request's

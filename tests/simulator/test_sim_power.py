@@ -455,3 +455,13 @@ def test_gpus_per_backend_is_an_option() -> None:
     assert parse_args([]).gpus == 1
     with pytest.raises(SystemExit):
         parse_args(["--gpus", "0"])
+
+
+def test_a_larger_models_pace_is_an_option() -> None:
+    pace = ["--prefill-tokens-per-s", "4000", "--prefill-base-ms", "25"]
+    pace += ["--decode-base-ms", "20", "--decode-per-seq-ms", "0.2"]
+    timing = parse_args(pace).timing
+    assert timing.prefill_seconds(1, 4000) == pytest.approx(1.025)
+    assert timing.decode_seconds(10) == pytest.approx(0.022)
+    with pytest.raises(SystemExit):
+        parse_args(["--prefill-tokens-per-s", "0"])
