@@ -412,9 +412,14 @@ def _model(c: Any, args: argparse.Namespace, *, larger: bool) -> None:
         f"{1000 * timing.prefill_base_s / speedup:.3f} ms |\n"
         f"| a prompt token's time | {1e6 * c.ttft_seconds_per_token:.3f} µs | "
         f"{1e6 / timing.prefill_tokens_per_s / speedup:.3f} µs |\n"
-        f"| decode | {c.decode_watts:,.0f} W + {c.decode_j_per_token:.4f} J a token | "
-        f"{power.decode_watts(1) * gpus * speedup:,.0f} W at 1 sequence, "
-        f"{power.decode_watts(64) * gpus * speedup:,.0f} W at 64 |"
+        + "".join(
+            # The fitted model's power while n sequences decode: its watts, plus a token's
+            # joules times the tokens they make a second at the simulator's pace.
+            f"| decoding {n} sequences | "
+            f"{c.decode_watts + c.decode_j_per_token * n * speedup / timing.decode_seconds(n):,.0f}"
+            f" W | {power.decode_watts(n) * gpus * speedup:,.0f} W |\n"
+            for n in (1, 8, 32)
+        )
     )
 
 
