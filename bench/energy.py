@@ -206,7 +206,7 @@ def _accuracy(args: argparse.Namespace) -> "Run":
             process.terminate()
         for process in (gateway, *simulators):
             process.wait(10)
-    _final_jobs()
+    _final_jobs(names)
     intervals = list(EnergyInterval.objects.filter(backend__in=names))
     records = {
         f"req_{r.request_id.hex}": r
@@ -371,13 +371,29 @@ def _jobs(stop: threading.Event, frozen: threading.Event) -> None:
         connection.close()
 
 
-def _final_jobs() -> None:
-    """Once the gateway is gone: store what is left, attribute the last intervals."""
-    from metering.attribution import energy_attribute_ready
+def _final_jobs(names: list[str]) -> None:
+    """Once the gateway is gone: store what is left, attribute the last intervals.
+
+    A backend still without a calibration is one whose prices the run could not pin to 2%
+    (a new backend waits for that, or an hour): it is fitted on the whole run, as it would be
+    after its hour, so that its intervals are attributed and the run is scored whole.
+    """
+    from metering.attribution import (
+        CalibrationPolicy,
+        energy_attribute_ready,
+        energy_calibrate,
+        energy_calibration_latest,
+    )
     from metering.consumer import Meter
 
     for meter in Meter.from_settings():
         meter.drain()
+    policy = replace(CalibrationPolicy.from_settings(), price_error=None)
+    now = datetime.now(UTC)
+    for backend in names:
+        if energy_calibration_latest(backend=backend) is None:
+            print(f"\n{backend}: no fit within 2% during the run; fitted on the whole run")
+            energy_calibrate(backend=backend, now=now, until=now, policy=policy)
     energy_attribute_ready()
 
 
