@@ -19,12 +19,16 @@ Each model's engine runs on its own tensor-parallel group of `--gpus` GPUs (engi
 k*gpus .. k*gpus+gpus-1). Every GPU of a group draws the model's power times a fixed factor
 within +-2% (the factors sum to the group size), as real GPUs of one group differ slightly.
 
+The exported counters grow through a step, as a GPU's do: a reading mid-step includes the
+part of the step's energy spent so far.
+
 Ground truth: every joule belongs to exactly one request or to idle. A step's decode joules are
 split among the sequences it decoded by their decode tokens, its prefill joules among the
 sequences it prefilled by their uncached prompt tokens; an embedding request is priced as a
 700 W prefill pass of its modelled duration. Requests are keyed by the x-request-id header the
 caller sent, else by the simulator's own id; aborted requests keep what they used. So at any
-moment: sum of requests + idle = sum over GPUs of their energy, to float rounding.
+moment: sum of requests + idle + the steps still running = sum over GPUs of their energy, to
+float rounding.
 """
 
 from __future__ import annotations
@@ -141,6 +145,17 @@ class TensorParallelGroup:
         """Idle joules of one nominal GPU up to `now`."""
         return self._model.idle_w * self._idle_rate * self.engine.idle_seconds(now)
 
+    def running_j(self, now: float) -> float:
+        """Joules of one nominal GPU spent so far on the step in progress: a GPU's energy
+        counter grows through a step, not at its end (a long prefill lasts tens of ms). The
+        step's requests are credited the whole of it when it ends."""
+        step = self.engine.running_step
+        if step is None or step.duration_s <= 0:
+            return 0.0
+        done = (now - step.started_at) * self._idle_rate / step.duration_s
+        prefill_j, decode_j = self._model.step_joules(step)
+        return (prefill_j + decode_j) * min(max(done, 0.0), 1.0)
+
     def watts(self, now: float) -> float:
         """Power of one nominal GPU now: the running step's, else idle unless work is pending."""
         step = self.engine.running_step
@@ -237,7 +252,7 @@ class Power:
         now = time.monotonic() if now is None else now
         result = []
         for group in self.groups.values():
-            nominal_j = group.busy_j + group.idle_j(now)
+            nominal_j = group.busy_j + group.idle_j(now) + group.running_j(now)
             nominal_w = group.watts(now)
             for gpu in group.gpus:
                 energy_j = nominal_j * gpu.factor
@@ -258,6 +273,11 @@ class Power:
         idle_j = sum(
             group.idle_j(now) * gpu.factor for group in self.groups.values() for gpu in group.gpus
         )
+        running_j = sum(
+            group.running_j(now) * gpu.factor
+            for group in self.groups.values()
+            for gpu in group.gpus
+        )
         if ids is None:
             requests = self.requests
         else:
@@ -265,6 +285,8 @@ class Power:
         return {
             "total_j": sum(reading.energy_j for reading in readings),
             "idle_j": idle_j,
+            # Spent on steps still running, credited to their requests when they end.
+            "running_j": running_j,
             "gpus": [
                 {
                     "index": reading.gpu.index,

@@ -128,7 +128,8 @@ def _prompt(words: int) -> list[dict[str, str]]:
 
 def _assert_conserved(energy: dict[str, Any]) -> None:
     attributed = sum(energy["requests"].values())
-    assert attributed + energy["idle_j"] == pytest.approx(energy["total_j"], rel=1e-9)
+    spent = attributed + energy["idle_j"] + energy["running_j"]
+    assert spent == pytest.approx(energy["total_j"], rel=1e-9)
     assert sum(gpu["energy_j"] for gpu in energy["gpus"]) == pytest.approx(
         energy["total_j"], rel=1e-12
     )
@@ -465,3 +466,26 @@ def test_a_larger_models_pace_is_an_option() -> None:
     assert timing.decode_seconds(10) == pytest.approx(0.022)
     with pytest.raises(SystemExit):
         parse_args(["--prefill-tokens-per-s", "0"])
+
+
+def test_the_energy_counter_grows_through_a_step_as_a_gpus_does() -> None:
+    from simulator.engine import Engine
+    from simulator.power import Power
+
+    config = SimConfig(speedup=1.0, gpus=1)
+    engine = Engine(model=MODEL, config=config)
+    power = Power(config, {MODEL: engine})
+    start = time.monotonic()
+    # A one-second prefill pass at the board limit, in progress: no longer waiting for work.
+    engine.running_step = Step(MODEL, start, 1.0, 1, 20_000, 0, (), 1.0, 0.0, 0)
+    engine._idle_since = None
+
+    [quarter] = power.readings(start + 0.25)
+    [three_quarters] = power.readings(start + 0.75)
+    [after] = power.readings(start + 2.0)
+
+    # 700 W for half a second, and never more than the step's 700 J.
+    assert three_quarters.energy_j - quarter.energy_j == pytest.approx(350 * quarter.gpu.factor)
+    assert after.energy_j - quarter.energy_j == pytest.approx(525 * quarter.gpu.factor)
+    snapshot = power.snapshot()
+    assert snapshot["running_j"] > 0 and not snapshot["requests"]
