@@ -48,30 +48,15 @@ def parse_args(argv: Sequence[str] | None = None) -> SimConfig:
         "then one every ITL_MS, whatever the prompt and the batch (for benchmarks of a proxy)",
     )
     model = TimingModel()
-    parser.add_argument(
-        "--prefill-tokens-per-s",
-        type=float,
-        default=model.prefill_tokens_per_s,
-        help="prompt tokens a prefill pass computes a second (a larger model: fewer)",
-    )
-    parser.add_argument(
-        "--prefill-base-ms",
-        type=float,
-        default=1000 * model.prefill_base_s,
-        help="a prefill pass's time besides its tokens'",
-    )
-    parser.add_argument(
-        "--decode-base-ms",
-        type=float,
-        default=1000 * model.decode_base_s,
-        help="a decode pass's time besides the sequences'",
-    )
-    parser.add_argument(
-        "--decode-per-seq-ms",
-        type=float,
-        default=1000 * model.decode_per_seq_s,
-        help="a decode pass's time for each sequence in the batch",
-    )
+    for flag, default, meaning in (
+        ("--prefill-tokens-per-s", model.prefill_tokens_per_s, "prompt tokens a pass computes/s"),
+        ("--prefill-base-ms", 1000 * model.prefill_base_s, "a prefill pass's time beside tokens'"),
+        ("--decode-base-ms", 1000 * model.decode_base_s, "a decode pass's time beside sequences'"),
+        ("--decode-per-seq-ms", 1000 * model.decode_per_seq_s, "a decode pass's time a sequence"),
+    ):
+        parser.add_argument(
+            flag, type=float, default=default, help=f"{meaning} (default %(default)g)"
+        )
     args = parser.parse_args(argv)
     try:
         timing = (
