@@ -239,7 +239,7 @@ def _freeze(names: list[str], frozen: threading.Event, scrape: float) -> None:
         fitted = energy_calibrate(
             backend=backend, now=now, until=now, policy=replace(policy, price_error=None)
         )
-        print(f"  {backend}: calibrated on the training traffic" if fitted else "  (kept)")
+        print(f"  {backend}: " + ("calibrated on the training traffic" if fitted else "no fit"))
 
 
 def _prepare(ports: dict[str, int]) -> list[Account]:

@@ -206,10 +206,9 @@ def calibration_fit(
         ttft_seconds_per_token=timing.seconds_per_token,
         prefill_seconds=timing.prefill_seconds,
     )
-    total = float(np.sum((energy - energy.mean()) ** 2))
-    if not coefficients.usable() or total == 0:
+    if not coefficients.usable():
         return None
-    r_squared = 1 - float(np.sum((energy - design @ solution) ** 2)) / total
+    r_squared = _r_squared(energy, design @ solution)
     if r_squared < MIN_R_SQUARED:
         return None
     if (
@@ -278,10 +277,15 @@ def step_time_fit(intervals: Sequence[IntervalWork]) -> StepTime | None:
     )
     busy = np.array([max(w.seconds - w.idle_seconds, 0.0) for w in known])
     solution = _nnls(design, busy)
-    total = float(np.sum((busy - busy.mean()) ** 2))
-    if total == 0 or 1 - float(np.sum((busy - design @ solution) ** 2)) / total < MIN_R_SQUARED:
+    if _r_squared(busy, design @ solution) < MIN_R_SQUARED:
         return None
     return StepTime(*(float(c) for c in solution))
+
+
+def _r_squared(target: Any, predicted: Any) -> float:
+    """The share of the target's variance a fit explains; 0 when it does not vary."""
+    total = float(np.sum((target - target.mean()) ** 2))
+    return 1 - float(np.sum((target - predicted) ** 2)) / total if total else 0.0
 
 
 def prefill_time_fit(rows: Sequence[tuple[int, float, int]]) -> tuple[float, float] | None:

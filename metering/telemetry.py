@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -125,7 +125,7 @@ def energy_delta(
     return EnergyDelta(energy_mj=total, inexact=inexact)
 
 
-_ENGINE_FIELDS = ("prompt", "generation", "iterations", "prefills", "prefill_seconds")
+_ENGINE_FIELDS = tuple(field.name for field in fields(EngineTotals))
 _ENGINE_ZERO = EngineTotals(prompt=0, generation=0, iterations=0, prefills=0, prefill_seconds=0.0)
 
 
