@@ -28,6 +28,8 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 # that tests see a failover quickly (production clusters use 5 to 15 s).
 NODE_TIMEOUT_MS = 1000
 
+LOGFILE = "redis.log"
+
 
 def redis_server_command(port: int, directory: Path, *extra: str) -> list[str]:
     """A redis-server on 127.0.0.1:`port` keeping its files in `directory`: an append-only
@@ -46,6 +48,9 @@ def redis_server_command(port: int, directory: Path, *extra: str) -> list[str]:
         "yes",
         "--appendfsync",
         "everysec",
+        # In its directory, so that a server that failed to start can say why.
+        "--logfile",
+        LOGFILE,
         *extra,
     ]
 
@@ -55,11 +60,9 @@ def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """One redis-server on a spare port: its URL and process, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="tf-redis-") as directory:
         port = spare_port()
-        process = subprocess.Popen(
-            redis_server_command(port, Path(directory)), stdout=subprocess.DEVNULL
-        )
+        process = subprocess.Popen(redis_server_command(port, Path(directory)))
         try:
-            wait_answers(port)
+            wait_answers(port, process, Path(directory))
             yield f"redis://127.0.0.1:{port}/0", process
         finally:
             process.terminate()
@@ -102,7 +105,7 @@ class RedisClusterServers:
     def _start(self, port: int) -> None:
         node = self.directory / str(port)
         node.mkdir(exist_ok=True)
-        self.processes[port] = subprocess.Popen(
+        self.processes[port] = process = subprocess.Popen(
             redis_server_command(
                 port,
                 node,
@@ -115,10 +118,9 @@ class RedisClusterServers:
                 # A replica syncs at once, not after the 5 s a primary waits for others.
                 "--repl-diskless-sync-delay",
                 "0",
-            ),
-            stdout=subprocess.DEVNULL,
+            )
         )
-        wait_answers(port)
+        wait_answers(port, process, node)
 
     def _assemble(self, primaries: int) -> None:
         """What `redis-cli --cluster create` does, for the one or two primaries it refuses:
@@ -215,26 +217,55 @@ class RedisClusterServers:
 
 
 def spare_port() -> int:
-    """A free port whose cluster bus port (10,000 above it, at most 65,535) is free too."""
+    """A free port whose cluster bus port (10,000 above it) is free too, both below the
+    kernel's ephemeral range and neither handed out before in this process.
+
+    Below the ephemeral range, because any outgoing connection (a node's own links to its
+    peers, a test's clients) takes a port from there and may take one between this check and
+    redis-server's bind; never handed out twice, so that two nodes of one cluster cannot be
+    given one port, or one node's port be another's bus port."""
+    high = _ephemeral_low() - 10_000
     while True:
-        port = random.randrange(20000, 45000)
+        port = random.randrange(10_000, high)
+        if {port, port + 10_000} & _handed_out:
+            continue
         try:
-            for candidate in (port, port + 10000):
+            for candidate in (port, port + 10_000):
                 with socket.socket() as sock:
                     sock.bind(("127.0.0.1", candidate))
         except OSError:
             continue
+        _handed_out.update((port, port + 10_000))
         return port
 
 
-def wait_answers(port: int) -> None:
-    """Until the redis-server on `port` answers PING (it has loaded its files)."""
-    client = redis.Redis(port=port)
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the range the kernel picks outgoing ports from (Linux's default
+    32768 where it does not say)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def wait_answers(
+    port: int, process: subprocess.Popen[bytes] | None = None, directory: Path | None = None
+) -> None:
+    """Until the redis-server on `port` answers PING (it has loaded its files). If its
+    `process` exits first, fail at once with the end of the log it kept in `directory`."""
+    client = redis.Redis(port=port, socket_timeout=1)
 
     def answers() -> bool:
+        if process is not None and process.poll() is not None:
+            log = directory / LOGFILE if directory is not None else None
+            said = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"redis-server on port {port} exited ({process.returncode}): {said}")
         try:
             return bool(client.ping())
-        except (redis.ConnectionError, redis.BusyLoadingError):
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
             return False
 
     try:

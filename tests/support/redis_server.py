@@ -3,8 +3,7 @@
 import subprocess
 from pathlib import Path
 
-from bench.redis_cluster import wait_answers
-from tests.support.servers import free_port
+from bench.redis_cluster import spare_port, wait_answers
 
 
 class RedisServer:
@@ -18,7 +17,7 @@ class RedisServer:
         appendonly: bool = False,
         extra: tuple[str, ...] = (),
     ) -> None:
-        self.port = free_port()
+        self.port = spare_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
         if directory is not None:
@@ -29,7 +28,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
-        wait_answers(self.port)
+        wait_answers(self.port, self.process)
 
     def kill(self) -> None:
         """SIGKILL: nothing is saved on the way out."""
