@@ -1,11 +1,10 @@
 -- What each request did on its backend in each of the given intervals (docs/energy.md,
 -- "Attribution"), in the components the energy model prices:
 --   prefill_tokens  its uncached prompt tokens, spread evenly over the computation of its
---                   prompt: the last `prefill_seconds + ttft_seconds_per_token * prompt
---                   tokens` before its first token (the whole wait for it when that rate is
---                   not known)
---   prefills        its share of a prefill pass in the interval (0..1): prompts computed at
---                   the same time share one
+--                   prompt (see "stack" below; the whole wait for its first token when the
+--                   backend's prefill rate is not known)
+--   prefills        its share of a prefill pass in the interval (0..1): the prompts computed
+--                   in one engine step share its pass
 --   decode_tokens   its completion tokens, spread evenly over the time in [first token,
 --                   end] in which no prompt was computed (decoding waits then)
 --   decode_seconds  its share of the interval's decode time: at each moment the sequences
@@ -57,49 +56,94 @@ record AS MATERIALIZED (
         AND u.ended_at >= %(after)s
         AND u.prompt_tokens::bigint - u.cached_prompt_tokens + u.completion_tokens > 0
 ),
--- On the GPUs from the computation of its prompt (the pass just before its first token) to
--- its end; before that it only travelled and waited. Without a known prefill rate the whole
--- wait for the first token counts, and no computation is placed in time.
-span AS (
-    SELECT request_id, started_at, backend, busy_from, ended_at, prompt, output,
-           ttft_seconds_per_token > 0 AS placed,
-           date_part('epoch', busy_from) AS a,
-           date_part('epoch', first_token) AS f,
-           date_part('epoch', ended_at) AS z
+-- The prompt computations, stacked. An engine computes prompts one step at a time, each
+-- step's in one pass: `prefill_seconds` for the pass plus `ttft_seconds_per_token` for each
+-- token, and the step's prompts all get their first token at its end. So going back from the
+-- latest first token, each prompt's tokens are computed just before its first token, or
+-- before the next prompt's computation if that began earlier: then the two were in one step
+-- and the later one's pass was theirs. Computations never overlap, and prompts computed
+-- together take as long as the sum of their tokens' times and one pass (placing each before
+-- its own first token, as a first version did, overlapped them and left the decoders time
+-- they did not have). Ordered by first token, with T = the seconds of the tokens from this
+-- prompt's on and g = first token - pass + the seconds of the later prompts' tokens:
+--     start = min(g of this and every later prompt) - T,
+-- and a prompt whose own g is that minimum ends a step (its `head`): it holds the pass.
+stack AS (
+    SELECT *, min(g) OVER later - tokens_after AS stacked_from,
+           g <= min(g) OVER later AS head
     FROM (
-        SELECT *, CASE
-                      WHEN ttft_seconds_per_token > 0 THEN greatest(active_from, first_token
-                          - (prefill_seconds + ttft_seconds_per_token * prompt) * interval '1 s')
-                      ELSE active_from
-                  END AS busy_from
-        FROM record
+        SELECT *, f - pass + tokens_after - prompt_s AS g
+        FROM (
+            SELECT *, sum(prompt_s) OVER later AS tokens_after
+            FROM (
+                SELECT *, date_part('epoch', first_token) AS f,
+                       ttft_seconds_per_token * prompt AS prompt_s, prefill_seconds AS pass
+                FROM record
+                WHERE ttft_seconds_per_token > 0
+            ) AS r
+            WINDOW later AS (PARTITION BY backend ORDER BY first_token DESC, request_id DESC
+                             ROWS UNBOUNDED PRECEDING)
+        ) AS r
+    ) AS r
+    WINDOW later AS (PARTITION BY backend ORDER BY first_token DESC, request_id DESC
+                     ROWS UNBOUNDED PRECEDING)
+),
+step AS (
+    -- Steps numbered from the latest: a prompt is in the step of the first head at or after
+    -- it.
+    SELECT request_id, stacked_from, head,
+           sum(head::int) OVER (PARTITION BY backend ORDER BY first_token DESC,
+                                request_id DESC ROWS UNBOUNDED PRECEDING) AS step
+    FROM stack
+),
+-- On the GPUs from the computation of its prompt to its end; before that it only travelled
+-- and waited (a stacked start before its arrival at the backend is moved up to it). Without
+-- a known prefill rate the whole wait for the first token counts, and nothing is stacked.
+span AS (
+    SELECT r.request_id, r.started_at, r.backend, r.busy_from, r.ended_at, r.prompt, r.output,
+           r.placed, r.computed_by, coalesce(r.sharing, 1) AS sharing,
+           date_part('epoch', r.busy_from) AS a,
+           date_part('epoch', r.computed_by) AS c,
+           date_part('epoch', r.first_token) AS f,
+           date_part('epoch', r.ended_at) AS z
+    FROM (
+        SELECT r.*, s.step IS NOT NULL AS placed,
+               coalesce(least(r.first_token, greatest(r.active_from,
+                   to_timestamp(s.stacked_from))), r.active_from) AS busy_from,
+               coalesce(least(r.first_token, greatest(r.active_from,
+                   to_timestamp(s.stacked_from + r.ttft_seconds_per_token * r.prompt
+                                + CASE WHEN s.head THEN r.prefill_seconds ELSE 0 END))),
+                   r.first_token) AS computed_by,
+               CASE WHEN s.step IS NOT NULL
+                   THEN count(*) OVER (PARTITION BY r.backend, s.step) END AS sharing
+        FROM record AS r
+        LEFT JOIN step AS s ON s.request_id = r.request_id AND r.ttft_seconds_per_token > 0
     ) AS r
 ),
 overlap AS (
-    SELECT i.id AS interval_id, r.request_id, r.started_at, r.prompt, r.output,
+    SELECT i.id AS interval_id, r.request_id, r.started_at, r.prompt, r.output, r.sharing,
            tstzrange(greatest(r.busy_from, i.started_at), least(r.ended_at, i.ended_at)) AS busy,
            CASE
-               WHEN r.f > r.a THEN greatest(0, least(r.f, i.e) - greatest(r.a, i.s)) / (r.f - r.a)
+               WHEN r.c > r.a THEN greatest(0, least(r.c, i.e) - greatest(r.a, i.s)) / (r.c - r.a)
                WHEN r.a >= i.s AND r.a < i.e THEN 1
                ELSE 0
-           END AS prefills,
+           END AS computed,
            CASE
                WHEN r.z > r.f THEN greatest(0, least(r.z, i.e) - greatest(r.f, i.s)) / (r.z - r.f)
                WHEN r.f >= i.s AND r.f < i.e THEN 1
                ELSE 0
            END AS decodes,
            r.z - r.f AS decode_span,
-           r.f - r.a AS compute_span,
            -- Inside the interval: when it decoded and when its prompt was computed; null
            -- when it did not (a null never matches in the joins below).
            CASE WHEN r.output > 0 AND least(r.z, i.e) > greatest(r.f, i.s)
                THEN greatest(r.f, i.s) END AS decode_from,
            CASE WHEN r.output > 0 AND least(r.z, i.e) > greatest(r.f, i.s)
                THEN least(r.z, i.e) END AS decode_to,
-           CASE WHEN r.placed AND least(r.f, i.e) > greatest(r.a, i.s)
+           CASE WHEN r.placed AND least(r.c, i.e) > greatest(r.a, i.s)
                THEN greatest(r.a, i.s) END AS compute_from,
-           CASE WHEN r.placed AND least(r.f, i.e) > greatest(r.a, i.s)
-               THEN least(r.f, i.e) END AS compute_to
+           CASE WHEN r.placed AND least(r.c, i.e) > greatest(r.a, i.s)
+               THEN least(r.c, i.e) END AS compute_to
     FROM selected AS i
     JOIN span AS r
         ON r.backend = i.backend AND r.busy_from < i.ended_at AND r.ended_at >= i.started_at
@@ -135,9 +179,7 @@ curve AS (
            coalesce(sum(CASE WHEN decoding > 0 AND computing = 0 THEN lasts / decoding END)
                         OVER running, 0) AS shared,
            coalesce(sum(CASE WHEN decoding > 0 AND computing = 0 THEN lasts END)
-                        OVER running, 0) AS flowing,
-           coalesce(sum(CASE WHEN computing > 0 THEN lasts / computing END)
-                        OVER running, 0) AS passing
+                        OVER running, 0) AS flowing
     FROM level
     WINDOW running AS (PARTITION BY interval_id ORDER BY t
                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
@@ -153,12 +195,9 @@ SELECT interval_id, request_id, started_at, busy, prefill_tokens, prefills,
        decode_seconds, 0::float8 AS work  -- priced by energy_price.sql
 FROM (
     SELECT o.interval_id, o.request_id, o.started_at, o.busy, o.output, o.decodes,
-           o.prompt * o.prefills AS prefill_tokens,
-           -- Prompts computed together share their pass, as an engine batches them into one.
-           CASE
-               WHEN o.compute_from IS NULL THEN o.prefills
-               ELSE (done.passing - begun.passing) / o.compute_span
-           END AS prefills,
+           o.prompt * o.computed AS prefill_tokens,
+           -- The prompts of one step share its pass.
+           o.computed / o.sharing AS prefills,
            upto.flowing - since.flowing AS flowed,
            sum(upto.flowing - since.flowing) OVER request
                + o.decode_span - sum(o.decode_to - o.decode_from) OVER request AS flowed_total,
@@ -166,8 +205,6 @@ FROM (
     FROM overlap AS o
     LEFT JOIN curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
     LEFT JOIN curve AS upto ON upto.interval_id = o.interval_id AND upto.t = o.decode_to
-    LEFT JOIN curve AS begun ON begun.interval_id = o.interval_id AND begun.t = o.compute_from
-    LEFT JOIN curve AS done ON done.interval_id = o.interval_id AND done.t = o.compute_to
-    WHERE o.prompt * o.prefills + o.output * o.decodes > 0
+    WHERE o.prompt * o.computed + o.output * o.decodes > 0
     WINDOW request AS (PARTITION BY o.request_id)
 ) AS r

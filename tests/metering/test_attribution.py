@@ -316,6 +316,22 @@ def test_decoding_waits_while_a_prompt_is_computed() -> None:
 
 
 @pytest.mark.django_db
+def test_prompts_computed_in_one_step_stall_the_decoders_for_all_their_tokens() -> None:
+    calibrate(model=Coefficients(0.0, 0.008, 0.0, decode_watts=1.0, decode_j_per_token=0.1,
+                                 ttft_seconds_per_token=0.001))  # fmt: skip
+    decoder = usage(start=0, first_token=0, end=10, completion=100)
+    # Both get their first token at the end of the step that computed their 3,000 tokens.
+    readers = [usage(start=1, first_token=6, end=6, prompt=p) for p in (2000, 1000)]
+    interval(0, 10, energy_j=41)
+
+    attribute()
+
+    # decoder: 7 s of decoding (not 8: the two prompts held the GPUs for 3 s, not 2) + 10.
+    assert energy(decoder) == pytest.approx(17)
+    assert [energy(r) for r in readers] == [pytest.approx(16), pytest.approx(8)]
+
+
+@pytest.mark.django_db
 def test_a_decoder_stalled_by_a_prompt_makes_all_its_tokens_faster_in_between() -> None:
     calibrate(model=Coefficients(0.0, 0.01, 0.0, decode_watts=0.0, decode_j_per_token=1.0,
                                  ttft_seconds_per_token=0.001))  # fmt: skip
