@@ -28,6 +28,7 @@ them and the figures are scaled to a million requests. The synthetic rows are de
 
 import argparse
 import asyncio
+import math
 import os
 import random
 import statistics
@@ -416,6 +417,15 @@ def _model(c: Any, args: argparse.Namespace, *, larger: bool) -> None:
 
     timing = parse_args(LARGER_MODEL if larger else []).timing
     power, gpus, speedup = PowerModel(), args.gpus, args.speedup
+
+    def decode_watts(n: int) -> float:
+        """The fitted model's power while n sequences decode: its watts and the log term,
+        plus a token's joules times the tokens they make a second at the simulator's pace."""
+        tokens_per_s = n * speedup / timing.decode_seconds(n)
+        return (
+            c.decode_watts + c.decode_log_watts * math.log(n) + c.decode_j_per_token * tokens_per_s
+        )
+
     print(
         f"\n{c.backend} ({c.source}, {c.intervals} intervals, R^2 {c.r_squared or 0:.4f})\n"
         "| term | fitted | simulator's truth |\n|---|---|---|\n"
@@ -429,11 +439,8 @@ def _model(c: Any, args: argparse.Namespace, *, larger: bool) -> None:
         f"| a prompt token's time | {1e6 * c.ttft_seconds_per_token:.3f} µs | "
         f"{1e6 / timing.prefill_tokens_per_s / speedup:.3f} µs |\n"
         + "".join(
-            # The fitted model's power while n sequences decode: its watts, plus a token's
-            # joules times the tokens they make a second at the simulator's pace.
-            f"| decoding {n} sequences | "
-            f"{c.decode_watts + c.decode_j_per_token * n * speedup / timing.decode_seconds(n):,.0f}"
-            f" W | {power.decode_watts(n) * gpus * speedup:,.0f} W |\n"
+            f"| decoding {n} sequences | {decode_watts(n):,.0f} W | "
+            f"{power.decode_watts(n) * gpus * speedup:,.0f} W |\n"
             for n in (1, 8, 32)
         )
     )

@@ -197,6 +197,7 @@ class CalibrationForm(forms.ModelForm[EnergyCalibration]):
             "prefill_j_per_request",
             "decode_watts",
             "decode_j_per_token",
+            "decode_log_watts",
             "ttft_seconds",
             "ttft_seconds_per_token",
             "prefill_seconds",

@@ -72,6 +72,7 @@ class Coefficients:
     ttft_seconds: float = 0.0
     ttft_seconds_per_token: float = 0.0
     prefill_seconds: float = 0.0
+    decode_log_watts: float = 0.0
 
     @classmethod
     def of(cls, calibration: EnergyCalibration) -> "Coefficients":
@@ -83,7 +84,7 @@ class Coefficients:
         return (
             min(asdict(self).values()) >= 0
             and self.prefill_j_per_token + self.prefill_j_per_request > 0
-            and self.decode_watts + self.decode_j_per_token > 0
+            and self.decode_watts + self.decode_j_per_token + self.decode_log_watts > 0
         )
 
 
@@ -126,6 +127,7 @@ class IntervalWork:
     energy_j: float
     seconds: float = 0.0
     iterations: float | None = None
+    decode_log_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +193,12 @@ def calibration_fit(
         return None
     solution = _nnls(design, energy)
     if timing.measured:
-        idle, prefill_watts, decode_watts, decode_per_token = (float(c) for c in solution)
+        idle, prefill_watts, *decode = (float(c) for c in solution)
         per_token = prefill_watts * timing.seconds_per_token
         per_request = prefill_watts * timing.prefill_seconds
     else:
-        idle, per_token, per_request, decode_watts, decode_per_token = (float(c) for c in solution)
+        idle, per_token, per_request, *decode = (float(c) for c in solution)
+    decode_watts, decode_per_token, decode_log_watts = decode
     coefficients = Coefficients(
         idle,
         per_token,
@@ -205,6 +208,7 @@ def calibration_fit(
         ttft_seconds=timing.seconds,
         ttft_seconds_per_token=timing.seconds_per_token,
         prefill_seconds=timing.prefill_seconds,
+        decode_log_watts=decode_log_watts,
     )
     if not coefficients.usable():
         return None
@@ -244,12 +248,13 @@ def _price_errors(design: Any, target: Any, solution: Any) -> tuple[float, float
 
 def calibration_terms(w: IntervalWork, timing: Timing) -> tuple[float, ...]:
     """What the fit's coefficients multiply in one interval."""
+    decode = (w.decode_seconds, w.decode_tokens, w.decode_log_seconds)
     if timing.measured:
         prefill_seconds = (
             timing.prefill_seconds * w.prefills + timing.seconds_per_token * w.prefill_tokens
         )
-        return (w.idle_seconds, prefill_seconds, w.decode_seconds, w.decode_tokens)
-    return (w.idle_seconds, w.prefill_tokens, w.prefills, w.decode_seconds, w.decode_tokens)
+        return (w.idle_seconds, prefill_seconds, *decode)
+    return (w.idle_seconds, w.prefill_tokens, w.prefills, *decode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,9 +437,11 @@ def _intervals_work(
     _work_build(cursor, {**span, **models, "ids": ids})
     cursor.execute(_CALIBRATION_INTERVALS, {"ids": ids})
     intervals = []
-    for *figures, steps in cursor.fetchall():
+    for *figures, steps, decode_log_s in cursor.fetchall():
         idle, tokens, prefills, decode_s, decode_tokens, energy, seconds = map(float, figures)
-        work = IntervalWork(idle, tokens, prefills, decode_s, decode_tokens, energy, seconds, steps)
+        work = IntervalWork(
+            idle, tokens, prefills, decode_s, decode_tokens, energy, seconds, steps, decode_log_s
+        )
         intervals.append(work)
     cursor.execute("DROP TABLE energy_work")
     return intervals

@@ -168,6 +168,7 @@ class EnergyCalibration(models.Model):
                       + prefill_j_per_request * requests prefilled
                       + decode_watts * seconds with a sequence decoding
                       + decode_j_per_token * output tokens
+                      + decode_log_watts * seconds decoding, times ln(sequences decoding)
     Watts are joules per wall-clock second for the whole backend (all its GPUs); see
     docs/energy.md for the model, how it is fitted and how attribution uses it.
     """
@@ -186,6 +187,9 @@ class EnergyCalibration(models.Model):
     # Drawn while sequences decode, shared equally by those decoding at each moment.
     decode_watts = models.FloatField(default=0.0)
     decode_j_per_token = models.FloatField()
+    # Decode power grows with the batch and flattens out (memory-bound GPUs draw near their
+    # limit): this much more for each e-fold of the sequences decoding together.
+    decode_log_watts = models.FloatField(default=0.0)
     # Time to first token after the gateway's queue ≈ ttft_seconds + ttft_seconds_per_token *
     # uncached prompt tokens: where decode starts for answers that were not streamed.
     ttft_seconds = models.FloatField(default=0.0)

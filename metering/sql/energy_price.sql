@@ -7,10 +7,11 @@ SET work = c.prefill_j_per_token * w.prefill_tokens
          + c.prefill_j_per_request * w.prefills
          + c.decode_watts * w.decode_seconds
          + c.decode_j_per_token * w.decode_tokens
+         + c.decode_log_watts * w.decode_log_seconds
 FROM metering_energyinterval AS i,
      unnest(%(backends)s::text[], %(prefill_j_per_token)s::float8[],
             %(prefill_j_per_request)s::float8[], %(decode_watts)s::float8[],
-            %(decode_j_per_token)s::float8[])
+            %(decode_j_per_token)s::float8[], %(decode_log_watts)s::float8[])
          AS c (backend, prefill_j_per_token, prefill_j_per_request, decode_watts,
-               decode_j_per_token)
+               decode_j_per_token, decode_log_watts)
 WHERE i.id = w.interval_id AND c.backend = i.backend

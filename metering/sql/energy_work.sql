@@ -10,6 +10,7 @@
 --   decode_seconds  its share of the interval's decode time: at each moment the sequences
 --                   decoding share the GPUs equally, as continuous batching runs them, except
 --                   while a prompt is being computed (the prompt has the GPUs then)
+--   decode_log_seconds  the same shares, each second weighed by ln(sequences decoding)
 --   busy            the part of [computation start, end] inside the interval
 -- Before its prompt is computed a request is travelling or waiting, which is no work. An
 -- answer that was not streamed has no first-token time: the backend's usual time to first
@@ -179,7 +180,10 @@ curve AS (
            coalesce(sum(CASE WHEN decoding > 0 AND computing = 0 THEN lasts / decoding END)
                         OVER running, 0) AS shared,
            coalesce(sum(CASE WHEN decoding > 0 AND computing = 0 THEN lasts END)
-                        OVER running, 0) AS flowing
+                        OVER running, 0) AS flowing,
+           coalesce(sum(CASE WHEN decoding > 0 AND computing = 0
+                             THEN lasts * ln(decoding) / decoding END)
+                        OVER running, 0) AS log_shared
     FROM level
     WINDOW running AS (PARTITION BY interval_id ORDER BY t
                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
@@ -192,7 +196,7 @@ SELECT interval_id, request_id, started_at, busy, prefill_tokens, prefills,
            WHEN flowed IS NULL OR NOT flowed_total > 0 THEN output * decodes
            ELSE output * flowed / flowed_total
        END AS decode_tokens,
-       decode_seconds, 0::float8 AS work  -- priced by energy_price.sql
+       decode_seconds, decode_log_seconds, 0::float8 AS work  -- priced by energy_price.sql
 FROM (
     SELECT o.interval_id, o.request_id, o.started_at, o.busy, o.output, o.decodes,
            o.prompt * o.computed AS prefill_tokens,
@@ -201,7 +205,8 @@ FROM (
            upto.flowing - since.flowing AS flowed,
            sum(upto.flowing - since.flowing) OVER request
                + o.decode_span - sum(o.decode_to - o.decode_from) OVER request AS flowed_total,
-           coalesce(upto.shared - since.shared, 0) AS decode_seconds
+           coalesce(upto.shared - since.shared, 0) AS decode_seconds,
+           coalesce(upto.log_shared - since.log_shared, 0) AS decode_log_seconds
     FROM overlap AS o
     LEFT JOIN curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
     LEFT JOIN curve AS upto ON upto.interval_id = o.interval_id AND upto.t = o.decode_to

@@ -131,6 +131,7 @@ def test_staff_can_configure_a_backends_energy_model(staff: tuple[User, Client])
         "prefill_j_per_request": "0",
         "decode_watts": "300",
         "decode_j_per_token": "0.2",
+        "decode_log_watts": "0",
         "ttft_seconds": "0",
         "ttft_seconds_per_token": "0",
         "prefill_seconds": "0",

@@ -1,5 +1,6 @@
 """Energy attribution and calibration on the real PostgreSQL and Redis (docs/energy.md)."""
 
+import math
 import threading
 import time
 import uuid
@@ -271,6 +272,21 @@ def test_sequences_decoding_together_share_the_decode_power_equally_in_time() ->
 
 
 @pytest.mark.django_db
+def test_decode_power_grows_with_the_log_of_the_batch() -> None:
+    calibrate(model=Coefficients(0.0, 0.1, 0.0, decode_watts=100.0, decode_j_per_token=0.0,
+                                 decode_log_watts=100.0))  # fmt: skip
+    first = usage(start=0, first_token=0, end=10, completion=50)
+    second = usage(start=5, first_token=5, end=10, completion=50)
+    together = 5 * (100 + 100 * math.log(2))  # two sequences draw 169 W, not 200 W
+    interval(0, 10, energy_j=500 + together)
+
+    attribute()
+
+    assert energy(first) == pytest.approx(500 + together / 2)
+    assert energy(second) == pytest.approx(together / 2)
+
+
+@pytest.mark.django_db
 def test_each_prefill_pays_its_fixed_cost_besides_its_tokens() -> None:
     calibrate(model=Coefficients(0.0, 0.01, 10.0, decode_watts=0.0, decode_j_per_token=0.1))
     short = usage(start=0, first_token=1, end=2, prompt=100, completion=100)
@@ -496,10 +512,36 @@ def test_with_the_engines_steps_and_prefill_times_a_pass_is_priced_by_its_time()
     )
 
 
+def test_the_fit_finds_decode_power_that_flattens_as_the_batch_grows() -> None:
+    timing = Timing(0.01, 1e-5, 5e-4, measured=True)
+    # idle W, prefill W, decode W, J a token, decode W per ln(batch)
+    model = np.array((100.0, 1e4, 300.0, 0.2, 150.0))
+    rows = []
+    for n in range(36):
+        batch, decoding = 2 ** (n % 6), 0.2 + 0.1 * (n % 7)
+        work = IntervalWork(1 - decoding, 300 * (n % 4), n % 4 > 0, decoding,
+                            decoding * batch / (0.02 + 0.001 * batch), 0.0, seconds=1.0,
+                            decode_log_seconds=decoding * math.log(batch))  # fmt: skip
+        rows.append(
+            replace(work, energy_j=float(model @ np.array(calibration_terms(work, timing))))
+        )
+
+    fit = calibration_fit(rows, timing=timing)
+
+    assert fit is not None
+    c = fit.coefficients
+    assert (c.decode_watts, c.decode_log_watts, c.decode_j_per_token) == (
+        pytest.approx(300),
+        pytest.approx(150),
+        pytest.approx(0.2),
+    )
+
+
 def test_a_new_backends_first_fit_waits_for_prices_it_knows_well() -> None:
     noise_j = 5.0  # leaves the prefill and the decode price 3-4% uncertain (a standard error)
     timing = Timing(0.01, 1e-5, 5e-4, measured=True)
-    model = np.array((100.0, 1e4, 300.0, 0.2))  # idle W, prefill W, decode W, J a token
+    # idle W, prefill W, decode W, J a token, decode W per ln(batch)
+    model = np.array((100.0, 1e4, 300.0, 0.2, 0.0))
 
     def intervals(noise: float) -> list[IntervalWork]:
         rows = []
