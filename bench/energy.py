@@ -422,9 +422,8 @@ def _model(c: Any, args: argparse.Namespace, *, larger: bool) -> None:
         """The fitted model's power while n sequences decode: its watts and the log term,
         plus a token's joules times the tokens they make a second at the simulator's pace."""
         tokens_per_s = n * speedup / timing.decode_seconds(n)
-        return (
-            c.decode_watts + c.decode_log_watts * math.log(n) + c.decode_j_per_token * tokens_per_s
-        )
+        log_watts = c.decode_log_watts * math.log(n)
+        return float(c.decode_watts + log_watts + c.decode_j_per_token * tokens_per_s)
 
     print(
         f"\n{c.backend} ({c.source}, {c.intervals} intervals, R^2 {c.r_squared or 0:.4f})\n"
