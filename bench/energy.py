@@ -475,6 +475,7 @@ def _report(
     )
     print("\n| account | requests | truth (kJ) | attributed (kJ) | error |\n|---|---|---|---|---|")
     worst, errors = 0.0, []
+    by_backend: dict[str, list[float]] = defaultdict(list)
     by_label: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     by_account: dict[str, float] = {}
     for account in accounts:
@@ -493,6 +494,7 @@ def _report(
             if truth["requests"].get(rid):
                 t = truth["requests"][rid]
                 errors.append(abs(100 * ((records[rid].energy_joules or 0) - t) / t))
+                by_backend[records[rid].backend].append(errors[-1])
         totals = by_label[account.kind]
         totals[0] += len(ids)
         totals[1] += true_j
@@ -504,6 +506,10 @@ def _report(
     )
     for kind, (n, true_j, got_j) in by_label.items():
         print(f"  {kind:12} {int(n):5} requests {100 * (got_j - true_j) / true_j:+6.2f}%")
+    if len(by_backend) > 1:
+        for backend, backend_errors in sorted(by_backend.items()):
+            p90 = statistics.quantiles(backend_errors, n=10)[8]
+            print(f"  {backend}: per request p90 {p90:.1f}% (n={len(backend_errors)})")
     return Run(by_account, cuts[49], cuts[89], cuts[98])
 
 
