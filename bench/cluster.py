@@ -59,7 +59,6 @@ from bench.overhead import (
     Run,
     Target,
     _body,
-    _free_port,
     _hey,
     _machine,
     _prepare_fleet,
@@ -68,6 +67,7 @@ from bench.overhead import (
     _uvicorn,
     _wait_ready,
 )
+from bench.ports import free_port
 
 
 @dataclass
@@ -118,7 +118,7 @@ def main() -> None:
     through: list[Through] = []
     stored: list[Result] = []
     with bench_database(args.database, args.batch_size):
-        sim_port = _free_port()
+        sim_port = free_port()
         key = _prepare_fleet(sim_port)
         simulator = _spawn(["1"], _simulator(sim_port), {**os.environ, "LOG_LEVEL": "WARNING"})
         try:
@@ -148,7 +148,7 @@ def main() -> None:
 def _through(redis_store: Store, gateways: int, key: str, args: argparse.Namespace) -> Through:
     """The load through `gateways` gateway workers on the store, then the ledger's check."""
     reset(redis_store)
-    port = _free_port()
+    port = free_port()
     cpus = [str(cpu) for cpu in range(min(gateways, os.cpu_count() or 1))]
     server = _spawn(cpus, _uvicorn("config.asgi:application", port, gateways), redis_store.env())
     meter = meter_spawn(redis_store, "1")

@@ -45,7 +45,8 @@ import aiohttp
 import django
 import orjson
 
-from bench.overhead import _free_port, _machine, _spawn, _wait_ready
+from bench.overhead import _machine, _spawn, _wait_ready
+from bench.ports import free_port
 
 WORDS = (  # noqa: SIM905 -- reads better as prose
     "energy token watt batch prefill decode gateway backend tensor kernel memory cluster "
@@ -154,8 +155,8 @@ def _accuracy(args: argparse.Namespace) -> "Run":
     name = f"bench-energy-{uuid.uuid4().hex[:6]}"
     names = [name, f"{name}-larger"][: args.backends]
     started = datetime.now(UTC)
-    ports = {backend: _free_port() for backend in names}
-    gateway_port = _free_port()
+    ports = {backend: free_port() for backend in names}
+    gateway_port = free_port()
     env = {**os.environ, "LOG_LEVEL": "ERROR"}
     simulators = []
     for n, backend in enumerate(names):

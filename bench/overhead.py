@@ -42,6 +42,8 @@ from pathlib import Path
 import django
 import psutil
 
+from bench.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bench-model"
 
@@ -93,9 +95,9 @@ def main() -> None:
     os.environ.setdefault("TF_PROFILE", "local")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
-    key = _prepare_fleet(sim_port := _free_port())
+    key = _prepare_fleet(sim_port := free_port())
     env = {**os.environ, "LOG_LEVEL": "WARNING"}
-    gateway_port, bare_port = _free_port(), _free_port()
+    gateway_port, bare_port = free_port(), free_port()
     simulator = _spawn(["1"], _simulator(sim_port, args.paced), env)
     # One core per worker, from CPU 0 up; beyond one they share cores with the load.
     proxy_cpus = [str(cpu) for cpu in range(min(args.workers, os.cpu_count() or 1))]
@@ -351,14 +353,6 @@ def _wait_ready(url: str, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     sys.exit(f"{url} not ready after {timeout}s")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _machine() -> str:

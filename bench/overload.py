@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import aiohttp
 import django
 
-from bench.overhead import _free_port, _machine, _spawn, _wait_ready
+from bench.overhead import _machine, _spawn, _wait_ready
+from bench.ports import free_port
 
 MODEL = "overload-model"
 TIERS = ("premium", "interactive", "free")
@@ -52,7 +53,7 @@ def main() -> None:
     os.environ.setdefault("TF_PROFILE", "local")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
-    sim_port = _free_port()
+    sim_port = free_port()
     keys = _prepare(sim_port, args.capacity)
     # Throughput of a full batch: capacity sequences per (first token + 64 decode steps).
     step_s = (6.7 + 0.08 * args.capacity) / 1000
@@ -134,7 +135,7 @@ def _run_policy(
     seconds: float,
     env: dict[str, str],
 ) -> list[Outcome]:
-    port = _free_port()
+    port = free_port()
     gateway = _spawn(
         ["0"],
         [

@@ -9,9 +9,7 @@ the tests both use them (tests/support/redis_cluster.py re-exports the cluster).
 primary (SIGKILL) to watch its replica take over; `stop` removes every trace.
 """
 
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +21,8 @@ from typing import Any
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS
+
+from bench.ports import free_port
 
 # How long a primary may be silent before its replica is elected in its place: a second, so
 # that tests see a failover quickly (production clusters use 5 to 15 s).
@@ -217,38 +217,8 @@ class RedisClusterServers:
 
 
 def spare_port() -> int:
-    """A free port whose cluster bus port (10,000 above it) is free too, both below the
-    kernel's ephemeral range and neither handed out before in this process.
-
-    Below the ephemeral range, because any outgoing connection (a node's own links to its
-    peers, a test's clients) takes a port from there and may take one between this check and
-    redis-server's bind; never handed out twice, so that two nodes of one cluster cannot be
-    given one port, or one node's port be another's bus port."""
-    high = _ephemeral_low() - 10_000
-    while True:
-        port = random.randrange(10_000, high)
-        if {port, port + 10_000} & _handed_out:
-            continue
-        try:
-            for candidate in (port, port + 10_000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        _handed_out.update((port, port + 10_000))
-        return port
-
-
-_handed_out: set[int] = set()
-
-
-def _ephemeral_low() -> int:
-    """The first port of the range the kernel picks outgoing ports from (Linux's default
-    32768 where it does not say)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
+    """A free port whose cluster bus port (10,000 above it) is free too."""
+    return free_port(also=(10_000,))
 
 
 def wait_answers(

@@ -3,7 +3,8 @@
 import subprocess
 from pathlib import Path
 
-from bench.redis_cluster import spare_port, wait_answers
+from bench.ports import free_port
+from bench.redis_cluster import wait_answers
 
 
 class RedisServer:
@@ -17,7 +18,7 @@ class RedisServer:
         appendonly: bool = False,
         extra: tuple[str, ...] = (),
     ) -> None:
-        self.port = spare_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
         if directory is not None:
