@@ -73,15 +73,12 @@ stack AS (
     SELECT *, min(g) OVER later - tokens_after AS stacked_from,
            g <= min(g) OVER later AS head
     FROM (
-        SELECT *, f - pass + tokens_after - prompt_s AS g
+        SELECT *, date_part('epoch', first_token) - prefill_seconds + tokens_after
+                  - ttft_seconds_per_token * prompt AS g
         FROM (
-            SELECT *, sum(prompt_s) OVER later AS tokens_after
-            FROM (
-                SELECT *, date_part('epoch', first_token) AS f,
-                       ttft_seconds_per_token * prompt AS prompt_s, prefill_seconds AS pass
-                FROM record
-                WHERE ttft_seconds_per_token > 0
-            ) AS r
+            SELECT *, sum(ttft_seconds_per_token * prompt) OVER later AS tokens_after
+            FROM record
+            WHERE ttft_seconds_per_token > 0
             WINDOW later AS (PARTITION BY backend ORDER BY first_token DESC, request_id DESC
                              ROWS UNBOUNDED PRECEDING)
         ) AS r
@@ -102,7 +99,7 @@ step AS (
 -- a known prefill rate the whole wait for the first token counts, and nothing is stacked.
 span AS (
     SELECT r.request_id, r.started_at, r.backend, r.busy_from, r.ended_at, r.prompt, r.output,
-           r.placed, r.computed_by, coalesce(r.sharing, 1) AS sharing,
+           r.placed, coalesce(r.sharing, 1) AS sharing,
            date_part('epoch', r.busy_from) AS a,
            date_part('epoch', r.computed_by) AS c,
            date_part('epoch', r.first_token) AS f,
