@@ -438,6 +438,9 @@ def _model(c: Any, args: argparse.Namespace, *, larger: bool) -> None:
         f"{1000 * timing.prefill_base_s / speedup:.3f} ms |\n"
         f"| a prompt token's time | {1e6 * c.ttft_seconds_per_token:.3f} µs | "
         f"{1e6 / timing.prefill_tokens_per_s / speedup:.3f} µs |\n"
+        f"| a decode step over 8 sequences | "
+        f"{1000 * (c.decode_step_seconds + 8 * c.decode_step_seconds_per_sequence):.3f} ms | "
+        f"{1000 * timing.decode_seconds(8) / speedup:.3f} ms |\n"
         + "".join(
             f"| decoding {n} sequences | {decode_watts(n):,.0f} W | "
             f"{power.decode_watts(n) * gpus * speedup:,.0f} W |\n"

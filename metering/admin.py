@@ -201,6 +201,8 @@ class CalibrationForm(forms.ModelForm[EnergyCalibration]):
             "ttft_seconds",
             "ttft_seconds_per_token",
             "prefill_seconds",
+            "decode_step_seconds",
+            "decode_step_seconds_per_sequence",
         ]
 
     def clean(self) -> dict[str, Any]:

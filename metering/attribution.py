@@ -73,6 +73,10 @@ class Coefficients:
     ttft_seconds_per_token: float = 0.0
     prefill_seconds: float = 0.0
     decode_log_watts: float = 0.0
+    # A decode step's time over n sequences: decode_step_seconds + n * the per-sequence
+    # seconds (0: not known), which sizes a request's decode time by its output.
+    decode_step_seconds: float = 0.0
+    decode_step_seconds_per_sequence: float = 0.0
 
     @classmethod
     def of(cls, calibration: EnergyCalibration) -> "Coefficients":
@@ -99,6 +103,9 @@ class Timing:
     seconds_per_token: float = 0.0
     prefill_seconds: float = 0.0
     measured: bool = False
+    # A decode step's time: fixed and per sequence decoding (measured too; 0 when not).
+    step_seconds: float = 0.0
+    step_seconds_per_sequence: float = 0.0
 
     def pass_seconds(self, fit: "Fit") -> float:
         """The GPU time of a prefill pass besides its tokens', from a fit that did not know it.
@@ -209,6 +216,8 @@ def calibration_fit(
         ttft_seconds_per_token=timing.seconds_per_token,
         prefill_seconds=timing.prefill_seconds,
         decode_log_watts=decode_log_watts,
+        decode_step_seconds=timing.step_seconds,
+        decode_step_seconds_per_sequence=timing.step_seconds_per_sequence,
     )
     if not coefficients.usable():
         return None
@@ -341,7 +350,14 @@ def measured_timing(
         pass_seconds = fixed - (steps.fixed + steps.per_output_token * batch)
     if pass_seconds <= 0 or per_token <= 0:
         return None
-    return replace(timing, seconds_per_token=per_token, prefill_seconds=pass_seconds, measured=True)
+    return replace(
+        timing,
+        seconds_per_token=per_token,
+        prefill_seconds=pass_seconds,
+        measured=True,
+        step_seconds=steps.fixed,
+        step_seconds_per_sequence=steps.per_output_token,
+    )
 
 
 def _nnls(design: Any, energy: Any) -> Any:
@@ -433,6 +449,8 @@ def _intervals_work(
         "ttft_seconds": [timing.seconds],
         "ttft_seconds_per_token": [timing.seconds_per_token],
         "prefill_seconds": [timing.prefill_seconds],
+        "decode_step_seconds": [timing.step_seconds],
+        "decode_step_seconds_per_sequence": [timing.step_seconds_per_sequence],
     }
     _work_build(cursor, {**span, **models, "ids": ids})
     cursor.execute(_CALIBRATION_INTERVALS, {"ids": ids})

@@ -196,6 +196,10 @@ class EnergyCalibration(models.Model):
     ttft_seconds_per_token = models.FloatField(default=0.0)
     # GPU time of a prefill pass besides its tokens' (ttft_seconds_per_token each).
     prefill_seconds = models.FloatField(default=0.0)
+    # A decode step over n sequences lasts decode_step_seconds + n *
+    # decode_step_seconds_per_sequence (0: not known): a request's decode time by its output.
+    decode_step_seconds = models.FloatField(default=0.0)
+    decode_step_seconds_per_sequence = models.FloatField(default=0.0)
     # Intervals the fit used and its coefficient of determination; null when configured.
     intervals = models.PositiveIntegerField(null=True)
     r_squared = models.FloatField(null=True)

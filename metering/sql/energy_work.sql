@@ -4,7 +4,8 @@
 --                   prompt (see "stack" below; the whole wait for its first token when the
 --                   backend's prefill rate is not known)
 --   prefills        its share of a prefill pass in the interval (0..1): the prompts computed
---                   in one engine step share its pass
+--                   in one engine step share its pass by their uncached tokens (evenly when
+--                   none has any), as the pass's fixed work serves every token in it
 --   decode_tokens   its completion tokens, spread evenly over the time in [first token,
 --                   end] in which no prompt was computed (decoding waits then)
 --   decode_seconds  its share of the interval's decode time: at each moment the sequences
@@ -35,7 +36,7 @@ record AS MATERIALIZED (
     SELECT u.request_id, u.started_at, u.backend, u.ended_at,
            u.prompt_tokens - u.cached_prompt_tokens AS prompt,
            u.completion_tokens AS output,
-           m.ttft_seconds_per_token, m.prefill_seconds,
+           m.ttft_seconds_per_token, m.prefill_seconds, m.step_seconds, m.step_seconds_per_sequence,
            least(u.ended_at, u.started_at + u.queue_wait_ms * interval '1 ms') AS active_from,
            least(u.ended_at, greatest(
                u.started_at + u.queue_wait_ms * interval '1 ms',
@@ -50,8 +51,11 @@ record AS MATERIALIZED (
            )) AS first_token
     FROM metering_usagerecord AS u
     JOIN unnest(%(backends)s::text[], %(ttft_seconds)s::float8[],
-                %(ttft_seconds_per_token)s::float8[], %(prefill_seconds)s::float8[])
-        AS m (backend, ttft_seconds, ttft_seconds_per_token, prefill_seconds)
+                %(ttft_seconds_per_token)s::float8[], %(prefill_seconds)s::float8[],
+                %(decode_step_seconds)s::float8[],
+                %(decode_step_seconds_per_sequence)s::float8[])
+        AS m (backend, ttft_seconds, ttft_seconds_per_token, prefill_seconds, step_seconds,
+              step_seconds_per_sequence)
         ON m.backend = u.backend
     WHERE u.started_at >= %(lower)s AND u.started_at < %(upper)s
         AND u.ended_at >= %(after)s
@@ -68,10 +72,11 @@ record AS MATERIALIZED (
 -- they did not have). Ordered by first token, with T = the seconds of the tokens from this
 -- prompt's on and g = first token - pass + the seconds of the later prompts' tokens:
 --     start = min(g of this and every later prompt) - T,
--- and a prompt whose own g is that minimum ends a step (its `head`): it holds the pass.
+-- and a prompt whose own g is below every later one's ends a step (its `head`): it holds the
+-- pass (one whose g ties a later one's, as a cached prompt's does, is in the later step).
 stack AS (
     SELECT *, min(g) OVER later - tokens_after AS stacked_from,
-           g <= min(g) OVER later AS head
+           g < coalesce(min(g) OVER strictly_later, 'infinity') AS head
     FROM (
         SELECT *, date_part('epoch', first_token) - prefill_seconds + tokens_after
                   - ttft_seconds_per_token * prompt AS g
@@ -83,8 +88,9 @@ stack AS (
                              ROWS UNBOUNDED PRECEDING)
         ) AS r
     ) AS r
-    WINDOW later AS (PARTITION BY backend ORDER BY first_token DESC, request_id DESC
-                     ROWS UNBOUNDED PRECEDING)
+    WINDOW by_first AS (PARTITION BY backend ORDER BY first_token DESC, request_id DESC),
+           later AS (by_first ROWS UNBOUNDED PRECEDING),
+           strictly_later AS (by_first ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
 ),
 step AS (
     -- Steps numbered from the latest: a prompt is in the step of the first head at or after
@@ -99,7 +105,7 @@ step AS (
 -- a known prefill rate the whole wait for the first token counts, and nothing is stacked.
 span AS (
     SELECT r.request_id, r.started_at, r.backend, r.busy_from, r.ended_at, r.prompt, r.output,
-           r.placed, coalesce(r.sharing, 1) AS sharing,
+           r.placed, coalesce(r.share, 1) AS share, r.step_seconds, r.step_seconds_per_sequence,
            date_part('epoch', r.busy_from) AS a,
            date_part('epoch', r.computed_by) AS c,
            date_part('epoch', r.first_token) AS f,
@@ -112,14 +118,17 @@ span AS (
                    to_timestamp(s.stacked_from + r.ttft_seconds_per_token * r.prompt
                                 + CASE WHEN s.head THEN r.prefill_seconds ELSE 0 END))),
                    r.first_token) AS computed_by,
-               CASE WHEN s.step IS NOT NULL
-                   THEN count(*) OVER (PARTITION BY r.backend, s.step) END AS sharing
+               CASE WHEN s.step IS NOT NULL THEN coalesce(
+                   r.prompt / nullif(sum(r.prompt) OVER step, 0)::float8,
+                   1.0 / count(*) OVER step) END AS share
         FROM record AS r
         LEFT JOIN step AS s ON s.request_id = r.request_id AND r.ttft_seconds_per_token > 0
+        WINDOW step AS (PARTITION BY r.backend, s.step)
     ) AS r
 ),
 overlap AS (
-    SELECT i.id AS interval_id, r.request_id, r.started_at, r.prompt, r.output, r.sharing,
+    SELECT i.id AS interval_id, r.request_id, r.started_at, r.prompt, r.output, r.share,
+           r.step_seconds, r.step_seconds_per_sequence,
            tstzrange(greatest(r.busy_from, i.started_at), least(r.ended_at, i.ended_at)) AS busy,
            CASE
                WHEN r.c > r.a THEN greatest(0, least(r.c, i.e) - greatest(r.a, i.s)) / (r.c - r.a)
@@ -193,20 +202,44 @@ SELECT interval_id, request_id, started_at, busy, prefill_tokens, prefills,
            WHEN flowed IS NULL OR NOT flowed_total > 0 THEN output * decodes
            ELSE output * flowed / flowed_total
        END AS decode_tokens,
-       decode_seconds, decode_log_seconds, 0::float8 AS work  -- priced by energy_price.sql
+       decode_seconds * steps AS decode_seconds, decode_log_seconds * steps AS decode_log_seconds,
+       0::float8 AS work  -- priced by energy_price.sql
+FROM (
+-- The decode steps a request took, against the time the gateway saw it decode. It made one
+-- token a step after its first, and a step over n sequences lasts step_seconds +
+-- step_seconds_per_sequence * n (the engine's own figures, fitted by calibration), so its
+-- output says how long it decoded, better than the gateway's first token and end: those are
+-- late by the network and the gateway's own work (at the simulator's speedup a millisecond
+-- is a tenth of a short answer's span), and a stream read slowly ends late. Its shares are
+-- scaled to the steps it took in these intervals (its output times the part of its decode
+-- span in them), at the mean batch it shared them with (its unstalled seconds over its
+-- shares). Without the engine's figures the gateway's span stands.
+SELECT *,
+       CASE WHEN step_seconds > 0 AND output > 1 AND decode_span > 0 AND shared_here > 0
+                 AND flowed_here > 0
+           THEN (output - 1) * span_here / decode_span
+                * (step_seconds + step_seconds_per_sequence * flowed_here / shared_here)
+                / flowed_here
+           ELSE 1
+       END AS steps
 FROM (
     SELECT o.interval_id, o.request_id, o.started_at, o.busy, o.output, o.decodes,
            o.prompt * o.computed AS prefill_tokens,
-           -- The prompts of one step share its pass.
-           o.computed / o.sharing AS prefills,
+           -- The prompts of one step share its pass by their tokens.
+           o.computed * o.share AS prefills,
            upto.flowing - since.flowing AS flowed,
            sum(upto.flowing - since.flowing) OVER request
                + o.decode_span - sum(o.decode_to - o.decode_from) OVER request AS flowed_total,
            coalesce(upto.shared - since.shared, 0) AS decode_seconds,
-           coalesce(upto.log_shared - since.log_shared, 0) AS decode_log_seconds
+           coalesce(upto.log_shared - since.log_shared, 0) AS decode_log_seconds,
+           o.decode_span, o.step_seconds, o.step_seconds_per_sequence,
+           sum(o.decode_to - o.decode_from) OVER request AS span_here,
+           sum(upto.flowing - since.flowing) OVER request AS flowed_here,
+           sum(upto.shared - since.shared) OVER request AS shared_here
     FROM overlap AS o
     LEFT JOIN curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
     LEFT JOIN curve AS upto ON upto.interval_id = o.interval_id AND upto.t = o.decode_to
     WHERE o.prompt * o.computed + o.output * o.decodes > 0
     WINDOW request AS (PARTITION BY o.request_id)
+) AS r
 ) AS r

@@ -135,6 +135,8 @@ def test_staff_can_configure_a_backends_energy_model(staff: tuple[User, Client])
         "ttft_seconds": "0",
         "ttft_seconds_per_token": "0",
         "prefill_seconds": "0",
+        "decode_step_seconds": "0",
+        "decode_step_seconds_per_sequence": "0",
     }
     add = reverse("admin:metering_energycalibration_add")
     refused = client.post(add, {**form, "decode_watts": "-1"})

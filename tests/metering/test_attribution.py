@@ -287,6 +287,26 @@ def test_decode_power_grows_with_the_log_of_the_batch() -> None:
 
 
 @pytest.mark.django_db
+def test_a_short_answer_the_gateway_saw_late_is_given_the_steps_its_output_took() -> None:
+    # Steps of 10 ms: a long answer decodes through the whole second and a short one of 21
+    # tokens beside it from 0.2 s to 0.4 s, but the gateway saw the short one's first token
+    # only at 0.3 s.
+    calibrate(model=Coefficients(0.0, 0.1, 0.0, decode_watts=300.0, decode_j_per_token=0.0,
+                                 decode_step_seconds=0.01))  # fmt: skip
+    long = usage(start=0, first_token=0, end=1, completion=101)
+    short = usage(start=0.2, first_token=0.3, end=0.4, completion=21)
+    interval(0, 1, energy_j=300)
+
+    attribute()
+
+    # The short one took 20 steps at two sequences: 0.1 s of the GPUs (30 J of the truth),
+    # not the 0.05 s the gateway's span leaves it (15 J). The long one keeps what its span
+    # gives it, 0.95 s.
+    assert energy(short) == pytest.approx(300 * 0.1 / 1.05)
+    assert energy(long) == pytest.approx(300 * 0.95 / 1.05)
+
+
+@pytest.mark.django_db
 def test_each_prefill_pays_its_fixed_cost_besides_its_tokens() -> None:
     calibrate(model=Coefficients(0.0, 0.01, 10.0, decode_watts=0.0, decode_j_per_token=0.1))
     short = usage(start=0, first_token=1, end=2, prompt=100, completion=100)
@@ -453,9 +473,9 @@ def test_a_missing_calibration_is_fitted_from_the_telemetry_and_the_ledger() -> 
     assert fitted.ttft_seconds == pytest.approx(0, abs=1e-6)
 
 
-# What the engine reports besides: a step takes 10 ms (a few output tokens each), a prefill
-# pass 0.5 ms besides its prompt's tokens, which the prefill power (0.1 J / 10 µs = 10 kW)
-# makes the 5 J of TRUE.
+# What the engine reports besides: a step takes 10 ms (one output token for each of the one
+# to three sequences decoding), a prefill pass 0.5 ms besides its prompt's tokens, which the
+# prefill power (0.1 J / 10 µs = 10 kW) makes the 5 J of TRUE.
 STEP_S, PASS_S = 0.01, 0.0005
 
 
@@ -464,22 +484,25 @@ def engine_telemetry(intervals: int) -> None:
     fit alone could not tell the pass's 5 J from the prompt tokens' price here, as every busy
     interval computes one prompt."""
     for n in range(intervals):
-        prompt, steps = 200 + (n * 7919) % 3000, 5 + (n * 31) % 60
-        output = 3 * steps + (n * 104729) % 2
+        prompt, steps, batch = 200 + (n * 7919) % 3000, 5 + (n * 31) % 60, 1 + n % 3
+        # Each sequence's first token comes from the pass, then one a step.
+        output = steps + 1
         prefill = PASS_S + prompt * PREFILL_S_PER_TOKEN
         if n % 5 == 4:
             energy_j, iterations, prefills, prefill_seconds = TRUE.idle_watts, 0, 0, 0.0
         else:
             start = n + 0.05 * (n % 3)
             end = start + prefill + STEP_S * steps
-            usage(start=start, first_token=start + prefill, end=end, prompt=prompt,
-                  completion=output)  # fmt: skip
+            # One prompt to compute; the others' are cached.
+            for sequence in range(batch):
+                usage(start=start, first_token=start + prefill, end=end,
+                      prompt=prompt if sequence == 0 else 0, completion=output)  # fmt: skip
             energy_j = (
                 TRUE.idle_watts * (1 - (end - start))
                 + TRUE.prefill_j_per_token * prompt
                 + TRUE.prefill_j_per_request
                 + TRUE.decode_watts * STEP_S * steps
-                + TRUE.decode_j_per_token * output
+                + TRUE.decode_j_per_token * output * batch
             )
             # Its prefill time holds the step's decode part too (no other sequence here).
             iterations, prefills, prefill_seconds = steps, 1, prefill + STEP_S
