@@ -36,7 +36,8 @@ record AS MATERIALIZED (
     SELECT u.request_id, u.started_at, u.backend, u.ended_at,
            u.prompt_tokens - u.cached_prompt_tokens AS prompt,
            u.completion_tokens AS output,
-           m.ttft_seconds_per_token, m.prefill_seconds, m.step_seconds, m.step_seconds_per_sequence,
+           m.ttft_seconds_per_token, m.prefill_seconds,
+           m.step_seconds, m.step_seconds_per_sequence,
            least(u.ended_at, u.started_at + u.queue_wait_ms * interval '1 ms') AS active_from,
            least(u.ended_at, greatest(
                u.started_at + u.queue_wait_ms * interval '1 ms',
@@ -194,6 +195,15 @@ curve AS (
     WINDOW running AS (PARTITION BY interval_id ORDER BY t
                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
 )
+-- The decode steps a request took, against the time the gateway saw it decode. It made one
+-- token a step after its first, and a step over n sequences lasts step_seconds +
+-- step_seconds_per_sequence * n (the engine's own figures, fitted by calibration), so its
+-- output says how long it decoded, better than the gateway's first token and end: those are
+-- late by the network and the gateway's own work (at the simulator's speedup a millisecond
+-- is a tenth of a short answer's span), and a stream read slowly ends late. Its shares are
+-- scaled to the steps it took in these intervals (its output times the part of its decode
+-- span in them), at the mean batch it shared them with (its unstalled seconds over its
+-- shares). Without the engine's figures the gateway's span stands.
 SELECT interval_id, request_id, started_at, busy, prefill_tokens, prefills,
        -- Tokens are made only while no prompt is computed: a request's output is spread over
        -- the time it decoded unstalled, so a span stretched by stalls still makes all of it,
@@ -205,41 +215,30 @@ SELECT interval_id, request_id, started_at, busy, prefill_tokens, prefills,
        decode_seconds * steps AS decode_seconds, decode_log_seconds * steps AS decode_log_seconds,
        0::float8 AS work  -- priced by energy_price.sql
 FROM (
--- The decode steps a request took, against the time the gateway saw it decode. It made one
--- token a step after its first, and a step over n sequences lasts step_seconds +
--- step_seconds_per_sequence * n (the engine's own figures, fitted by calibration), so its
--- output says how long it decoded, better than the gateway's first token and end: those are
--- late by the network and the gateway's own work (at the simulator's speedup a millisecond
--- is a tenth of a short answer's span), and a stream read slowly ends late. Its shares are
--- scaled to the steps it took in these intervals (its output times the part of its decode
--- span in them), at the mean batch it shared them with (its unstalled seconds over its
--- shares). Without the engine's figures the gateway's span stands.
-SELECT *,
-       CASE WHEN step_seconds > 0 AND output > 1 AND decode_span > 0 AND shared_here > 0
-                 AND flowed_here > 0
-           THEN (output - 1) * span_here / decode_span
-                * (step_seconds + step_seconds_per_sequence * flowed_here / shared_here)
-                / flowed_here
-           ELSE 1
-       END AS steps
-FROM (
-    SELECT o.interval_id, o.request_id, o.started_at, o.busy, o.output, o.decodes,
-           o.prompt * o.computed AS prefill_tokens,
-           -- The prompts of one step share its pass by their tokens.
-           o.computed * o.share AS prefills,
-           upto.flowing - since.flowing AS flowed,
-           sum(upto.flowing - since.flowing) OVER request
-               + o.decode_span - sum(o.decode_to - o.decode_from) OVER request AS flowed_total,
-           coalesce(upto.shared - since.shared, 0) AS decode_seconds,
-           coalesce(upto.log_shared - since.log_shared, 0) AS decode_log_seconds,
-           o.decode_span, o.step_seconds, o.step_seconds_per_sequence,
-           sum(o.decode_to - o.decode_from) OVER request AS span_here,
-           sum(upto.flowing - since.flowing) OVER request AS flowed_here,
-           sum(upto.shared - since.shared) OVER request AS shared_here
-    FROM overlap AS o
-    LEFT JOIN curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
-    LEFT JOIN curve AS upto ON upto.interval_id = o.interval_id AND upto.t = o.decode_to
-    WHERE o.prompt * o.computed + o.output * o.decodes > 0
-    WINDOW request AS (PARTITION BY o.request_id)
-) AS r
+    SELECT *, flowed_here + decode_span - span_here AS flowed_total,
+           CASE WHEN step_seconds > 0 AND output > 1 AND decode_span > 0 AND shared_here > 0
+                     AND flowed_here > 0
+               THEN (output - 1) * span_here / decode_span
+                    * (step_seconds + step_seconds_per_sequence * flowed_here / shared_here)
+                    / flowed_here
+               ELSE 1
+           END AS steps
+    FROM (
+        SELECT o.interval_id, o.request_id, o.started_at, o.busy, o.output, o.decodes,
+               o.prompt * o.computed AS prefill_tokens,
+               -- The prompts of one step share its pass by their tokens.
+               o.computed * o.share AS prefills,
+               upto.flowing - since.flowing AS flowed,
+               coalesce(upto.shared - since.shared, 0) AS decode_seconds,
+               coalesce(upto.log_shared - since.log_shared, 0) AS decode_log_seconds,
+               o.decode_span, o.step_seconds, o.step_seconds_per_sequence,
+               sum(o.decode_to - o.decode_from) OVER request AS span_here,
+               sum(upto.flowing - since.flowing) OVER request AS flowed_here,
+               sum(upto.shared - since.shared) OVER request AS shared_here
+        FROM overlap AS o
+        LEFT JOIN curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
+        LEFT JOIN curve AS upto ON upto.interval_id = o.interval_id AND upto.t = o.decode_to
+        WHERE o.prompt * o.computed + o.output * o.decodes > 0
+        WINDOW request AS (PARTITION BY o.request_id)
+    ) AS r
 ) AS r

@@ -368,6 +368,19 @@ def test_prompts_computed_in_one_step_stall_the_decoders_for_all_their_tokens() 
 
 
 @pytest.mark.django_db
+def test_prompts_computed_in_one_step_share_its_pass_by_their_tokens() -> None:
+    calibrate(model=Coefficients(0.0, 0.01, 9.0, decode_watts=0.0, decode_j_per_token=0.1,
+                                 ttft_seconds_per_token=0.001, prefill_seconds=1.0))  # fmt: skip
+    long, short = (usage(start=0, first_token=5, end=5, prompt=p) for p in (800, 100))
+    interval(0, 10, energy_j=0.01 * 900 + 9)
+
+    attribute()
+
+    # The pass's 9 J go 8 to 1, as its work served 800 tokens and 100, not 4.5 J each.
+    assert (energy(long), energy(short)) == (pytest.approx(8 + 8), pytest.approx(1 + 1))
+
+
+@pytest.mark.django_db
 def test_a_decoder_stalled_by_a_prompt_makes_all_its_tokens_faster_in_between() -> None:
     calibrate(model=Coefficients(0.0, 0.01, 0.0, decode_watts=0.0, decode_j_per_token=1.0,
                                  ttft_seconds_per_token=0.001))  # fmt: skip
@@ -504,7 +517,7 @@ def engine_telemetry(intervals: int) -> None:
                 + TRUE.decode_watts * STEP_S * steps
                 + TRUE.decode_j_per_token * output * batch
             )
-            # Its prefill time holds the step's decode part too (no other sequence here).
+            # Its prefill time holds the step's decode part too (10 ms whatever the batch).
             iterations, prefills, prefill_seconds = steps, 1, prefill + STEP_S
         EnergyInterval.objects.create(
             backend="gpu-a",
