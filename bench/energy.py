@@ -28,7 +28,6 @@ them and the figures are scaled to a million requests. The synthetic rows are de
 
 import argparse
 import asyncio
-import math
 import os
 import random
 import statistics
@@ -413,6 +412,7 @@ def _truth(ports: list[int]) -> dict[str, Any]:
 
 def _model(c: Any, args: argparse.Namespace, *, larger: bool) -> None:
     """A backend's fitted model next to the simulator's true terms (simulator/power.py)."""
+    from metering.attribution import Coefficients
     from simulator.__main__ import parse_args
     from simulator.power import PowerModel
 
@@ -420,11 +420,11 @@ def _model(c: Any, args: argparse.Namespace, *, larger: bool) -> None:
     power, gpus, speedup = PowerModel(), args.gpus, args.speedup
 
     def decode_watts(n: int) -> float:
-        """The fitted model's power while n sequences decode: its watts and the log term,
-        plus a token's joules times the tokens they make a second at the simulator's pace."""
+        """The fitted model's power while n sequences decode: its curve, plus a token's
+        joules (if any) times the tokens they make a second at the simulator's pace."""
         tokens_per_s = n * speedup / timing.decode_seconds(n)
-        log_watts = c.decode_log_watts * math.log(n)
-        return float(c.decode_watts + log_watts + c.decode_j_per_token * tokens_per_s)
+        model = Coefficients.of(c)
+        return float(model.decode_power(n) + c.decode_j_per_token * tokens_per_s)
 
     print(
         f"\n{c.backend} ({c.source}, {c.intervals} intervals, R^2 {c.r_squared or 0:.4f})\n"
@@ -444,7 +444,7 @@ def _model(c: Any, args: argparse.Namespace, *, larger: bool) -> None:
         + "".join(
             f"| decoding {n} sequences | {decode_watts(n):,.0f} W | "
             f"{power.decode_watts(n) * gpus * speedup:,.0f} W |\n"
-            for n in (1, 8, 32)
+            for n in (1, 2, 4, 8, 12, 16, 32)
         )
     )
 
@@ -573,7 +573,7 @@ def _cost(records: int) -> None:
         ).count()
         for name, calibration in zip(names, fitted, strict=True):
             if calibration is None:  # the synthetic energy is rough; attribution needs a model
-                model = Coefficients(220.0, 0.07, 10.0, decode_watts=300, decode_j_per_token=0.3)
+                model = Coefficients(220.0, 0.07, 10.0, (300.0,), decode_j_per_token=0.3)
                 energy_calibration_configure(backend=name, coefficients=model, now=end)
         began = time.perf_counter()
         done = energy_attribute(horizons={}, now=end + timedelta(minutes=1), max_lag=policy.max_lag)

@@ -197,7 +197,6 @@ class CalibrationForm(forms.ModelForm[EnergyCalibration]):
             "prefill_j_per_request",
             "decode_watts",
             "decode_j_per_token",
-            "decode_log_watts",
             "ttft_seconds",
             "ttft_seconds_per_token",
             "prefill_seconds",
@@ -205,9 +204,15 @@ class CalibrationForm(forms.ModelForm[EnergyCalibration]):
             "decode_step_seconds_per_sequence",
         ]
 
+        help_texts = {
+            "decode_watts": "Watts while 1, 2, 4, 8, ... sequences decode together, "
+            "comma-separated (up to 256 sequences): linear in between, flat after the last.",
+        }
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        numbers = [value for name, value in cleaned.items() if name != "backend"]
+        scalars = [v for name, v in cleaned.items() if name not in ("backend", "decode_watts")]
+        numbers = [*scalars, *(cleaned.get("decode_watts") or [])]
         if any(value is not None and value < 0 for value in numbers):
             raise forms.ValidationError("Coefficients cannot be negative.")
         return cleaned

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ MIN_PREFILL_SAMPLES = 10
 # A usage stream longer than this means the meter is far behind: only intervals past the
 # maximum lag are attributed until it catches up.
 STREAM_SCAN_LIMIT = 20_000
+# The batch sizes (sequences decoding together) at which a decode power curve is given:
+# linear in between, flat after the last (energy_work.sql weighs decode time by them).
+BATCH_KNOTS = tuple(2**j for j in range(9))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +69,14 @@ class Coefficients:
     idle_watts: float
     prefill_j_per_token: float
     prefill_j_per_request: float
-    decode_watts: float
+    # Decode power at 1, 2, 4, ... sequences (BATCH_KNOTS): see decode_power.
+    decode_watts: tuple[float, ...]
     decode_j_per_token: float
     # When prompts are computed, and so when an answer that was not streamed had its first
     # token (see EnergyCalibration).
     ttft_seconds: float = 0.0
     ttft_seconds_per_token: float = 0.0
     prefill_seconds: float = 0.0
-    decode_log_watts: float = 0.0
     # A decode step's time over n sequences: decode_step_seconds + n * the per-sequence
     # seconds (0: not known), which sizes a request's decode time by its output.
     decode_step_seconds: float = 0.0
@@ -80,15 +84,28 @@ class Coefficients:
 
     @classmethod
     def of(cls, calibration: EnergyCalibration) -> "Coefficients":
-        return cls(**{name: getattr(calibration, name) for name in cls.__slots__})
+        fields = {name: getattr(calibration, name) for name in cls.__slots__}
+        return cls(**{**fields, "decode_watts": tuple(calibration.decode_watts)})
+
+    def decode_curve(self) -> tuple[float, ...]:
+        """The decode power at every one of BATCH_KNOTS, the last value given repeated."""
+        watts = self.decode_watts[: len(BATCH_KNOTS)]
+        return watts + watts[-1:] * (len(BATCH_KNOTS) - len(watts))
+
+    def decode_power(self, batch: float) -> float:
+        """Watts while `batch` sequences decode together, shared equally by them: linear
+        between the knots, flat after the last one given (and below one sequence)."""
+        return float(np.interp(batch, BATCH_KNOTS, self.decode_curve()))
 
     def usable(self) -> bool:
         """Non-negative, and pricing both prefill and decode: else some work would get none
         of the energy it used."""
+        scalars = [value for name, value in asdict(self).items() if name != "decode_watts"]
         return (
-            min(asdict(self).values()) >= 0
+            len(self.decode_watts) > 0
+            and min(*scalars, *self.decode_watts) >= 0
             and self.prefill_j_per_token + self.prefill_j_per_request > 0
-            and self.decode_watts + self.decode_j_per_token + self.decode_log_watts > 0
+            and max(self.decode_watts) + self.decode_j_per_token > 0
         )
 
 
@@ -111,30 +128,32 @@ class Timing:
         """The GPU time of a prefill pass besides its tokens', from a fit that did not know it.
 
         Such a fit prices a pass only beyond the decode power its time was taken from:
-        prefill_j_per_request = (prefill watts - decode_watts) x pass seconds, where the
-        prefill watts are prefill_j_per_token / seconds_per_token.
+        prefill_j_per_request = (prefill watts - decode power) x pass seconds, where the
+        prefill watts are prefill_j_per_token / seconds_per_token (the decode power of one
+        sequence: the least it can have been).
         """
         c = fit.coefficients
         if self.seconds_per_token <= 0:
             return 0.0
-        spare = c.prefill_j_per_token / self.seconds_per_token - c.decode_watts
+        spare = c.prefill_j_per_token / self.seconds_per_token - c.decode_power(1)
         return min(c.prefill_j_per_request / spare, self.seconds) if spare > 0 else 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class IntervalWork:
     """One interval's sums of the work components over its requests, its energy, its length
-    and the engine's steps in it (None when the engine does not report them)."""
+    and the engine's steps in it (None when the engine does not report them). Decode seconds
+    are by batch knot (see energy_work.sql): element j holds the seconds decoded at or near
+    BATCH_KNOTS[j] sequences."""
 
     idle_seconds: float
     prefill_tokens: float
     prefills: float
-    decode_seconds: float
+    decode_seconds: tuple[float, ...]
     decode_tokens: float
     energy_j: float
     seconds: float = 0.0
     iterations: float | None = None
-    decode_log_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,17 +202,23 @@ def calibration_fit(
     """Non-negative least squares of interval energy on the work components.
 
     With a measured timing, prefill is one term: its seconds (a pass's plus its tokens') at
-    one power, which the fit cannot trade between a pass and a token. Otherwise both are
-    fitted. Intervals the first fit cannot explain (residual beyond OUTLIER_SIGMAS robust
-    standard deviations: a stalled backend, a scrape that read its counters late) are left
-    out and the fit is done again. `timing` (the backend's time to first token, from the
-    ledger) is stored with the model: attribution needs it to place prompt computations in
-    time. None when the data cannot support a usable model.
+    one power, which the fit cannot trade between a pass and a token, and decode is its
+    seconds at a power that depends on the batch; otherwise both prefill prices are fitted,
+    and a price per output token besides. The decode power is a curve through BATCH_KNOTS up
+    to the largest batch seen (flat after it), rising and flattening: its slope between two
+    knots is never negative nor more than the one before it (non-negative coefficients on
+    a constant and on min(batch, knot) - 1 for each knot above one). Intervals the first fit
+    cannot explain (residual beyond OUTLIER_SIGMAS robust standard deviations: a stalled
+    backend, a scrape that read its counters late) are left out and the fit is done again.
+    `timing` (the backend's time to first token, from the ledger) is stored with the model:
+    attribution needs it to place prompt computations in time. None when the data cannot
+    support a usable model.
     """
     if len(intervals) < MIN_INTERVALS:
         return None
+    top = max((j for w in intervals for j, s in enumerate(w.decode_seconds) if s > 0), default=0)
     design, energy = _inliers(
-        np.array([calibration_terms(w, timing) for w in intervals]),
+        np.array([calibration_terms(w, timing, top) for w in intervals]),
         np.array([w.energy_j for w in intervals]),
     )
     if len(energy) < MIN_INTERVALS:
@@ -203,19 +228,18 @@ def calibration_fit(
         idle, prefill_watts, *decode = (float(c) for c in solution)
         per_token = prefill_watts * timing.seconds_per_token
         per_request = prefill_watts * timing.prefill_seconds
+        decode_per_token = 0.0
     else:
-        idle, per_token, per_request, *decode = (float(c) for c in solution)
-    decode_watts, decode_per_token, decode_log_watts = decode
+        idle, per_token, per_request, decode_per_token, *decode = (float(c) for c in solution)
     coefficients = Coefficients(
         idle,
         per_token,
         per_request,
-        decode_watts,
+        tuple(float(w) for w in _hinges(top) @ np.array(decode)),
         decode_per_token,
         ttft_seconds=timing.seconds,
         ttft_seconds_per_token=timing.seconds_per_token,
         prefill_seconds=timing.prefill_seconds,
-        decode_log_watts=decode_log_watts,
         decode_step_seconds=timing.step_seconds,
         decode_step_seconds_per_sequence=timing.step_seconds_per_sequence,
     )
@@ -236,7 +260,7 @@ def calibration_fit(
 def _price_errors(design: Any, target: Any, solution: Any) -> tuple[float, float]:
     """The relative standard errors of the prefill and of the decode energy a measured fit
     prices the intervals' work at (least squares over the terms it kept positive). Decode's
-    two terms trade off against each other; what they price together is what counts."""
+    terms trade off against each other; what they price together is what counts."""
     active = solution > 0
     if len(target) <= active.sum() or not active[1]:
         return 0.0, 0.0
@@ -255,15 +279,28 @@ def _price_errors(design: Any, target: Any, solution: Any) -> tuple[float, float
     )
 
 
-def calibration_terms(w: IntervalWork, timing: Timing) -> tuple[float, ...]:
-    """What the fit's coefficients multiply in one interval."""
-    decode = (w.decode_seconds, w.decode_tokens, w.decode_log_seconds)
+def calibration_terms(w: IntervalWork, timing: Timing, top: int) -> tuple[float, ...]:
+    """What the fit's coefficients multiply in one interval, with the decode power curve's
+    knots up to BATCH_KNOTS[top]."""
+    seconds = np.zeros(top + 1)
+    given = w.decode_seconds[: top + 1]
+    seconds[: len(given)] = given
+    decode = tuple(float(c) for c in seconds @ _hinges(top))
     if timing.measured:
         prefill_seconds = (
             timing.prefill_seconds * w.prefills + timing.seconds_per_token * w.prefill_tokens
         )
         return (w.idle_seconds, prefill_seconds, *decode)
-    return (w.idle_seconds, w.prefill_tokens, w.prefills, *decode)
+    return (w.idle_seconds, w.prefill_tokens, w.prefills, w.decode_tokens, *decode)
+
+
+@cache
+def _hinges(top: int) -> Any:
+    """Row j: the decode curve's basis functions at BATCH_KNOTS[j], for knots up to `top`:
+    a constant, then min(batch, knot) - 1 for each knot above one. Seconds by knot times it
+    are the fit's decode columns; it times the fitted coefficients is the curve."""
+    knots = BATCH_KNOTS[: top + 1]
+    return np.array([[1.0] + [min(size, knot) - 1.0 for knot in knots[1:]] for size in knots])
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,12 +492,19 @@ def _intervals_work(
     _work_build(cursor, {**span, **models, "ids": ids})
     cursor.execute(_CALIBRATION_INTERVALS, {"ids": ids})
     intervals = []
-    for *figures, steps, decode_log_s in cursor.fetchall():
-        idle, tokens, prefills, decode_s, decode_tokens, energy, seconds = map(float, figures)
-        work = IntervalWork(
-            idle, tokens, prefills, decode_s, decode_tokens, energy, seconds, steps, decode_log_s
+    for idle, tokens, prefills, decode_s, decode_tokens, energy, seconds, steps in cursor:
+        intervals.append(
+            IntervalWork(
+                float(idle),
+                float(tokens),
+                float(prefills),
+                tuple(decode_s),
+                float(decode_tokens),
+                float(energy),
+                float(seconds),
+                steps,
+            )
         )
-        intervals.append(work)
     cursor.execute("DROP TABLE energy_work")
     return intervals
 
@@ -591,6 +635,7 @@ def energy_attribute(
     prices: dict[str, Any] = {"backends": backends}
     for name in Coefficients.__slots__:
         prices[name] = [getattr(models[b], name) for b in backends]
+    prices["decode_watts"] = [list(models[b].decode_curve()) for b in backends]
     while _attribute_batch(claim, prices, max_lag, result):
         pass
     if result.intervals:

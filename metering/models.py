@@ -1,5 +1,6 @@
 """The usage ledger: one row per request that reached a backend (promise P1)."""
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -166,9 +167,8 @@ class EnergyCalibration(models.Model):
     interval energy ≈ idle_watts * seconds with no request active
                       + prefill_j_per_token * uncached prompt tokens
                       + prefill_j_per_request * requests prefilled
-                      + decode_watts * seconds with a sequence decoding
+                      + decode power(sequences decoding) * seconds with a sequence decoding
                       + decode_j_per_token * output tokens
-                      + decode_log_watts * seconds decoding, times ln(sequences decoding)
     Watts are joules per wall-clock second for the whole backend (all its GPUs); see
     docs/energy.md for the model, how it is fitted and how attribution uses it.
     """
@@ -184,12 +184,12 @@ class EnergyCalibration(models.Model):
     prefill_j_per_token = models.FloatField()
     # A prefill pass's fixed cost, whatever the prompt's length.
     prefill_j_per_request = models.FloatField(default=0.0)
-    # Drawn while sequences decode, shared equally by those decoding at each moment.
-    decode_watts = models.FloatField(default=0.0)
+    # Drawn while sequences decode, shared equally by those decoding at each moment: the
+    # power at 1, 2, 4, 8, ... sequences decoding together (metering.attribution.BATCH_KNOTS,
+    # up to 256), linear in between and flat after the last value given. It grows with the
+    # batch and flattens out as the GPUs near their limit.
+    decode_watts = ArrayField(models.FloatField(), size=9)
     decode_j_per_token = models.FloatField()
-    # Decode power grows with the batch and flattens out (memory-bound GPUs draw near their
-    # limit): this much more for each e-fold of the sequences decoding together.
-    decode_log_watts = models.FloatField(default=0.0)
     # Time to first token after the gateway's queue ≈ ttft_seconds + ttft_seconds_per_token *
     # uncached prompt tokens: where decode starts for answers that were not streamed.
     ttft_seconds = models.FloatField(default=0.0)

@@ -1,6 +1,7 @@
 """A database populated before tenancy, prices, the fleet and the audit log moved to their own
 apps (customers, catalogue, fleet, audit) migrates forward and loses nothing."""
 
+import math
 import os
 import subprocess
 import sys
@@ -146,3 +147,34 @@ def test_a_populated_database_migrates_forward_and_loses_nothing(database: str) 
             "('billing_pricebook', 'billing_price', 'billing_planprice', 'billing_budget', "
             "'console_auditentry')"
         ) == [(0,)]
+
+
+@pytest.mark.timeout(240)
+def test_energy_models_keep_their_decode_power_as_a_curve_in_the_batch(database: str) -> None:
+    migrate(database, "metering", "0013_energy_decode_step_seconds")
+    with psycopg.connect(database) as conn:
+        # A fitted model with a decode step's time (its price per token becomes power), and
+        # one without (its price per token stays).
+        conn.execute(
+            "INSERT INTO metering_energycalibration (backend, source, fitted_at, idle_watts, "
+            "prefill_j_per_token, prefill_j_per_request, decode_watts, decode_j_per_token, "
+            "decode_log_watts, ttft_seconds, ttft_seconds_per_token, prefill_seconds, "
+            "decode_step_seconds, decode_step_seconds_per_sequence) VALUES "
+            "('a', 'fitted', now(), 220, 0.07, 14, 300, 0.2, 75, 0, 0, 0, 0.01, 0.001), "
+            "('b', 'configured', now(), 220, 0.07, 14, 300, 0.4, 0, 0, 0, 0, 0, 0)"
+        )
+
+    migrate(database)
+
+    with psycopg.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT backend, decode_watts, decode_j_per_token FROM metering_energycalibration "
+            "ORDER BY backend"
+        ).fetchall()
+    curve = [
+        300 + 75 * math.log(n) + 0.2 * n / (0.01 + 0.001 * n) for n in (2**j for j in range(9))
+    ]
+    assert rows == [
+        ("a", pytest.approx(curve), 0.0),
+        ("b", [300.0] * 9, 0.4),
+    ]

@@ -8,10 +8,14 @@
 --                   none has any), as the pass's fixed work serves every token in it
 --   decode_tokens   its completion tokens, spread evenly over the time in [first token,
 --                   end] in which no prompt was computed (decoding waits then)
---   decode_seconds  its share of the interval's decode time: at each moment the sequences
---                   decoding share the GPUs equally, as continuous batching runs them, except
---                   while a prompt is being computed (the prompt has the GPUs then)
---   decode_log_seconds  the same shares, each second weighed by ln(sequences decoding)
+--   decode_seconds  its share of the interval's decode time, by the batch it was shared in:
+--                   at each moment the sequences decoding share the GPUs equally, as
+--                   continuous batching runs them, except while a prompt is being computed
+--                   (the prompt has the GPUs then). Element j holds the shares weighed by how
+--                   near the batch was to 2^j sequences (1, 2, 4, ..., 256: the knots of the
+--                   decode power curve, metering.attribution.BATCH_KNOTS; linear between two
+--                   knots, all on the last beyond it), so a power curve given at the knots
+--                   prices them by a dot product. Up to the interval's largest batch.
 --   busy            the part of [computation start, end] inside the interval
 -- Before its prompt is computed a request is travelling or waiting, which is no work. An
 -- answer that was not streamed has no first-token time: the backend's usual time to first
@@ -187,13 +191,41 @@ curve AS (
            coalesce(sum(CASE WHEN decoding > 0 AND computing = 0 THEN lasts / decoding END)
                         OVER running, 0) AS shared,
            coalesce(sum(CASE WHEN decoding > 0 AND computing = 0 THEN lasts END)
-                        OVER running, 0) AS flowing,
-           coalesce(sum(CASE WHEN decoding > 0 AND computing = 0
-                             THEN lasts * ln(decoding) / decoding END)
-                        OVER running, 0) AS log_shared
+                        OVER running, 0) AS flowing
     FROM level
     WINDOW running AS (PARTITION BY interval_id ORDER BY t
                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+),
+-- The knots (j: 2^j sequences) up to each interval's largest batch.
+knot AS (
+    SELECT interval_id,
+           generate_series(0, least(8, ceil(log(2, greatest(max(decoding), 1))))::int) AS j
+    FROM level
+    GROUP BY interval_id
+),
+-- `shared` by knot: each second's 1/decoding weighed by the knot's hat function of the batch
+-- (1 at 2^j sequences, falling linearly to 0 at the neighbouring knots), so the weights of a
+-- moment sum to 1 over the knots.
+batch_curve AS (
+    SELECT l.interval_id, l.t, k.j,
+           coalesce(sum(CASE WHEN l.decoding > 0 AND l.computing = 0 THEN l.lasts * CASE
+                   WHEN l.decoding < 2 ^ k.j THEN greatest(0, 2 * l.decoding / 2 ^ k.j - 1)
+                   WHEN k.j = 8 THEN 1
+                   ELSE greatest(0, 2 - l.decoding / 2 ^ k.j)
+               END / l.decoding END)
+               OVER (PARTITION BY l.interval_id, k.j ORDER BY l.t
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS shared
+    FROM level AS l
+    JOIN knot AS k ON k.interval_id = l.interval_id
+),
+by_batch AS (
+    SELECT o.interval_id, o.request_id, array_agg(upto.shared - since.shared ORDER BY since.j)
+                                            AS seconds
+    FROM overlap AS o
+    JOIN batch_curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
+    JOIN batch_curve AS upto
+        ON upto.interval_id = o.interval_id AND upto.t = o.decode_to AND upto.j = since.j
+    GROUP BY o.interval_id, o.request_id
 )
 -- The decode steps a request took, against the time the gateway saw it decode. It made one
 -- token a step after its first, and a step over n sequences lasts step_seconds +
@@ -212,7 +244,8 @@ SELECT interval_id, request_id, started_at, busy, prefill_tokens, prefills,
            WHEN flowed IS NULL OR NOT flowed_total > 0 THEN output * decodes
            ELSE output * flowed / flowed_total
        END AS decode_tokens,
-       decode_seconds * steps AS decode_seconds, decode_log_seconds * steps AS decode_log_seconds,
+       ARRAY(SELECT seconds * steps FROM unnest(by_batch) WITH ORDINALITY AS u (seconds, j)
+             ORDER BY j) AS decode_seconds,
        0::float8 AS work  -- priced by energy_price.sql
 FROM (
     SELECT *, flowed_here + decode_span - span_here AS flowed_total,
@@ -229,8 +262,7 @@ FROM (
                -- The prompts of one step share its pass by their tokens.
                o.computed * o.share AS prefills,
                upto.flowing - since.flowing AS flowed,
-               coalesce(upto.shared - since.shared, 0) AS decode_seconds,
-               coalesce(upto.log_shared - since.log_shared, 0) AS decode_log_seconds,
+               b.seconds AS by_batch,
                o.decode_span, o.step_seconds, o.step_seconds_per_sequence,
                sum(o.decode_to - o.decode_from) OVER request AS span_here,
                sum(upto.flowing - since.flowing) OVER request AS flowed_here,
@@ -238,6 +270,7 @@ FROM (
         FROM overlap AS o
         LEFT JOIN curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
         LEFT JOIN curve AS upto ON upto.interval_id = o.interval_id AND upto.t = o.decode_to
+        LEFT JOIN by_batch AS b ON b.interval_id = o.interval_id AND b.request_id = o.request_id
         WHERE o.prompt * o.computed + o.output * o.decodes > 0
         WINDOW request AS (PARTITION BY o.request_id)
     ) AS r

@@ -129,9 +129,8 @@ def test_staff_can_configure_a_backends_energy_model(staff: tuple[User, Client])
         "idle_watts": "440",
         "prefill_j_per_token": "0.05",
         "prefill_j_per_request": "0",
-        "decode_watts": "300",
-        "decode_j_per_token": "0.2",
-        "decode_log_watts": "0",
+        "decode_watts": "300, 330, 390, 486",
+        "decode_j_per_token": "0",
         "ttft_seconds": "0",
         "ttft_seconds_per_token": "0",
         "prefill_seconds": "0",
@@ -139,13 +138,16 @@ def test_staff_can_configure_a_backends_energy_model(staff: tuple[User, Client])
         "decode_step_seconds_per_sequence": "0",
     }
     add = reverse("admin:metering_energycalibration_add")
-    refused = client.post(add, {**form, "decode_watts": "-1"})
+    refused = client.post(add, {**form, "decode_watts": "300, -1"})
     assert b"Coefficients cannot be negative." in refused.content
+    refused = client.post(add, {**form, "decode_watts": ",".join(["300"] * 10)})
+    assert b"List contains 10 items, it should contain no more than 9." in refused.content
     assert not EnergyCalibration.objects.exists()
 
     assert client.post(add, form).status_code == 302
     calibration = EnergyCalibration.objects.get()
     assert (calibration.source, calibration.idle_watts) == ("configured", 440.0)
+    assert calibration.decode_watts == [300, 330, 390, 486]
     assert AuditEntry.objects.filter(
         action="create", object_type="metering.energycalibration"
     ).exists()

@@ -43,7 +43,7 @@ MODEL = Coefficients(
     idle_watts=100.0,
     prefill_j_per_token=0.1,
     prefill_j_per_request=0.0,
-    decode_watts=0.0,
+    decode_watts=(0.0,),
     decode_j_per_token=0.4,
 )
 POLICY = CalibrationPolicy(lookback=timedelta(hours=2), max_lag=LAG)
@@ -259,7 +259,7 @@ def test_an_interval_waits_for_requests_that_started_before_it_ended() -> None:
 
 @pytest.mark.django_db
 def test_sequences_decoding_together_share_the_decode_power_equally_in_time() -> None:
-    calibrate(model=Coefficients(0.0, 0.1, 0.0, decode_watts=100.0, decode_j_per_token=0.0))
+    calibrate(model=Coefficients(0.0, 0.1, 0.0, decode_watts=(100.0,), decode_j_per_token=0.0))
     # alone for 5 s, then with another for 5 s: 5 + 5/2 seconds of the GPUs vs 5/2.
     early = usage(start=0, first_token=0, end=10, completion=10)
     late = usage(start=5, first_token=5, end=10, completion=1000)
@@ -272,12 +272,13 @@ def test_sequences_decoding_together_share_the_decode_power_equally_in_time() ->
 
 
 @pytest.mark.django_db
-def test_decode_power_grows_with_the_log_of_the_batch() -> None:
-    calibrate(model=Coefficients(0.0, 0.1, 0.0, decode_watts=100.0, decode_j_per_token=0.0,
-                                 decode_log_watts=100.0))  # fmt: skip
+def test_decode_power_follows_the_batch_curve() -> None:
+    # 100 W decoding one sequence, 150 W two, 190 W four: two draw less than twice one.
+    calibrate(model=Coefficients(0.0, 0.1, 0.0, decode_watts=(100.0, 150.0, 190.0),
+                                 decode_j_per_token=0.0))  # fmt: skip
     first = usage(start=0, first_token=0, end=10, completion=50)
     second = usage(start=5, first_token=5, end=10, completion=50)
-    together = 5 * (100 + 100 * math.log(2))  # two sequences draw 169 W, not 200 W
+    together = 5 * 150
     interval(0, 10, energy_j=500 + together)
 
     attribute()
@@ -291,7 +292,7 @@ def test_a_short_answer_the_gateway_saw_late_is_given_the_steps_its_output_took(
     # Steps of 10 ms: a long answer decodes through the whole second and a short one of 21
     # tokens beside it from 0.2 s to 0.4 s, but the gateway saw the short one's first token
     # only at 0.3 s.
-    calibrate(model=Coefficients(0.0, 0.1, 0.0, decode_watts=300.0, decode_j_per_token=0.0,
+    calibrate(model=Coefficients(0.0, 0.1, 0.0, decode_watts=(300.0,), decode_j_per_token=0.0,
                                  decode_step_seconds=0.01))  # fmt: skip
     long = usage(start=0, first_token=0, end=1, completion=101)
     short = usage(start=0.2, first_token=0.3, end=0.4, completion=21)
@@ -308,7 +309,7 @@ def test_a_short_answer_the_gateway_saw_late_is_given_the_steps_its_output_took(
 
 @pytest.mark.django_db
 def test_each_prefill_pays_its_fixed_cost_besides_its_tokens() -> None:
-    calibrate(model=Coefficients(0.0, 0.01, 10.0, decode_watts=0.0, decode_j_per_token=0.1))
+    calibrate(model=Coefficients(0.0, 0.01, 10.0, decode_watts=(0.0,), decode_j_per_token=0.1))
     short = usage(start=0, first_token=1, end=2, prompt=100, completion=100)
     long = usage(start=0, first_token=1, end=2, prompt=1000, completion=100)
     interval(0, 2, energy_j=72)
@@ -322,7 +323,7 @@ def test_each_prefill_pays_its_fixed_cost_besides_its_tokens() -> None:
 
 @pytest.mark.django_db
 def test_an_answer_that_was_not_streamed_starts_decoding_after_the_usual_prefill_time() -> None:
-    calibrate(model=Coefficients(0.0, 0.0, 1.0, decode_watts=1.0, decode_j_per_token=0.0,
+    calibrate(model=Coefficients(0.0, 0.0, 1.0, decode_watts=(1.0,), decode_j_per_token=0.0,
                                  ttft_seconds=1.0))  # fmt: skip
     whole = usage(start=0, end=4, completion=100)  # no first-token time: decodes from 1 s
     streamed = usage(start=0, first_token=0, end=4, completion=100)
@@ -338,7 +339,7 @@ def test_an_answer_that_was_not_streamed_starts_decoding_after_the_usual_prefill
 @pytest.mark.django_db
 def test_decoding_waits_while_a_prompt_is_computed() -> None:
     # A prompt token takes 1 ms of the GPUs: 2,000 of them hold it from 4 s to 6 s.
-    calibrate(model=Coefficients(0.0, 0.008, 0.0, decode_watts=1.0, decode_j_per_token=0.1,
+    calibrate(model=Coefficients(0.0, 0.008, 0.0, decode_watts=(1.0,), decode_j_per_token=0.1,
                                  ttft_seconds_per_token=0.001))  # fmt: skip
     decoder = usage(start=0, first_token=0, end=10, completion=100)
     reader = usage(start=2, first_token=6, end=6, prompt=2000)
@@ -353,7 +354,7 @@ def test_decoding_waits_while_a_prompt_is_computed() -> None:
 
 @pytest.mark.django_db
 def test_prompts_computed_in_one_step_stall_the_decoders_for_all_their_tokens() -> None:
-    calibrate(model=Coefficients(0.0, 0.008, 0.0, decode_watts=1.0, decode_j_per_token=0.1,
+    calibrate(model=Coefficients(0.0, 0.008, 0.0, decode_watts=(1.0,), decode_j_per_token=0.1,
                                  ttft_seconds_per_token=0.001))  # fmt: skip
     decoder = usage(start=0, first_token=0, end=10, completion=100)
     # Both get their first token at the end of the step that computed their 3,000 tokens.
@@ -369,7 +370,7 @@ def test_prompts_computed_in_one_step_stall_the_decoders_for_all_their_tokens() 
 
 @pytest.mark.django_db
 def test_prompts_computed_in_one_step_share_its_pass_by_their_tokens() -> None:
-    calibrate(model=Coefficients(0.0, 0.01, 9.0, decode_watts=0.0, decode_j_per_token=0.1,
+    calibrate(model=Coefficients(0.0, 0.01, 9.0, decode_watts=(0.0,), decode_j_per_token=0.1,
                                  ttft_seconds_per_token=0.001, prefill_seconds=1.0))  # fmt: skip
     long, short = (usage(start=0, first_token=5, end=5, prompt=p) for p in (800, 100))
     interval(0, 10, energy_j=0.01 * 900 + 9)
@@ -382,7 +383,7 @@ def test_prompts_computed_in_one_step_share_its_pass_by_their_tokens() -> None:
 
 @pytest.mark.django_db
 def test_a_decoder_stalled_by_a_prompt_makes_all_its_tokens_faster_in_between() -> None:
-    calibrate(model=Coefficients(0.0, 0.01, 0.0, decode_watts=0.0, decode_j_per_token=1.0,
+    calibrate(model=Coefficients(0.0, 0.01, 0.0, decode_watts=(0.0,), decode_j_per_token=1.0,
                                  ttft_seconds_per_token=0.001))  # fmt: skip
     decoder = usage(start=0, first_token=0, end=10, completion=80)
     reader = usage(start=0, first_token=3, end=3, prompt=2000)  # computed from 1 s to 3 s
@@ -398,7 +399,7 @@ def test_a_decoder_stalled_by_a_prompt_makes_all_its_tokens_faster_in_between() 
 
 @pytest.mark.django_db
 def test_prompts_computed_together_share_one_pass() -> None:
-    calibrate(model=Coefficients(0.0, 0.0, 10.0, decode_watts=1.0, decode_j_per_token=0.0,
+    calibrate(model=Coefficients(0.0, 0.0, 10.0, decode_watts=(1.0,), decode_j_per_token=0.0,
                                  ttft_seconds_per_token=0.001))  # fmt: skip
     together = [usage(start=0, first_token=1, end=1, prompt=100) for _ in range(2)]
     alone = usage(start=5, first_token=6, end=6, prompt=100)
@@ -411,7 +412,7 @@ def test_prompts_computed_together_share_one_pass() -> None:
 
 
 def test_a_pass_holds_the_gpus_for_what_it_costs_beyond_the_decode_power() -> None:
-    fit = Fit(Coefficients(1100.0, 0.07, 8.6, 2700.0, 0.4), intervals=50, r_squared=0.99)
+    fit = Fit(Coefficients(1100.0, 0.07, 8.6, (2700.0, 3000.0), 0.4), intervals=50, r_squared=0.99)
 
     # Prefill draws 0.07 J / 10 µs = 7,000 W: 8.6 J beyond 2,700 W is 2 ms.
     assert Timing(0.01, 1e-5).pass_seconds(fit) == pytest.approx(0.002)
@@ -431,7 +432,7 @@ def test_without_a_calibration_intervals_wait_until_one_can_be_fitted() -> None:
 
 # What the fit must recover: idle 100 W, 0.1 J a prompt token and 5 J a prefill, 300 W while
 # decoding and 0.2 J an output token; the backend prefills 100,000 tokens a second.
-TRUE = Coefficients(100.0, 0.1, 5.0, decode_watts=300.0, decode_j_per_token=0.2)
+TRUE = Coefficients(100.0, 0.1, 5.0, decode_watts=(300.0,), decode_j_per_token=0.2)
 PREFILL_S_PER_TOKEN = 1e-5
 
 
@@ -450,7 +451,7 @@ def telemetry(intervals: int, *, reset_at: int | None = None) -> None:
                 TRUE.idle_watts * (1 - (end - start))
                 + TRUE.prefill_j_per_token * prompt
                 + TRUE.prefill_j_per_request
-                + TRUE.decode_watts * (end - first)
+                + TRUE.decode_watts[0] * (end - first)
                 + TRUE.decode_j_per_token * output
             )
         EnergyInterval.objects.create(
@@ -478,7 +479,7 @@ def test_a_missing_calibration_is_fitted_from_the_telemetry_and_the_ledger() -> 
     assert (fitted.idle_watts, fitted.prefill_j_per_request, fitted.decode_watts) == (
         pytest.approx(100, rel=1e-3),
         pytest.approx(5, rel=1e-3),
-        pytest.approx(300, rel=1e-3),
+        [pytest.approx(300, rel=1e-3)],  # one sequence at a time: nothing known beyond
     )
     assert fitted.decode_j_per_token == pytest.approx(0.2, rel=1e-3)
     assert fitted.prefill_j_per_token == pytest.approx(0.1, rel=1e-3)
@@ -514,7 +515,7 @@ def engine_telemetry(intervals: int) -> None:
                 TRUE.idle_watts * (1 - (end - start))
                 + TRUE.prefill_j_per_token * prompt
                 + TRUE.prefill_j_per_request
-                + TRUE.decode_watts * STEP_S * steps
+                + TRUE.decode_watts[0] * STEP_S * steps
                 + TRUE.decode_j_per_token * output * batch
             )
             # Its prefill time holds the step's decode part too (10 ms whatever the batch).
@@ -542,49 +543,61 @@ def test_with_the_engines_steps_and_prefill_times_a_pass_is_priced_by_its_time()
     assert fitted.ttft_seconds_per_token == pytest.approx(PREFILL_S_PER_TOKEN, rel=1e-3)
     assert fitted.prefill_j_per_token == pytest.approx(0.1, rel=1e-2)
     assert fitted.prefill_j_per_request == pytest.approx(5, rel=2e-2)
-    assert (fitted.idle_watts, fitted.decode_watts) == (
+    # 300 W, and 0.2 J a token at one token a step of 10 ms for each sequence: 20 W more
+    # for each, at 1, 2 and (from three) 4 sequences.
+    assert (fitted.idle_watts, fitted.decode_watts, fitted.decode_j_per_token) == (
         pytest.approx(100, rel=1e-2),
-        pytest.approx(300, rel=1e-2),
+        pytest.approx([320, 340, 380], rel=1e-2),
+        0,
     )
 
 
-def test_the_fit_finds_decode_power_that_flattens_as_the_batch_grows() -> None:
+def test_the_fit_finds_a_decode_power_curve_that_bends_where_the_gpus_saturate() -> None:
     timing = Timing(0.01, 1e-5, 5e-4, measured=True)
-    # idle W, prefill W, decode W, J a token, decode W per ln(batch)
-    model = np.array((100.0, 1e4, 300.0, 0.2, 150.0))
+    # The simulator's H100 curve: 300 W at one sequence, 26.6 W more for each up to 8, then
+    # 2.2 W for each; intervals decode at 1 to 16 sequences, some between two knots.
+    true = (300.0, 326.6, 379.8, 486.2, 503.8)
+
+    def watts(batch: float) -> float:
+        return float(np.interp(batch, (1, 2, 4, 8, 16), true))
+
     rows = []
-    for n in range(36):
-        batch, decoding = 2 ** (n % 6), 0.2 + 0.1 * (n % 7)
-        work = IntervalWork(1 - decoding, 300 * (n % 4), n % 4 > 0, decoding,
-                            decoding * batch / (0.02 + 0.001 * batch), 0.0, seconds=1.0,
-                            decode_log_seconds=decoding * math.log(batch))  # fmt: skip
-        rows.append(
-            replace(work, energy_j=float(model @ np.array(calibration_terms(work, timing))))
-        )
+    for n in range(40):
+        batch, decoding = (1, 2, 3, 4, 6, 8, 12, 16)[n % 8], 0.2 + 0.1 * (n % 7)
+        # Seconds by knot: a batch between two knots counts towards both, linearly.
+        low = int(math.log2(batch))
+        share = batch / 2**low - 1
+        seconds = [0.0] * 5
+        seconds[low] += decoding * (1 - share)
+        if share:
+            seconds[low + 1] += decoding * share
+        prefill = 300 * (n % 4) * 1e-5 + 5e-4 * (n % 4 > 0)
+        energy = 100 * (1 - decoding) + 1e4 * prefill + watts(batch) * decoding
+        rows.append(IntervalWork(1 - decoding, 300 * (n % 4), n % 4 > 0, tuple(seconds), 0.0,
+                                 energy, seconds=1.0))  # fmt: skip
 
     fit = calibration_fit(rows, timing=timing)
 
     assert fit is not None
     c = fit.coefficients
-    assert (c.decode_watts, c.decode_log_watts, c.decode_j_per_token) == (
-        pytest.approx(300),
-        pytest.approx(150),
-        pytest.approx(0.2),
-    )
+    assert c.decode_watts == pytest.approx(true)
+    assert c.decode_power(12) == pytest.approx(watts(12))
+    assert c.decode_power(64) == pytest.approx(503.8)  # flat past what the hour saw
+    assert (c.idle_watts, c.prefill_j_per_token) == (pytest.approx(100), pytest.approx(0.1))
 
 
 def test_a_new_backends_first_fit_waits_for_prices_it_knows_well() -> None:
     noise_j = 5.0  # leaves the prefill and the decode price 3-4% uncertain (a standard error)
     timing = Timing(0.01, 1e-5, 5e-4, measured=True)
-    # idle W, prefill W, decode W, J a token, decode W per ln(batch)
-    model = np.array((100.0, 1e4, 300.0, 0.2, 0.0))
+    # idle W, prefill W, decode W (one sequence at a time)
+    model = np.array((100.0, 1e4, 300.0))
 
     def intervals(noise: float) -> list[IntervalWork]:
         rows = []
         for n in range(30):
-            work = IntervalWork(0.1, 1000 + 300 * (n % 7), 1 + n % 2, 0.5 + 0.1 * (n % 5),
+            work = IntervalWork(0.1, 1000 + 300 * (n % 7), 1 + n % 2, (0.5 + 0.1 * (n % 5),),
                                 30 + n, 0.0, seconds=1.0, iterations=50)  # fmt: skip
-            energy = float(model @ np.array(calibration_terms(work, timing)))
+            energy = float(model @ np.array(calibration_terms(work, timing, 0)))
             rows.append(replace(work, energy_j=energy + noise * ((n * 7919) % 11 - 5)))
         return rows
 
@@ -615,14 +628,14 @@ def test_a_configured_calibration_is_not_replaced_by_the_fit() -> None:
 
 def test_the_fit_refuses_thin_data_poor_fits_and_models_that_leave_work_unpriced() -> None:
     rows = [
-        IntervalWork(0.2 * (n % 3), n % 7 * 100, n % 2, 0.5, 30 + n, 5 + 0.3 * (n % 7) * 100)
+        IntervalWork(0.2 * (n % 3), n % 7 * 100, n % 2, (0.5,), 30 + n, 5 + 0.3 * (n % 7) * 100)
         for n in range(30)
     ]
     fit = calibration_fit(rows, timing=Timing())
     assert fit is not None
     assert calibration_fit(rows[: MIN_INTERVALS - 1], timing=Timing()) is None
     # Energy that never moves with decoding: decode would get nothing.
-    flat = [IntervalWork(r.idle_seconds, r.prefill_tokens, 0, 0, 0, r.energy_j) for r in rows]
+    flat = [IntervalWork(r.idle_seconds, r.prefill_tokens, 0, (), 0, r.energy_j) for r in rows]
     assert calibration_fit(flat, timing=Timing()) is None
     # Energy the work does not explain (broken telemetry): no model at all beats a wrong one.
     noise = [IntervalWork(*astuple(r)[:5], 500 * (n * 7919 % 13)) for n, r in enumerate(rows)]

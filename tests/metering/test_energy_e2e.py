@@ -344,7 +344,7 @@ def test_idle_energy_is_reported_beside_and_close_to_the_truth(mixed: Result) ->
         f"truth {mixed.truth_idle_j:.0f} J ({percent(idle, mixed.truth_idle_j):+.1f}%); "
         f"fit over {c.intervals} intervals: idle {c.idle_watts:.0f} W (model {IDLE_WATTS} W), "
         f"prefill {c.prefill_j_per_token:.4f} J/token + {c.prefill_j_per_request:.1f} J, "
-        f"decode {c.decode_watts:.0f} W + {c.decode_log_watts:.0f} W x ln(batch) + "
+        f"decode {', '.join(f'{w:.0f}' for w in c.decode_watts)} W at 1, 2, 4, ... sequences + "
         f"{c.decode_j_per_token:.4f} J/token, "
         f"R^2 {c.r_squared:.4f}; time to first token {1000 * c.ttft_seconds:.2f} ms + "
         f"{1e6 * c.ttft_seconds_per_token:.2f} µs/token, a pass {1000 * c.prefill_seconds:.2f} ms"
