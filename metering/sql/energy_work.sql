@@ -15,7 +15,7 @@
 --                   near the batch was to 2^j sequences (1, 2, 4, ..., 256: the knots of the
 --                   decode power curve, metering.attribution.BATCH_KNOTS; linear between two
 --                   knots, all on the last beyond it), so a power curve given at the knots
---                   prices them by a dot product. Up to the interval's largest batch.
+--                   prices them by a dot product.
 --   busy            the part of [computation start, end] inside the interval
 -- Before its prompt is computed a request is travelling or waiting, which is no work. An
 -- answer that was not streamed has no first-token time: the backend's usual time to first
@@ -181,51 +181,43 @@ event AS (
 ),
 level AS (
     SELECT interval_id, t,
-           sum(decoding) OVER (PARTITION BY interval_id ORDER BY t) AS decoding,
+           sum(decoding) OVER (PARTITION BY interval_id ORDER BY t)::float8 AS decoding,
            sum(computing) OVER (PARTITION BY interval_id ORDER BY t) AS computing,
            lead(t) OVER (PARTITION BY interval_id ORDER BY t) - t AS lasts
     FROM event
 ),
+-- `shared` (and `flowing`, the unstalled seconds) integrated from the interval's start, and
+-- `shared` by batch knot: at{k} weighs each moment's share by the knot's hat function of the
+-- batch (1 at k sequences, falling linearly to 0 at the knots either side; 1 from the last
+-- knot on), so that a moment's weights sum to 1 over the knots.
 curve AS (
     SELECT interval_id, t,
-           coalesce(sum(CASE WHEN decoding > 0 AND computing = 0 THEN lasts / decoding END)
-                        OVER running, 0) AS shared,
-           coalesce(sum(CASE WHEN decoding > 0 AND computing = 0 THEN lasts END)
-                        OVER running, 0) AS flowing
-    FROM level
+           coalesce(sum(share) OVER running, 0) AS shared,
+           coalesce(sum(CASE WHEN share IS NOT NULL THEN lasts END) OVER running, 0) AS flowing,
+           coalesce(sum(share * greatest(0, 2 - decoding))
+                    OVER running, 0) AS at1,
+           coalesce(sum(share * greatest(0, least(decoding / 1 - 1, 2 - decoding / 2)))
+                    OVER running, 0) AS at2,
+           coalesce(sum(share * greatest(0, least(decoding / 2 - 1, 2 - decoding / 4)))
+                    OVER running, 0) AS at4,
+           coalesce(sum(share * greatest(0, least(decoding / 4 - 1, 2 - decoding / 8)))
+                    OVER running, 0) AS at8,
+           coalesce(sum(share * greatest(0, least(decoding / 8 - 1, 2 - decoding / 16)))
+                    OVER running, 0) AS at16,
+           coalesce(sum(share * greatest(0, least(decoding / 16 - 1, 2 - decoding / 32)))
+                    OVER running, 0) AS at32,
+           coalesce(sum(share * greatest(0, least(decoding / 32 - 1, 2 - decoding / 64)))
+                    OVER running, 0) AS at64,
+           coalesce(sum(share * greatest(0, least(decoding / 64 - 1, 2 - decoding / 128)))
+                    OVER running, 0) AS at128,
+           coalesce(sum(share * least(1, greatest(0, decoding / 128 - 1)))
+                    OVER running, 0) AS at256
+    FROM (
+        SELECT *, CASE WHEN decoding > 0 AND computing = 0 THEN lasts / decoding END AS share
+        FROM level
+    ) AS l
     WINDOW running AS (PARTITION BY interval_id ORDER BY t
                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-),
--- The knots (j: 2^j sequences) up to each interval's largest batch.
-knot AS (
-    SELECT interval_id,
-           generate_series(0, least(8, ceil(log(2, greatest(max(decoding), 1))))::int) AS j
-    FROM level
-    GROUP BY interval_id
-),
--- `shared` by knot: each second's 1/decoding weighed by the knot's hat function of the batch
--- (1 at 2^j sequences, falling linearly to 0 at the neighbouring knots), so the weights of a
--- moment sum to 1 over the knots.
-batch_curve AS (
-    SELECT l.interval_id, l.t, k.j,
-           coalesce(sum(CASE WHEN l.decoding > 0 AND l.computing = 0 THEN l.lasts * CASE
-                   WHEN l.decoding < 2 ^ k.j THEN greatest(0, 2 * l.decoding / 2 ^ k.j - 1)
-                   WHEN k.j = 8 THEN 1
-                   ELSE greatest(0, 2 - l.decoding / 2 ^ k.j)
-               END / l.decoding END)
-               OVER (PARTITION BY l.interval_id, k.j ORDER BY l.t
-                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS shared
-    FROM level AS l
-    JOIN knot AS k ON k.interval_id = l.interval_id
-),
-by_batch AS (
-    SELECT o.interval_id, o.request_id, array_agg(upto.shared - since.shared ORDER BY since.j)
-                                            AS seconds
-    FROM overlap AS o
-    JOIN batch_curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
-    JOIN batch_curve AS upto
-        ON upto.interval_id = o.interval_id AND upto.t = o.decode_to AND upto.j = since.j
-    GROUP BY o.interval_id, o.request_id
 )
 -- The decode steps a request took, against the time the gateway saw it decode. It made one
 -- token a step after its first, and a step over n sequences lasts step_seconds +
@@ -244,8 +236,8 @@ SELECT interval_id, request_id, started_at, busy, prefill_tokens, prefills,
            WHEN flowed IS NULL OR NOT flowed_total > 0 THEN output * decodes
            ELSE output * flowed / flowed_total
        END AS decode_tokens,
-       ARRAY(SELECT seconds * steps FROM unnest(by_batch) WITH ORDINALITY AS u (seconds, j)
-             ORDER BY j) AS decode_seconds,
+       ARRAY(SELECT coalesce(seconds, 0) * steps
+             FROM unnest(by_batch) WITH ORDINALITY AS u (seconds, j) ORDER BY j) AS decode_seconds,
        0::float8 AS work  -- priced by energy_price.sql
 FROM (
     SELECT *, flowed_here + decode_span - span_here AS flowed_total,
@@ -262,7 +254,10 @@ FROM (
                -- The prompts of one step share its pass by their tokens.
                o.computed * o.share AS prefills,
                upto.flowing - since.flowing AS flowed,
-               b.seconds AS by_batch,
+               ARRAY[upto.at1 - since.at1, upto.at2 - since.at2, upto.at4 - since.at4,
+                     upto.at8 - since.at8, upto.at16 - since.at16, upto.at32 - since.at32,
+                     upto.at64 - since.at64, upto.at128 - since.at128,
+                     upto.at256 - since.at256] AS by_batch,
                o.decode_span, o.step_seconds, o.step_seconds_per_sequence,
                sum(o.decode_to - o.decode_from) OVER request AS span_here,
                sum(upto.flowing - since.flowing) OVER request AS flowed_here,
@@ -270,7 +265,6 @@ FROM (
         FROM overlap AS o
         LEFT JOIN curve AS since ON since.interval_id = o.interval_id AND since.t = o.decode_from
         LEFT JOIN curve AS upto ON upto.interval_id = o.interval_id AND upto.t = o.decode_to
-        LEFT JOIN by_batch AS b ON b.interval_id = o.interval_id AND b.request_id = o.request_id
         WHERE o.prompt * o.computed + o.output * o.decodes > 0
         WINDOW request AS (PARTITION BY o.request_id)
     ) AS r
