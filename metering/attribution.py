@@ -342,9 +342,8 @@ def _r_squared(target: Any, predicted: Any) -> float:
 def prefill_time_fit(rows: Sequence[tuple[int, float, int]]) -> tuple[float, float] | None:
     """The engine's prefill time of a request (scheduled to first token, by its own clock) as
     a line: (seconds besides its tokens', seconds per uncached prompt token), fitted on the
-    intervals' (requests the engine timed, the sum of their times, the uncached prompt tokens
-    of the steps that computed them: the engine times a prompt as its whole step, other
-    prompts in it included). None without enough intervals or a line with a positive slope."""
+    intervals' (requests the engine timed, the sum of their times, their prompts' uncached
+    tokens from the ledger). None without enough intervals or a line with a positive slope."""
     if len(rows) < MIN_INTERVALS:
         return None
     design = np.array([(count, tokens) for count, _, tokens in rows], dtype=float)
@@ -457,29 +456,31 @@ def _fit(
     cursor.execute(_PREFILL_RATE, {"backend": backend, **span})
     seconds, seconds_per_token, samples = cursor.fetchone()
     timing = Timing(seconds, seconds_per_token) if samples >= MIN_PREFILL_SAMPLES else Timing()
-    work, prefill_times = _intervals_work(cursor, ids, backend, span, timing)
+    work = _intervals_work(cursor, ids, backend, span, timing)
+    cursor.execute(_PREFILL_TIMES, {"ids": ids, **span})
     measured = measured_timing(
-        timing, step_time_fit(work), prefill_time_fit(prefill_times), _batch(work)
+        timing, step_time_fit(work), prefill_time_fit(cursor.fetchall()), _batch(work)
     )
     if measured is not None:
         # Passes placed in time as long as they last, prefill priced by its seconds.
-        work, _ = _intervals_work(cursor, ids, backend, span, measured)
+        work = _intervals_work(cursor, ids, backend, span, measured)
         return calibration_fit(work, timing=measured, max_price_error=max_price_error)
     fit = calibration_fit(work, timing=timing)
     # Knowing how long a pass holds the GPUs, the decoders no longer get that time and the
     # pass is priced whole: fit again with it.
     if fit is not None and (pass_seconds := timing.pass_seconds(fit)) > 0:
         timing = replace(timing, prefill_seconds=pass_seconds)
-        work, _ = _intervals_work(cursor, ids, backend, span, timing)
-        fit = calibration_fit(work, timing=timing) or fit
+        fit = (
+            calibration_fit(_intervals_work(cursor, ids, backend, span, timing), timing=timing)
+            or fit
+        )
     return fit
 
 
 def _intervals_work(
     cursor: CursorWrapper, ids: list[int], backend: str, span: dict[str, Any], timing: Timing
-) -> tuple[list[IntervalWork], list[tuple[int, float, int]]]:
-    """Each interval's work components summed over its requests, for the fit, and where the
-    engine timed prefills, those times with the tokens of the steps that computed them."""
+) -> list[IntervalWork]:
+    """Each interval's work components summed over its requests, for the fit."""
     models: dict[str, Any] = {
         "backends": [backend],
         "ttft_seconds": [timing.seconds],
@@ -504,10 +505,8 @@ def _intervals_work(
                 steps,
             )
         )
-    cursor.execute(_PREFILL_TIMES, {"ids": ids, **span})
-    prefill_times = cursor.fetchall()
     cursor.execute("DROP TABLE energy_work")
-    return intervals, prefill_times
+    return intervals
 
 
 def _batch(intervals: Sequence[IntervalWork]) -> float:

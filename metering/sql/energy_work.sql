@@ -16,9 +16,6 @@
 --                   decode power curve, metering.attribution.BATCH_KNOTS; linear between two
 --                   knots, all on the last beyond it), so a power curve given at the knots
 --                   prices them by a dot product.
---   step_prompt     the uncached prompt tokens of the step that computed its prompt (null
---                   when prompts are not placed): the engine times each prompt's prefill as
---                   that whole step, and calibration measures a prompt token's time by it
 --   busy            the part of [computation start, end] inside the interval
 -- Before its prompt is computed a request is travelling or waiting, which is no work. An
 -- answer that was not streamed has no first-token time: the backend's usual time to first
@@ -113,8 +110,7 @@ step AS (
 -- a known prefill rate the whole wait for the first token counts, and nothing is stacked.
 span AS (
     SELECT r.request_id, r.started_at, r.backend, r.busy_from, r.ended_at, r.prompt, r.output,
-           r.placed, coalesce(r.share, 1) AS share, r.step_prompt, r.step_seconds,
-           r.step_seconds_per_sequence,
+           r.placed, coalesce(r.share, 1) AS share, r.step_seconds, r.step_seconds_per_sequence,
            date_part('epoch', r.busy_from) AS a,
            date_part('epoch', r.computed_by) AS c,
            date_part('epoch', r.first_token) AS f,
@@ -129,8 +125,7 @@ span AS (
                    r.first_token) AS computed_by,
                CASE WHEN s.step IS NOT NULL THEN coalesce(
                    r.prompt / nullif(sum(r.prompt) OVER step, 0)::float8,
-                   1.0 / count(*) OVER step) END AS share,
-               CASE WHEN s.step IS NOT NULL THEN sum(r.prompt) OVER step END AS step_prompt
+                   1.0 / count(*) OVER step) END AS share
         FROM record AS r
         LEFT JOIN step AS s ON s.request_id = r.request_id AND r.ttft_seconds_per_token > 0
         WINDOW step AS (PARTITION BY r.backend, s.step)
@@ -138,7 +133,7 @@ span AS (
 ),
 overlap AS (
     SELECT i.id AS interval_id, r.request_id, r.started_at, r.prompt, r.output, r.share,
-           r.step_prompt, r.step_seconds, r.step_seconds_per_sequence,
+           r.step_seconds, r.step_seconds_per_sequence,
            tstzrange(greatest(r.busy_from, i.started_at), least(r.ended_at, i.ended_at)) AS busy,
            CASE
                WHEN r.c > r.a THEN greatest(0, least(r.c, i.e) - greatest(r.a, i.s)) / (r.c - r.a)
@@ -233,7 +228,7 @@ curve AS (
 -- scaled to the steps it took in these intervals (its output times the part of its decode
 -- span in them), at the mean batch it shared them with (its unstalled seconds over its
 -- shares). Without the engine's figures the gateway's span stands.
-SELECT interval_id, request_id, started_at, busy, prefill_tokens, prefills, step_prompt,
+SELECT interval_id, request_id, started_at, busy, prefill_tokens, prefills,
        -- Tokens are made only while no prompt is computed: a request's output is spread over
        -- the time it decoded unstalled, so a span stretched by stalls still makes all of it,
        -- faster in between. Its time outside these intervals counts as unstalled.
@@ -255,7 +250,6 @@ FROM (
            END AS steps
     FROM (
         SELECT o.interval_id, o.request_id, o.started_at, o.busy, o.output, o.decodes,
-               o.step_prompt,
                o.prompt * o.computed AS prefill_tokens,
                -- The prompts of one step share its pass by their tokens.
                o.computed * o.share AS prefills,

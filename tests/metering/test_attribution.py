@@ -493,36 +493,33 @@ def test_a_missing_calibration_is_fitted_from_the_telemetry_and_the_ledger() -> 
 STEP_S, PASS_S = 0.01, 0.0005
 
 
-def engine_telemetry(intervals: int, *, chat: int = 0) -> None:
+def engine_telemetry(intervals: int) -> None:
     """As telemetry(), with the engine's steps and prefill times in each interval; an energy
     fit alone could not tell the pass's 5 J from the prompt tokens' price here, as every busy
-    interval computes one prompt in one step, with the `chat` uncached tokens of each of the
-    other sequences' prompts (0: cached)."""
+    interval computes one prompt."""
     for n in range(intervals):
         prompt, steps, batch = 200 + (n * 7919) % 3000, 5 + (n * 31) % 60, 1 + n % 3
         # Each sequence's first token comes from the pass, then one a step.
         output = steps + 1
-        step_prompt = prompt + chat * (batch - 1)
-        prefill = PASS_S + step_prompt * PREFILL_S_PER_TOKEN
+        prefill = PASS_S + prompt * PREFILL_S_PER_TOKEN
         if n % 5 == 4:
             energy_j, iterations, prefills, prefill_seconds = TRUE.idle_watts, 0, 0, 0.0
         else:
             start = n + 0.05 * (n % 3)
             end = start + prefill + STEP_S * steps
+            # One prompt to compute; the others' are cached.
             for sequence in range(batch):
                 usage(start=start, first_token=start + prefill, end=end,
-                      prompt=prompt if sequence == 0 else chat, completion=output)  # fmt: skip
+                      prompt=prompt if sequence == 0 else 0, completion=output)  # fmt: skip
             energy_j = (
                 TRUE.idle_watts * (1 - (end - start))
-                + TRUE.prefill_j_per_token * step_prompt
+                + TRUE.prefill_j_per_token * prompt
                 + TRUE.prefill_j_per_request
                 + TRUE.decode_watts[0] * STEP_S * steps
                 + TRUE.decode_j_per_token * output * batch
             )
-            # The engine times each sequence's prefill as the whole step that computed the
-            # prompt, the cached ones' too, with the step's decode part (10 ms whatever the
-            # batch).
-            iterations, prefills, prefill_seconds = steps, batch, batch * (prefill + STEP_S)
+            # Its prefill time holds the step's decode part too (10 ms whatever the batch).
+            iterations, prefills, prefill_seconds = steps, 1, prefill + STEP_S
         EnergyInterval.objects.create(
             backend="gpu-a",
             started_at=at(n),
@@ -533,20 +530,6 @@ def engine_telemetry(intervals: int, *, chat: int = 0) -> None:
             engine_prefills=prefills,
             engine_prefill_seconds=prefill_seconds,
         )
-
-
-@pytest.mark.django_db
-def test_a_chat_computed_in_a_long_prompts_step_does_not_make_a_prompt_token_look_slow() -> None:
-    # Each chat of 40 tokens is timed by the engine as the whole step of the long prompt it
-    # was computed with: against its own 40 tokens that would be 20-300 µs a token.
-    engine_telemetry(60, chat=40)
-
-    fitted = energy_calibrate(backend="gpu-a", now=at(3600), until=at(60), policy=POLICY)
-
-    assert fitted is not None
-    assert fitted.ttft_seconds_per_token == pytest.approx(PREFILL_S_PER_TOKEN, rel=1e-3)
-    assert fitted.prefill_seconds == pytest.approx(PASS_S, rel=1e-2)
-    assert fitted.prefill_j_per_token == pytest.approx(0.1, rel=1e-2)
 
 
 @pytest.mark.django_db
