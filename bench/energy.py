@@ -28,6 +28,7 @@ them and the figures are scaled to a million requests. The synthetic rows are de
 
 import argparse
 import asyncio
+import csv
 import os
 import random
 import statistics
@@ -128,6 +129,9 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=60.0)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument(
+        "--requests-csv", help="append each request's truth and attribution, run by run, here"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_PROFILE", "local")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -217,6 +221,8 @@ def _accuracy(args: argparse.Namespace) -> "Run":
         calibration = EnergyCalibration.objects.filter(backend=backend).latest()
         _model(calibration, args, larger=n > 0)
     run = _report(accounts, intervals, records, truth)
+    if args.requests_csv:
+        _requests_csv(args.requests_csv, name, accounts, records, truth)
     # The usage stays, as any usage does; the energy rows would only be refitted for an hour.
     Backend.objects.filter(name__in=names).update(enabled=False)
     for table in (EnergyInterval, GpuSample, EnergyCalibration):
@@ -515,6 +521,30 @@ def _report(
             p90 = statistics.quantiles(backend_errors, n=10)[8]
             print(f"  {backend}: per request p90 {p90:.1f}% (n={len(backend_errors)})")
     return Run(by_account, cuts[49], cuts[89], cuts[98])
+
+
+def _requests_csv(
+    path: str, run: str, accounts: list[Account], records: dict[str, Any], truth: dict[str, Any]
+) -> None:
+    """Each scored request's figures against the simulator's truth, for a closer look."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as out:
+        writer = csv.writer(out)
+        if new:
+            writer.writerow(
+                ["run", "account", "backend", "streamed", "prompt", "cached", "completion",
+                 "queue_ms", "ttft_ms", "latency_ms", "truth_j", "attributed_j"]
+            )  # fmt: skip
+        for account in accounts:
+            for rid, status in account.sent:
+                r, true_j = records.get(rid), truth["requests"].get(rid)
+                if status != 200 or r is None or not true_j:
+                    continue
+                writer.writerow(
+                    [run, account.label, r.backend, r.streamed, r.prompt_tokens,
+                     r.cached_prompt_tokens, r.completion_tokens, r.queue_wait_ms, r.ttft_ms,
+                     r.latency_ms, true_j, r.energy_joules or 0]
+                )  # fmt: skip
 
 
 def _spread(runs: list[Run]) -> None:
