@@ -635,6 +635,7 @@ def energy_attribute(
     prices: dict[str, Any] = {"backends": backends}
     for name in Coefficients.__slots__:
         prices[name] = [getattr(models[b], name) for b in backends]
+    # One row per backend, each as long as BATCH_KNOTS: a two-dimensional array.
     prices["decode_watts"] = [list(models[b].decode_curve()) for b in backends]
     while _attribute_batch(claim, prices, max_lag, result):
         pass

@@ -188,32 +188,34 @@ level AS (
 ),
 -- `shared` (and `flowing`, the unstalled seconds) integrated from the interval's start, and
 -- `shared` by batch knot: at{k} weighs each moment's share by the knot's hat function of the
--- batch (1 at k sequences, falling linearly to 0 at the knots either side; 1 from the last
--- knot on), so that a moment's weights sum to 1 over the knots.
+-- batch (1 at k sequences, falling linearly to 0 at the knots either side: k/2 and 2k; a
+-- batch past the last knot counts as at it), so that a moment's weights sum to 1 over the
+-- knots.
 curve AS (
     SELECT interval_id, t,
            coalesce(sum(share) OVER running, 0) AS shared,
            coalesce(sum(CASE WHEN share IS NOT NULL THEN lasts END) OVER running, 0) AS flowing,
-           coalesce(sum(share * greatest(0, 2 - decoding))
+           coalesce(sum(share * greatest(0, least(2 * b / 1 - 1, 2 - b / 1)))
                     OVER running, 0) AS at1,
-           coalesce(sum(share * greatest(0, least(decoding / 1 - 1, 2 - decoding / 2)))
+           coalesce(sum(share * greatest(0, least(2 * b / 2 - 1, 2 - b / 2)))
                     OVER running, 0) AS at2,
-           coalesce(sum(share * greatest(0, least(decoding / 2 - 1, 2 - decoding / 4)))
+           coalesce(sum(share * greatest(0, least(2 * b / 4 - 1, 2 - b / 4)))
                     OVER running, 0) AS at4,
-           coalesce(sum(share * greatest(0, least(decoding / 4 - 1, 2 - decoding / 8)))
+           coalesce(sum(share * greatest(0, least(2 * b / 8 - 1, 2 - b / 8)))
                     OVER running, 0) AS at8,
-           coalesce(sum(share * greatest(0, least(decoding / 8 - 1, 2 - decoding / 16)))
+           coalesce(sum(share * greatest(0, least(2 * b / 16 - 1, 2 - b / 16)))
                     OVER running, 0) AS at16,
-           coalesce(sum(share * greatest(0, least(decoding / 16 - 1, 2 - decoding / 32)))
+           coalesce(sum(share * greatest(0, least(2 * b / 32 - 1, 2 - b / 32)))
                     OVER running, 0) AS at32,
-           coalesce(sum(share * greatest(0, least(decoding / 32 - 1, 2 - decoding / 64)))
+           coalesce(sum(share * greatest(0, least(2 * b / 64 - 1, 2 - b / 64)))
                     OVER running, 0) AS at64,
-           coalesce(sum(share * greatest(0, least(decoding / 64 - 1, 2 - decoding / 128)))
+           coalesce(sum(share * greatest(0, least(2 * b / 128 - 1, 2 - b / 128)))
                     OVER running, 0) AS at128,
-           coalesce(sum(share * least(1, greatest(0, decoding / 128 - 1)))
+           coalesce(sum(share * greatest(0, least(2 * b / 256 - 1, 2 - b / 256)))
                     OVER running, 0) AS at256
     FROM (
-        SELECT *, CASE WHEN decoding > 0 AND computing = 0 THEN lasts / decoding END AS share
+        SELECT *, CASE WHEN decoding > 0 AND computing = 0 THEN lasts / decoding END AS share,
+               least(decoding, 256) AS b  -- the batch, at the last knot from there on
         FROM level
     ) AS l
     WINDOW running AS (PARTITION BY interval_id ORDER BY t

@@ -288,6 +288,21 @@ def test_decode_power_follows_the_batch_curve() -> None:
 
 
 @pytest.mark.django_db
+def test_decode_power_between_two_knots_is_on_the_straight_line_between_them() -> None:
+    calibrate(model=Coefficients(0.0, 0.1, 0.0, decode_watts=(100.0, 200.0, 300.0),
+                                 decode_j_per_token=0.0))  # fmt: skip
+    first = usage(start=0, first_token=0, end=10, completion=50)
+    others = [usage(start=5, first_token=5, end=10, completion=50) for _ in range(2)]
+    together = 5 * 250  # three sequences: halfway between 200 W at two and 300 W at four
+    interval(0, 10, energy_j=500 + together)
+
+    attribute()
+
+    assert energy(first) == pytest.approx(500 + together / 3)
+    assert [energy(r) for r in others] == [pytest.approx(together / 3)] * 2
+
+
+@pytest.mark.django_db
 def test_a_short_answer_the_gateway_saw_late_is_given_the_steps_its_output_took() -> None:
     # Steps of 10 ms: a long answer decodes through the whole second and a short one of 21
     # tokens beside it from 0.2 s to 0.4 s, but the gateway saw the short one's first token
