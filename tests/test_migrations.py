@@ -1,5 +1,6 @@
-"""A database populated before tenancy, prices, the fleet and the audit log moved to their own
-apps (customers, catalogue, fleet, audit) migrates forward and loses nothing."""
+"""Populated databases migrate forward and lose nothing: one from before tenancy, prices, the
+fleet and the audit log moved to their own apps (customers, catalogue, fleet, audit), and one
+whose energy models priced decode with a log term (metering 0014)."""
 
 import math
 import os
