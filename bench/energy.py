@@ -350,6 +350,8 @@ def _scraper(stop: threading.Event, names: list[str], every: float) -> None:
     from metering.telemetry import telemetry_scrape
 
     try:
+        # At once: the first interval starts at the first scrape, before the load does.
+        telemetry_scrape(timeout=2.0, min_gap=0, names=names)
         while not stop.wait(every):
             telemetry_scrape(timeout=2.0, min_gap=every / 2, names=names)
         telemetry_scrape(timeout=2.0, min_gap=0, names=names)

@@ -46,6 +46,10 @@ _PREFILL_TIMES = (_SQL / "energy_prefill_times.sql").read_text()
 # broken): either way the last calibration (or none) stays in force.
 MIN_INTERVALS = 20
 MIN_R_SQUARED = 0.9
+# A step-time line must explain the busy seconds to this relative error (root mean square of
+# the residuals over that of the busy seconds). Not R²: a backend busy all the time has
+# intervals of nearly equal busy seconds, whose small variance an exact line explains poorly.
+MAX_STEP_TIME_ERROR = 0.05
 OUTLIER_SIGMAS = 4.0
 # With the engine's timing measured, the prefill and the decode energy a first fit prices
 # must be known to this relative standard error: a fit on a few minutes of data can be
@@ -319,7 +323,8 @@ def step_time_fit(intervals: Sequence[IntervalWork]) -> StepTime | None:
     in an interval are StepTime's line in four counts: the engine's steps (vLLM's
     iteration_tokens_total) and, from the ledger, the prompts computed, their tokens and the
     tokens output. Time has no curve in it, unlike power. None without the engine's steps in
-    enough intervals, or when the line does not explain their busy time."""
+    enough intervals, when the line is more than MAX_STEP_TIME_ERROR off their busy time, or
+    when it gives a step no time of its own (the steps counted do not explain it)."""
     known = [w for w in intervals if w.iterations is not None]
     if len(known) < MIN_INTERVALS:
         return None
@@ -327,8 +332,12 @@ def step_time_fit(intervals: Sequence[IntervalWork]) -> StepTime | None:
         [(w.iterations, w.prefills, w.prefill_tokens, w.decode_tokens) for w in known]
     )
     busy = np.array([max(w.seconds - w.idle_seconds, 0.0) for w in known])
+    if not busy.any():
+        return None
     solution = _nnls(design, busy)
-    if _r_squared(busy, design @ solution) < MIN_R_SQUARED:
+    if solution[0] <= 0 or (
+        np.linalg.norm(busy - design @ solution) > MAX_STEP_TIME_ERROR * np.linalg.norm(busy)
+    ):
         return None
     return StepTime(*(float(c) for c in solution))
 

@@ -28,6 +28,7 @@ from metering.attribution import (
     energy_attribute,
     energy_calibrate,
     energy_calibration_configure,
+    step_time_fit,
 )
 from metering.events import INFLIGHT_ENTRIES, USAGE_STREAM
 from metering.models import EnergyCalibration, EnergyInterval, UsageRecord
@@ -620,6 +621,28 @@ def test_a_new_backends_first_fit_waits_for_prices_it_knows_well() -> None:
     # The same intervals a few joules off: a fit, but not one a first calibration may use.
     assert calibration_fit(intervals(noise_j), timing=timing) is not None
     assert calibration_fit(intervals(noise_j), timing=timing, max_price_error=0.02) is None
+
+
+def test_a_backend_busy_all_the_time_still_has_its_steps_timed() -> None:
+    # Seconds a step, a pass, a prompt token and an output token (the larger model of
+    # bench.energy at speedup 5).
+    line = np.array((4e-3, 5e-3, 5e-5, 5e-5))
+    rows, wrong = [], []
+    for n in range(40):
+        # Every interval two seconds long and busy throughout, give or take the gateway's
+        # jitter: nearly no variance for R² to measure the line against.
+        counts = (380 + n % 9 * 10, 4 + n % 5, 5000 + n % 7 * 700, 2600 + n % 4 * 150)
+        busy = float(line @ counts) * (1 + 0.01 * ((n * 7919) % 5 - 2))
+        rows.append(IntervalWork(2.0 - busy, counts[2], counts[1], (1.0,), counts[3], 0.0,
+                                 seconds=2.0, iterations=counts[0]))  # fmt: skip
+        # Steps counted wrong (another engine's counter): the line misses by far more.
+        wrong.append(replace(rows[-1], iterations=(n * 7919) % 700))
+
+    steps = step_time_fit(rows)
+    assert steps is not None
+    assert steps.fixed == pytest.approx(4e-3, rel=0.05)
+    assert steps.per_output_token == pytest.approx(5e-5, rel=0.05)
+    assert step_time_fit(wrong) is None
 
 
 @pytest.mark.django_db
