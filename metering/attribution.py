@@ -40,7 +40,6 @@ _ADD_RECORDS = (_SQL / "energy_add_records.sql").read_text()
 _CALIBRATION_INTERVALS = (_SQL / "energy_calibration_intervals.sql").read_text()
 _PREFILL_RATE = (_SQL / "energy_prefill_rate.sql").read_text()
 _PREFILL_TIMES = (_SQL / "energy_prefill_times.sql").read_text()
-_PREFILL_BATCH = (_SQL / "energy_prefill_batch.sql").read_text()
 
 # Fewer intervals than this cannot pin five coefficients down, and a fit that explains less
 # of the variance than this says the model does not describe the backend (or its telemetry is
@@ -378,16 +377,15 @@ def measured_timing(
     timing: Timing,
     steps: StepTime | None,
     prefill: tuple[float, float] | None,
-    beside: tuple[float, float],
+    batch: float,
 ) -> Timing | None:
     """How long a prefill pass and a prompt token hold the GPUs, from the engine's reports.
 
     From its prefill times when it gives them: a request's prefill time is the step that
-    computed its prompt, so besides its tokens' it holds the pass and, where sequences were
-    decoding beside it, a decode step over them (the step line's fixed and output-token
-    times), which is the decoders' work. `beside` is (the share of prompts computed beside
-    decoding sequences, their mean number). Otherwise the step line's own pass time. None
-    when neither is known, or the pass comes out at no time.
+    computed its prompt, so besides its tokens' it holds the pass and the decode step over
+    the `batch` sequences decoding meanwhile (the step line's fixed and output-token times),
+    which is the decoders' work. Otherwise the step line's own pass time. None when neither
+    is known, or the pass comes out at no time.
     """
     if steps is None:
         return None
@@ -395,8 +393,7 @@ def measured_timing(
         pass_seconds, per_token = steps.per_pass, steps.per_prompt_token
     else:
         fixed, per_token = prefill
-        share, decoding = beside
-        pass_seconds = fixed - (share * steps.fixed + steps.per_output_token * decoding)
+        pass_seconds = fixed - (steps.fixed + steps.per_output_token * batch)
     if pass_seconds <= 0 or per_token <= 0:
         return None
     return replace(
@@ -407,19 +404,6 @@ def measured_timing(
         step_seconds=steps.fixed,
         step_seconds_per_sequence=steps.per_output_token,
     )
-
-
-def prompts_beside_decoding(
-    *, backend: str, span: dict[str, Any], timing: Timing
-) -> tuple[float, float]:
-    """Of the backend's prompts in the span (its records' started_at range), the share that
-    were computed beside sequences decoding, and the mean number of those sequences: what
-    their steps decoded besides (energy_prefill_batch.sql)."""
-    ttft = {"ttft_seconds": timing.seconds, "ttft_seconds_per_token": timing.seconds_per_token}
-    with connection.cursor() as cursor:
-        cursor.execute(_PREFILL_BATCH, {"backend": backend, **span, **ttft})
-        share, decoding = cursor.fetchone()
-    return share, decoding
 
 
 def _nnls(design: Any, energy: Any) -> Any:
@@ -484,10 +468,7 @@ def _fit(
     work = _intervals_work(cursor, ids, backend, span, timing)
     cursor.execute(_PREFILL_TIMES, {"ids": ids, **span})
     measured = measured_timing(
-        timing,
-        step_time_fit(work),
-        prefill_time_fit(cursor.fetchall()),
-        prompts_beside_decoding(backend=backend, span=span, timing=timing),
+        timing, step_time_fit(work), prefill_time_fit(cursor.fetchall()), _batch(work)
     )
     if measured is not None:
         # Passes placed in time as long as they last, prefill priced by its seconds.
@@ -535,6 +516,13 @@ def _intervals_work(
         )
     cursor.execute("DROP TABLE energy_work")
     return intervals
+
+
+def _batch(intervals: Sequence[IntervalWork]) -> float:
+    """The mean number of sequences a step decoded, where the engine counted its steps."""
+    known = [w for w in intervals if w.iterations]
+    steps = sum(w.iterations or 0 for w in known)
+    return sum(w.decode_tokens for w in known) / steps if steps else 0.0
 
 
 def energy_calibration_configure(

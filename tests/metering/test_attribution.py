@@ -21,7 +21,6 @@ from metering.attribution import (
     Coefficients,
     Fit,
     IntervalWork,
-    StepTime,
     Timing,
     attribution_horizons,
     calibration_fit,
@@ -29,8 +28,6 @@ from metering.attribution import (
     energy_attribute,
     energy_calibrate,
     energy_calibration_configure,
-    measured_timing,
-    prompts_beside_decoding,
     step_time_fit,
 )
 from metering.events import INFLIGHT_ENTRIES, USAGE_STREAM
@@ -537,9 +534,8 @@ def engine_telemetry(intervals: int) -> None:
                 + TRUE.decode_watts[0] * STEP_S * steps
                 + TRUE.decode_j_per_token * output * batch
             )
-            # Its prefill time is its step's, which ran no decode pass: nothing was decoding
-            # before the sequences' first tokens.
-            iterations, prefills, prefill_seconds = steps, 1, prefill
+            # Its prefill time holds the step's decode part too (10 ms whatever the batch).
+            iterations, prefills, prefill_seconds = steps, 1, prefill + STEP_S
         EnergyInterval.objects.create(
             backend="gpu-a",
             started_at=at(n),
@@ -570,34 +566,6 @@ def test_with_the_engines_steps_and_prefill_times_a_pass_is_priced_by_its_time()
         pytest.approx([320, 340, 380], rel=1e-2),
         0,
     )
-
-
-@pytest.mark.django_db
-def test_the_prompts_computed_beside_decoding_sequences_are_counted_with_them() -> None:
-    usage(start=0, first_token=1, end=10, completion=9)  # computed alone
-    usage(start=4, first_token=5, end=15, completion=9)  # beside the first
-    usage(start=11, first_token=12, end=13, completion=9)  # beside the second, the first gone
-    usage(start=20, first_token=21, end=22, completion=9)  # alone again
-    span = {"lower": at(-60), "upper": at(60)}
-
-    assert prompts_beside_decoding(backend="gpu-a", span=span, timing=Timing(0.5)) == (0.5, 0.5)
-    # An answer that was not streamed decodes from the usual time to first token on (here
-    # 0.5 s): beside every prompt, and not a prompt the gateway saw computed.
-    usage(start=0, end=30, completion=9)
-    assert prompts_beside_decoding(backend="gpu-a", span=span, timing=Timing(0.5)) == (1, 1.5)
-
-
-def test_a_pass_is_its_prefill_time_less_the_decoding_beside_it() -> None:
-    # A step of 10 ms and 0.1 ms a sequence; prefill times 2 ms besides their tokens'.
-    steps = StepTime(fixed=0.01, per_pass=0.0, per_prompt_token=1e-5, per_output_token=1e-4)
-
-    alone = measured_timing(Timing(), steps, (0.002, 1e-5), (0.0, 0.0))
-    # Half computed beside a decode step, over three sequences on average.
-    beside = measured_timing(Timing(), steps, (0.002 + 0.005 + 0.0003, 1e-5), (0.5, 3.0))
-
-    assert alone is not None and alone.prefill_seconds == pytest.approx(0.002)
-    assert beside is not None and beside.prefill_seconds == pytest.approx(0.002)
-    assert measured_timing(Timing(), steps, (0.004, 1e-5), (1.0, 0.0)) is None
 
 
 def test_the_fit_finds_a_decode_power_curve_that_bends_where_the_gpus_saturate() -> None:
