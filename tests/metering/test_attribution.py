@@ -629,13 +629,14 @@ def test_a_backend_busy_all_the_time_still_has_its_steps_timed() -> None:
     line = np.array((4e-3, 5e-3, 5e-5, 5e-5))
     rows, wrong = [], []
     for n in range(40):
-        # Every interval two seconds long and busy throughout, give or take the gateway's
-        # jitter: nearly no variance for R² to measure the line against.
+        # Intervals of 2.5 s, each busy for about 2 to 2.5 s (the gateway's jitter besides):
+        # little variance for R² to measure the line against.
         counts = (380 + n % 9 * 10, 4 + n % 5, 5000 + n % 7 * 700, 2600 + n % 4 * 150)
         busy = float(line @ counts) * (1 + 0.01 * ((n * 7919) % 5 - 2))
-        rows.append(IntervalWork(2.0 - busy, counts[2], counts[1], (1.0,), counts[3], 0.0,
-                                 seconds=2.0, iterations=counts[0]))  # fmt: skip
-        # Steps counted wrong (another engine's counter): the line misses by far more.
+        rows.append(IntervalWork(2.5 - busy, counts[2], counts[1], (1.0,), counts[3], 0.0,
+                                 seconds=2.5, iterations=counts[0]))  # fmt: skip
+        # Steps counted wrong (another engine's counter): the line misses by more, and
+        # gives a step no time of its own.
         wrong.append(replace(rows[-1], iterations=(n * 7919) % 700))
 
     steps = step_time_fit(rows)
