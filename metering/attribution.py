@@ -332,8 +332,6 @@ def step_time_fit(intervals: Sequence[IntervalWork]) -> StepTime | None:
         [(w.iterations, w.prefills, w.prefill_tokens, w.decode_tokens) for w in known]
     )
     busy = np.array([max(w.seconds - w.idle_seconds, 0.0) for w in known])
-    if not busy.any():
-        return None
     solution = _nnls(design, busy)
     if solution[0] <= 0 or (
         np.linalg.norm(busy - design @ solution) > MAX_STEP_TIME_ERROR * np.linalg.norm(busy)
