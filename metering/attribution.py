@@ -40,6 +40,7 @@ _ADD_RECORDS = (_SQL / "energy_add_records.sql").read_text()
 _CALIBRATION_INTERVALS = (_SQL / "energy_calibration_intervals.sql").read_text()
 _PREFILL_RATE = (_SQL / "energy_prefill_rate.sql").read_text()
 _PREFILL_TIMES = (_SQL / "energy_prefill_times.sql").read_text()
+_PREFILL_PROMPTS = (_SQL / "energy_prefill_prompts.sql").read_text()
 
 # Fewer intervals than this cannot pin five coefficients down, and a fit that explains less
 # of the variance than this says the model does not describe the backend (or its telemetry is
@@ -346,11 +347,12 @@ def _r_squared(target: Any, predicted: Any) -> float:
     return 1 - float(np.sum((target - predicted) ** 2)) / total if total else 0.0
 
 
-def prefill_time_fit(rows: Sequence[tuple[int, float, int]]) -> tuple[float, float] | None:
+def prefill_time_fit(rows: Sequence[tuple[int, float, float]]) -> tuple[float, float] | None:
     """The engine's prefill time of a request (scheduled to first token, by its own clock) as
     a line: (seconds besides its tokens', seconds per uncached prompt token), fitted on the
-    intervals' (requests the engine timed, the sum of their times, their prompts' uncached
-    tokens from the ledger). None without enough intervals or a line with a positive slope."""
+    intervals' (requests the engine timed, the sum of their times, the uncached prompt tokens
+    of their steps from the ledger). None without enough intervals or a line with a positive
+    slope."""
     if len(rows) < MIN_INTERVALS:
         return None
     design = np.array([(count, tokens) for count, _, tokens in rows], dtype=float)
@@ -360,6 +362,100 @@ def prefill_time_fit(rows: Sequence[tuple[int, float, int]]) -> tuple[float, flo
         return None
     fixed, per_token = (float(c) for c in _nnls(design, seconds))
     return (fixed, per_token) if per_token > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class Prompts:
+    """A backend's requests that got a first token (energy_prefill_prompts.sql), as arrays of
+    seconds since the epoch: when each ended, its uncached prompt tokens, when it reached the
+    backend, its first token, and whether the gateway saw that (else it is the backend's usual
+    time to first token)."""
+
+    ended: Any
+    tokens: Any
+    arrived: Any
+    first_token: Any
+    timed: Any
+
+    @classmethod
+    def fetch(
+        cls, cursor: CursorWrapper, backend: str, span: dict[str, Any], timing: Timing
+    ) -> "Prompts":
+        """The backend's requests in a fit's span (its records' started_at range); `timing`
+        places the first token of an answer that was not streamed."""
+        ttft = {"ttft_seconds": timing.seconds, "ttft_seconds_per_token": timing.seconds_per_token}
+        cursor.execute(_PREFILL_PROMPTS, {"backend": backend, **span, **ttft})
+        columns = list(zip(*cursor.fetchall(), strict=True)) or [()] * 5
+        ended, tokens, arrived, first_token = (np.array(c, dtype=float) for c in columns[:4])
+        return cls(ended, tokens, arrived, first_token, np.array(columns[4], dtype=bool))
+
+
+def engine_prefill_times(
+    intervals: Sequence[tuple[float, float, int, float]], prompts: Prompts
+) -> tuple[float, float] | None:
+    """prefill_time_fit on the engine's prefill times (per interval: its bounds, the requests
+    timed, their sum) against the tokens of the steps that computed the prompts the ledger
+    saw end in each interval. The engine times a prompt's prefill as its whole step, so
+    besides its own tokens' time it holds those of the prompts admitted with it
+    (`stepped_with`), which a prompt that arrived while a long one was computed waits for and
+    then shares: counted as its own, a long prompt beside a chat lengthens the chat's time by
+    tens of milliseconds (the pass of `bench.energy --backends 2`'s larger model came out
+    2-6% long). Their steps are placed by a first line on each prompt's own tokens."""
+    first = prefill_time_fit(_prefill_rows(intervals, prompts, prompts.tokens))
+    if first is None:
+        return None
+    fixed, per_token = first
+    together = stepped_with(prompts, fixed + per_token * prompts.tokens)
+    return prefill_time_fit(_prefill_rows(intervals, prompts, prompts.tokens + together)) or first
+
+
+def _prefill_rows(
+    intervals: Sequence[tuple[float, float, int, float]], prompts: Prompts, tokens: Any
+) -> list[tuple[int, float, float]]:
+    """Per interval: the requests the engine timed, their prefill seconds, and `tokens` (one
+    value per prompt) summed over the prompts that ended in it."""
+    order = np.argsort(prompts.ended)
+    ended, running = prompts.ended[order], np.concatenate(([0.0], np.cumsum(tokens[order])))
+    rows = []
+    for start, end, count, seconds in intervals:
+        first, last = np.searchsorted(ended, (start, end))
+        rows.append((count, seconds, float(running[last] - running[first])))
+    return rows
+
+
+def stepped_with(prompts: Prompts, seconds: Any) -> Any:
+    """For each prompt, the uncached tokens of the other prompts computed in its engine step,
+    as far as the ledger shows it. An engine admits the prompts that arrived while it ran a
+    step into its next one; the steps that matter are those computing a long prompt (tens of
+    milliseconds, where a decode step takes a few), which hold the GPUs for `seconds` (one
+    value per prompt) before its first token, from its arrival at the earliest. The prompts
+    that arrived while one was computed are taken to share the next step."""
+    computed_from = np.maximum(prompts.arrived, prompts.first_token - seconds)
+    order = np.argsort(computed_from)
+    starts, ends = computed_from[order], prompts.first_token[order]
+    # The computation that began last before each prompt arrived (a prompt's own begins at
+    # its arrival or after it), if it was still going on.
+    during = np.searchsorted(starts, prompts.arrived) - 1
+    waited = (during >= 0) & (ends[np.maximum(during, 0)] > prompts.arrived)
+    batch = np.bincount(during[waited], weights=prompts.tokens[waited], minlength=len(starts))
+    return np.where(waited, batch[np.maximum(during, 0)] - prompts.tokens, 0.0)
+
+
+def decoding_beside(prompts: Prompts, batch: float) -> tuple[float, float]:
+    """At the first tokens the gateway saw: the share of prompts computed beside sequences
+    decoding, and the mean number of those (0 where none). A prompt's engine step advanced
+    them too, and a step with none runs no decode pass. A sequence decodes from its first
+    token to its end; at one instant ends come first and first tokens last (a prompt does not
+    decode beside itself, nor beside one computed with it). Without any first token seen:
+    every prompt beside `batch` sequences (the engine's mean)."""
+    probes = prompts.first_token[prompts.timed]
+    if not len(probes):
+        return 1.0, batch
+    decoding = prompts.ended > prompts.first_token
+    started = np.searchsorted(np.sort(prompts.first_token[decoding]), probes, side="left")
+    ended = np.searchsorted(np.sort(prompts.ended[decoding]), probes, side="right")
+    beside = started - ended
+    return float(np.mean(beside > 0)), float(np.mean(beside))
 
 
 def _inliers(design: Any, target: Any) -> tuple[Any, Any]:
@@ -375,15 +471,16 @@ def measured_timing(
     timing: Timing,
     steps: StepTime | None,
     prefill: tuple[float, float] | None,
-    batch: float,
+    beside: tuple[float, float],
 ) -> Timing | None:
     """How long a prefill pass and a prompt token hold the GPUs, from the engine's reports.
 
     From its prefill times when it gives them: a request's prefill time is the step that
-    computed its prompt, so besides its tokens' it holds the pass and the decode step over
-    the `batch` sequences decoding meanwhile (the step line's fixed and output-token times),
-    which is the decoders' work. Otherwise the step line's own pass time. None when neither
-    is known, or the pass comes out at no time.
+    computed its prompt, so besides its step's tokens' it holds the pass and, where sequences
+    were decoding beside it, a decode step over them (the step line's fixed and output-token
+    times), which is the decoders' work. `beside` is (the share of prompts computed beside
+    decoding sequences, their mean number: decoding_beside). Otherwise the step line's own
+    pass time. None when neither is known, or the pass comes out at no time.
     """
     if steps is None:
         return None
@@ -391,7 +488,8 @@ def measured_timing(
         pass_seconds, per_token = steps.per_pass, steps.per_prompt_token
     else:
         fixed, per_token = prefill
-        pass_seconds = fixed - (steps.fixed + steps.per_output_token * batch)
+        share, decoding = beside
+        pass_seconds = fixed - (share * steps.fixed + steps.per_output_token * decoding)
     if pass_seconds <= 0 or per_token <= 0:
         return None
     return replace(
@@ -464,9 +562,14 @@ def _fit(
     seconds, seconds_per_token, samples = cursor.fetchone()
     timing = Timing(seconds, seconds_per_token) if samples >= MIN_PREFILL_SAMPLES else Timing()
     work = _intervals_work(cursor, ids, backend, span, timing)
-    cursor.execute(_PREFILL_TIMES, {"ids": ids, **span})
+    cursor.execute(_PREFILL_TIMES, {"ids": ids})
+    engine = cursor.fetchall()
+    prompts = Prompts.fetch(cursor, backend, span, timing)
     measured = measured_timing(
-        timing, step_time_fit(work), prefill_time_fit(cursor.fetchall()), _batch(work)
+        timing,
+        step_time_fit(work),
+        engine_prefill_times(engine, prompts),
+        decoding_beside(prompts, _batch(work)),
     )
     if measured is not None:
         # Passes placed in time as long as they last, prefill priced by its seconds.

@@ -21,14 +21,21 @@ from metering.attribution import (
     Coefficients,
     Fit,
     IntervalWork,
+    Prompts,
+    StepTime,
     Timing,
     attribution_horizons,
     calibration_fit,
     calibration_terms,
+    decoding_beside,
     energy_attribute,
     energy_calibrate,
     energy_calibration_configure,
+    engine_prefill_times,
+    measured_timing,
+    prefill_time_fit,
     step_time_fit,
+    stepped_with,
 )
 from metering.events import INFLIGHT_ENTRIES, USAGE_STREAM
 from metering.models import EnergyCalibration, EnergyInterval, UsageRecord
@@ -534,8 +541,9 @@ def engine_telemetry(intervals: int) -> None:
                 + TRUE.decode_watts[0] * STEP_S * steps
                 + TRUE.decode_j_per_token * output * batch
             )
-            # Its prefill time holds the step's decode part too (10 ms whatever the batch).
-            iterations, prefills, prefill_seconds = steps, 1, prefill + STEP_S
+            # Its prefill time is its step's, which ran no decode pass: nothing was decoding
+            # before the sequences' first tokens.
+            iterations, prefills, prefill_seconds = steps, 1, prefill
         EnergyInterval.objects.create(
             backend="gpu-a",
             started_at=at(n),
@@ -566,6 +574,112 @@ def test_with_the_engines_steps_and_prefill_times_a_pass_is_priced_by_its_time()
         pytest.approx([320, 340, 380], rel=1e-2),
         0,
     )
+
+
+def prompts(*rows: tuple[float, int, float, float, bool]) -> Prompts:
+    """(ended, uncached tokens, arrived, first token, the gateway saw it) for each prompt."""
+    ended, tokens, arrived, first_token, timed = (np.array(c) for c in zip(*rows, strict=True))
+    return Prompts(ended, tokens, arrived, first_token, timed.astype(bool))
+
+
+@pytest.mark.django_db
+def test_prompts_arrive_after_the_queue_and_unstreamed_ones_get_the_usual_first_token() -> None:
+    usage(start=0, queue_wait=1, first_token=2, end=10, prompt=100, completion=5)
+    usage(start=0, queue_wait=0.5, end=10, prompt=1000, cached=200, completion=5)
+    usage(start=0, end=3, prompt=50)  # no first token: the engine never timed it
+    span = {"lower": at(-60), "upper": at(60), "after": at(-60)}
+
+    with connection.cursor() as cursor:
+        fetched = Prompts.fetch(cursor, "gpu-a", span, Timing(0.1, 1e-3))
+
+    order = np.argsort(fetched.tokens)
+    epoch = T0.timestamp()
+    assert fetched.tokens[order].tolist() == [100, 800]
+    assert (fetched.arrived[order] - epoch).tolist() == pytest.approx([1, 0.5])
+    # Not streamed: 0.1 s and 1 ms a token after it reached the backend.
+    assert (fetched.first_token[order] - epoch).tolist() == pytest.approx([2, 1.4])
+    assert fetched.timed[order].tolist() == [True, False]
+    assert (fetched.ended - epoch).tolist() == pytest.approx([10, 10])
+
+
+def test_the_prompts_computed_beside_decoding_sequences_are_counted_with_them() -> None:
+    seen = [
+        (10, 0, 0, 1, True),  # computed alone
+        (15, 0, 4, 5, True),  # beside the first
+        (13, 0, 11, 12, True),  # beside the second, the first gone
+        (22, 0, 20, 21, True),  # alone again
+    ]
+
+    assert decoding_beside(prompts(*seen), batch=7) == (0.5, 0.5)
+    # An answer that was not streamed decodes from its usual first token (here 0.5 s) on:
+    # beside every prompt, and not a prompt the gateway saw computed.
+    assert decoding_beside(prompts(*seen, (30, 0, 0, 0.5, False)), batch=7) == (1, 1.5)
+    # No first token seen: every prompt beside the engine's mean batch.
+    assert decoding_beside(prompts((10, 0, 0, 1, False)), batch=7) == (1, 7)
+
+
+def test_prompts_that_arrive_while_a_long_one_is_computed_share_the_next_step() -> None:
+    long, early, later, after = (
+        (1.0, 8000, 0.0, 0.020, True),  # computed from 0 to 20 ms
+        (1.0, 200, 0.005, 0.0215, True),
+        (1.0, 300, 0.012, 0.0215, False),
+        (1.0, 100, 0.050, 0.0505, True),  # arrives while only decoding runs
+    )
+    together = stepped_with(
+        prompts(long, early, later, after), np.array([0.020, 0.0005, 0.0005, 0.0005])
+    )
+
+    assert together.tolist() == [0, 300, 200, 0]
+
+
+PASS, PER_TOKEN = 0.01, 1e-5
+
+
+def co_stepped(intervals: int) -> tuple[list[tuple[float, float, int, float]], Prompts]:
+    """The engine's prefill times of a long prompt A computed alone each second, and of the
+    prompts that arrived meanwhile (a second long one in every other second, and a chat),
+    computed together in the next step: the engine times each of them as that step."""
+    engine, rows = [], []
+    for n in range(intervals):
+        long_a, long_b, chat = 1000 + (n * 397) % 2000, 500 + (n * 211) % 2500, 100 + 37 * (n % 9)
+        a_done = n + 0.1 + PASS + PER_TOKEN * long_a
+        waiting = [(long_b, 0.002), (chat, 0.003)] if n % 2 == 0 else [(chat, 0.003)]
+        step = PASS + PER_TOKEN * sum(tokens for tokens, _ in waiting)
+        rows.append((n + 0.5, long_a, n + 0.1, a_done, True))
+        rows += [(n + 0.5, t, n + 0.1 + late, a_done + step, True) for t, late in waiting]
+        times = PASS + PER_TOKEN * long_a + len(waiting) * step
+        engine.append((float(n), n + 1.0, 1 + len(waiting), times))
+    return engine, prompts(*rows)
+
+
+def test_the_engines_prefill_times_are_measured_against_the_tokens_of_their_steps() -> None:
+    engine, seen = co_stepped(40)
+
+    # Against each prompt's own tokens, a chat timed as the long prompt beside it makes a
+    # prompt token seem half as slow again.
+    own = prefill_time_fit(
+        [
+            (count, seconds, seen.tokens[seen.ended == start + 0.5].sum())
+            for start, _, count, seconds in engine
+        ]
+    )
+    measured = engine_prefill_times(engine, seen)
+
+    assert own is not None and own[1] > 1.4 * PER_TOKEN
+    assert measured == (pytest.approx(PASS, rel=1e-6), pytest.approx(PER_TOKEN, rel=1e-6))
+
+
+def test_a_pass_is_its_prefill_time_less_the_decoding_beside_it() -> None:
+    # A step of 10 ms and 0.1 ms a sequence; prefill times 2 ms besides their tokens'.
+    steps = StepTime(fixed=0.01, per_pass=0.0, per_prompt_token=1e-5, per_output_token=1e-4)
+
+    alone = measured_timing(Timing(), steps, (0.002, 1e-5), (0.0, 0.0))
+    # Half computed beside a decode step, over three sequences on average.
+    beside = measured_timing(Timing(), steps, (0.002 + 0.005 + 0.0003, 1e-5), (0.5, 3.0))
+
+    assert alone is not None and alone.prefill_seconds == pytest.approx(0.002)
+    assert beside is not None and beside.prefill_seconds == pytest.approx(0.002)
+    assert measured_timing(Timing(), steps, (0.004, 1e-5), (1.0, 0.0)) is None
 
 
 def test_the_fit_finds_a_decode_power_curve_that_bends_where_the_gpus_saturate() -> None:
